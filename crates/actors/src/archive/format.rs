@@ -1,0 +1,104 @@
+//! Archive metadata types (`info.json`, `manifest.json`). Field names are the archive format:
+//! add optional fields only, never rename.
+
+use serde::{Deserialize, Serialize};
+
+/// Directory inside the archive that holds our metadata entries.
+pub const META_DIR: &str = ".nuwax-backup";
+pub const INFO_PATH: &str = ".nuwax-backup/info.json";
+pub const MANIFEST_PATH: &str = ".nuwax-backup/manifest.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Written first in every archive; enough to rebuild a catalog row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveInfo {
+    pub format: u32,
+    /// `nuwax-cli <version>`.
+    pub tool: String,
+    /// `Manual`, `PreUpgrade` or `Auto`.
+    pub backup_type: String,
+    pub service_version: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub compose_project: String,
+    /// Top-level names of the data scope at backup time.
+    pub data_paths: Vec<String>,
+    /// Paths left out of the archive (config `exclude`): a restore never touches them.
+    pub excluded: Vec<String>,
+    /// Images of the project's containers at backup time.
+    #[serde(default)]
+    pub images: Vec<ImageRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub service: String,
+    pub container: String,
+    pub image: String,
+    pub image_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+    Hardlink,
+}
+
+/// One tar entry. `path` is the UTF-8 path; a non-UTF-8 path is stored hex-encoded in
+/// `path_hex` instead (and likewise `target`/`target_hex`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_hex: Option<String>,
+}
+
+/// Written last in every archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub info: ArchiveInfo,
+    pub entries: Vec<ManifestEntry>,
+}
+
+impl ManifestEntry {
+    /// The entry's path as raw bytes.
+    pub fn path_bytes(&self) -> Option<Vec<u8>> {
+        field_bytes(&self.path, &self.path_hex)
+    }
+    /// The link target as raw bytes (symlinks and hard links).
+    pub fn target_bytes(&self) -> Option<Vec<u8>> {
+        field_bytes(&self.target, &self.target_hex)
+    }
+}
+
+/// Splits raw bytes into the (`text`, `hex`) pair used by [`ManifestEntry`].
+pub fn encode_bytes(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Some(s.to_owned()), None),
+        Err(_) => (None, Some(hex::encode(bytes))),
+    }
+}
+
+fn field_bytes(text: &Option<String>, hex_: &Option<String>) -> Option<Vec<u8>> {
+    match (text, hex_) {
+        (Some(s), _) => Some(s.as_bytes().to_vec()),
+        (None, Some(h)) => hex::decode(h).ok(),
+        (None, None) => None,
+    }
+}

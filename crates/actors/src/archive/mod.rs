@@ -1,0 +1,148 @@
+//! The backup archive format: build, verify, read metadata, and safe staged extraction.
+//!
+//! # Format (version 1)
+//! An archive is an ordinary `.tar.gz` that GNU `tar -xzf` reads:
+//! - gzip: a sequence of independent gzip members (RFC 1952), each compressing one chunk of
+//!   the tar stream (default 4 MiB). Every member header sets FEXTRA with one subfield
+//!   `SI1='N' SI2='X' LEN=4` holding the member's total compressed length (header + deflate +
+//!   trailer) as u32 LE, so a reader can find member boundaries and decompress in parallel
+//!   (BGZF does the same). Header MTIME = 0, OS = 255, no name: same input -> same bytes.
+//!   Chunks that do not compress (JPEG, ZIP, video) are stored with deflate level 0.
+//! - tar: GNU format, sorted paths relative to the compose dir, no leading `./`. Directories,
+//!   regular files, symlinks (never followed) and hard links (a link entry for the second and
+//!   later paths of one inode, only when both paths share the same top-level item; otherwise
+//!   the content is stored again). Mode, numeric uid/gid and mtime kept. Long and non-UTF-8
+//!   names kept (GNU long-name records).
+//! - first entry `.nuwax-backup/info.json` ([`ArchiveInfo`]), last entry
+//!   `.nuwax-backup/manifest.json` ([`Manifest`]: the info again plus every entry with type,
+//!   size, mode, owner, mtime, link target and the SHA-256 of file contents).
+//!
+//! The archive is written to `<final>.partial`, fsynced, renamed, and the directory fsynced;
+//! on any error the `.partial` is removed, so a final name always holds a complete archive.
+
+mod build;
+mod extract;
+mod format;
+pub mod pgzip;
+mod verify;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use build::build;
+pub use extract::extract;
+pub use format::{ArchiveInfo, EntryKind, ImageRecord, Manifest, ManifestEntry, META_DIR};
+pub use verify::{read_info, verify};
+
+/// Set from a signal handler; long-running sync work checks it between entries/chunks and
+/// returns [`crate::Error::Interrupted`] after cleaning up.
+#[derive(Clone, Default, Debug)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn check(&self) -> crate::Result<()> {
+        if self.is_cancelled() {
+            Err(crate::Error::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What [`build`] archives and where.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The compose project dir; entries are relative to it.
+    pub source_dir: PathBuf,
+    /// Final archive path. Must not exist; `<dest>.partial` is used while writing.
+    pub dest: PathBuf,
+    /// Relative paths (top-level names or nested like `app/cache`) to leave out. Top-level
+    /// names starting with `.nuwax-` are always left out.
+    pub exclude: Vec<String>,
+    /// gzip level 1..=9.
+    pub level: u32,
+    /// Compression threads; 0 = available parallelism.
+    pub threads: usize,
+    /// Metadata written into the archive (the caller fixes `created_at`).
+    pub info: ArchiveInfo,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub path: PathBuf,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// SHA-256 of the archive file, lowercase hex.
+    pub sha256: String,
+    /// Number of tar entries of the source tree (excluding the two metadata entries).
+    pub entries: u64,
+    /// Bytes of file content read from the source.
+    pub source_bytes: u64,
+}
+
+/// Result of [`verify`]. Findings are values: an archive with problems is `Ok` with a
+/// non-empty `problems`; `Err` is for I/O errors (file missing, unreadable).
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub size: u64,
+    pub sha256: String,
+    /// `Some(false)` when an expected checksum was given and differs.
+    pub checksum_matches: Option<bool>,
+    pub entries: u64,
+    pub files_checked: u64,
+    pub info: Option<ArchiveInfo>,
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty() && self.checksum_matches != Some(false)
+    }
+}
+
+/// Which top-level items of the archive an extraction takes.
+#[derive(Debug, Clone)]
+pub enum TopLevelFilter {
+    All,
+    Only(Vec<OsString>),
+    AllExcept(Vec<OsString>),
+}
+
+impl TopLevelFilter {
+    pub fn includes(&self, name: &std::ffi::OsStr) -> bool {
+        match self {
+            TopLevelFilter::All => true,
+            TopLevelFilter::Only(v) => v.iter().any(|n| n == name),
+            TopLevelFilter::AllExcept(v) => !v.iter().any(|n| n == name),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    pub archive: PathBuf,
+    /// Existing empty directory on the same filesystem as the live compose dir.
+    pub staging: PathBuf,
+    pub filter: TopLevelFilter,
+    /// Restore numeric uid/gid (only meaningful as root).
+    pub restore_owner: bool,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtractReport {
+    /// Top-level items written into the staging dir (sorted).
+    pub top_level: Vec<OsString>,
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub manifest: Manifest,
+}

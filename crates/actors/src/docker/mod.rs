@@ -1,0 +1,84 @@
+//! Docker: compose-file reading, the cold-backup gate policy, and the engine client.
+//!
+//! `compose` and `policy` are pure and unit-tested; `engine` wraps bollard and is only
+//! called from the DockerActor.
+
+pub mod compose;
+pub mod engine;
+pub mod policy;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// What a compose file says about one service (only what we need).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ComposeService {
+    /// `restart:` as written (`"no"`, `"always"`, `"on-failure:3"`...); `None` when absent.
+    /// YAML `false` and `no` both read as `"no"`.
+    pub restart: Option<String>,
+    /// Services this one depends on (`depends_on` list or map form, plus
+    /// `network_mode: service:X` and `volumes_from: [X]`).
+    pub depends_on: Vec<String>,
+    /// The service defines a healthcheck that is not disabled.
+    pub has_healthcheck: bool,
+}
+
+/// The parsed compose project.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ComposeProject {
+    /// Project name: config `[docker] project`, else `COMPOSE_PROJECT_NAME` from the env file,
+    /// else top-level `name:`, else the compose dir's name, normalised as compose does
+    /// (lowercase, only `[a-z0-9_-]`).
+    pub name: String,
+    pub services: BTreeMap<String, ComposeService>,
+}
+
+/// One container of the project as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    /// `com.docker.compose.service` label.
+    pub service: Option<String>,
+    /// Engine state: `created`, `running`, `paused`, `restarting`, `removing`, `exited`, `dead`.
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting`, or `None` without a healthcheck.
+    pub health: Option<String>,
+    /// `HostConfig.RestartPolicy.Name` (`no` when empty).
+    pub restart_policy: String,
+    pub image: String,
+    pub image_id: String,
+    /// Services named in the `com.docker.compose.depends_on` label.
+    pub depends_on: Vec<String>,
+    /// `Config.StopTimeout` when set.
+    pub stop_timeout: Option<i64>,
+}
+
+/// Why a container blocks (or does not block) a cold backup.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateEntry {
+    pub container: ContainerInfo,
+    pub one_shot: bool,
+}
+
+/// Outcome of the cold-backup gate (DESIGN.md 4.2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GateReport {
+    pub project: String,
+    /// Persistent containers that are running, restarting or paused: the backup must refuse.
+    pub blocking: Vec<GateEntry>,
+    /// Running one-shot containers: reported, not blocking.
+    pub warnings: Vec<GateEntry>,
+    /// Everything else of the project (stopped).
+    pub stopped: Vec<GateEntry>,
+    /// `true` when no engine socket exists at all (gate skipped with a warning).
+    pub engine_absent: bool,
+}
+
+impl GateReport {
+    pub fn passes(&self) -> bool {
+        self.blocking.is_empty()
+    }
+}

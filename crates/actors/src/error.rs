@@ -1,0 +1,126 @@
+//! The one error type of this crate.
+//!
+//! Every variant belongs to a [`ErrorKind`] so the CLI can map it to an exit code in one place
+//! (DESIGN.md section 7) without matching on messages.
+
+use std::path::PathBuf;
+
+/// Broad class of an error; the CLI maps each to an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The operation failed (exit 1). Live data is unchanged unless the message says otherwise.
+    Failed,
+    /// The request itself is wrong: unknown id, bad argument (exit 2).
+    Usage,
+    /// A precondition refused the operation: services running, lock held, no space, Docker
+    /// unreachable (exit 3).
+    Refused,
+    /// An archive is damaged, hostile or does not match its manifest or catalog checksum (exit 4).
+    Integrity,
+    /// The operation was interrupted (exit 130).
+    Interrupted,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{context}: {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("catalog error: {0}")]
+    Store(#[from] nuwax_store::Error),
+    #[error("backup {0} not found in the catalog")]
+    BackupNotFound(i64),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("no space left: {path} needs {needed} bytes, {available} available")]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    #[error("another nuwax-cli operation holds the lock {path} (pid {pid}, started {started})")]
+    Locked {
+        path: PathBuf,
+        pid: u32,
+        started: String,
+    },
+    #[error("docker engine unreachable at {endpoint}: {message}")]
+    DockerUnreachable { endpoint: String, message: String },
+    #[error("docker: {0}")]
+    Docker(String),
+    #[error("archive {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("archive {path} refused: unsafe entry {entry:?}: {reason}")]
+    UnsafeEntry {
+        path: PathBuf,
+        entry: String,
+        reason: String,
+    },
+    #[error("checksum mismatch for {path}: catalog says {expected}, file has {actual}")]
+    ChecksumMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path} changed while it was being read ({detail}); stop the services and retry")]
+    SourceChanged { path: PathBuf, detail: String },
+    #[error("interrupted")]
+    Interrupted,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            // Keep the context: a full disk is the most common cause operators hit.
+            return Error::Io {
+                context: "no space left on device while writing",
+                path: path.into(),
+                source,
+            };
+        }
+        Error::Io {
+            context,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Usage(_) | Error::BackupNotFound(_) | Error::Config { .. } => ErrorKind::Usage,
+            Error::Refused(_)
+            | Error::NoSpace { .. }
+            | Error::Locked { .. }
+            | Error::DockerUnreachable { .. } => ErrorKind::Refused,
+            Error::Corrupt { .. } | Error::UnsafeEntry { .. } | Error::ChecksumMismatch { .. } => {
+                ErrorKind::Integrity
+            }
+            Error::Interrupted => ErrorKind::Interrupted,
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds path context to `std::io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(context, path, e))
+    }
+}

@@ -1,0 +1,18 @@
+//! Actors, archive format, restore and Docker policy behind `nuwax-cli`.
+//!
+//! The CLI talks to [`Runtime`] only. Behind it a supervisor owns three actors: the
+//! StoreActor (sole owner of the SQLite connection), the DockerActor (bollard client) and the
+//! ArchiveActor (build / verify / restore, blocking work on `spawn_blocking`). The modules
+//! `archive`, `restore`, `docker::policy` and `docker::compose` are plain synchronous code
+//! that knows nothing about actors or terminals.
+
+pub mod archive;
+pub mod config;
+pub mod docker;
+pub mod error;
+pub mod faults;
+pub mod progress;
+
+pub use config::Settings;
+pub use error::{Error, ErrorKind, Result};
+pub use progress::{Phase, Progress, ProgressEvent};

@@ -1,0 +1,144 @@
+//! Typed progress events and the handle that emits them.
+//!
+//! Sync code (archive build, restore) calls [`Progress`] methods from any thread; events go
+//! to a per-request channel that the CLI renders. Byte/entry updates are throttled at the
+//! source so a 100k-file archive does not flood the channel; phase changes and notices are
+//! always delivered.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Recovering,
+    Checking,
+    Stopping,
+    Scanning,
+    Archiving,
+    Verifying,
+    Extracting,
+    Swapping,
+    Starting,
+    Waiting,
+}
+
+impl Phase {
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Recovering => "recovering",
+            Phase::Checking => "checking",
+            Phase::Stopping => "stopping services",
+            Phase::Scanning => "scanning",
+            Phase::Archiving => "archiving",
+            Phase::Verifying => "verifying",
+            Phase::Extracting => "extracting",
+            Phase::Swapping => "swapping",
+            Phase::Starting => "starting services",
+            Phase::Waiting => "waiting for health",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProgressEvent {
+    /// A new phase starts; totals are known when `Some`.
+    Phase {
+        phase: Phase,
+        total_bytes: Option<u64>,
+        total_entries: Option<u64>,
+    },
+    /// Cumulative counters within the current phase.
+    Advance {
+        bytes: u64,
+        entries: u64,
+        current: Option<PathBuf>,
+    },
+    /// Something the operator should read (a warning or a step that happened).
+    Notice(String),
+}
+
+/// Cheap, cloneable, thread-safe progress handle. `Progress::none()` discards everything.
+#[derive(Clone, Default)]
+pub struct Progress {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tx: UnboundedSender<ProgressEvent>,
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+const THROTTLE_MS: u64 = 100;
+
+impl Progress {
+    pub fn none() -> Self {
+        Self { inner: None }
+    }
+
+    pub fn new(tx: UnboundedSender<ProgressEvent>) -> Self {
+        Self {
+            inner: Some(Arc::new(Inner {
+                tx,
+                start: Instant::now(),
+                last_ms: AtomicU64::new(0),
+            })),
+        }
+    }
+
+    pub fn phase(&self, phase: Phase, total_bytes: Option<u64>, total_entries: Option<u64>) {
+        self.send(ProgressEvent::Phase {
+            phase,
+            total_bytes,
+            total_entries,
+        });
+    }
+
+    /// Cumulative counters; dropped when the previous update was less than 100 ms ago.
+    pub fn advance(&self, bytes: u64, entries: u64, current: Option<&std::path::Path>) {
+        let Some(inner) = &self.inner else { return };
+        let now = inner.start.elapsed().as_millis() as u64;
+        let last = inner.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < THROTTLE_MS && last != 0 {
+            return;
+        }
+        if inner
+            .last_ms
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let _ = inner.tx.send(ProgressEvent::Advance {
+            bytes,
+            entries,
+            current: current.map(|p| p.to_path_buf()),
+        });
+    }
+
+    /// Final counters of a phase: always delivered.
+    pub fn finish_phase(&self, bytes: u64, entries: u64) {
+        self.send(ProgressEvent::Advance {
+            bytes,
+            entries,
+            current: None,
+        });
+    }
+
+    pub fn notice(&self, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!("{message}");
+        self.send(ProgressEvent::Notice(message));
+    }
+
+    fn send(&self, event: ProgressEvent) {
+        if let Some(inner) = &self.inner {
+            let _ = inner.tx.send(event);
+        }
+    }
+}
