@@ -1,1 +1,18 @@
+//! Integration tests: they run the built `nuwax-cli` binary on temporary working dirs.
+//!
+//! One test binary (STYLE.md, Tests). `util` builds a realistic working dir and snapshots trees
+//! byte for byte with metadata; `dockerutil` talks to the real Docker engine (the gate tests
+//! need one: `.ci/run` installs and starts it); `archutil` reads, repacks and damages archives.
+//! Every test is independent: its own temp dir and its own compose project name.
 
+mod archutil;
+mod dockerutil;
+mod util;
+
+mod backup;
+mod delete;
+mod gate;
+mod interop;
+mod list;
+mod rollback;
+mod verify;

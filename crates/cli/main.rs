@@ -1,1 +1,156 @@
-fn main() {}
+//! `nuwax-cli`: cold backups and safe rollback for a docker compose service.
+//!
+//! This file only parses arguments, builds the printer and the runtime, dispatches to one
+//! `commands::*::run`, and maps errors to exit codes (DESIGN.md section 7).
+
+mod commands;
+mod exit;
+mod output;
+mod printer;
+mod progress;
+mod prompt;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::ExitStatus;
+use crate::printer::Printer;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nuwax-cli",
+    version,
+    about = "Cold backups and safe rollback for a docker compose service",
+    propagate_version = true
+)]
+pub(crate) struct Cli {
+    /// Working directory: holds config.toml, docker/, backups/ and data/nuwax.db.
+    #[arg(short = 'C', long = "work-dir", global = true, default_value = ".", value_name = "DIR")]
+    work_dir: PathBuf,
+    /// Config file (default: <work dir>/config.toml; a missing default means defaults).
+    #[arg(short = 'c', long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print nothing but data and errors (for cron).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More log output on stderr (-vv for debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Take a cold backup of the compose project dir.
+    Backup(commands::backup::Args),
+    /// List backups (table, or --json).
+    ListBackups(commands::list::Args),
+    /// Restore a backup: the app version by default, everything with --rollback-data.
+    Rollback(commands::rollback::Args),
+    /// Restore only the data scope (data/, upload/, ...) of a backup.
+    RollbackDataOnly(commands::rollback::DataOnlyArgs),
+    /// Delete a backup's archive and catalog entry.
+    DeleteBackup(commands::delete::Args),
+    /// Re-read archives completely and check them against their manifest and checksum.
+    Verify(commands::verify::Args),
+}
+
+impl Command {
+    /// Whether the command changes live data or the catalog (and so takes the lock).
+    fn mutating(&self) -> bool {
+        match self {
+            Command::Backup(_) | Command::RollbackDataOnly(_) | Command::DeleteBackup(_) => true,
+            Command::Rollback(a) => !a.list_json,
+            Command::ListBackups(_) | Command::Verify(_) => false,
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { ExitStatus::Usage } else { ExitStatus::Success };
+            let _ = e.print();
+            return code.into();
+        }
+    };
+    init_tracing(cli.verbose);
+    let printer = Printer::new(cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            printer.error(&format!("cannot start the async runtime: {e}"));
+            return ExitStatus::Failed.into();
+        }
+    };
+    let status = runtime.block_on(run(cli, &printer));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    status.into()
+}
+
+async fn run(cli: Cli, printer: &Printer) -> ExitStatus {
+    let json = commands::wants_json(&cli.command);
+    match dispatch(cli, printer).await {
+        Ok(status) => status,
+        Err(err) => {
+            let status = exit::status_of(&err);
+            if json {
+                printer.json_error(&err);
+            }
+            printer.error(&exit::render(&err));
+            status
+        }
+    }
+}
+
+async fn dispatch(cli: Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    let settings = nuwax_actors::Settings::load(&cli.work_dir, cli.config.as_deref())?;
+    let opts = nuwax_actors::RuntimeOptions {
+        command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        mutating: cli.command.mutating(),
+    };
+    let rt = nuwax_actors::Runtime::start(settings, opts).await?;
+    for note in rt.recovery_notes() {
+        printer.warn(&format!("recovery: {note}"));
+    }
+    let cancel = rt.cancel_flag();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    let result = match cli.command {
+        Command::Backup(args) => commands::backup::run(args, &rt, printer).await,
+        Command::ListBackups(args) => commands::list::run(args, &rt, printer).await,
+        Command::Rollback(args) => commands::rollback::run(args, &rt, printer).await,
+        Command::RollbackDataOnly(args) => {
+            commands::rollback::run_data_only(args, &rt, printer).await
+        }
+        Command::DeleteBackup(args) => commands::delete::run(args, &rt, printer).await,
+        Command::Verify(args) => commands::verify::run(args, &rt, printer).await,
+    };
+    rt.shutdown().await;
+    result
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "error",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}

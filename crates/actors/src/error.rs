@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 /// Broad class of an error; the CLI maps each to an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The operation failed (exit 1). Live data is unchanged unless the message says otherwise.
     Failed,
@@ -98,7 +99,10 @@ impl Error {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Usage(_) | Error::BackupNotFound(_) | Error::Config { .. } => ErrorKind::Usage,
+            Error::Usage(_)
+            | Error::BackupNotFound(_)
+            | Error::Config { .. }
+            | Error::Store(nuwax_store::Error::BackupNotFound(_)) => ErrorKind::Usage,
             Error::Refused(_)
             | Error::NoSpace { .. }
             | Error::Locked { .. }

@@ -11,8 +11,18 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod faults;
+pub mod lock;
 pub mod progress;
+pub mod restore;
+mod actors;
+mod recovery;
+mod runtime;
 
 pub use config::Settings;
 pub use error::{Error, ErrorKind, Result};
+pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 pub use progress::{Phase, Progress, ProgressEvent};
+pub use runtime::{
+    BackupEntry, BackupRequest, RollbackReport, RollbackRequest, RollbackScope, Runtime,
+    RuntimeOptions,
+};

@@ -1,3 +1,825 @@
-//! STUB
-use super::*;
-pub fn build(_opts: &BuildOptions, _progress: &crate::Progress, _cancel: &CancelFlag) -> crate::Result<BuildReport> { todo!() }
+//! Writing an archive (format in `archive/mod.rs`).
+//!
+//! Design note: the build is two passes. The scan walks the source (jwalk, in parallel, lstat
+//! on the walker's threads), drops excluded paths, sorts by raw path bytes and decides which
+//! paths become hard-link entries; it also yields the totals for progress. The write pass
+//! then streams the entries through the tar builder into the parallel gzip writer, hashing
+//! the archive bytes on their way to `<dest>.partial`.
+//!
+//! A file is opened without following links and checked against its scan-time lstat (same
+//! inode, size and mtime) before a header is written, read to exactly that size (one byte
+//! more is probed), and checked again afterwards; any difference fails the whole backup with
+//! [`Error::SourceChanged`]: the tar header has already promised a size, so continuing could
+//! only produce a wrong archive. Headers are filled by hand from the lstat data (GNU format,
+//! numeric ids, no user/group names, atime/ctime zero) so the same tree and info always give
+//! the same bytes. Long names and link targets use GNU `L`/`K` records written here with the
+//! raw bytes: `tar::Header::set_link_name` normalizes (`a//b` becomes `a/b`) and
+//! `Builder::append_data` cannot store a long path whose first byte is not UTF-8.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::check::resolve_threads;
+use super::format::{INFO_PATH, MANIFEST_PATH, encode_bytes};
+use super::pgzip::{CHUNK_SIZE, ParallelGzWriter};
+use super::{BuildOptions, BuildReport, CancelFlag, EntryKind, META_DIR, Manifest, ManifestEntry};
+use crate::config::INTERNAL_PREFIX;
+use crate::error::{Error, IoContext, Result};
+use crate::{Phase, Progress};
+
+/// Read buffer for file contents.
+const READ_BUF: usize = 1 << 20;
+/// Size of the name and linkname fields of a tar header.
+const NAME_FIELD: usize = 100;
+/// At most this many skipped special files are named one by one.
+const MAX_SPECIAL_NOTICES: usize = 20;
+
+/// Builds the archive described by `opts` (see the module docs of `archive`).
+pub fn build(opts: &BuildOptions, progress: &Progress, cancel: &CancelFlag) -> Result<BuildReport> {
+    build_inner(opts, progress, cancel, &mut || {})
+}
+
+/// [`build`] with a hook that runs between the scan and the write pass (tests use it to
+/// change the source at a known moment).
+pub(super) fn build_inner(
+    opts: &BuildOptions,
+    progress: &Progress,
+    cancel: &CancelFlag,
+    after_scan: &mut dyn FnMut(),
+) -> Result<BuildReport> {
+    if !(1..=9).contains(&opts.level) {
+        return Err(Error::Usage(format!(
+            "compression level must be 1..=9, not {}",
+            opts.level
+        )));
+    }
+    if exists(&opts.dest)? {
+        return Err(Error::Refused(format!(
+            "archive {} already exists",
+            opts.dest.display()
+        )));
+    }
+    let partial = partial_path(&opts.dest);
+    let excludes = Excludes::new(opts, &partial)?;
+
+    progress.phase(Phase::Scanning, None, None);
+    let plan = scan(opts, excludes, progress, cancel)?;
+    progress.phase(
+        Phase::Archiving,
+        Some(plan.total_bytes),
+        Some(plan.items.len() as u64),
+    );
+    after_scan();
+
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .ctx("cannot create archive", &partial)?;
+    // From here on, any error or panic removes the partial file.
+    let mut guard = PartialGuard {
+        path: &partial,
+        armed: true,
+    };
+    crate::faults::point("backup.after_partial_created");
+
+    let written = write_archive(file, &plan, opts, &partial, progress, cancel)?;
+    written
+        .file
+        .sync_all()
+        .ctx("cannot sync archive", &partial)?;
+    drop(written.file);
+
+    crate::faults::point("backup.before_rename");
+    cancel.check()?;
+    if exists(&opts.dest)? {
+        return Err(Error::Refused(format!(
+            "archive {} appeared while the backup was written",
+            opts.dest.display()
+        )));
+    }
+    fs::rename(&partial, &opts.dest).ctx("cannot rename archive into place", &opts.dest)?;
+    guard.armed = false;
+    crate::faults::point("backup.after_rename");
+    sync_parent(&opts.dest)?;
+
+    progress.finish_phase(written.source_bytes, written.entries);
+    Ok(BuildReport {
+        path: opts.dest.clone(),
+        size: written.size,
+        sha256: written.sha256,
+        entries: written.entries,
+        source_bytes: written.source_bytes,
+        skipped_special: plan.special.len() as u64,
+    })
+}
+
+fn exists(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("cannot check", path, e)),
+    }
+}
+
+fn partial_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+fn sync_parent(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .ctx("cannot sync directory", parent)
+}
+
+/// Removes `<dest>.partial` unless disarmed (after the rename).
+struct PartialGuard<'a> {
+    path: &'a Path,
+    armed: bool,
+}
+
+impl Drop for PartialGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = fs::remove_file(self.path) {
+                tracing::warn!("cannot remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Paths left out of the archive, as component lists relative to the source dir.
+struct Excludes {
+    /// A path is excluded when one of these is a prefix of its components.
+    prefixes: Vec<Vec<OsString>>,
+}
+
+impl Excludes {
+    fn new(opts: &BuildOptions, partial: &Path) -> Result<Self> {
+        let mut prefixes = Vec::new();
+        for e in &opts.exclude {
+            let mut comps = Vec::new();
+            for c in Path::new(e).components() {
+                match c {
+                    Component::Normal(n) => comps.push(n.to_owned()),
+                    Component::CurDir => {}
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "exclude entry {e:?} must be a relative path inside the compose dir"
+                        )));
+                    }
+                }
+            }
+            if comps.is_empty() {
+                return Err(Error::Usage(format!(
+                    "exclude entry {e:?} names no path (it would exclude everything)"
+                )));
+            }
+            prefixes.push(comps);
+        }
+        // An archive written inside the source tree must not archive itself.
+        if let (Ok(src), Some(parent), Some(pname), Some(dname)) = (
+            fs::canonicalize(&opts.source_dir),
+            opts.dest.parent(),
+            partial.file_name(),
+            opts.dest.file_name(),
+        ) {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            if let Ok(parent) = fs::canonicalize(parent) {
+                if let Ok(rel) = parent.strip_prefix(&src) {
+                    for name in [pname, dname] {
+                        let mut comps: Vec<OsString> =
+                            rel.iter().map(|c| c.to_owned()).collect();
+                        comps.push(name.to_owned());
+                        prefixes.push(comps);
+                    }
+                }
+            }
+        }
+        Ok(Self { prefixes })
+    }
+
+    fn excludes(&self, rel: &Path) -> bool {
+        if rel.components().count() == 1
+            && rel.as_os_str().as_bytes().starts_with(INTERNAL_PREFIX.as_bytes())
+        {
+            return true;
+        }
+        self.prefixes.iter().any(|p| {
+            let mut comps = rel.iter();
+            p.iter().all(|want| comps.next() == Some(want.as_os_str()))
+        })
+    }
+}
+
+/// One path to archive, in archive order.
+struct Item {
+    rel: PathBuf,
+    meta: Metadata,
+    kind: ItemKind,
+}
+
+enum ItemKind {
+    Dir,
+    File,
+    Symlink,
+    /// A later path of an inode already stored under this path (same top-level item).
+    Hardlink(PathBuf),
+}
+
+struct Plan {
+    items: Vec<Item>,
+    /// Sockets, fifos and devices that were left out.
+    special: Vec<PathBuf>,
+    total_bytes: u64,
+}
+
+/// lstat results computed on the walker's threads.
+type WalkState = ((), Option<io::Result<Metadata>>);
+
+fn scan(
+    opts: &BuildOptions,
+    excludes: Excludes,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<Plan> {
+    let root = opts.source_dir.clone();
+    let root_meta = fs::metadata(&root).ctx("cannot read source directory", &root)?;
+    if !root_meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} is not a directory",
+            root.display()
+        )));
+    }
+    let excludes = Arc::new(excludes);
+    let walk_root = root.clone();
+    let walk_excludes = Arc::clone(&excludes);
+    // A private pool: the default rayon pool may be busy elsewhere, and jwalk then aborts.
+    let threads = resolve_threads(0).clamp(1, 8);
+    // jwalk 0.8.1 is pinned (deprecated upstream; its successor is unordered). Hidden files
+    // must not be skipped (`.env`), links are never followed, and an unreadable directory is
+    // reported through `read_children_error`, not as an `Err` item: both are checked below.
+    let walk = jwalk::WalkDirGeneric::<WalkState>::new(&root)
+        .skip_hidden(false)
+        .follow_links(false)
+        .sort(true)
+        .parallelism(jwalk::Parallelism::RayonNewPool(threads))
+        .process_read_dir(move |_, _, _, children| {
+            children.retain(|child| match child {
+                Ok(c) => {
+                    let path = c.parent_path.join(&c.file_name);
+                    match path.strip_prefix(&walk_root) {
+                        Ok(rel) => !walk_excludes.excludes(rel),
+                        Err(_) => true,
+                    }
+                }
+                Err(_) => true,
+            });
+            for c in children.iter_mut().flatten() {
+                c.client_state = Some(fs::symlink_metadata(c.parent_path.join(&c.file_name)));
+            }
+        });
+
+    let mut found: Vec<(PathBuf, Metadata)> = Vec::new();
+    for entry in walk {
+        cancel.check()?;
+        let mut entry = entry.map_err(|e| walk_error(e, &root))?;
+        if let Some(err) = entry.read_children_error.take() {
+            let path = entry.path();
+            return Err(walk_error(err, &path));
+        }
+        if entry.depth == 0 {
+            continue;
+        }
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(&root)
+            .map_err(|_| Error::Internal(format!("{} is outside the walk", path.display())))?
+            .to_path_buf();
+        let meta = match entry.client_state.take() {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(source_error("cannot read metadata of", &path, e)),
+            None => fs::symlink_metadata(&path)
+                .map_err(|e| source_error("cannot read metadata of", &path, e))?,
+        };
+        if found.len() % 1024 == 0 {
+            progress.advance(0, found.len() as u64, Some(&rel));
+        }
+        found.push((rel, meta));
+    }
+    found.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+
+    // First path of each multiply-linked inode, per top-level item.
+    let mut first_paths: HashMap<(u64, u64, OsString), PathBuf> = HashMap::new();
+    let mut items = Vec::with_capacity(found.len());
+    let mut special = Vec::new();
+    let mut total_bytes = 0u64;
+    for (rel, meta) in found {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            ItemKind::Dir
+        } else if ft.is_symlink() {
+            ItemKind::Symlink
+        } else if ft.is_file() {
+            let mut kind = ItemKind::File;
+            if meta.nlink() > 1 {
+                let top = rel.iter().next().unwrap_or_default().to_owned();
+                match first_paths.entry((meta.dev(), meta.ino(), top)) {
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        kind = ItemKind::Hardlink(o.get().clone());
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(rel.clone());
+                    }
+                }
+            }
+            if matches!(kind, ItemKind::File) {
+                total_bytes += meta.len();
+            }
+            kind
+        } else {
+            if special.len() < MAX_SPECIAL_NOTICES {
+                progress.notice(format!(
+                    "skipping {}: sockets, fifos and device files cannot be backed up",
+                    root.join(&rel).display()
+                ));
+            }
+            special.push(rel);
+            continue;
+        };
+        items.push(Item { rel, meta, kind });
+    }
+    if special.len() > MAX_SPECIAL_NOTICES {
+        progress.notice(format!(
+            "skipped {} more sockets, fifos or device files",
+            special.len() - MAX_SPECIAL_NOTICES
+        ));
+    }
+    Ok(Plan {
+        items,
+        special,
+        total_bytes,
+    })
+}
+
+fn walk_error(e: jwalk::Error, fallback: &Path) -> Error {
+    let path = e.path().map_or_else(|| fallback.to_path_buf(), Path::to_path_buf);
+    let text = e.to_string();
+    match e.into_io_error() {
+        Some(io) => source_error("cannot read", &path, io),
+        None => Error::io("cannot walk", path, io::Error::other(text)),
+    }
+}
+
+/// A source path that vanished is a change of the source (services still running?).
+fn source_error(context: &'static str, path: &Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::NotFound {
+        Error::SourceChanged {
+            path: path.to_path_buf(),
+            detail: "it was removed during the backup".into(),
+        }
+    } else {
+        Error::io(context, path, e)
+    }
+}
+
+/// Hashes and counts everything written to the archive file.
+struct HashingWriter {
+    file: File,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+struct Written {
+    file: File,
+    size: u64,
+    sha256: String,
+    entries: u64,
+    source_bytes: u64,
+}
+
+type Tar = tar::Builder<ParallelGzWriter<HashingWriter>>;
+
+fn write_archive(
+    file: File,
+    plan: &Plan,
+    opts: &BuildOptions,
+    partial: &Path,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<Written> {
+    let sink = HashingWriter {
+        file,
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let gz = ParallelGzWriter::new(sink, opts.level, resolve_threads(opts.threads), CHUNK_SIZE);
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    let werr = |e: io::Error| Error::io("cannot write archive", partial, e);
+
+    // Metadata entries carry the backup's creation time so that equal input gives equal bytes.
+    let meta_mtime = chrono::DateTime::parse_from_rfc3339(&opts.info.created_at)
+        .map_or(0, |t| t.timestamp().max(0));
+    let info_json = serde_json::to_vec_pretty(&opts.info)
+        .map_err(|e| Error::Internal(format!("cannot encode info.json: {e}")))?;
+    let mut h = meta_header(tar::EntryType::Directory, 0o755, meta_mtime, 0);
+    append_raw(&mut tar, &mut h, format!("{META_DIR}/").as_bytes(), None).map_err(werr)?;
+    let mut h = meta_header(tar::EntryType::Regular, 0o644, meta_mtime, info_json.len() as u64);
+    append_raw(&mut tar, &mut h, INFO_PATH.as_bytes(), None).map_err(werr)?;
+    write_padded(tar.get_mut(), &info_json).map_err(werr)?;
+
+    let mut entries = Vec::with_capacity(plan.items.len());
+    let mut buf = vec![0u8; READ_BUF];
+    let mut bytes_done = 0u64;
+    let mut mid_reached = false;
+    for (n, item) in plan.items.iter().enumerate() {
+        cancel.check()?;
+        let abs = opts.source_dir.join(&item.rel);
+        let rel = item.rel.as_os_str().as_bytes();
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(item.meta.mode() & 0o7777);
+        header.set_uid(u64::from(item.meta.uid()));
+        header.set_gid(u64::from(item.meta.gid()));
+        // Tar has no negative times; a pre-1970 mtime is stored as 0 (and recorded so).
+        let mtime = item.meta.mtime().max(0);
+        header.set_mtime(mtime as u64);
+        header.set_size(0);
+        let mut record = ManifestEntry {
+            path: None,
+            path_hex: None,
+            kind: EntryKind::File,
+            size: 0,
+            mode: item.meta.mode() & 0o7777,
+            uid: u64::from(item.meta.uid()),
+            gid: u64::from(item.meta.gid()),
+            mtime,
+            sha256: None,
+            target: None,
+            target_hex: None,
+        };
+        (record.path, record.path_hex) = encode_bytes(rel);
+        match &item.kind {
+            ItemKind::Dir => {
+                record.kind = EntryKind::Dir;
+                header.set_entry_type(tar::EntryType::Directory);
+                let mut name = rel.to_vec();
+                name.push(b'/');
+                append_raw(&mut tar, &mut header, &name, None).map_err(werr)?;
+            }
+            ItemKind::Symlink => {
+                record.kind = EntryKind::Symlink;
+                let target = fs::read_link(&abs)
+                    .map_err(|e| source_error("cannot read symlink", &abs, e))?;
+                let target = target.as_os_str().as_bytes();
+                (record.target, record.target_hex) = encode_bytes(target);
+                header.set_entry_type(tar::EntryType::Symlink);
+                append_raw(&mut tar, &mut header, rel, Some(target)).map_err(werr)?;
+            }
+            ItemKind::Hardlink(first) => {
+                record.kind = EntryKind::Hardlink;
+                let target = first.as_os_str().as_bytes();
+                (record.target, record.target_hex) = encode_bytes(target);
+                header.set_entry_type(tar::EntryType::Link);
+                append_raw(&mut tar, &mut header, rel, Some(target)).map_err(werr)?;
+            }
+            ItemKind::File => {
+                record.kind = EntryKind::File;
+                record.size = item.meta.len();
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(item.meta.len());
+                let sha = append_file(
+                    &mut tar,
+                    &mut header,
+                    item,
+                    &abs,
+                    partial,
+                    &mut buf,
+                    cancel,
+                    &mut |k| {
+                        bytes_done += k;
+                        progress.advance(bytes_done, n as u64, Some(&item.rel));
+                    },
+                )?;
+                record.sha256 = Some(sha);
+            }
+        }
+        entries.push(record);
+        progress.advance(bytes_done, n as u64 + 1, Some(&item.rel));
+        if !mid_reached && bytes_done.saturating_mul(2) >= plan.total_bytes {
+            mid_reached = true;
+            crate::faults::point("backup.mid_archive");
+        }
+    }
+    cancel.check()?;
+
+    let entry_count = entries.len() as u64;
+    let manifest = Manifest {
+        info: opts.info.clone(),
+        entries,
+    };
+    let mut manifest_json = serde_json::to_vec(&manifest)
+        .map_err(|e| Error::Internal(format!("cannot encode manifest.json: {e}")))?;
+    manifest_json.push(b'\n');
+    let mut h = meta_header(
+        tar::EntryType::Regular,
+        0o644,
+        meta_mtime,
+        manifest_json.len() as u64,
+    );
+    append_raw(&mut tar, &mut h, MANIFEST_PATH.as_bytes(), None).map_err(werr)?;
+    write_padded(tar.get_mut(), &manifest_json).map_err(werr)?;
+
+    let gz = tar.into_inner().map_err(werr)?;
+    let sink = gz.finish().map_err(werr)?;
+    let written = sink.file.metadata().ctx("cannot stat archive", partial)?.len();
+    if written != sink.count {
+        return Err(Error::Internal(format!(
+            "{}: wrote {} bytes but the file has {written}",
+            partial.display(),
+            sink.count
+        )));
+    }
+    Ok(Written {
+        file: sink.file,
+        size: sink.count,
+        sha256: hex::encode(sink.hasher.finalize()),
+        entries: entry_count,
+        source_bytes: bytes_done,
+    })
+}
+
+fn meta_header(kind: tar::EntryType, mode: u32, mtime: i64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime as u64);
+    h.set_size(size);
+    h
+}
+
+/// Writes `data` and the zero padding to the next 512-byte block.
+fn write_padded(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
+    w.write_all(data)?;
+    pad(w, data.len() as u64)
+}
+
+fn pad(w: &mut impl Write, len: u64) -> io::Result<()> {
+    let rem = (512 - len % 512) % 512;
+    w.write_all(&[0u8; 512][..rem as usize])
+}
+
+/// Writes the header of an entry (plus GNU long-name/long-link records when needed), with
+/// the path and link target as raw bytes. The caller writes the data, if any.
+fn append_raw<W: Write>(
+    tar: &mut tar::Builder<W>,
+    header: &mut tar::Header,
+    path: &[u8],
+    link: Option<&[u8]>,
+) -> io::Result<()> {
+    if let Some(link) = link {
+        let field = &mut header.as_old_mut().linkname;
+        if link.len() >= NAME_FIELD {
+            long_record(tar, tar::EntryType::GNULongLink, link)?;
+            field.copy_from_slice(&link[..NAME_FIELD]);
+        } else {
+            field.fill(0);
+            field[..link.len()].copy_from_slice(link);
+        }
+    }
+    let field = &mut header.as_old_mut().name;
+    if path.len() >= NAME_FIELD {
+        long_record(tar, tar::EntryType::GNULongName, path)?;
+        field.copy_from_slice(&path[..NAME_FIELD]);
+    } else {
+        field.fill(0);
+        field[..path.len()].copy_from_slice(path);
+    }
+    header.set_cksum();
+    tar.append(header, io::empty())
+}
+
+/// A GNU `././@LongLink` record holding `value` (NUL-terminated), as GNU tar writes it.
+fn long_record<W: Write>(
+    tar: &mut tar::Builder<W>,
+    kind: tar::EntryType,
+    value: &[u8],
+) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    let name = b"././@LongLink";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(value.len() as u64 + 1);
+    h.set_entry_type(kind);
+    h.set_cksum();
+    tar.append(&h, value.chain(&[0u8][..]))
+}
+
+/// Appends one regular file: checks it against its scan-time lstat, copies exactly its size
+/// while hashing, and checks it did not change. Returns the content's SHA-256.
+#[allow(clippy::too_many_arguments)]
+fn append_file(
+    tar: &mut Tar,
+    header: &mut tar::Header,
+    item: &Item,
+    abs: &Path,
+    partial: &Path,
+    buf: &mut [u8],
+    cancel: &CancelFlag,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<String> {
+    let changed = |detail: String| Error::SourceChanged {
+        path: abs.to_path_buf(),
+        detail,
+    };
+    // O_NOFOLLOW: a file swapped for a symlink fails instead of being followed; O_NONBLOCK:
+    // a file swapped for a fifo cannot hang the backup (no effect on regular files).
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(abs)
+        .map_err(|e| source_error("cannot read", abs, e))?;
+    let before = file.metadata().ctx("cannot stat", abs)?;
+    if !before.is_file() || before.dev() != item.meta.dev() || before.ino() != item.meta.ino() {
+        return Err(changed("it was replaced after the scan".into()));
+    }
+    if let Some(d) = stat_difference(&item.meta, &before) {
+        return Err(changed(format!("{d} after the scan")));
+    }
+    let werr = |e: io::Error| Error::io("cannot write archive", partial, e);
+    append_raw(tar, header, item.rel.as_os_str().as_bytes(), None).map_err(werr)?;
+    let size = item.meta.len();
+    let sha = match copy_exact(&mut file, size, tar.get_mut(), buf, cancel, on_bytes) {
+        Ok(sha) => sha,
+        Err(CopyFailure::Read(e)) => return Err(Error::io("cannot read", abs, e)),
+        Err(CopyFailure::Write(e)) => return Err(werr(e)),
+        Err(CopyFailure::Shrank { got }) => {
+            return Err(changed(format!(
+                "it ended after {got} of {size} bytes"
+            )));
+        }
+        Err(CopyFailure::Grew) => {
+            return Err(changed(format!("it grew beyond {size} bytes")));
+        }
+        Err(CopyFailure::Cancelled) => return Err(Error::Interrupted),
+    };
+    pad(tar.get_mut(), size).map_err(werr)?;
+    let after = file.metadata().ctx("cannot stat", abs)?;
+    if let Some(d) = stat_difference(&item.meta, &after) {
+        return Err(changed(format!("{d} while it was read")));
+    }
+    Ok(sha)
+}
+
+/// How two stats of one file differ in size or mtime, if they do.
+fn stat_difference(a: &Metadata, b: &Metadata) -> Option<String> {
+    if a.len() != b.len() {
+        Some(format!("its size went from {} to {} bytes", a.len(), b.len()))
+    } else if (a.mtime(), a.mtime_nsec()) != (b.mtime(), b.mtime_nsec()) {
+        Some("its modification time changed".into())
+    } else {
+        None
+    }
+}
+
+#[derive(Debug)]
+enum CopyFailure {
+    Read(io::Error),
+    Write(io::Error),
+    /// The source ended early (`got` bytes).
+    Shrank { got: u64 },
+    /// The source has more than `size` bytes.
+    Grew,
+    Cancelled,
+}
+
+/// Copies exactly `size` bytes from `src` to `dst`, hashing them, then probes one more byte:
+/// a tar header has promised `size`, so a short or long source is an error, never padding or
+/// truncation. Returns the SHA-256 (lowercase hex).
+fn copy_exact(
+    src: &mut impl Read,
+    size: u64,
+    dst: &mut impl Write,
+    buf: &mut [u8],
+    cancel: &CancelFlag,
+    on_bytes: &mut dyn FnMut(u64),
+) -> std::result::Result<String, CopyFailure> {
+    let mut hasher = Sha256::new();
+    let mut done = 0u64;
+    while done < size {
+        if cancel.is_cancelled() {
+            return Err(CopyFailure::Cancelled);
+        }
+        let want = buf.len().min((size - done).try_into().unwrap_or(usize::MAX));
+        let n = match src.read(&mut buf[..want]) {
+            Ok(0) => return Err(CopyFailure::Shrank { got: done }),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyFailure::Read(e)),
+        };
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n]).map_err(CopyFailure::Write)?;
+        done += n as u64;
+        on_bytes(n as u64);
+    }
+    let mut probe = [0u8; 1];
+    loop {
+        match src.read(&mut probe) {
+            Ok(0) => break,
+            Ok(_) => return Err(CopyFailure::Grew),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyFailure::Read(e)),
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(src: &[u8], size: u64) -> std::result::Result<(Vec<u8>, String), CopyFailure> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 3];
+        let sha = copy_exact(
+            &mut &src[..],
+            size,
+            &mut out,
+            &mut buf,
+            &CancelFlag::default(),
+            &mut |_| {},
+        )?;
+        Ok((out, sha))
+    }
+
+    #[test]
+    fn copy_exact_takes_exactly_size_bytes() {
+        let (out, sha) = copy(b"hello world", 11).unwrap();
+        assert_eq!(out, b"hello world");
+        assert_eq!(sha, hex::encode(Sha256::digest(b"hello world")));
+        let (out, _) = copy(b"", 0).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn copy_exact_refuses_a_grown_or_shrunk_source() {
+        assert!(matches!(copy(b"hello world!", 11), Err(CopyFailure::Grew)));
+        assert!(matches!(copy(b"x", 0), Err(CopyFailure::Grew)));
+        assert!(matches!(
+            copy(b"hello", 11),
+            Err(CopyFailure::Shrank { got: 5 })
+        ));
+        assert!(matches!(copy(b"", 1), Err(CopyFailure::Shrank { got: 0 })));
+    }
+
+    #[test]
+    fn copy_exact_stops_when_cancelled() {
+        let cancel = CancelFlag::default();
+        cancel.cancel();
+        let r = copy_exact(
+            &mut &b"abc"[..],
+            3,
+            &mut Vec::new(),
+            &mut [0u8; 4],
+            &cancel,
+            &mut |_| {},
+        );
+        assert!(matches!(r, Err(CopyFailure::Cancelled)));
+    }
+}

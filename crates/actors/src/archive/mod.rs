@@ -21,9 +21,12 @@
 //! on any error the `.partial` is removed, so a final name always holds a complete archive.
 
 mod build;
+mod check;
 mod extract;
 mod format;
 pub mod pgzip;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 use std::ffi::OsString;
@@ -33,7 +36,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use build::build;
 pub use extract::extract;
-pub use format::{ArchiveInfo, EntryKind, ImageRecord, Manifest, ManifestEntry, META_DIR};
+pub use format::{
+    FORMAT_VERSION, ArchiveInfo, EntryKind, ImageRecord, META_DIR, Manifest, ManifestEntry, encode_bytes,
+};
 pub use verify::{read_info, verify};
 
 /// Set from a signal handler; long-running sync work checks it between entries/chunks and
@@ -86,6 +91,8 @@ pub struct BuildReport {
     pub entries: u64,
     /// Bytes of file content read from the source.
     pub source_bytes: u64,
+    /// Sockets, fifos and device files left out (each was named in a progress notice).
+    pub skipped_special: u64,
 }
 
 /// Result of [`verify`]. Findings are values: an archive with problems is `Ok` with a

@@ -1,5 +1,258 @@
-//! STUB
-use super::*;
+//! Checking an archive without extracting it, and reading its `info.json`.
+//!
+//! Design note: verify is one pass over the archive. The archive's SHA-256 is computed on a
+//! helper thread from a second handle of the same file (the parallel decompressor owns its
+//! `File`, so the raw bytes cannot be teed); the main thread decompresses, parses the tar
+//! stream, applies the same entry rules as extract (`check.rs`), hashes every file's content
+//! and finally compares everything with the manifest. Findings about the content are values
+//! in [`VerifyReport::problems`]; `Err` is reserved for I/O trouble and interruption.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-pub fn verify(_path: &Path, _expected_sha256: Option<&str>, _threads: usize, _progress: &crate::Progress, _cancel: &CancelFlag) -> crate::Result<VerifyReport> { todo!() }
-pub fn read_info(_path: &Path) -> crate::Result<ArchiveInfo> { todo!() }
+
+use sha2::{Digest, Sha256};
+
+use super::check::{
+    CopyError, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest, copy_entry_data,
+    parse_entry, resolve_threads, stream_error,
+};
+use super::format::INFO_PATH;
+use super::{ArchiveInfo, CancelFlag, EntryKind, VerifyReport, pgzip};
+use crate::error::{Error, IoContext, Result};
+use crate::{Phase, Progress};
+
+const BUF: usize = 1 << 20;
+
+/// Verifies the archive at `path`: gzip integrity, tar structure, entry safety, metadata
+/// entries, every entry against the manifest (file contents re-hashed), nothing trailing, and
+/// the archive's SHA-256 against `expected_sha256` when given.
+pub fn verify(
+    path: &Path,
+    expected_sha256: Option<&str>,
+    threads: usize,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<VerifyReport> {
+    let file = File::open(path).ctx("cannot open archive", path)?;
+    let meta = file.metadata().ctx("cannot stat archive", path)?;
+    if !meta.is_file() {
+        return Err(Error::Usage(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let hash_file = File::open(path).ctx("cannot open archive", path)?;
+    let hash_meta = hash_file.metadata().ctx("cannot stat archive", path)?;
+    if (hash_meta.dev(), hash_meta.ino()) != (meta.dev(), meta.ino()) {
+        return Err(Error::Usage(format!(
+            "{} was replaced while it was opened",
+            path.display()
+        )));
+    }
+    let size = meta.len();
+    progress.phase(Phase::Verifying, Some(size), None);
+
+    let hash_cancel = cancel.clone();
+    let hasher = std::thread::Builder::new()
+        .name("nuwax-verify-sha".into())
+        .spawn(move || hash_file_contents(hash_file, &hash_cancel))
+        .ctx("cannot start a thread for", path)?;
+
+    let mut report = VerifyReport {
+        size,
+        sha256: String::new(),
+        checksum_matches: None,
+        entries: 0,
+        files_checked: 0,
+        info: None,
+        problems: Vec::new(),
+    };
+    let scanned = scan(file, path, threads, progress, cancel, &mut report);
+    let hashed = hasher
+        .join()
+        .map_err(|_| Error::Internal("the hashing thread panicked".into()))?;
+    scanned?;
+    let (sha, hashed_len) = match hashed.ctx("cannot read archive", path)? {
+        Some(h) => h,
+        None => return Err(Error::Interrupted),
+    };
+    if hashed_len != size {
+        report.problems.push(format!(
+            "the file changed size during verification ({size} -> {hashed_len} bytes)"
+        ));
+    }
+    report.checksum_matches = expected_sha256.map(|e| e.trim().eq_ignore_ascii_case(&sha));
+    report.sha256 = sha;
+    progress.finish_phase(size, report.entries);
+    Ok(report)
+}
+
+/// SHA-256 of the whole file; `None` when cancelled.
+fn hash_file_contents(mut file: File, cancel: &CancelFlag) -> io::Result<Option<(String, u64)>> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUF];
+    let mut len = 0u64;
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok(Some((hex::encode(hasher.finalize()), len)))
+}
+
+/// The content checks. Problems go into `report`; `Err` only for I/O errors and cancel.
+fn scan(
+    file: File,
+    path: &Path,
+    threads: usize,
+    progress: &Progress,
+    cancel: &CancelFlag,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let index = file.try_clone().ctx("cannot open archive", path)?;
+    let size = report.size;
+    // Records a finding; an OS-level read error aborts verification instead.
+    let note = |r: Refusal, report: &mut VerifyReport| -> Result<()> {
+        match r {
+            Refusal::Io(e) => Err(Error::io("cannot read archive", path, e)),
+            other => {
+                report.problems.push(other.describe());
+                Ok(())
+            }
+        }
+    };
+    let reader = match pgzip::open_reader(file, resolve_threads(threads)) {
+        Ok(r) => r,
+        Err(e) => return note(stream_error(e, "not a valid gzip file"), report),
+    };
+    let (position, reader) = ProgressMap::new(&index, size, reader);
+    drop(index);
+    let mut archive = tar::Archive::new(reader);
+    let mut meta = Meta::new();
+    let mut tracker = Tracker::default();
+    let mut observed = Vec::new();
+    let mut buf = vec![0u8; BUF];
+    let mut broken = false;
+    let entries = match archive.entries() {
+        Ok(e) => e,
+        Err(e) => return note(stream_error(e, "reading the tar stream"), report),
+    };
+    for entry in entries {
+        cancel.check()?;
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                note(stream_error(e, "reading the tar stream"), report)?;
+                broken = true;
+                break;
+            }
+        };
+        // Refusals of one entry are reported and the scan goes on with the next entry,
+        // unless the stream itself is damaged.
+        let parsed = match parse_entry(&entry) {
+            Ok(p) => p,
+            Err(r) => {
+                note(r, report)?;
+                continue;
+            }
+        };
+        match meta.accept(&parsed, &mut entry) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(r) => {
+                let usable = r.stream_usable();
+                note(r, report)?;
+                if usable {
+                    continue;
+                }
+                broken = true;
+                break;
+            }
+        }
+        if let Err(r) = tracker.admit(&parsed) {
+            note(r, report)?;
+        }
+        report.entries += 1;
+        let sha = if parsed.kind == EntryKind::File {
+            match copy_entry_data(
+                &mut entry,
+                None,
+                parsed.size,
+                &mut buf,
+                &parsed.path,
+                &mut |_| {},
+            ) {
+                Ok(sha) => {
+                    report.files_checked += 1;
+                    Some(sha)
+                }
+                Err(CopyError::Read(r)) => {
+                    note(r, report)?;
+                    broken = true;
+                    break;
+                }
+                Err(CopyError::Write(e)) => return Err(Error::Internal(e.to_string())),
+            }
+        } else {
+            None
+        };
+        observed.push(parsed.to_manifest_entry(sha));
+        progress.advance(position.position(), report.entries, None);
+    }
+    report.info = meta.info.clone();
+    if broken {
+        report.problems.push(format!(
+            "the archive could not be read to its end; {} entries were checked before that",
+            report.entries
+        ));
+        return Ok(());
+    }
+    let mut rest = archive.into_inner();
+    if let Err(r) = check_trailing(&mut rest) {
+        note(r, report)?;
+    }
+    match meta.finish() {
+        Ok((_, manifest)) => report
+            .problems
+            .extend(compare_manifest(manifest, &observed)),
+        Err(r) => note(r, report)?,
+    }
+    Ok(())
+}
+
+/// Reads the archive's `info.json` (its first entry after the `.nuwax-backup/` directory),
+/// decompressing nothing beyond it.
+pub fn read_info(path: &Path) -> Result<ArchiveInfo> {
+    let file = File::open(path).ctx("cannot open archive", path)?;
+    // MultiGzDecoder: the first gzip member may end before the first entry does.
+    let gz = flate2::read::MultiGzDecoder::new(BufReader::new(file));
+    let mut archive = tar::Archive::new(gz);
+    let entries = archive
+        .entries()
+        .map_err(|e| stream_error(e, "reading the tar stream").into_error(path))?;
+    let mut meta = Meta::new();
+    for entry in entries.take(2) {
+        let mut entry =
+            entry.map_err(|e| stream_error(e, "reading the tar stream").into_error(path))?;
+        let parsed = parse_entry(&entry).map_err(|r| r.into_error(path))?;
+        meta.accept(&parsed, &mut entry)
+            .map_err(|r| r.into_error(path))?;
+        if let Some(info) = meta.info.take() {
+            return Ok(info);
+        }
+    }
+    Err(Error::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("{INFO_PATH} is missing (not a nuwax-cli archive?)"),
+    })
+}

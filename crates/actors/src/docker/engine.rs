@@ -1,1 +1,911 @@
-//! STUB
+//! The Docker Engine client: find the project's containers, stop and start them in dependency
+//! order, wait until they are running and healthy, and fall back to `docker compose up -d`.
+//!
+//! Every call to the engine is bounded by a timeout; a wait never outlives its deadline.
+//! Connecting fails closed: an engine that is configured (`DOCKER_HOST`) or whose socket
+//! exists but does not answer is an error ([`Error::DockerUnreachable`]); only a host with no
+//! engine socket at all yields `Ok(None)`, which the caller reports and continues without a
+//! gate.
+//!
+//! Stop and start act on a list the caller owns (what was running before), so a failure part
+//! way can be undone by starting that same list again: [`Engine::start_containers`] skips
+//! containers that already run.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerInspectResponse, HealthStatusEnum};
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, LogsOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+
+use super::{ComposeProject, ContainerInfo, policy};
+use crate::error::{Error, Result};
+use crate::progress::{Phase, Progress};
+
+/// Where the engine listens when `DOCKER_HOST` is not set.
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// How long [`Engine::start_containers`] waits for a dependency to become healthy before it
+/// starts the containers that depend on it.
+pub const DEPENDENCY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bound on `docker compose up -d` (image pulls included).
+pub const COMPOSE_UP_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+const PROJECT_LABEL: &str = "com.docker.compose.project";
+const SERVICE_LABEL: &str = "com.docker.compose.service";
+const DEPENDS_ON_LABEL: &str = "com.docker.compose.depends_on";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// Docker's own default when a container sets no `StopTimeout`.
+const DEFAULT_STOP_TIMEOUT: i64 = 10;
+/// Time allowed beyond a container's stop timeout for the engine to report it stopped.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(500);
+/// Bollard's per-request timeout; ours (tokio) are tighter and apply first.
+const TRANSPORT_TIMEOUT_SECS: u64 = 3600;
+
+/// A connected, version-negotiated engine client.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    endpoint: String,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where `DOCKER_HOST` (or its absence) says the engine is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    Unix(PathBuf),
+    Http(String),
+    /// Configured, but not something we can talk to: fail closed.
+    Unsupported { endpoint: String, reason: String },
+    /// No `DOCKER_HOST` and nothing at the default socket path.
+    Absent,
+}
+
+fn resolve_endpoint(docker_host: Option<&str>, tls_verify: bool, default_socket: &Path) -> Endpoint {
+    let Some(host) = docker_host.map(str::trim).filter(|h| !h.is_empty()) else {
+        // `symlink_metadata`: a dangling symlink still means "an engine is expected here".
+        return match std::fs::symlink_metadata(default_socket) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Endpoint::Absent,
+            _ => Endpoint::Unix(default_socket.to_path_buf()),
+        };
+    };
+    let unsupported = |reason: &str| Endpoint::Unsupported {
+        endpoint: host.to_string(),
+        reason: format!("{reason}; use a unix:// or plain tcp:// DOCKER_HOST, or --skip-docker-check"),
+    };
+    if let Some(path) = host.strip_prefix("unix://") {
+        Endpoint::Unix(PathBuf::from(path))
+    } else if host.starts_with('/') {
+        Endpoint::Unix(PathBuf::from(host))
+    } else if let Some(addr) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")) {
+        if tls_verify {
+            unsupported("TLS (DOCKER_TLS_VERIFY) is not supported")
+        } else {
+            Endpoint::Http(format!("http://{addr}"))
+        }
+    } else if host.starts_with("https://") {
+        unsupported("TLS endpoints are not supported")
+    } else {
+        unsupported("unsupported DOCKER_HOST scheme")
+    }
+}
+
+fn unreachable(endpoint: &str, message: impl fmt::Display) -> Error {
+    let mut message = message.to_string();
+    if message.contains("Permission denied") || message.contains("permission denied") {
+        message.push_str(" (run as root or as a member of the docker group)");
+    }
+    Error::DockerUnreachable {
+        endpoint: endpoint.to_string(),
+        message,
+    }
+}
+
+/// What the engine says about a container, beyond [`ContainerInfo`], for readiness checks.
+#[derive(Debug, Clone)]
+struct Probe {
+    info: ContainerInfo,
+    exit_code: Option<i64>,
+    started_at: Option<String>,
+    /// `Config.Healthcheck.StartPeriod`.
+    start_period: Option<Duration>,
+    /// Last non-empty line of the most recent healthcheck output.
+    last_health_output: Option<String>,
+}
+
+/// Where a container stands while we wait for it.
+#[derive(Debug, Clone, PartialEq)]
+enum Readiness {
+    Ready,
+    Pending(String),
+    Failed { reason: String, exited: bool },
+}
+
+impl Probe {
+    fn readiness(&self, now: chrono::DateTime<chrono::Utc>) -> Readiness {
+        match self.info.state.as_str() {
+            "running" => match self.info.health.as_deref() {
+                None | Some("healthy") => Readiness::Ready,
+                Some("unhealthy") if !self.in_start_period(now) => Readiness::Failed {
+                    reason: format!("is unhealthy{}", self.health_suffix()),
+                    exited: false,
+                },
+                Some(other) => Readiness::Pending(format!("health: {other}{}", self.health_suffix())),
+            },
+            "exited" | "dead" => Readiness::Failed {
+                reason: format!(
+                    "{} with code {}",
+                    self.info.state,
+                    self.exit_code.map_or_else(|| "?".to_string(), |c| c.to_string())
+                ),
+                exited: true,
+            },
+            "restarting" => Readiness::Pending(format!(
+                "restarting (last exit code {})",
+                self.exit_code.map_or_else(|| "?".to_string(), |c| c.to_string())
+            )),
+            other => Readiness::Pending(other.to_string()),
+        }
+    }
+
+    fn in_start_period(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        let (Some(period), Some(started)) = (self.start_period, self.started_at.as_deref()) else {
+            return false;
+        };
+        let Ok(started) = chrono::DateTime::parse_from_rfc3339(started) else {
+            return false;
+        };
+        let elapsed = now.signed_duration_since(started.with_timezone(&chrono::Utc));
+        elapsed.to_std().map_or(true, |e| e < period)
+    }
+
+    fn health_suffix(&self) -> String {
+        self.last_health_output
+            .as_deref()
+            .map(|line| format!("; last check: {line}"))
+            .unwrap_or_default()
+    }
+}
+
+impl Engine {
+    /// Connects to `DOCKER_HOST` or the default socket and negotiates the API version.
+    /// `Ok(None)`: no `DOCKER_HOST` and no socket file at all. Anything configured or present
+    /// that does not answer is [`Error::DockerUnreachable`].
+    pub async fn connect() -> Result<Option<Engine>> {
+        let host = std::env::var("DOCKER_HOST").ok();
+        let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
+        Self::connect_with(host.as_deref(), tls, Path::new(DEFAULT_SOCKET)).await
+    }
+
+    /// [`Engine::connect`] with its inputs explicit (tests; callers with their own settings).
+    pub async fn connect_with(
+        docker_host: Option<&str>,
+        tls_verify: bool,
+        default_socket: &Path,
+    ) -> Result<Option<Engine>> {
+        let (docker, endpoint) = match resolve_endpoint(docker_host, tls_verify, default_socket) {
+            Endpoint::Absent => {
+                tracing::debug!(socket = %default_socket.display(), "no docker engine socket");
+                return Ok(None);
+            }
+            Endpoint::Unsupported { endpoint, reason } => return Err(unreachable(&endpoint, reason)),
+            Endpoint::Unix(path) => {
+                let endpoint = format!("unix://{}", path.display());
+                let path_str = path.to_string_lossy();
+                let docker = Docker::connect_with_unix(
+                    &path_str,
+                    TRANSPORT_TIMEOUT_SECS,
+                    bollard::API_DEFAULT_VERSION,
+                )
+                .map_err(|e| unreachable(&endpoint, e))?;
+                (docker, endpoint)
+            }
+            Endpoint::Http(url) => {
+                let docker = Docker::connect_with_http(
+                    &url,
+                    TRANSPORT_TIMEOUT_SECS,
+                    bollard::API_DEFAULT_VERSION,
+                )
+                .map_err(|e| unreachable(&url, e))?;
+                (docker, url)
+            }
+        };
+        let docker = match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
+            Ok(Ok(docker)) => docker,
+            Ok(Err(e)) => return Err(unreachable(&endpoint, e)),
+            Err(_) => {
+                return Err(unreachable(
+                    &endpoint,
+                    format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+                ));
+            }
+        };
+        tracing::debug!(%endpoint, version = ?docker.client_version(), "connected to docker engine");
+        Ok(Some(Engine { docker, endpoint }))
+    }
+
+    /// `unix:///var/run/docker.sock`, `http://host:2375`...
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Every container (any state) labelled `com.docker.compose.project=<project>`, sorted by
+    /// name. Containers of other projects never appear.
+    pub async fn project_containers(&self, project: &str) -> Result<Vec<ContainerInfo>> {
+        Ok(self
+            .project_probes(project)
+            .await?
+            .into_iter()
+            .map(|p| p.info)
+            .collect())
+    }
+
+    /// Same as [`Engine::project_containers`]: the current state of the project.
+    pub async fn project_status(&self, project: &str) -> Result<Vec<ContainerInfo>> {
+        self.project_containers(project).await
+    }
+
+    /// Stops the active (running, restarting, paused) containers among `containers` in reverse
+    /// dependency order, each with its own stop timeout (default 10 s), and waits until the
+    /// engine reports each one stopped. Returns the names actually stopped, in stop order.
+    /// Stops at the first wave with a failure so a dependency never stops before a dependent
+    /// that would not.
+    pub async fn stop_containers(&self, containers: &[ContainerInfo]) -> Result<Vec<String>> {
+        let mut stopped = Vec::new();
+        for wave in policy::stop_waves(containers) {
+            let results = join_all(wave.iter().map(|c| self.stop_one(c))).await;
+            let mut first_error = None;
+            for (container, result) in wave.iter().zip(results) {
+                match result {
+                    Ok(true) => stopped.push(container.name.clone()),
+                    Ok(false) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                if !stopped.is_empty() {
+                    tracing::warn!(stopped = ?stopped, "stop failed part way");
+                }
+                return Err(e);
+            }
+        }
+        Ok(stopped)
+    }
+
+    /// Starts `containers` in dependency order, skipping those already running. Before a
+    /// container starts, those of its dependencies that are in `containers` must run and, when
+    /// they have a healthcheck, be healthy (bounded by [`DEPENDENCY_TIMEOUT`]).
+    pub async fn start_containers(&self, containers: &[ContainerInfo]) -> Result<()> {
+        let mut started: Vec<&ContainerInfo> = Vec::new();
+        for wave in policy::start_waves(containers) {
+            let needed: BTreeSet<&str> = wave
+                .iter()
+                .flat_map(|c| c.depends_on.iter().map(String::as_str))
+                .collect();
+            let dependencies: Vec<&ContainerInfo> = started
+                .iter()
+                .copied()
+                .filter(|d| d.service.as_deref().is_some_and(|s| needed.contains(s)))
+                .collect();
+            if !dependencies.is_empty() {
+                self.wait_dependencies(&dependencies).await?;
+            }
+            let results = join_all(wave.iter().map(|c| self.start_one(c))).await;
+            if let Some(e) = results.into_iter().find_map(Result::err) {
+                return Err(e);
+            }
+            started.extend(wave);
+        }
+        Ok(())
+    }
+
+    /// Waits until every persistent container of the project (or, when `only` is not empty,
+    /// those matching a container name, id or service in `only`) is running, and healthy
+    /// where it has a healthcheck. A container that exits, or is unhealthy after its start
+    /// period, fails at once, named with its last output; the timeout fails listing what is
+    /// not ready. One-shot containers are not waited for.
+    pub async fn wait_healthy(
+        &self,
+        compose: &ComposeProject,
+        only: &[String],
+        timeout: Duration,
+        progress: &Progress,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut ready_seen: BTreeSet<String> = BTreeSet::new();
+        let mut phase_sent = false;
+        loop {
+            let probes = self.project_probes(&compose.name).await?;
+            let mut targets: Vec<(String, Option<&Probe>)> = Vec::new();
+            for probe in &probes {
+                let selected = only.is_empty() || only.iter().any(|s| matches_selector(&probe.info, s));
+                if !selected {
+                    continue;
+                }
+                if policy::is_persistent(compose, &probe.info) {
+                    targets.push((label(&probe.info), Some(probe)));
+                } else {
+                    tracing::debug!(container = %probe.info.name, "one-shot container: not waited for");
+                }
+            }
+            for selector in only {
+                if !probes.iter().any(|p| matches_selector(&p.info, selector)) {
+                    targets.push((selector.clone(), None));
+                }
+            }
+            if only.is_empty() && probes.is_empty() && !compose.services.is_empty() {
+                targets.push((format!("project {}", compose.name), None));
+            }
+            if !phase_sent {
+                progress.phase(Phase::Waiting, None, Some(targets.len() as u64));
+                phase_sent = true;
+            }
+
+            let now = chrono::Utc::now();
+            let mut pending = Vec::new();
+            let mut ready = 0u64;
+            for (name, probe) in &targets {
+                let Some(probe) = probe else {
+                    pending.push(format!("{name} (no container)"));
+                    continue;
+                };
+                match probe.readiness(now) {
+                    Readiness::Ready => {
+                        ready += 1;
+                        if ready_seen.insert(probe.info.id.clone()) {
+                            progress.notice(format!("{name} is {}", ready_word(&probe.info)));
+                        }
+                    }
+                    Readiness::Pending(why) => pending.push(format!("{name} ({why})")),
+                    Readiness::Failed { reason, exited } => {
+                        let mut message = format!("container {name} {reason}");
+                        if exited && let Some(out) = self.last_output(&probe.info.id).await {
+                            message.push_str(&format!("; last output: {out}"));
+                        }
+                        return Err(Error::Docker(message));
+                    }
+                }
+            }
+            progress.advance(0, ready, None);
+            if pending.is_empty() {
+                progress.finish_phase(0, ready);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Docker(format!(
+                    "services of project {} not ready after {}s: {}",
+                    compose.name,
+                    timeout.as_secs(),
+                    pending.join(", ")
+                )));
+            }
+            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    async fn project_probes(&self, project: &str) -> Result<Vec<Probe>> {
+        let filters = HashMap::from([("label", vec![format!("{PROJECT_LABEL}={project}")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .call(
+                || format!("cannot list the containers of project {project}"),
+                API_TIMEOUT,
+                self.docker.list_containers(Some(options)),
+            )
+            .await?;
+        let mut probes = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            // The engine filters already; checking again costs nothing and keeps other
+            // projects out whatever the engine version does with the filter.
+            let labels = summary.labels.unwrap_or_default();
+            if labels.get(PROJECT_LABEL).map(String::as_str) != Some(project) {
+                continue;
+            }
+            let Some(id) = summary.id else { continue };
+            if let Some(probe) = self.inspect(&id).await? {
+                probes.push(probe);
+            }
+        }
+        probes.sort_by(|a, b| (&a.info.name, &a.info.id).cmp(&(&b.info.name, &b.info.id)));
+        Ok(probes)
+    }
+
+    /// `Ok(None)` when the container no longer exists.
+    async fn inspect(&self, id: &str) -> Result<Option<Probe>> {
+        let result = tokio::time::timeout(API_TIMEOUT, self.docker.inspect_container(id, None)).await;
+        match result {
+            Ok(Ok(response)) => Ok(Some(probe_from(response))),
+            Ok(Err(BollardError::DockerResponseServerError { status_code: 404, .. })) => Ok(None),
+            Ok(Err(e)) => Err(Error::Docker(format!("cannot inspect container {id}: {e}"))),
+            Err(_) => Err(self.timed_out(&format!("inspect container {id}"), API_TIMEOUT)),
+        }
+    }
+
+    /// Stops one container if it is active; `Ok(true)` when it was stopped by us.
+    async fn stop_one(&self, container: &ContainerInfo) -> Result<bool> {
+        let Some(current) = self.inspect(&container.id).await? else {
+            return Ok(false);
+        };
+        if !policy::is_active(&current.info.state) {
+            return Ok(false);
+        }
+        let name = &container.name;
+        if current.info.state == "paused" {
+            // A frozen process cannot handle SIGTERM: thaw it so it can shut down cleanly.
+            self.call(
+                || format!("cannot unpause container {name}"),
+                API_TIMEOUT,
+                self.docker.unpause_container(&container.id),
+            )
+            .await?;
+        }
+        let seconds = current
+            .info
+            .stop_timeout
+            .or(container.stop_timeout)
+            .filter(|t| *t >= 0)
+            .unwrap_or(DEFAULT_STOP_TIMEOUT);
+        tracing::info!(container = %name, timeout_s = seconds, "stopping container");
+        let options = StopContainerOptionsBuilder::default()
+            .t(i32::try_from(seconds).unwrap_or(i32::MAX))
+            .build();
+        let limit = Duration::from_secs(seconds.unsigned_abs()) + STOP_GRACE;
+        match tokio::time::timeout(limit, self.docker.stop_container(&container.id, Some(options))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(BollardError::DockerResponseServerError { status_code: 404, .. })) => return Ok(true),
+            Ok(Err(e)) => return Err(Error::Docker(format!("cannot stop container {name}: {e}"))),
+            Err(_) => return Err(self.timed_out(&format!("stop container {name}"), limit)),
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            match self.inspect(&container.id).await? {
+                None => return Ok(true),
+                Some(p) if !policy::is_active(&p.info.state) => return Ok(true),
+                Some(p) if Instant::now() >= deadline => {
+                    return Err(Error::Docker(format!(
+                        "container {name} is still {} {}s after it was told to stop",
+                        p.info.state,
+                        STOP_GRACE.as_secs()
+                    )));
+                }
+                Some(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    async fn start_one(&self, container: &ContainerInfo) -> Result<()> {
+        let name = &container.name;
+        let Some(current) = self.inspect(&container.id).await? else {
+            return Err(Error::Docker(format!(
+                "cannot start container {name}: it no longer exists"
+            )));
+        };
+        match current.info.state.as_str() {
+            "running" | "restarting" => return Ok(()),
+            "paused" => {
+                return self
+                    .call(
+                        || format!("cannot unpause container {name}"),
+                        API_TIMEOUT,
+                        self.docker.unpause_container(&container.id),
+                    )
+                    .await;
+            }
+            _ => {}
+        }
+        tracing::info!(container = %name, "starting container");
+        self.call(
+            || format!("cannot start container {name}"),
+            API_TIMEOUT,
+            self.docker.start_container(&container.id, None),
+        )
+        .await
+    }
+
+    /// Waits until `dependencies` run and are healthy where they have a healthcheck.
+    async fn wait_dependencies(&self, dependencies: &[&ContainerInfo]) -> Result<()> {
+        let deadline = Instant::now() + DEPENDENCY_TIMEOUT;
+        loop {
+            let now = chrono::Utc::now();
+            let mut pending = Vec::new();
+            for dep in dependencies {
+                let Some(probe) = self.inspect(&dep.id).await? else {
+                    return Err(Error::Docker(format!(
+                        "dependency {} disappeared while starting",
+                        dep.name
+                    )));
+                };
+                match probe.readiness(now) {
+                    Readiness::Ready => {}
+                    Readiness::Pending(why) => pending.push(format!("{} ({why})", label(&dep))),
+                    Readiness::Failed { reason, exited } => {
+                        let mut message = format!("dependency {} {reason}", label(&dep));
+                        if exited && let Some(out) = self.last_output(&dep.id).await {
+                            message.push_str(&format!("; last output: {out}"));
+                        }
+                        return Err(Error::Docker(message));
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Docker(format!(
+                    "dependencies not ready after {}s: {}",
+                    DEPENDENCY_TIMEOUT.as_secs(),
+                    pending.join(", ")
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The last few lines a container printed, for an error message. Best effort.
+    async fn last_output(&self, id: &str) -> Option<String> {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("5")
+            .build();
+        let collect = async {
+            let mut out = String::new();
+            let mut stream = self.docker.logs(id, Some(options));
+            while let Some(Ok(chunk)) = stream.next().await {
+                out.push_str(&chunk.to_string());
+            }
+            out
+        };
+        let out = tokio::time::timeout(Duration::from_secs(5), collect).await.ok()?;
+        let lines: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        (!lines.is_empty()).then(|| truncate(&lines.join(" | "), 400))
+    }
+
+    async fn call<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        limit: Duration,
+        fut: impl Future<Output = std::result::Result<T, BollardError>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Error::Docker(format!("{}: {e}", what()))),
+            Err(_) => Err(self.timed_out(&what(), limit)),
+        }
+    }
+
+    fn timed_out(&self, what: &str, limit: Duration) -> Error {
+        Error::Docker(format!(
+            "{what}: no answer from the engine at {} within {}s",
+            self.endpoint,
+            limit.as_secs()
+        ))
+    }
+}
+
+/// Runs `docker compose up -d` (or `docker-compose up -d` where the plugin is missing) for the
+/// project, in the compose file's directory. The env file is passed only when it exists.
+/// Failure carries compose's stderr.
+pub async fn compose_up(compose_file: &Path, env_file: Option<&Path>, project: &str) -> Result<()> {
+    let (program, mut args) = compose_command().await?;
+    args.push("-f".into());
+    args.push(compose_file.as_os_str().to_owned());
+    if let Some(env) = env_file {
+        if env.is_file() {
+            args.push("--env-file".into());
+            args.push(env.as_os_str().to_owned());
+        } else {
+            tracing::debug!(env_file = %env.display(), "env file missing: not passed to compose");
+        }
+    }
+    args.extend(["-p".into(), project.into(), "up".into(), "-d".into()]);
+    let shown = format!(
+        "{program} {}",
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    tracing::info!(command = %shown, "starting services with compose");
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = compose_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        command.current_dir(dir);
+    }
+    let output = match tokio::time::timeout(COMPOSE_UP_TIMEOUT, command.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return Err(Error::Docker(format!("cannot run `{shown}`: {e}"))),
+        Err(_) => {
+            return Err(Error::Docker(format!(
+                "`{shown}` did not finish within {}s",
+                COMPOSE_UP_TIMEOUT.as_secs()
+            )));
+        }
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        tracing::debug!(output = %stderr, "compose up finished");
+        return Ok(());
+    }
+    let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = tail[tail.len().saturating_sub(20)..].join("\n");
+    Err(Error::Docker(format!(
+        "`{shown}` failed ({}): {}",
+        output.status,
+        if tail.is_empty() { "no error output" } else { &tail }
+    )))
+}
+
+/// `docker compose` when the plugin answers, else `docker-compose` when installed.
+async fn compose_command() -> Result<(&'static str, Vec<std::ffi::OsString>)> {
+    let probe = |program: &'static str, args: &'static [&'static str]| async move {
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(20), command.status()).await,
+            Ok(Ok(status)) if status.success()
+        )
+    };
+    if probe("docker", &["compose", "version"]).await {
+        return Ok(("docker", vec!["compose".into()]));
+    }
+    if probe("docker-compose", &["version"]).await {
+        return Ok(("docker-compose", Vec::new()));
+    }
+    Err(Error::Docker(
+        "neither `docker compose` nor `docker-compose` works on this host; install the docker \
+         compose plugin"
+            .into(),
+    ))
+}
+
+fn probe_from(response: ContainerInspectResponse) -> Probe {
+    let config = response.config.unwrap_or_default();
+    let state = response.state.unwrap_or_default();
+    let labels = config.labels.clone().unwrap_or_default();
+    let health = state.health.as_ref();
+    let health_status = health.and_then(|h| h.status).and_then(|s| match s {
+        HealthStatusEnum::HEALTHY => Some("healthy"),
+        HealthStatusEnum::UNHEALTHY => Some("unhealthy"),
+        HealthStatusEnum::STARTING => Some("starting"),
+        HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => None,
+    });
+    let last_health_output = health
+        .and_then(|h| h.log.as_ref())
+        .and_then(|log| log.last())
+        .and_then(|entry| entry.output.as_deref())
+        .and_then(|out| out.lines().map(str::trim).rfind(|l| !l.is_empty()))
+        .map(|line| truncate(line, 200));
+    let restart_policy = response
+        .host_config
+        .as_ref()
+        .and_then(|h| h.restart_policy.as_ref())
+        .and_then(|p| p.name)
+        .map(|n| n.to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "no".to_string());
+    let start_period = config
+        .healthcheck
+        .as_ref()
+        .and_then(|h| h.start_period)
+        .filter(|ns| *ns > 0)
+        .map(|ns| Duration::from_nanos(ns.unsigned_abs()));
+    let info = ContainerInfo {
+        id: response.id.unwrap_or_default(),
+        name: response
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        service: labels.get(SERVICE_LABEL).cloned(),
+        state: state
+            .status
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".to_string()),
+        health: health_status.map(String::from),
+        restart_policy,
+        image: config.image.clone().unwrap_or_default(),
+        image_id: response.image.unwrap_or_default(),
+        depends_on: labels
+            .get(DEPENDS_ON_LABEL)
+            .map(|v| parse_depends_on_label(v))
+            .unwrap_or_default(),
+        stop_timeout: config.stop_timeout,
+    };
+    Probe {
+        info,
+        exit_code: state.exit_code,
+        started_at: state.started_at,
+        start_period,
+        last_health_output,
+    }
+}
+
+/// `db:service_healthy:false,cache:service_started:true` or plain `db,cache` -> service names.
+fn parse_depends_on_label(value: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for item in value.split(',') {
+        let name = item.split(':').next().unwrap_or_default().trim();
+        if !name.is_empty() && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+fn matches_selector(info: &ContainerInfo, selector: &str) -> bool {
+    let selector = selector.trim_start_matches('/');
+    info.name == selector
+        || info.service.as_deref() == Some(selector)
+        || (selector.len() >= 12 && info.id.starts_with(selector))
+}
+
+/// `name (service svc)` for messages; just the name when it already says the service.
+fn label(info: &ContainerInfo) -> String {
+    match info.service.as_deref() {
+        Some(service) if !info.name.contains(service) => format!("{} (service {service})", info.name),
+        _ => info.name.clone(),
+    }
+}
+
+fn ready_word(info: &ContainerInfo) -> &'static str {
+    if info.health.is_some() { "healthy" } else { "running" }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("docker.sock");
+        assert_eq!(resolve_endpoint(None, false, &missing), Endpoint::Absent);
+        assert_eq!(resolve_endpoint(Some("  "), false, &missing), Endpoint::Absent);
+        std::fs::write(&missing, b"").unwrap();
+        assert_eq!(
+            resolve_endpoint(None, false, &missing),
+            Endpoint::Unix(missing.clone())
+        );
+        let dangling = dir.path().join("dangling.sock");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert_eq!(
+            resolve_endpoint(None, false, &dangling),
+            Endpoint::Unix(dangling.clone())
+        );
+        assert_eq!(
+            resolve_endpoint(Some("unix:///run/x.sock"), false, &missing),
+            Endpoint::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            resolve_endpoint(Some("tcp://10.0.0.1:2375"), false, &missing),
+            Endpoint::Http("http://10.0.0.1:2375".into())
+        );
+        for host in ["tcp://10.0.0.1:2376"] {
+            assert!(matches!(
+                resolve_endpoint(Some(host), true, &missing),
+                Endpoint::Unsupported { .. }
+            ));
+        }
+        for host in ["ssh://me@box", "npipe:////./pipe/docker_engine", "https://x:2376", "junk"] {
+            assert!(
+                matches!(resolve_endpoint(Some(host), false, &missing), Endpoint::Unsupported { .. }),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn depends_on_label_forms() {
+        assert_eq!(
+            parse_depends_on_label("db:service_healthy:false,cache:service_started:true"),
+            ["db", "cache"]
+        );
+        assert_eq!(parse_depends_on_label("db, cache,db"), ["db", "cache"]);
+        assert!(parse_depends_on_label("").is_empty());
+    }
+
+    fn probe(state: &str, health: Option<&str>) -> Probe {
+        Probe {
+            info: ContainerInfo {
+                id: "0123456789abcdef".into(),
+                name: "p-db-1".into(),
+                service: Some("db".into()),
+                state: state.into(),
+                health: health.map(String::from),
+                restart_policy: "always".into(),
+                image: "img".into(),
+                image_id: "sha256:1".into(),
+                depends_on: vec![],
+                stop_timeout: None,
+            },
+            exit_code: Some(3),
+            started_at: Some("2024-01-01T00:00:00.123456789Z".into()),
+            start_period: None,
+            last_health_output: Some("db not ready".into()),
+        }
+    }
+
+    #[test]
+    fn readiness_rules() {
+        let now = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:30Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(probe("running", None).readiness(now), Readiness::Ready);
+        assert_eq!(probe("running", Some("healthy")).readiness(now), Readiness::Ready);
+        assert!(matches!(probe("running", Some("starting")).readiness(now), Readiness::Pending(_)));
+        assert!(matches!(probe("restarting", None).readiness(now), Readiness::Pending(_)));
+        assert!(matches!(probe("created", None).readiness(now), Readiness::Pending(_)));
+        match probe("exited", None).readiness(now) {
+            Readiness::Failed { reason, exited } => {
+                assert!(exited);
+                assert!(reason.contains("code 3"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match probe("running", Some("unhealthy")).readiness(now) {
+            Readiness::Failed { reason, .. } => assert!(reason.contains("db not ready"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Unhealthy inside the start period is still pending.
+        let mut young = probe("running", Some("unhealthy"));
+        young.start_period = Some(Duration::from_secs(60));
+        assert!(matches!(young.readiness(now), Readiness::Pending(_)));
+        young.start_period = Some(Duration::from_secs(10));
+        assert!(matches!(young.readiness(now), Readiness::Failed { .. }));
+    }
+
+    #[test]
+    fn selectors() {
+        let info = probe("running", None).info;
+        assert!(matches_selector(&info, "p-db-1"));
+        assert!(matches_selector(&info, "/p-db-1"));
+        assert!(matches_selector(&info, "db"));
+        assert!(matches_selector(&info, "0123456789ab"));
+        assert!(!matches_selector(&info, "0123"));
+        assert!(!matches_selector(&info, "web"));
+    }
+}

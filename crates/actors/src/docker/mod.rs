@@ -9,7 +9,7 @@ pub mod policy;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a compose file says about one service (only what we need).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -18,7 +18,7 @@ pub struct ComposeService {
     /// YAML `false` and `no` both read as `"no"`.
     pub restart: Option<String>,
     /// Services this one depends on (`depends_on` list or map form, plus
-    /// `network_mode: service:X` and `volumes_from: [X]`).
+    /// `network_mode: service:X`, `volumes_from: [X]` and `links: [X]`), in file order.
     pub depends_on: Vec<String>,
     /// The service defines a healthcheck that is not disabled.
     pub has_healthcheck: bool,
@@ -35,7 +35,7 @@ pub struct ComposeProject {
 }
 
 /// One container of the project as the engine reports it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerInfo {
     pub id: String,
     /// Without the leading `/`.

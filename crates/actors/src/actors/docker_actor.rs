@@ -1,0 +1,113 @@
+//! DockerActor: owns the bollard client. Connects lazily on first use and keeps the
+//! connection; "no engine socket at all" is remembered as `None` (callers warn), while an
+//! engine that exists but does not answer is an error every time (fail closed).
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::reply;
+use crate::docker::engine::Engine;
+use crate::docker::{ComposeProject, ContainerInfo, GateReport, policy};
+use crate::error::Result;
+use crate::progress::Progress;
+
+pub(crate) struct DockerActor;
+
+#[derive(Default)]
+pub(crate) struct DockerState {
+    engine: Option<Option<Engine>>,
+}
+
+type Reply<T> = RpcReplyPort<Result<T>>;
+
+pub(crate) enum DockerMsg {
+    /// The project's containers; `None` when there is no engine on this machine.
+    Containers(String, Reply<Option<Vec<ContainerInfo>>>),
+    /// The cold-backup gate.
+    Gate(ComposeProject, Reply<GateReport>),
+    /// Stops the given containers (reverse dependency order); returns the names stopped.
+    Stop(Vec<ContainerInfo>, Progress, Reply<Vec<String>>),
+    /// Starts the given containers (dependency order).
+    Start(Vec<ContainerInfo>, Progress, Reply<()>),
+}
+
+impl DockerState {
+    async fn engine(&mut self) -> Result<Option<&Engine>> {
+        if self.engine.is_none() {
+            // Only a definite answer is cached; an unreachable engine is retried next time.
+            self.engine = Some(Engine::connect().await?);
+        }
+        Ok(self.engine.as_ref().and_then(|e| e.as_ref()))
+    }
+}
+
+impl Actor for DockerActor {
+    type Msg = DockerMsg;
+    type State = DockerState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(DockerState::default())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DockerMsg::Containers(project, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(None),
+                        Some(engine) => engine.project_containers(&project).await.map(Some),
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::Gate(compose, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(GateReport {
+                            project: compose.name.clone(),
+                            engine_absent: true,
+                            ..GateReport::default()
+                        }),
+                        Some(engine) => {
+                            let containers = engine.project_containers(&compose.name).await?;
+                            Ok(policy::gate(&compose.name, &compose, &containers))
+                        }
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::Stop(containers, _progress, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(Vec::new()),
+                        Some(engine) => engine.stop_containers(&containers).await,
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::Start(containers, _progress, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(()),
+                        Some(engine) => engine.start_containers(&containers).await,
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! StoreActor: the only owner of the SQLite connection.
+//!
+//! Each request runs on `spawn_blocking` (SQLite calls block; `busy_timeout` can wait), with
+//! the `Store` moved into the blocking task and back, so the async runtime never blocks and
+//! no other code can reach the connection.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use nuwax_store::{
+    BackupCompletion, BackupRecord, NewBackup, Operation, OperationKind, OperationState, Store,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::reply;
+use crate::error::{Error, Result};
+
+pub(crate) struct StoreActor;
+
+pub(crate) struct StoreState {
+    store: Option<Store>,
+}
+
+type Reply<T> = RpcReplyPort<Result<T>>;
+
+pub(crate) enum StoreMsg {
+    ListBackups(Reply<Vec<BackupRecord>>),
+    GetBackup(i64, Reply<Option<BackupRecord>>),
+    InsertBackup(NewBackup, Reply<i64>),
+    CompleteBackup(i64, BackupCompletion, Reply<()>),
+    FailBackup(i64, String, Reply<()>),
+    DeleteBackup(i64, Reply<bool>),
+    MarkVerified(i64, DateTime<Utc>, Reply<()>),
+    BeginOperation(OperationKind, serde_json::Value, Reply<i64>),
+    SetOperationPhase(i64, String, Option<serde_json::Value>, Reply<()>),
+    SetOperationBackup(i64, i64, Reply<()>),
+    FinishOperation(i64, OperationState, Option<String>, Reply<()>),
+    UnfinishedOperations(Reply<Vec<Operation>>),
+    LastOperation(OperationKind, Reply<Option<Operation>>),
+    GetSetting(String, Reply<Option<String>>),
+    SetSetting(String, String, Reply<()>),
+}
+
+impl StoreState {
+    /// Runs `f` against the store on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&Store) -> nuwax_store::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self
+            .store
+            .take()
+            .ok_or_else(|| Error::Internal("catalog connection lost".into()))?;
+        let (store, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&store);
+            (store, r)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("catalog task failed: {e}")))?;
+        self.store = Some(store);
+        result.map_err(Error::from)
+    }
+}
+
+impl Actor for StoreActor {
+    type Msg = StoreMsg;
+    type State = StoreState;
+    type Arguments = PathBuf;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        db_file: PathBuf,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let store = tokio::task::spawn_blocking(move || Store::open(&db_file)).await??;
+        Ok(StoreState { store: Some(store) })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let pid = std::process::id();
+        match msg {
+            StoreMsg::ListBackups(r) => reply(r, st.run(|s| s.list_backups()).await),
+            StoreMsg::GetBackup(id, r) => reply(r, st.run(move |s| s.get_backup(id)).await),
+            StoreMsg::InsertBackup(new, r) => {
+                reply(r, st.run(move |s| s.insert_backup(&new)).await)
+            }
+            StoreMsg::CompleteBackup(id, c, r) => {
+                reply(r, st.run(move |s| s.complete_backup(id, &c)).await)
+            }
+            StoreMsg::FailBackup(id, e, r) => {
+                reply(r, st.run(move |s| s.fail_backup(id, &e, Utc::now())).await)
+            }
+            StoreMsg::DeleteBackup(id, r) => reply(r, st.run(move |s| s.delete_backup(id)).await),
+            StoreMsg::MarkVerified(id, at, r) => {
+                reply(r, st.run(move |s| s.mark_verified(id, at)).await)
+            }
+            StoreMsg::BeginOperation(kind, details, r) => {
+                let boot = crate::lock::boot_id();
+                reply(
+                    r,
+                    st.run(move |s| s.begin_operation(kind, pid, &boot, &details))
+                        .await,
+                )
+            }
+            StoreMsg::SetOperationPhase(id, phase, details, r) => reply(
+                r,
+                st.run(move |s| s.set_operation_phase(id, &phase, details.as_ref()))
+                    .await,
+            ),
+            StoreMsg::SetOperationBackup(id, b, r) => {
+                reply(r, st.run(move |s| s.set_operation_backup(id, b)).await)
+            }
+            StoreMsg::FinishOperation(id, state, e, r) => reply(
+                r,
+                st.run(move |s| s.finish_operation(id, state, e.as_deref()))
+                    .await,
+            ),
+            StoreMsg::UnfinishedOperations(r) => {
+                reply(r, st.run(|s| s.unfinished_operations()).await)
+            }
+            StoreMsg::LastOperation(kind, r) => {
+                reply(r, st.run(move |s| s.last_operation(kind)).await)
+            }
+            StoreMsg::GetSetting(k, r) => reply(r, st.run(move |s| s.get_setting(&k)).await),
+            StoreMsg::SetSetting(k, v, r) => {
+                reply(r, st.run(move |s| s.set_setting(&k, &v)).await)
+            }
+        }
+        if st.store.is_none() {
+            // The connection was lost with a panicking task: fail so the supervisor reopens it.
+            return Err("catalog connection lost".into());
+        }
+        Ok(())
+    }
+}

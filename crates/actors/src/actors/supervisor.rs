@@ -1,0 +1,108 @@
+//! The supervisor: spawns the three actors linked to itself and restarts one that fails
+//! (a panic inside a handler), so a bug in one request does not take the process down and
+//! the next request finds a fresh actor. Callers fetch current refs through it.
+
+use std::path::PathBuf;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::archive_actor::{ArchiveActor, ArchiveMsg};
+use super::docker_actor::{DockerActor, DockerMsg};
+use super::store_actor::{StoreActor, StoreMsg};
+
+pub(crate) struct Supervisor;
+
+pub(crate) struct SupervisorArgs {
+    pub db_file: PathBuf,
+}
+
+pub(crate) struct SupervisorState {
+    db_file: PathBuf,
+    refs: Refs,
+}
+
+#[derive(Clone)]
+pub(crate) struct Refs {
+    pub store: ActorRef<StoreMsg>,
+    pub docker: ActorRef<DockerMsg>,
+    pub archive: ActorRef<ArchiveMsg>,
+}
+
+pub(crate) enum SupervisorMsg {
+    Refs(RpcReplyPort<Refs>),
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let cell = myself.get_cell();
+        let (store, _) =
+            Actor::spawn_linked(None, StoreActor, args.db_file.clone(), cell.clone()).await?;
+        let (docker, _) = Actor::spawn_linked(None, DockerActor, (), cell.clone()).await?;
+        let (archive, _) = Actor::spawn_linked(None, ArchiveActor, (), cell).await?;
+        Ok(SupervisorState {
+            db_file: args.db_file,
+            refs: Refs {
+                store,
+                docker,
+                archive,
+            },
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Refs(r) => {
+                let _ = r.send(state.refs.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let failed: Option<ActorCell> = match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!("actor {:?} failed: {err}; restarting it", cell.get_id());
+                Some(cell)
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                tracing::debug!("actor {:?} stopped: {reason:?}", cell.get_id());
+                None
+            }
+            _ => None,
+        };
+        if let Some(cell) = failed {
+            let parent = myself.get_cell();
+            let id = cell.get_id();
+            if id == state.refs.store.get_id() {
+                let (r, _) =
+                    Actor::spawn_linked(None, StoreActor, state.db_file.clone(), parent).await?;
+                state.refs.store = r;
+            } else if id == state.refs.docker.get_id() {
+                let (r, _) = Actor::spawn_linked(None, DockerActor, (), parent).await?;
+                state.refs.docker = r;
+            } else if id == state.refs.archive.get_id() {
+                let (r, _) = Actor::spawn_linked(None, ArchiveActor, (), parent).await?;
+                state.refs.archive = r;
+            }
+        }
+        Ok(())
+    }
+}

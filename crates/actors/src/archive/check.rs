@@ -1,0 +1,742 @@
+//! The rules every archive entry must pass before anything acts on it. [`super::verify`] and
+//! [`super::extract`] share them, so "verify says ok" and "extract accepts" mean the same.
+//!
+//! Design note: the rules are deliberately stricter than tar's. Paths must be clean relative
+//! paths (no leading `/`, no `.`/`..`/empty components); nothing may live beneath a symlink or
+//! a non-directory entry of the same archive; a hard link may only name an earlier regular file
+//! of the same top-level item (the builder never writes anything else); only directories,
+//! regular files, symlinks and hard links exist. The metadata entries must sit where the format
+//! says: `.nuwax-backup/` and `info.json` first, `manifest.json` last.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
+
+use sha2::{Digest, Sha256};
+
+use super::format::{INFO_PATH, MANIFEST_PATH, encode_bytes};
+use super::{ArchiveInfo, EntryKind, META_DIR, Manifest, ManifestEntry};
+use crate::config::INTERNAL_PREFIX;
+
+/// Largest `info.json` we read into memory.
+const MAX_INFO_BYTES: u64 = 1 << 20;
+/// Largest `manifest.json` we read into memory (about 3 million entries).
+const MAX_MANIFEST_BYTES: u64 = 1 << 30;
+/// Findings beyond this many are summarised in one line.
+const MAX_PROBLEMS: usize = 50;
+
+/// Why an entry (or the archive) is refused.
+#[derive(Debug)]
+pub(super) enum Refusal {
+    /// The entry could write outside the target or is of a kind we never create.
+    Unsafe { entry: String, reason: String },
+    /// The archive is damaged or does not follow the format.
+    Corrupt(String),
+    /// The stream itself is damaged (gzip error, truncation): nothing after it can be read.
+    Broken(String),
+    /// Reading the archive file failed at the OS level (not a content problem).
+    Io(io::Error),
+}
+
+impl Refusal {
+    fn unsafe_entry(path: &[u8], reason: impl Into<String>) -> Self {
+        Refusal::Unsafe {
+            entry: display_bytes(path),
+            reason: reason.into(),
+        }
+    }
+
+    /// Converts to the crate error for an archive at `archive`.
+    pub(super) fn into_error(self, archive: &std::path::Path) -> crate::Error {
+        match self {
+            Refusal::Unsafe { entry, reason } => crate::Error::UnsafeEntry {
+                path: archive.to_path_buf(),
+                entry,
+                reason,
+            },
+            Refusal::Corrupt(detail) | Refusal::Broken(detail) => crate::Error::Corrupt {
+                path: archive.to_path_buf(),
+                detail,
+            },
+            Refusal::Io(e) => crate::Error::io("cannot read archive", archive, e),
+        }
+    }
+
+    /// Whether reading can go on after this refusal (the stream is still in step).
+    pub(super) fn stream_usable(&self) -> bool {
+        matches!(self, Refusal::Unsafe { .. } | Refusal::Corrupt(_))
+    }
+
+    /// One line for a verify report.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Refusal::Unsafe { entry, reason } => format!("unsafe entry {entry:?}: {reason}"),
+            Refusal::Corrupt(detail) | Refusal::Broken(detail) => detail.clone(),
+            Refusal::Io(e) => format!("read error: {e}"),
+        }
+    }
+}
+
+/// A read error from the decompressing stream: an errno means the OS failed us; anything else
+/// (bad gzip header, CRC mismatch, truncated member, bad tar header) is damaged content.
+pub(super) fn stream_error(e: io::Error, what: &str) -> Refusal {
+    if e.raw_os_error().is_some() {
+        Refusal::Io(e)
+    } else {
+        Refusal::Broken(format!("{what}: {e}"))
+    }
+}
+
+/// Path bytes for messages: UTF-8 as is, other bytes as `\xNN`.
+pub(super) fn display_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The first component of a normalized path.
+pub(super) fn top_level(path: &[u8]) -> &[u8] {
+    match path.iter().position(|&b| b == b'/') {
+        Some(i) => &path[..i],
+        None => path,
+    }
+}
+
+/// One tar entry as we understand it, after validation of its header.
+#[derive(Debug, Clone)]
+pub(super) struct Parsed {
+    /// Normalized: no trailing slash.
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    pub target: Option<Vec<u8>>,
+}
+
+impl Parsed {
+    /// The manifest record this entry corresponds to (`sha256` for regular files).
+    pub(super) fn to_manifest_entry(&self, sha256: Option<String>) -> ManifestEntry {
+        let (path, path_hex) = encode_bytes(&self.path);
+        let (target, target_hex) = match &self.target {
+            Some(t) => encode_bytes(t),
+            None => (None, None),
+        };
+        ManifestEntry {
+            path,
+            path_hex,
+            kind: self.kind,
+            size: self.size,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            sha256,
+            target,
+            target_hex,
+        }
+    }
+}
+
+/// Reads and validates an entry's header: type, path, link target, numeric fields.
+pub(super) fn parse_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Parsed, Refusal> {
+    let raw_path = entry.path_bytes().into_owned();
+    let header = entry.header();
+    let kind = match header.entry_type() {
+        tar::EntryType::Regular => EntryKind::File,
+        tar::EntryType::Directory => EntryKind::Dir,
+        tar::EntryType::Symlink => EntryKind::Symlink,
+        tar::EntryType::Link => EntryKind::Hardlink,
+        other => {
+            return Err(Refusal::unsafe_entry(
+                &raw_path,
+                format!(
+                    "unsupported entry type {} ({:?}); only directories, regular files, \
+                     symlinks and hard links are allowed",
+                    type_name(other),
+                    other.as_byte() as char
+                ),
+            ));
+        }
+    };
+    let path = normalize_path(&raw_path, kind).map_err(|r| Refusal::unsafe_entry(&raw_path, r))?;
+    let corrupt = |what: &str, e: io::Error| {
+        Refusal::Corrupt(format!(
+            "entry {:?}: bad {what} field: {e}",
+            display_bytes(&raw_path)
+        ))
+    };
+    let size = entry.size();
+    if kind != EntryKind::File && size != 0 {
+        return Err(Refusal::Corrupt(format!(
+            "entry {:?}: a {} entry with {size} bytes of data",
+            display_bytes(&raw_path),
+            kind_name(kind)
+        )));
+    }
+    let mode = header.mode().map_err(|e| corrupt("mode", e))?;
+    let uid = header.uid().map_err(|e| corrupt("uid", e))?;
+    let gid = header.gid().map_err(|e| corrupt("gid", e))?;
+    let mtime = header.mtime().map_err(|e| corrupt("mtime", e))?;
+    let mtime = i64::try_from(mtime).map_err(|_| {
+        Refusal::Corrupt(format!(
+            "entry {:?}: mtime {mtime} out of range",
+            display_bytes(&raw_path)
+        ))
+    })?;
+    let target = match kind {
+        EntryKind::Symlink | EntryKind::Hardlink => {
+            let t = entry
+                .link_name_bytes()
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
+            if t.is_empty() {
+                return Err(Refusal::unsafe_entry(&raw_path, "link with an empty target"));
+            }
+            if t.contains(&0) {
+                return Err(Refusal::unsafe_entry(&raw_path, "link target contains a NUL byte"));
+            }
+            Some(t)
+        }
+        _ => None,
+    };
+    Ok(Parsed {
+        path,
+        kind,
+        size,
+        mode,
+        uid,
+        gid,
+        mtime,
+        target,
+    })
+}
+
+fn type_name(t: tar::EntryType) -> &'static str {
+    match t {
+        tar::EntryType::Char => "character device",
+        tar::EntryType::Block => "block device",
+        tar::EntryType::Fifo => "fifo",
+        tar::EntryType::Continuous => "contiguous file",
+        tar::EntryType::GNUSparse => "GNU sparse file",
+        tar::EntryType::XGlobalHeader => "pax global header",
+        _ => "unknown",
+    }
+}
+
+pub(super) fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Dir => "directory",
+        EntryKind::File => "regular file",
+        EntryKind::Symlink => "symlink",
+        EntryKind::Hardlink => "hard link",
+    }
+}
+
+/// Checks that `raw` is a clean relative path and returns it without a directory's trailing
+/// slash. Refused: empty, absolute, NUL bytes, empty / `.` / `..` components, a trailing slash
+/// on anything but a directory.
+pub(super) fn normalize_path(raw: &[u8], kind: EntryKind) -> Result<Vec<u8>, String> {
+    if raw.is_empty() {
+        return Err("empty path".into());
+    }
+    if raw[0] == b'/' {
+        return Err("absolute path".into());
+    }
+    if raw.contains(&0) {
+        return Err("path contains a NUL byte".into());
+    }
+    let body = match raw.strip_suffix(b"/") {
+        Some(b) if kind == EntryKind::Dir => b,
+        Some(_) => return Err(format!("trailing slash on a {}", kind_name(kind))),
+        None => raw,
+    };
+    for comp in body.split(|&b| b == b'/') {
+        match comp {
+            b"" => return Err("empty path component".into()),
+            b"." => return Err("`.` path component".into()),
+            b".." => return Err("`..` path component".into()),
+            _ => {}
+        }
+    }
+    Ok(body.to_vec())
+}
+
+/// Tracks the entries seen so far and refuses any that could escape the target directory or
+/// clash with an earlier one.
+#[derive(Default)]
+pub(super) struct Tracker {
+    seen: HashMap<Vec<u8>, EntryKind>,
+    implicit_dirs: HashSet<Vec<u8>>,
+}
+
+impl Tracker {
+    /// Admits `e` or says why not. `e.path` must come from [`normalize_path`].
+    pub(super) fn admit(&mut self, e: &Parsed) -> Result<(), Refusal> {
+        let path = &e.path;
+        let top = top_level(path);
+        if top == META_DIR.as_bytes() || top.starts_with(INTERNAL_PREFIX.as_bytes()) {
+            return Err(Refusal::unsafe_entry(
+                path,
+                format!("names beginning with {INTERNAL_PREFIX:?} are reserved for nuwax-cli"),
+            ));
+        }
+        match self.seen.get(path.as_slice()) {
+            Some(_) => return Err(Refusal::unsafe_entry(path, "duplicate entry")),
+            None if self.implicit_dirs.contains(path.as_slice()) && e.kind != EntryKind::Dir => {
+                return Err(Refusal::unsafe_entry(
+                    path,
+                    "an earlier entry needs this path to be a directory",
+                ));
+            }
+            None => {}
+        }
+        // Every ancestor must be a directory (explicit or implied), never a link or a file.
+        let mut new_implicit = Vec::new();
+        for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            let ancestor = &path[..i];
+            match self.seen.get(ancestor) {
+                Some(EntryKind::Dir) => {}
+                Some(EntryKind::Symlink) => {
+                    return Err(Refusal::unsafe_entry(
+                        path,
+                        format!("lies beneath the symlink {:?}", display_bytes(ancestor)),
+                    ));
+                }
+                Some(k) => {
+                    return Err(Refusal::unsafe_entry(
+                        path,
+                        format!(
+                            "lies beneath the {} {:?}",
+                            kind_name(*k),
+                            display_bytes(ancestor)
+                        ),
+                    ));
+                }
+                None => new_implicit.push(ancestor.to_vec()),
+            }
+        }
+        if e.kind == EntryKind::Hardlink {
+            let target = e.target.as_deref().unwrap_or_default();
+            let target = normalize_path(target, EntryKind::File).map_err(|r| {
+                Refusal::unsafe_entry(path, format!("hard link target {r}"))
+            })?;
+            match self.seen.get(target.as_slice()) {
+                Some(EntryKind::File | EntryKind::Hardlink) => {}
+                _ => {
+                    return Err(Refusal::unsafe_entry(
+                        path,
+                        format!(
+                            "hard link target {:?} is not an earlier regular file of the archive",
+                            display_bytes(&target)
+                        ),
+                    ));
+                }
+            }
+            if top_level(&target) != top {
+                return Err(Refusal::unsafe_entry(
+                    path,
+                    format!(
+                        "hard link target {:?} is in another top-level item",
+                        display_bytes(&target)
+                    ),
+                ));
+            }
+        }
+        self.implicit_dirs.extend(new_implicit);
+        self.seen.insert(path.clone(), e.kind);
+        Ok(())
+    }
+}
+
+/// Where the metadata entries are in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetaPhase {
+    Start,
+    DirSeen,
+    InfoSeen,
+    /// Content came before any `info.json` (reported once).
+    NoInfo,
+    ManifestSeen,
+}
+
+/// Follows the metadata entries: `.nuwax-backup/` and `info.json` first, `manifest.json` last.
+pub(super) struct Meta {
+    phase: MetaPhase,
+    pub info: Option<ArchiveInfo>,
+    pub manifest: Option<Manifest>,
+}
+
+impl Meta {
+    pub(super) fn new() -> Self {
+        Self {
+            phase: MetaPhase::Start,
+            info: None,
+            manifest: None,
+        }
+    }
+
+    /// Handles `e` if it is a metadata entry (reading its data from `data`) and returns
+    /// `Ok(true)`; returns `Ok(false)` for a content entry, which is only allowed between
+    /// `info.json` and `manifest.json`.
+    pub(super) fn accept(&mut self, e: &Parsed, data: &mut dyn Read) -> Result<bool, Refusal> {
+        let shown = display_bytes(&e.path);
+        if self.phase == MetaPhase::ManifestSeen {
+            return Err(Refusal::Corrupt(format!(
+                "entry {shown:?} after {MANIFEST_PATH}, which must be the last entry"
+            )));
+        }
+        if top_level(&e.path) != META_DIR.as_bytes() {
+            if matches!(self.phase, MetaPhase::Start | MetaPhase::DirSeen) {
+                self.phase = MetaPhase::NoInfo;
+                return Err(Refusal::Corrupt(format!(
+                    "entry {shown:?} before {INFO_PATH}, which must come first \
+                     (not a nuwax-cli archive?)"
+                )));
+            }
+            return Ok(false);
+        }
+        let path = e.path.as_slice();
+        match (path, e.kind, self.phase) {
+            (p, EntryKind::Dir, MetaPhase::Start) if p == META_DIR.as_bytes() => {
+                self.phase = MetaPhase::DirSeen;
+            }
+            (p, EntryKind::File, MetaPhase::Start | MetaPhase::DirSeen)
+                if p == INFO_PATH.as_bytes() =>
+            {
+                let bytes = read_capped(data, e.size, MAX_INFO_BYTES, INFO_PATH)?;
+                let info: ArchiveInfo = serde_json::from_slice(&bytes)
+                    .map_err(|err| Refusal::Corrupt(format!("{INFO_PATH} is invalid: {err}")))?;
+                self.info = Some(info);
+                self.phase = MetaPhase::InfoSeen;
+            }
+            (p, EntryKind::File, MetaPhase::InfoSeen | MetaPhase::NoInfo)
+                if p == MANIFEST_PATH.as_bytes() =>
+            {
+                let bytes = read_capped(data, e.size, MAX_MANIFEST_BYTES, MANIFEST_PATH)?;
+                let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|err| {
+                    Refusal::Corrupt(format!("{MANIFEST_PATH} is invalid: {err}"))
+                })?;
+                self.manifest = Some(manifest);
+                self.phase = MetaPhase::ManifestSeen;
+            }
+            _ => {
+                return Err(Refusal::Corrupt(format!(
+                    "unexpected metadata entry {shown:?} ({})",
+                    kind_name(e.kind)
+                )));
+            }
+        }
+        Ok(true)
+    }
+
+    /// At the end of the tar stream: both metadata entries must have been there and agree.
+    pub(super) fn finish(&self) -> Result<(&ArchiveInfo, &Manifest), Refusal> {
+        let info = self.info.as_ref().ok_or_else(|| {
+            Refusal::Corrupt(format!("{INFO_PATH} is missing (not a nuwax-cli archive?)"))
+        })?;
+        let manifest = self.manifest.as_ref().ok_or_else(|| {
+            Refusal::Corrupt(format!(
+                "{MANIFEST_PATH} is missing (the archive is incomplete)"
+            ))
+        })?;
+        if &manifest.info != info {
+            return Err(Refusal::Corrupt(format!(
+                "{INFO_PATH} and the info in {MANIFEST_PATH} differ"
+            )));
+        }
+        Ok((info, manifest))
+    }
+}
+
+fn read_capped(data: &mut dyn Read, size: u64, cap: u64, what: &str) -> Result<Vec<u8>, Refusal> {
+    if size > cap {
+        return Err(Refusal::Corrupt(format!(
+            "{what} is {size} bytes, more than the {cap} we accept"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    data.take(size)
+        .read_to_end(&mut bytes)
+        .map_err(|e| stream_error(e, what))?;
+    if bytes.len() as u64 != size {
+        return Err(Refusal::Broken(format!(
+            "{what} is truncated ({} of {size} bytes)",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Copies exactly `size` bytes of an entry's data from `src` to `dst` (if any) while hashing;
+/// returns the SHA-256 (lowercase hex). Fewer bytes than the header says is corruption.
+pub(super) fn copy_entry_data(
+    src: &mut dyn Read,
+    mut dst: Option<&mut dyn io::Write>,
+    size: u64,
+    buf: &mut [u8],
+    entry: &[u8],
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<String, CopyError> {
+    let mut hasher = Sha256::new();
+    let mut done = 0u64;
+    while done < size {
+        let want = buf.len().min((size - done).try_into().unwrap_or(usize::MAX));
+        let n = match src.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(CopyError::Read(Refusal::Broken(format!(
+                    "entry {:?} is truncated ({done} of {size} bytes)",
+                    display_bytes(entry)
+                ))));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(CopyError::Read(stream_error(
+                    e,
+                    &format!("reading entry {:?}", display_bytes(entry)),
+                )));
+            }
+        };
+        hasher.update(&buf[..n]);
+        if let Some(d) = dst.as_mut() {
+            d.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        }
+        done += n as u64;
+        on_bytes(n as u64);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[derive(Debug)]
+pub(super) enum CopyError {
+    /// Reading the archive failed or its data is short.
+    Read(Refusal),
+    /// Writing the destination failed.
+    Write(io::Error),
+}
+
+/// After the tar end marker only zero padding may follow, and the gzip stream must end
+/// cleanly (this also surfaces a bad CRC or garbage after the last member). The tar reader
+/// stops at the first zero block *or* at a clean end of input, so the second zero block of
+/// the end marker (the builder writes two) must still be here: a stream cut at a gzip member
+/// boundary is caught this way too.
+pub(super) fn check_trailing(rest: &mut dyn Read) -> Result<(), Refusal> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut zeros = 0u64;
+    loop {
+        match rest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if buf[..n].iter().any(|&b| b != 0) {
+                    return Err(Refusal::Corrupt(
+                        "data after the end of the tar archive".into(),
+                    ));
+                }
+                zeros += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(stream_error(e, "after the end of the tar archive")),
+        }
+    }
+    if zeros < 512 {
+        return Err(Refusal::Broken(
+            "the tar end-of-archive marker is missing (the archive is truncated)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Compares the entries read from the tar stream with the manifest, one to one. Returns the
+/// differences, each naming the entry (at most [`MAX_PROBLEMS`] lines plus a summary).
+pub(super) fn compare_manifest(manifest: &Manifest, observed: &[ManifestEntry]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut expected: HashMap<Vec<u8>, &ManifestEntry> = HashMap::new();
+    for m in &manifest.entries {
+        match m.path_bytes() {
+            Some(p) => {
+                if expected.insert(p.clone(), m).is_some() {
+                    problems.push(format!(
+                        "manifest lists {:?} twice",
+                        display_bytes(&p)
+                    ));
+                }
+            }
+            None => problems.push("manifest has an entry without a valid path".into()),
+        }
+    }
+    for o in observed {
+        let path = o.path_bytes().unwrap_or_default();
+        let shown = display_bytes(&path);
+        let Some(m) = expected.remove(&path) else {
+            problems.push(format!("entry {shown:?} is not in the manifest"));
+            continue;
+        };
+        let mut diff = |field: &str, want: String, got: String| {
+            if want != got {
+                problems.push(format!(
+                    "entry {shown:?}: manifest says {field} {want}, archive has {got}"
+                ));
+            }
+        };
+        diff("type", format!("{:?}", m.kind), format!("{:?}", o.kind));
+        diff("size", m.size.to_string(), o.size.to_string());
+        diff("mode", format!("{:o}", m.mode), format!("{:o}", o.mode));
+        diff("uid", m.uid.to_string(), o.uid.to_string());
+        diff("gid", m.gid.to_string(), o.gid.to_string());
+        diff("mtime", m.mtime.to_string(), o.mtime.to_string());
+        diff(
+            "link target",
+            format!("{:?}", m.target_bytes().map(|t| display_bytes(&t))),
+            format!("{:?}", o.target_bytes().map(|t| display_bytes(&t))),
+        );
+        let norm = |s: &Option<String>| s.as_ref().map(|s| s.to_ascii_lowercase());
+        if norm(&m.sha256) != norm(&o.sha256) {
+            problems.push(format!(
+                "entry {shown:?}: content SHA-256 {} does not match the manifest's {}",
+                o.sha256.as_deref().unwrap_or("-"),
+                m.sha256.as_deref().unwrap_or("-")
+            ));
+        }
+    }
+    let mut missing: Vec<Vec<u8>> = expected.into_keys().collect();
+    missing.sort();
+    for p in missing {
+        problems.push(format!(
+            "entry {:?} is listed in the manifest but missing from the archive",
+            display_bytes(&p)
+        ));
+    }
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(format!("... and {more} more differences from the manifest"));
+    }
+    problems
+}
+
+/// Counts the decompressed bytes handed to the tar reader.
+pub(super) struct Counting<R> {
+    inner: R,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Maps "decompressed bytes consumed" to "position in the archive file" for progress.
+///
+/// The parallel reader uses `pread`, so the file offset says nothing; instead the member
+/// index (one small read per member header) and the builder's fixed chunk size give the
+/// member a decompressed offset falls into. For a gzip without the index the position is
+/// unknown and progress counts decompressed bytes against no total.
+pub(super) struct ProgressMap {
+    members: Option<Vec<(u64, u32)>>,
+    total: u64,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ProgressMap {
+    /// Wraps `reader`; `file` is the archive (only its member headers are read).
+    pub(super) fn new<R: Read>(
+        file: &std::fs::File,
+        total: u64,
+        reader: R,
+    ) -> (Self, Counting<R>) {
+        let members = super::pgzip::member_offsets(file).ok().flatten();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counting = Counting {
+            inner: reader,
+            count: std::sync::Arc::clone(&count),
+        };
+        (
+            Self {
+                members,
+                total,
+                count,
+            },
+            counting,
+        )
+    }
+
+    /// The phase total: the archive size when positions can be mapped.
+    pub(super) fn total(&self) -> Option<u64> {
+        self.members.as_ref().map(|_| self.total)
+    }
+
+    /// Current position (archive bytes when mapped, else decompressed bytes).
+    pub(super) fn position(&self) -> u64 {
+        let done = self.count.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(members) = &self.members else {
+            return done;
+        };
+        let chunk = super::pgzip::CHUNK_SIZE as u64;
+        let i = (done / chunk) as usize;
+        match members.get(i) {
+            Some(&(offset, len)) => {
+                let within = (done % chunk) as u128 * u128::from(len) / u128::from(chunk);
+                (offset + within as u64).min(self.total)
+            }
+            None => self.total,
+        }
+    }
+}
+
+/// 0 means "available parallelism".
+pub(super) fn resolve_threads(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_refuses_unclean_paths() {
+        let f = EntryKind::File;
+        assert_eq!(normalize_path(b"a/b", f).unwrap(), b"a/b");
+        assert_eq!(normalize_path(b"a/b/", EntryKind::Dir).unwrap(), b"a/b");
+        for bad in [
+            &b""[..],
+            b"/abs",
+            b"../x",
+            b"a/../x",
+            b"a/..",
+            b"./a",
+            b"a/./b",
+            b"a//b",
+            b"a/",
+            b".",
+            b"a\0b",
+        ] {
+            assert!(normalize_path(bad, f).is_err(), "{bad:?} accepted");
+        }
+        assert!(normalize_path(b"a//", EntryKind::Dir).is_err());
+        assert!(normalize_path(b"/", EntryKind::Dir).is_err());
+        // Odd but harmless names stay.
+        assert!(normalize_path(b"...", f).is_ok());
+        assert!(normalize_path(b"a\\..\\b", f).is_ok());
+    }
+
+    #[test]
+    fn display_escapes_invalid_utf8_only() {
+        assert_eq!(display_bytes("数据/a".as_bytes()), "数据/a");
+        assert_eq!(display_bytes(b"x\xffy"), "x\\xffy");
+    }
+}

@@ -1,0 +1,51 @@
+//! `backup`: a cold backup of the compose project dir.
+
+use nuwax_actors::{BackupRequest, BackupType, Runtime};
+
+use crate::exit::ExitStatus;
+use crate::output::{BackupDocument, BackupJson, human_bytes};
+use crate::printer::Printer;
+use crate::progress::Renderer;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Print the result as one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not check that the project's persistent containers are stopped (unsafe: a running
+    /// database gives an inconsistent copy).
+    #[arg(long)]
+    pub skip_docker_check: bool,
+}
+
+pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let result = rt
+        .backup(
+            BackupRequest {
+                backup_type: BackupType::Manual,
+                skip_docker_check: args.skip_docker_check,
+            },
+            progress.clone(),
+        )
+        .await;
+    renderer.finish(progress).await;
+    let entry = result?;
+    let r = &entry.record;
+    printer.info(&format!(
+        "backup {} created: {} ({}, {} entries, sha256 {})",
+        r.id,
+        r.file_path.display(),
+        human_bytes(entry.file_size.unwrap_or(0)),
+        r.entry_count.unwrap_or(0),
+        r.sha256.as_deref().unwrap_or("-")
+    ));
+    if args.json {
+        printer.json(&BackupDocument {
+            success: true,
+            backup: Some(BackupJson::from(&entry)),
+            error: None,
+        });
+    }
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,21 @@
+//! One module per subcommand, each with its clap `Args` and one `run`.
+
+pub(crate) mod backup;
+pub(crate) mod delete;
+pub(crate) mod list;
+pub(crate) mod rollback;
+pub(crate) mod verify;
+
+use crate::Command;
+
+/// Whether the command prints a JSON document (so errors must too).
+pub(crate) fn wants_json(cmd: &Command) -> bool {
+    match cmd {
+        Command::Backup(a) => a.json,
+        Command::ListBackups(a) => a.json,
+        Command::Rollback(a) => a.json || a.list_json,
+        Command::RollbackDataOnly(a) => a.json,
+        Command::DeleteBackup(a) => a.json,
+        Command::Verify(a) => a.json,
+    }
+}

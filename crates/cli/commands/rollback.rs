@@ -1,0 +1,172 @@
+//! `rollback` and `rollback-data-only`.
+
+use nuwax_actors::{RollbackReport, RollbackRequest, RollbackScope, Runtime};
+
+use crate::exit::ExitStatus;
+use crate::output::RollbackDocument;
+use crate::printer::Printer;
+use crate::progress::Renderer;
+use crate::prompt;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Catalog ID of the backup (see `list-backups`); asked for on a terminal when omitted.
+    pub id: Option<i64>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+    /// Also restore the data scope (data/, upload/, ...): MySQL, Redis and MinIO data go back
+    /// to the backup's state.
+    #[arg(long)]
+    pub rollback_data: bool,
+    /// Print the backup list as JSON (for the GUI) and exit; nothing is restored.
+    #[arg(long)]
+    pub list_json: bool,
+    /// Leave the services stopped after the restore.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Accepted for compatibility with older callers (starting is the default).
+    #[arg(long, hide = true)]
+    pub auto_start_service: bool,
+    /// Print the result as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct DataOnlyArgs {
+    /// Catalog ID of the backup; asked for on a terminal when omitted.
+    pub id: Option<i64>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+    /// Leave the services stopped after the restore.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Print the result as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    if args.list_json {
+        return super::list::print_list(true, rt, printer).await;
+    }
+    let scope = if args.rollback_data {
+        RollbackScope::All
+    } else {
+        RollbackScope::App
+    };
+    restore(rt, printer, args.id, scope, args.force, args.json, "rollback").await
+}
+
+pub(crate) async fn run_data_only(
+    args: DataOnlyArgs,
+    rt: &Runtime,
+    printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
+    restore(
+        rt,
+        printer,
+        args.id,
+        RollbackScope::DataOnly,
+        args.force,
+        args.json,
+        "rollback-data-only",
+    )
+    .await
+}
+
+async fn restore(
+    rt: &Runtime,
+    printer: &Printer,
+    id: Option<i64>,
+    scope: RollbackScope,
+    force: bool,
+    json: bool,
+    command: &str,
+) -> anyhow::Result<ExitStatus> {
+    let id = match id {
+        Some(id) => id,
+        None => prompt::select_backup(printer, &rt.list_backups().await?, command)?,
+    };
+    let entry = rt.get_backup(id).await?;
+    if !force {
+        let warning = match scope {
+            RollbackScope::App => "This replaces the compose file, .env, config and app files with the backup's; the data scope (MySQL/Redis/MinIO data) is NOT touched.",
+            RollbackScope::All => "This replaces everything in the compose dir with the backup's, INCLUDING the data (MySQL/Redis/MinIO): changes since the backup are lost.",
+            RollbackScope::DataOnly => "This replaces only the data scope (MySQL/Redis/MinIO data) with the backup's: data changes since the backup are lost; app and config stay.",
+        };
+        prompt::confirm(
+            printer,
+            &format!(
+                "Restore {} from backup {} ({}, version {}, {} UTC)?\n{warning}",
+                scope.describe(),
+                id,
+                entry.record.backup_type.as_str(),
+                entry.record.service_version,
+                entry.record.created_at.format("%Y-%m-%d %H:%M:%S"),
+            ),
+        )?;
+    }
+    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let result = rt
+        .rollback(RollbackRequest { id, scope }, progress.clone())
+        .await;
+    renderer.finish(progress).await;
+    let report = result?;
+    print_report(printer, &report);
+    if json {
+        printer.json(&document(&report));
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn scope_name(scope: RollbackScope) -> &'static str {
+    match scope {
+        RollbackScope::App => "app",
+        RollbackScope::All => "all",
+        RollbackScope::DataOnly => "data-only",
+    }
+}
+
+fn print_report(printer: &Printer, r: &RollbackReport) {
+    printer.info(&format!(
+        "restored {} from backup {}: {} files ({} bytes) in {}",
+        r.scope.describe(),
+        r.backup.record.id,
+        r.files,
+        r.bytes,
+        if r.restored.is_empty() {
+            "-".to_string()
+        } else {
+            r.restored.join(", ")
+        }
+    ));
+    if !r.removed.is_empty() {
+        printer.info(&format!(
+            "removed (not in the backup): {}",
+            r.removed.join(", ")
+        ));
+    }
+    if !r.stopped.is_empty() {
+        let names: Vec<_> = r.stopped.iter().map(|c| c.name.as_str()).collect();
+        printer.info(&format!("stopped for the restore: {}", names.join(", ")));
+    }
+    printer.info("the services are left stopped; start them with `nuwax-cli docker-service start`");
+}
+
+fn document(r: &RollbackReport) -> RollbackDocument {
+    RollbackDocument {
+        success: true,
+        backup_id: r.backup.record.id,
+        scope: scope_name(r.scope),
+        restored: r.restored.clone(),
+        removed: r.removed.clone(),
+        stopped: r.stopped.iter().map(|c| c.name.clone()).collect(),
+        services_started: false,
+        files: r.files,
+        bytes: r.bytes,
+        error: None,
+    }
+}

@@ -1,0 +1,205 @@
+//! JSON documents and text tables. These are contracts (DESIGN.md section 6): the GUI reads
+//! the first seven fields of [`BackupJson`]. Catalog rows are never serialized directly.
+
+use nuwax_actors::BackupEntry;
+use serde::Serialize;
+
+/// One backup as the GUI and scripts see it.
+#[derive(Debug, Serialize)]
+pub(crate) struct BackupJson {
+    /// Catalog ID, the argument of `rollback`, `verify`, `delete-backup`.
+    pub id: i64,
+    /// `Manual`, `PreUpgrade` or `Auto`.
+    pub backup_type: &'static str,
+    /// `YYYY-MM-DD HH:MM:SS`, UTC.
+    pub created_at: String,
+    pub service_version: String,
+    /// Absolute path of the archive.
+    pub file_path: String,
+    /// Size on disk; null when the file is missing.
+    pub file_size: Option<u64>,
+    pub file_exists: bool,
+    /// `Running`, `Completed` or `Failed`.
+    pub status: &'static str,
+    /// SHA-256 of the archive recorded at backup time.
+    pub sha256: Option<String>,
+    /// Number of entries archived.
+    pub entry_count: Option<u64>,
+    /// Why a Failed backup failed.
+    pub error: Option<String>,
+    /// When `verify` last passed, `YYYY-MM-DD HH:MM:SS` UTC.
+    pub verified_at: Option<String>,
+}
+
+impl From<&BackupEntry> for BackupJson {
+    fn from(e: &BackupEntry) -> Self {
+        let r = &e.record;
+        BackupJson {
+            id: r.id,
+            backup_type: r.backup_type.as_str(),
+            created_at: r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            service_version: r.service_version.clone(),
+            file_path: r.file_path.display().to_string(),
+            file_size: e.file_size,
+            file_exists: e.file_exists,
+            status: r.status.as_str(),
+            sha256: r.sha256.clone(),
+            entry_count: r.entry_count,
+            error: r.error.clone(),
+            verified_at: r
+                .verified_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+        }
+    }
+}
+
+/// `list-backups --json` and `rollback --list-json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ListDocument {
+    pub success: bool,
+    /// Newest first.
+    pub backups: Vec<BackupJson>,
+    pub error: Option<String>,
+}
+
+/// Result of `backup --json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct BackupDocument {
+    pub success: bool,
+    pub backup: Option<BackupJson>,
+    pub error: Option<String>,
+}
+
+/// Result of `rollback --json` / `rollback-data-only --json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct RollbackDocument {
+    pub success: bool,
+    pub backup_id: i64,
+    /// `app`, `all` or `data-only`.
+    pub scope: &'static str,
+    /// Top-level items replaced by the archive's version.
+    pub restored: Vec<String>,
+    /// Top-level items in scope that the archive did not have.
+    pub removed: Vec<String>,
+    /// Containers stopped for the rollback.
+    pub stopped: Vec<String>,
+    /// Whether the services were started again.
+    pub services_started: bool,
+    pub files: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
+}
+
+/// Result of `verify --json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct VerifyDocument {
+    pub success: bool,
+    pub results: Vec<VerifyJson>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct VerifyJson {
+    pub id: i64,
+    pub file_path: String,
+    pub ok: bool,
+    /// Whether the file's SHA-256 equals the catalog's; null when the catalog has none.
+    pub checksum_matches: Option<bool>,
+    pub entries: u64,
+    pub files_checked: u64,
+    /// Each problem found, naming the entry.
+    pub problems: Vec<String>,
+}
+
+/// Result of `delete-backup --json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct DeleteDocument {
+    pub success: bool,
+    pub deleted: Option<BackupJson>,
+    pub error: Option<String>,
+}
+
+/// Any failed `--json` command.
+#[derive(Debug, Serialize)]
+pub(crate) struct ErrorDocument {
+    pub success: bool,
+    pub error: String,
+}
+
+impl ErrorDocument {
+    pub fn new(error: &str) -> Self {
+        ErrorDocument {
+            success: false,
+            error: error.to_owned(),
+        }
+    }
+}
+
+/// `1.5 KiB`, `12.3 MiB`...
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The text table of `list-backups` (and the interactive picker).
+pub(crate) fn table(entries: &[&BackupEntry]) -> String {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "TYPE".into(),
+        "CREATED (UTC)".into(),
+        "VERSION".into(),
+        "STATUS".into(),
+        "SIZE".into(),
+        "FILE".into(),
+    ]];
+    for e in entries {
+        let r = &e.record;
+        let status = if r.status.as_str() == "Completed" && !e.file_exists {
+            "missing".to_string()
+        } else {
+            r.status.as_str().to_string()
+        };
+        rows.push([
+            r.id.to_string(),
+            r.backup_type.as_str().to_string(),
+            r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            r.service_version.clone(),
+            status,
+            e.file_size.map(human_bytes).unwrap_or_else(|| "-".into()),
+            r.file_path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 6 {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,81 @@
+//! The only place that writes to stdout and stderr.
+//!
+//! stdout carries data only (tables, JSON); messages, warnings, progress and prompts go to
+//! stderr. `--quiet` silences everything on stderr except errors. A closed stdout (`| head`)
+//! ends the process with exit 0, as ripgrep does.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::{IsTerminal, Write};
+
+use serde::Serialize;
+
+pub(crate) struct Printer {
+    quiet: bool,
+    stderr_tty: bool,
+}
+
+impl Printer {
+    pub fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            stderr_tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    pub fn stderr_is_terminal(&self) -> bool {
+        self.stderr_tty
+    }
+
+    /// Data on stdout.
+    pub fn data(&self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let r = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+        if let Err(e) = r {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+
+    /// One JSON document on stdout.
+    pub fn json<T: Serialize>(&self, value: &T) {
+        match serde_json::to_string_pretty(value) {
+            Ok(s) => self.data(&format!("{s}\n")),
+            Err(e) => self.error(&format!("cannot encode JSON: {e}")),
+        }
+    }
+
+    /// The `{"success": false, "error": ...}` document for a failed `--json` command.
+    pub fn json_error(&self, err: &anyhow::Error) {
+        self.json(&crate::output::ErrorDocument::new(&crate::exit::render(err)));
+    }
+
+    /// A status line on stderr.
+    pub fn info(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+
+    pub fn warn(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("warning: {msg}");
+        }
+    }
+
+    pub fn error(&self, msg: &str) {
+        eprintln!("error: {msg}");
+    }
+
+    /// A prompt on stderr (no newline).
+    pub fn prompt(&self, msg: &str) {
+        eprint!("{msg}");
+        let _ = std::io::stderr().flush();
+    }
+}

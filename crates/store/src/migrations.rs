@@ -1,0 +1,80 @@
+//! Schema history.
+//!
+//! Append-only: a shipped migration is never edited, not even its comments, because
+//! catalogs in the field were created from it. Change the schema by appending a new `M::up`.
+//! The schema version is SQLite's `user_version`, managed by `rusqlite_migration`.
+//!
+//! Conventions the code relies on:
+//! - timestamps are TEXT `%Y-%m-%dT%H:%M:%S%.6fZ` (UTC, fixed width), so text order is time
+//!   order and `ORDER BY created_at` needs no conversion;
+//! - `backups.file_path` is TEXT when the path is UTF-8 and a BLOB of the raw OS bytes when it
+//!   is not (TEXT affinity leaves BLOBs alone), see `codec.rs`;
+//! - enum columns carry no CHECK constraint, so an older binary reading a newer value reports
+//!   a corrupt row instead of the newer binary needing a table rebuild to add a value;
+//! - ids use AUTOINCREMENT so a deleted backup's id is never handed out again (operators type
+//!   ids into `rollback`).
+
+use rusqlite_migration::{M, Migrations};
+
+/// The applied schema history, oldest first. Append only.
+pub(crate) static MIGRATIONS: Migrations<'static> = Migrations::from_slice(HISTORY);
+
+const HISTORY: &[M<'static>] = &[
+    // 1: initial schema.
+    M::up(
+        r#"
+CREATE TABLE backups (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_path       TEXT    NOT NULL,
+    backup_type     TEXT    NOT NULL,
+    service_version TEXT    NOT NULL,
+    status          TEXT    NOT NULL,
+    size            INTEGER,
+    sha256          TEXT,
+    entry_count     INTEGER,
+    error           TEXT,
+    created_at      TEXT    NOT NULL,
+    finished_at     TEXT,
+    owner_pid       INTEGER,
+    verified_at     TEXT,
+    compose_project TEXT
+);
+CREATE INDEX backups_created_at ON backups(created_at);
+CREATE INDEX backups_file_path ON backups(file_path);
+
+CREATE TABLE operations (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT    NOT NULL,
+    state       TEXT    NOT NULL,
+    phase       TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    boot_id     TEXT    NOT NULL,
+    started_at  TEXT    NOT NULL,
+    updated_at  TEXT    NOT NULL,
+    finished_at TEXT,
+    backup_id   INTEGER REFERENCES backups(id) ON DELETE SET NULL,
+    details     TEXT    NOT NULL DEFAULT '{}',
+    error       TEXT
+);
+CREATE INDEX operations_state ON operations(state);
+CREATE INDEX operations_backup_id ON operations(backup_id);
+
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE upgrades (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    from_version TEXT    NOT NULL,
+    to_version   TEXT    NOT NULL,
+    backup_id    INTEGER REFERENCES backups(id) ON DELETE SET NULL,
+    outcome      TEXT    NOT NULL,
+    started_at   TEXT    NOT NULL,
+    finished_at  TEXT,
+    error        TEXT
+);
+CREATE INDEX upgrades_backup_id ON upgrades(backup_id);
+"#,
+    ),
+];

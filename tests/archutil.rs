@@ -1,0 +1,281 @@
+//! Reading, repacking and damaging archives, independently of the code under test.
+//!
+//! Damaged and hostile fixtures are made here (STYLE.md: flip a byte, truncate, `..` entries,
+//! escaping symlinks). A repacked archive gets its new SHA-256 and size written into the
+//! catalog with `rusqlite`, so the catalog check passes and the restore's own defences (gzip
+//! CRC, per-file manifest check, path checks) are what must refuse it.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use flate2::read::MultiGzDecoder;
+
+use crate::util::{BackupRow, TestEnv, sha256_file};
+
+/// One raw tar record: header plus data, with GNU long-name records as entries of their own,
+/// so writing them back reproduces the stream.
+pub struct RawEntry {
+    pub header: tar::Header,
+    pub data: Vec<u8>,
+}
+
+impl RawEntry {
+    /// The header's own (short) path bytes.
+    pub fn path(&self) -> Vec<u8> {
+        self.header.path_bytes().into_owned()
+    }
+}
+
+fn open(path: &Path) -> tar::Archive<MultiGzDecoder<fs::File>> {
+    let f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    tar::Archive::new(MultiGzDecoder::new(f))
+}
+
+/// Every raw record of a `.tar.gz`.
+pub fn read_raw(path: &Path) -> Vec<RawEntry> {
+    let mut ar = open(path);
+    let mut out = Vec::new();
+    for e in ar.entries().unwrap().raw(true) {
+        let mut e = e.unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
+        let header = e.header().clone();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        out.push(RawEntry { header, data });
+    }
+    out
+}
+
+/// Writes raw records as a (single-member) `.tar.gz`.
+pub fn write_raw(path: &Path, entries: &[RawEntry]) {
+    let f = fs::File::create(path).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for e in entries {
+        b.append(&e.header, e.data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap().sync_all().unwrap();
+}
+
+/// Entry paths (long names resolved) in archive order.
+pub fn entry_paths(path: &Path) -> Vec<Vec<u8>> {
+    let mut ar = open(path);
+    ar.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path_bytes().into_owned())
+        .collect()
+}
+
+/// Reads one entry's content by path.
+pub fn read_entry(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut ar = open(path);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path_bytes().as_ref() == name.as_bytes() {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).unwrap();
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Index of the raw record whose header path is `name`.
+#[track_caller]
+pub fn index_of(entries: &[RawEntry], name: &str) -> usize {
+    entries
+        .iter()
+        .position(|e| e.path() == name.as_bytes())
+        .unwrap_or_else(|| panic!("no entry {name:?} in the archive"))
+}
+
+/// A header with `name` written verbatim (the tar crate refuses `..` and absolute paths, which
+/// is exactly what a hostile archive has).
+pub fn raw_header(name: &[u8], kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(1_600_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    assert!(name.len() < 100, "raw_header: short names only");
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_cksum();
+    h
+}
+
+/// A regular-file record with a verbatim path.
+pub fn hostile_file(name: &str, content: &[u8]) -> RawEntry {
+    RawEntry {
+        header: raw_header(
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            content.len() as u64,
+            0o644,
+        ),
+        data: content.to_vec(),
+    }
+}
+
+/// A symlink record with verbatim path and target.
+pub fn hostile_symlink(name: &str, target: &str) -> RawEntry {
+    let mut h = raw_header(name.as_bytes(), tar::EntryType::Symlink, 0, 0o777);
+    h.set_link_name_literal(target.as_bytes()).unwrap();
+    h.set_cksum();
+    RawEntry {
+        header: h,
+        data: Vec::new(),
+    }
+}
+
+/// Flips one bit of the byte in the middle of the file; returns its offset.
+pub fn flip_middle_byte(path: &Path) -> usize {
+    let mut bytes = fs::read(path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    fs::write(path, bytes).unwrap();
+    at
+}
+
+/// Cuts the file to half its size.
+pub fn truncate_half(path: &Path) {
+    let len = fs::metadata(path).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+}
+
+/// One gzip member as the archive format describes it (FEXTRA subfield `NX`, 4 bytes LE: the
+/// member's total length).
+#[derive(Debug, Clone, Copy)]
+pub struct Member {
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// Walks the members of an archive by their `NX` lengths; panics if a member lacks one.
+#[track_caller]
+pub fn nx_members(bytes: &[u8]) -> Vec<Member> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let h = &bytes[pos..];
+        assert!(h.len() >= 12, "member at {pos}: truncated header");
+        assert_eq!(&h[..3], &[0x1f, 0x8b, 8], "member at {pos}: not a gzip header");
+        let flg = h[3];
+        assert!(flg & 0x04 != 0, "member at {pos}: no FEXTRA field");
+        let xlen = u16::from_le_bytes([h[10], h[11]]) as usize;
+        let extra = &h[12..12 + xlen];
+        let mut len = None;
+        let mut i = 0;
+        while i + 4 <= extra.len() {
+            let (si1, si2) = (extra[i], extra[i + 1]);
+            let sl = u16::from_le_bytes([extra[i + 2], extra[i + 3]]) as usize;
+            if si1 == b'N' && si2 == b'X' && sl == 4 {
+                let v = &extra[i + 4..i + 8];
+                len = Some(u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as usize);
+            }
+            i += 4 + sl;
+        }
+        let len = len.unwrap_or_else(|| panic!("member at {pos}: no NX subfield"));
+        assert!(
+            len > 0 && pos + len <= bytes.len(),
+            "member at {pos}: NX length {len} runs past the end ({})",
+            bytes.len()
+        );
+        out.push(Member { offset: pos, len });
+        pos += len;
+    }
+    out
+}
+
+/// Decompresses exactly one gzip member (fails on a CRC or length mismatch).
+pub fn gunzip_member(bytes: &[u8]) -> Vec<u8> {
+    let mut d = flate2::read::GzDecoder::new(bytes);
+    let mut out = Vec::new();
+    d.read_to_end(&mut out).expect("decompress one member");
+    out
+}
+
+/// Decompresses all members.
+pub fn gunzip_all(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    MultiGzDecoder::new(fs::File::open(path).unwrap())
+        .read_to_end(&mut out)
+        .expect("decompress archive");
+    out
+}
+
+/// Writes `entries` over the archive of `row` and makes the catalog agree with the new file
+/// (SHA-256 and size), so only the restore's own checks stand between it and the live tree.
+pub fn replace_archive(env: &TestEnv, row: &BackupRow, entries: &[RawEntry]) {
+    let path = Path::new(&row.file_path);
+    write_raw(path, entries);
+    let sha = sha256_file(path);
+    let size = fs::metadata(path).unwrap().len();
+    catalog_set_checksum(&env.db_file(), row.id, &sha, size);
+    let listed = env.row(row.id);
+    assert_eq!(
+        listed.sha256.as_deref(),
+        Some(sha.as_str()),
+        "test setup: the catalog update did not take"
+    );
+}
+
+/// Sets the SHA-256 (and size) of backup `id` in the catalog. The schema is the store crate's;
+/// this finds the table by its columns (`id` + `sha256`) rather than by name.
+pub fn catalog_set_checksum(db: &Path, id: i64, sha256: &str, size: u64) {
+    let conn = rusqlite::Connection::open(db).expect("open catalog");
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut updated = 0;
+    for table in tables {
+        let cols: Vec<String> = conn
+            .prepare(&format!("PRAGMA table_info(\"{table}\")"))
+            .unwrap()
+            .query_map([], |r| r.get(1))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        if !(cols.iter().any(|c| c == "id") && cols.iter().any(|c| c == "sha256")) {
+            continue;
+        }
+        updated += conn
+            .execute(
+                &format!("UPDATE \"{table}\" SET sha256 = ?1 WHERE id = ?2"),
+                rusqlite::params![sha256, id],
+            )
+            .unwrap();
+        for col in ["file_size", "size", "size_bytes", "archive_size"] {
+            if cols.iter().any(|c| c == col) {
+                conn.execute(
+                    &format!("UPDATE \"{table}\" SET \"{col}\" = ?1 WHERE id = ?2"),
+                    rusqlite::params![size as i64, id],
+                )
+                .unwrap();
+            }
+        }
+    }
+    assert!(
+        updated > 0,
+        "test setup: no catalog table with columns id and sha256 holds backup {id}"
+    );
+}
+
+/// Writes `bytes` to `path` and syncs.
+pub fn overwrite(path: &Path, bytes: &[u8]) {
+    let mut f = fs::File::create(path).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}

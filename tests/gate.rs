@@ -1,0 +1,161 @@
+//! The cold-backup gate (DESIGN.md 4.2) on the machine's real Docker engine, and rollback's
+//! stopping of the project's containers.
+
+use std::ffi::OsStr;
+
+use crate::dockerutil::{SERVE, run_container};
+use crate::util::{
+    BackupDoc, DATA_SCOPE, EXCLUDED, TestEnv, assert_same_tree, except, exit, unique_project,
+};
+
+#[test]
+fn running_persistent_container_blocks_backup_until_stopped() {
+    let env = TestEnv::new();
+    let app = run_container(&env.project, "app", "unless-stopped", SERVE);
+    let before = env.snapshot_compose();
+
+    let out = env.run(&["backup"]);
+    out.assert_code(exit::REFUSED)
+        .assert_stderr_has(&app.name)
+        .assert_stdout_empty();
+    assert!(env.backup_files().is_empty(), "a refused backup writes nothing");
+    assert!(env.list().is_empty(), "the gate runs before the catalog row");
+    assert!(app.is_running(), "the gate never stops anything itself");
+
+    // --json: one error document, same exit code.
+    let out = env.run(&["backup", "--json"]);
+    out.assert_code(exit::REFUSED);
+    let doc: BackupDoc = out.json_as();
+    assert!(!doc.success);
+    assert!(doc.backup.is_none());
+    assert!(
+        doc.error.as_deref().is_some_and(|e| e.contains(&app.name)),
+        "the JSON error names the container\n{out}"
+    );
+
+    app.stop();
+    let row = env.backup();
+    assert_eq!(row.status, "Completed");
+    assert_same_tree("compose dir", &before, &env.snapshot_compose());
+}
+
+#[test]
+fn containers_of_other_projects_never_block() {
+    let env = TestEnv::new();
+    // A name that shares the prefix: the label must match exactly.
+    let _other = run_container(&format!("{}x", env.project), "app", "always", SERVE);
+    let _unrelated = run_container(&unique_project(), "app", "unless-stopped", SERVE);
+    env.backup();
+}
+
+/// No `restart:` key in the compose file: persistent, whatever the engine's policy says.
+#[test]
+fn service_without_restart_key_blocks() {
+    let env = TestEnv::new();
+    let worker = run_container(&env.project, "worker", "no", SERVE);
+    env.run(&["backup"])
+        .assert_code(exit::REFUSED)
+        .assert_stderr_has(&worker.name);
+}
+
+/// A project container whose service is no longer in the compose file is persistent.
+#[test]
+fn container_of_an_unknown_service_blocks() {
+    let env = TestEnv::new();
+    let ghost = run_container(&env.project, "ghost", "no", SERVE);
+    env.run(&["backup"])
+        .assert_code(exit::REFUSED)
+        .assert_stderr_has(&ghost.name);
+}
+
+/// `restart: "no"` in compose and policy `no` on the engine: a one-shot job, reported but not
+/// blocking.
+#[test]
+fn running_one_shot_container_warns_but_passes() {
+    let env = TestEnv::new();
+    let migrate = run_container(&env.project, "migrate", "no", SERVE);
+    let out = env.run(&["backup", "--json"]);
+    out.assert_ok().assert_stderr_has(&migrate.name);
+    assert!(out.json_as::<BackupDoc>().success);
+}
+
+/// Compose says `"no"` but the container's actual policy restarts it: persistent.
+#[test]
+fn one_shot_service_with_a_restarting_policy_blocks() {
+    let env = TestEnv::new();
+    let migrate = run_container(&env.project, "migrate", "always", SERVE);
+    env.run(&["backup"])
+        .assert_code(exit::REFUSED)
+        .assert_stderr_has(&migrate.name);
+}
+
+#[test]
+fn paused_container_blocks() {
+    let env = TestEnv::new();
+    let app = run_container(&env.project, "app", "unless-stopped", SERVE);
+    app.pause();
+    assert_eq!(app.state(), "paused");
+    env.run(&["backup"])
+        .assert_code(exit::REFUSED)
+        .assert_stderr_has(&app.name);
+}
+
+#[test]
+fn skip_docker_check_overrides_the_gate() {
+    let env = TestEnv::new();
+    let app = run_container(&env.project, "app", "unless-stopped", SERVE);
+    let out = env.run(&["backup", "--skip-docker-check", "--json"]);
+    out.assert_ok();
+    assert!(out.json_as::<BackupDoc>().success);
+    assert!(app.is_running());
+}
+
+/// The engine socket exists but does not answer: fail closed.
+#[test]
+fn unreachable_engine_refuses_with_exit_3() {
+    let env = TestEnv::new();
+    let fake = env.root.join("fake-docker.sock");
+    std::fs::write(&fake, b"not a socket").unwrap();
+    let host = format!("unix://{}", fake.display());
+    let out = env.run_env(&["backup"], &[("DOCKER_HOST", OsStr::new(&host))]);
+    out.assert_code(exit::REFUSED).assert_stderr_has("docker");
+    assert!(env.backup_files().is_empty());
+}
+
+/// No engine socket at all: nothing can be running; warn and back up.
+#[test]
+fn absent_engine_warns_and_backs_up() {
+    let env = TestEnv::new();
+    let out = env.run_env(
+        &["backup", "--json"],
+        &[("DOCKER_HOST", OsStr::new("unix:///nonexistent/docker.sock"))],
+    );
+    out.assert_ok().assert_stderr_has("docker");
+    assert!(out.json_as::<BackupDoc>().success);
+}
+
+/// Rollback stops the project's running containers first, leaves them stopped (and says so),
+/// and never touches other projects.
+#[test]
+fn rollback_stops_the_projects_containers_and_leaves_them_stopped() {
+    let env = TestEnv::new();
+    let original = env.snapshot_compose();
+    let row = env.backup();
+    env.mutate();
+    let app = run_container(&env.project, "app", "unless-stopped", SERVE);
+    let worker = run_container(&env.project, "worker", "always", SERVE);
+    let other = run_container(&unique_project(), "app", "unless-stopped", SERVE);
+
+    let out = env.run(&["rollback", &row.id.to_string(), "--force"]);
+    out.assert_ok().assert_stderr_has("stopped");
+    assert!(!app.is_running(), "state {}", app.state());
+    assert!(!worker.is_running(), "state {}", worker.state());
+    assert!(other.is_running(), "another project's container was touched");
+
+    let skip: Vec<&str> = DATA_SCOPE.iter().chain(EXCLUDED).copied().collect();
+    assert_same_tree(
+        "app scope == archive",
+        &except(&original, &skip),
+        &except(&env.snapshot_compose(), &skip),
+    );
+}
