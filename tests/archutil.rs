@@ -6,7 +6,7 @@
 //! CRC, per-file manifest check, path checks) are what must refuse it.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
@@ -54,7 +54,12 @@ pub fn write_raw(path: &Path, entries: &[RawEntry]) {
     for e in entries {
         b.append(&e.header, e.data.as_slice()).unwrap();
     }
-    b.into_inner().unwrap().finish().unwrap().sync_all().unwrap();
+    b.into_inner()
+        .unwrap()
+        .finish()
+        .unwrap()
+        .sync_all()
+        .unwrap();
 }
 
 /// Entry paths (long names resolved) in archive order.
@@ -165,7 +170,11 @@ pub fn nx_members(bytes: &[u8]) -> Vec<Member> {
     while pos < bytes.len() {
         let h = &bytes[pos..];
         assert!(h.len() >= 12, "member at {pos}: truncated header");
-        assert_eq!(&h[..3], &[0x1f, 0x8b, 8], "member at {pos}: not a gzip header");
+        assert_eq!(
+            &h[..3],
+            &[0x1f, 0x8b, 8],
+            "member at {pos}: not a gzip header"
+        );
         let flg = h[3];
         assert!(flg & 0x04 != 0, "member at {pos}: no FEXTRA field");
         let xlen = u16::from_le_bytes([h[10], h[11]]) as usize;
@@ -271,11 +280,4 @@ pub fn catalog_set_checksum(db: &Path, id: i64, sha256: &str, size: u64) {
         updated > 0,
         "test setup: no catalog table with columns id and sha256 holds backup {id}"
     );
-}
-
-/// Writes `bytes` to `path` and syncs.
-pub fn overwrite(path: &Path, bytes: &[u8]) {
-    let mut f = fs::File::create(path).unwrap();
-    f.write_all(bytes).unwrap();
-    f.sync_all().unwrap();
 }

@@ -35,7 +35,11 @@ fn backup_json_document_matches_the_contract() {
     assert_eq!(row.status, "Completed");
     assert_eq!(row.error, None);
     assert!(row.file_exists);
-    assert!(is_sql_datetime(&row.created_at), "created_at {:?}", row.created_at);
+    assert!(
+        is_sql_datetime(&row.created_at),
+        "created_at {:?}",
+        row.created_at
+    );
     let created = parse_utc(&row.created_at).unwrap();
     assert!(
         (before - 1..=after + 1).contains(&created),
@@ -44,7 +48,11 @@ fn backup_json_document_matches_the_contract() {
     );
 
     let path = Path::new(&row.file_path);
-    assert!(path.is_absolute(), "file_path must be absolute: {}", row.file_path);
+    assert!(
+        path.is_absolute(),
+        "file_path must be absolute: {}",
+        row.file_path
+    );
     assert_eq!(path.parent(), Some(env.backups_dir().as_path()));
     let stamp = parse_archive_name(&file_name(&row.file_path), "manual", VERSION);
     assert!(
@@ -55,7 +63,11 @@ fn backup_json_document_matches_the_contract() {
     assert_eq!(row.file_size, Some(fs::metadata(path).unwrap().len()));
     let sha = row.sha256.clone().expect("sha256");
     assert!(is_sha256_hex(&sha), "sha256 {sha:?}");
-    assert_eq!(sha, sha256_file(path), "catalog SHA-256 is the archive file's");
+    assert_eq!(
+        sha,
+        sha256_file(path),
+        "catalog SHA-256 is the archive file's"
+    );
     // Entry count: every entry of the compose dir except the excluded logs/.
     let expected_entries = except(&source, &["logs"]).len() as u64;
     assert_eq!(row.entry_count, Some(expected_entries), "entry_count");
@@ -96,7 +108,11 @@ fn backup_leaves_only_the_final_archive() {
     let env = TestEnv::new();
     let row = env.backup();
     let files = env.backup_files();
-    assert_eq!(files, vec![file_name(&row.file_path)], "no .partial or temp files");
+    assert_eq!(
+        files,
+        vec![file_name(&row.file_path)],
+        "no .partial or temp files"
+    );
     assert!(files.iter().all(|f| !f.ends_with(".partial")));
 }
 
@@ -120,7 +136,11 @@ fn backups_in_the_same_second_get_distinct_names() {
         let (stamp, suffix) = rest.split_at(19);
         let n = per_stamp.entry(stamp.to_owned()).or_insert(0u32);
         *n += 1;
-        let expected = if *n == 1 { String::new() } else { format!("_{n}") };
+        let expected = if *n == 1 {
+            String::new()
+        } else {
+            format!("_{n}")
+        };
         assert_eq!(suffix, expected, "suffix of {name} (all: {names:?})");
     }
     assert_eq!(env.backup_files().len(), 3);
@@ -136,7 +156,10 @@ fn backup_archives_everything_but_the_excluded_logs() {
         .into_iter()
         .map(|p| String::from_utf8_lossy(&p).into_owned())
         .collect();
-    assert!(!paths.iter().any(|p| p == "logs" || p.starts_with("logs/")), "{paths:#?}");
+    assert!(
+        !paths.iter().any(|p| p == "logs" || p.starts_with("logs/")),
+        "{paths:#?}"
+    );
     for must in [
         ".env",
         "docker-compose.yml",
@@ -155,9 +178,9 @@ fn backup_archives_everything_but_the_excluded_logs() {
         );
     }
     assert!(
-        paths
-            .iter()
-            .all(|p| !p.starts_with('/') && !p.starts_with("./") && !p.split('/').any(|c| c == "..")),
+        paths.iter().all(|p| !p.starts_with('/')
+            && !p.starts_with("./")
+            && !p.split('/').any(|c| c == "..")),
         "entries are clean relative paths: {paths:#?}"
     );
 }
@@ -232,10 +255,7 @@ fn unreadable_source_file_fails_the_backup_and_leaves_nothing() {
         )
         .unwrap();
     }
-    let out = env.run_env(
-        &["backup"],
-        &[("NUWAX_TEST_FAIL_READ", OsStr::new(victim))],
-    );
+    let out = env.run_env(&["backup"], &[("NUWAX_TEST_FAIL_READ", OsStr::new(victim))]);
     out.assert_code(exit::FAILED).assert_stderr_has("users.ibd");
 
     let rows = env.list();
@@ -249,7 +269,10 @@ fn unreadable_source_file_fails_the_backup_and_leaves_nothing() {
     assert!(!row.file_exists, "{row:?}");
     assert!(!Path::new(&row.file_path).exists());
     let left = env.backup_files();
-    assert!(left.is_empty(), "no archive and no .partial after a failure: {left:?}");
+    assert!(
+        left.is_empty(),
+        "no archive and no .partial after a failure: {left:?}"
+    );
 
     // The failure is not sticky: the next backup works.
     if !is_root() {
@@ -306,10 +329,16 @@ fn crashed_backup_is_marked_failed_and_cleaned_on_next_start() {
 
     let rows = env.list();
     assert_eq!(rows.len(), 1, "{rows:#?}");
-    assert_eq!(rows[0].status, "Failed", "a dead owner's row is failed: {rows:#?}");
+    assert_eq!(
+        rows[0].status, "Failed",
+        "a dead owner's row is failed: {rows:#?}"
+    );
     assert!(rows[0].error.is_some(), "{rows:#?}");
     let left = env.backup_files();
-    assert!(left.is_empty(), "the crashed run's .partial is removed: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the crashed run's .partial is removed: {left:?}"
+    );
 
     // And the lock died with the process.
     env.backup();

@@ -13,7 +13,10 @@ fn delete_backup_removes_file_and_row() {
     env.run(&["delete-backup", &gone.id.to_string(), "--force"])
         .assert_ok();
     assert!(!Path::new(&gone.file_path).exists(), "archive removed");
-    assert!(Path::new(&keep.file_path).exists(), "the other archive stays");
+    assert!(
+        Path::new(&keep.file_path).exists(),
+        "the other archive stays"
+    );
     let ids: Vec<i64> = env.list().iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![keep.id]);
     assert_eq!(env.backup_files(), vec![file_name(&keep.file_path)]);

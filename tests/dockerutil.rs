@@ -4,7 +4,8 @@
 //! test image is made locally with `docker import` from a tiny rootfs: `/bin/busybox` plus
 //! applet symlinks when busybox-static is installed (`.ci/run` installs it), otherwise the
 //! host's own `sh`, `sleep`, ... with the shared libraries `ldd` lists (and the dynamic
-//! loader), so a fresh machine works too. `NUWAX_TEST_IMAGE_FROM_HOST=1` forces the second way.
+//! loader), so a fresh machine works too. `NUWAX_TEST_IMAGE_FROM_HOST=1` forces the second way
+//! (into its own tag, so it never replaces the shared busybox image other tests use).
 //!
 //! Containers run with `--network none` (CI starts dockerd with `--bridge=none`) and a short
 //! stop timeout; every container carries the label `nuwax-test=1` so `.ci/run` can sweep
@@ -19,6 +20,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Tag of the test image; the fixture's compose file names it too.
 pub const TEST_IMAGE: &str = "nuwax-test-busybox:latest";
 
+/// Tag used when `NUWAX_TEST_IMAGE_FROM_HOST` forces the host-binaries rootfs.
+const HOST_IMAGE: &str = "nuwax-test-hostbin:latest";
+
+fn from_host() -> bool {
+    std::env::var_os("NUWAX_TEST_IMAGE_FROM_HOST").is_some()
+}
+
+/// The image containers are started from.
+pub fn test_image() -> &'static str {
+    if from_host() { HOST_IMAGE } else { TEST_IMAGE }
+}
+
 /// A command that exits promptly on SIGTERM (PID 1 ignores signals it has no handler for, so a
 /// bare `sleep` would make every `docker stop` wait for its timeout).
 pub const SERVE: &[&str] = &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"];
@@ -30,7 +43,9 @@ pub fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker")
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run the docker CLI ({e}); run .ci/run or install docker"))
+        .unwrap_or_else(|e| {
+            panic!("cannot run the docker CLI ({e}); run .ci/run or install docker")
+        })
 }
 
 /// Runs `docker <args>`, panicking on failure; returns trimmed stdout.
@@ -75,7 +90,7 @@ pub fn ensure_test_image() {
     static DONE: OnceLock<()> = OnceLock::new();
     require_docker();
     DONE.get_or_init(|| {
-        let forced = std::env::var_os("NUWAX_TEST_IMAGE_FROM_HOST").is_some();
+        let forced = from_host();
         if !forced && docker(&["image", "inspect", TEST_IMAGE]).status.success() {
             return;
         }
@@ -92,7 +107,7 @@ pub fn ensure_test_image() {
             "--change",
             "CMD [\"sleep\", \"3600\"]",
             tar_path.to_str().unwrap(),
-            TEST_IMAGE,
+            test_image(),
         ]);
     });
 }
@@ -133,6 +148,8 @@ fn busybox_rootfs(tar_path: &Path, busybox: &Path) {
     for applet in APPLETS {
         add_symlink(&mut b, &format!("bin/{applet}"), "busybox");
     }
+    // busybox-static needs nothing else; the dynamic `busybox` package needs its libraries.
+    add_libs(&mut b, &ldd(busybox).into_iter().collect());
     b.finish().unwrap();
 }
 
@@ -149,8 +166,15 @@ fn host_rootfs(tar_path: &Path) {
         add_file(&mut b, &format!("bin/{applet}"), &src, 0o755);
         libs.extend(ldd(&src));
     }
+    add_libs(&mut b, &libs);
+    b.finish().unwrap();
+}
+
+/// Adds shared objects (and their parent dirs) at the exact absolute paths the binaries ask
+/// for, the loader's PT_INTERP path included; content is read through host symlinks.
+fn add_libs(b: &mut tar::Builder<fs::File>, libs: &std::collections::BTreeSet<PathBuf>) {
     let mut dirs = std::collections::BTreeSet::new();
-    for lib in &libs {
+    for lib in libs {
         let mut parent = lib.parent();
         while let Some(p) = parent.filter(|p| *p != Path::new("/")) {
             dirs.insert(p.to_path_buf());
@@ -168,21 +192,17 @@ fn host_rootfs(tar_path: &Path) {
         h.set_size(0);
         b.append_data(&mut h, rel, std::io::empty()).unwrap();
     }
-    for lib in &libs {
-        // Stored at the exact path the binaries ask for (the loader's PT_INTERP path
-        // included); the content is read through any host symlink.
+    for lib in libs {
         let rel = lib.strip_prefix("/").unwrap().to_str().unwrap().to_owned();
-        add_file(&mut b, &rel, lib, 0o755);
+        add_file(b, &rel, lib, 0o755);
     }
-    b.finish().unwrap();
 }
 
 /// Absolute paths of the shared objects `ldd` lists for `bin` (empty for a static binary).
 fn ldd(bin: &Path) -> Vec<PathBuf> {
-    let out = Command::new("ldd")
-        .arg(bin)
-        .output()
-        .expect("run ldd (libc-bin)");
+    let Ok(out) = Command::new("ldd").arg(bin).output() else {
+        return Vec::new();
+    };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| {
@@ -261,7 +281,7 @@ pub fn run_container(project: &str, service: &str, restart: &str, cmd: &[&str]) 
         "nuwax-test=1",
         "--restart",
         restart,
-        TEST_IMAGE,
+        test_image(),
     ];
     if cmd.is_empty() {
         args.extend(["sleep", "3600"]);

@@ -3,10 +3,29 @@
 
 use std::ffi::OsStr;
 
-use crate::dockerutil::{SERVE, run_container};
+use crate::dockerutil::{SERVE, docker_ok, ensure_test_image, run_container, test_image};
 use crate::util::{
     BackupDoc, DATA_SCOPE, EXCLUDED, TestEnv, assert_same_tree, except, exit, unique_project,
 };
+
+/// The locally imported image has what the fixture's services and these tests run.
+#[test]
+fn test_image_runs_the_applets() {
+    ensure_test_image();
+    let out = docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--label",
+        "nuwax-test=1",
+        test_image(),
+        "sh",
+        "-c",
+        "touch /tmp/x && echo ok > /tmp/x && cat /tmp/x && test -e /tmp/x && ls /bin > /dev/null && sleep 0 && true",
+    ]);
+    assert_eq!(out, "ok");
+}
 
 #[test]
 fn running_persistent_container_blocks_backup_until_stopped() {
@@ -18,8 +37,14 @@ fn running_persistent_container_blocks_backup_until_stopped() {
     out.assert_code(exit::REFUSED)
         .assert_stderr_has(&app.name)
         .assert_stdout_empty();
-    assert!(env.backup_files().is_empty(), "a refused backup writes nothing");
-    assert!(env.list().is_empty(), "the gate runs before the catalog row");
+    assert!(
+        env.backup_files().is_empty(),
+        "a refused backup writes nothing"
+    );
+    assert!(
+        env.list().is_empty(),
+        "the gate runs before the catalog row"
+    );
     assert!(app.is_running(), "the gate never stops anything itself");
 
     // --json: one error document, same exit code.
@@ -150,7 +175,10 @@ fn rollback_stops_the_projects_containers_and_leaves_them_stopped() {
     out.assert_ok().assert_stderr_has("stopped");
     assert!(!app.is_running(), "state {}", app.state());
     assert!(!worker.is_running(), "state {}", worker.state());
-    assert!(other.is_running(), "another project's container was touched");
+    assert!(
+        other.is_running(),
+        "another project's container was touched"
+    );
 
     let skip: Vec<&str> = DATA_SCOPE.iter().chain(EXCLUDED).copied().collect();
     assert_same_tree(

@@ -78,7 +78,10 @@ fn gzip_and_pigz_read_the_whole_stream() {
     let ours = gunzip_all(archive);
     let pigz = tool(Command::new("pigz").arg("-dc").arg(archive));
     assert_eq!(pigz.stdout.len(), ours.len());
-    assert!(pigz.stdout == ours, "pigz and flate2 decompress to the same bytes");
+    assert!(
+        pigz.stdout == ours,
+        "pigz and flate2 decompress to the same bytes"
+    );
 }
 
 #[test]
@@ -115,7 +118,9 @@ fn archive_carries_info_and_manifest() {
         .collect();
     let content: Vec<&String> = names.iter().filter(|n| !n.starts_with(META)).collect();
     let first = names.iter().position(|n| n == ".nuwax-backup/info.json");
-    let last = names.iter().rposition(|n| n == ".nuwax-backup/manifest.json");
+    let last = names
+        .iter()
+        .rposition(|n| n == ".nuwax-backup/manifest.json");
     assert!(first.is_some() && last.is_some(), "{names:#?}");
     assert!(
         names[..first.unwrap()].iter().all(|n| n.starts_with(META)),
@@ -149,7 +154,11 @@ fn archive_carries_info_and_manifest() {
         serde_json::from_slice(&read_entry(archive, ".nuwax-backup/manifest.json").unwrap())
             .unwrap();
     let entries = manifest["entries"].as_array().expect("manifest entries");
-    assert_eq!(entries.len(), content.len(), "one manifest entry per tar entry");
+    assert_eq!(
+        entries.len(),
+        content.len(),
+        "one manifest entry per tar entry"
+    );
     let expected = except(&source, EXCLUDED);
     let mut checked = 0;
     for e in entries {
@@ -164,7 +173,11 @@ fn archive_carries_info_and_manifest() {
             assert_eq!(e["size"].as_u64(), Some(snap.size), "{path}");
             checked += 1;
         }
-        assert_eq!(e["mode"].as_u64().map(|m| m as u32 & 0o7777), Some(snap.mode), "{path}");
+        assert_eq!(
+            e["mode"].as_u64().map(|m| m as u32 & 0o7777),
+            Some(snap.mode),
+            "{path}"
+        );
         assert_eq!(e["mtime"].as_i64(), Some(snap.mtime), "{path}");
     }
     assert!(checked > 10, "manifest lists file checksums ({checked})");

@@ -49,7 +49,10 @@ fn list_shows_a_missing_archive_as_not_existing() {
     let listed = env.row(row.id);
     assert!(!listed.file_exists, "{listed:?}");
     assert_eq!(listed.file_path, row.file_path);
-    assert_eq!(listed.status, "Completed", "status is the catalog's, existence is separate");
+    assert_eq!(
+        listed.status, "Completed",
+        "status is the catalog's, existence is separate"
+    );
 }
 
 #[test]
@@ -113,7 +116,11 @@ fn rollback_list_json_feeds_the_gui() {
 
     // The same document as list-backups --json.
     let list = env.run_json(&["list-backups", "--json"]);
-    assert_eq!(out.json(), list, "rollback --list-json == list-backups --json");
+    assert_eq!(
+        out.json(),
+        list,
+        "rollback --list-json == list-backups --json"
+    );
 }
 
 #[test]
@@ -148,7 +155,10 @@ fn relative_work_dir_resolves_against_the_cwd_once() {
     out.assert_ok();
     let doc: ListDoc = out.json_as();
     assert_eq!(doc.backups.len(), 1);
-    assert_eq!(doc.backups[0].file_path, row.file_path, "paths are absolute");
+    assert_eq!(
+        doc.backups[0].file_path, row.file_path,
+        "paths are absolute"
+    );
 }
 
 #[test]

@@ -79,7 +79,11 @@ fn rollback_default_scope_restores_the_app_and_keeps_the_data() {
     let out = s.env.run(&["rollback", &s.id(), "--force"]);
     out.assert_ok().assert_stderr_has("stopped");
     let after = s.env.snapshot_compose();
-    assert_same_tree("app scope == archive", &app_scope(&s.original), &app_scope(&after));
+    assert_same_tree(
+        "app scope == archive",
+        &app_scope(&s.original),
+        &app_scope(&after),
+    );
     assert_same_tree(
         "data scope untouched",
         &only(&s.mutated, DATA_SCOPE),
@@ -96,7 +100,13 @@ fn rollback_default_scope_restores_the_app_and_keeps_the_data() {
 #[test]
 fn rollback_with_data_restores_everything() {
     let s = Scenario::new();
-    let out = s.env.run(&["rollback", &s.id(), "--force", "--rollback-data", "--no-start"]);
+    let out = s.env.run(&[
+        "rollback",
+        &s.id(),
+        "--force",
+        "--rollback-data",
+        "--no-start",
+    ]);
     out.assert_ok().assert_stderr_has("stopped");
     let after = s.env.snapshot_compose();
     assert_same_tree(
@@ -123,7 +133,11 @@ fn rollback_data_only_restores_only_the_data() {
         &only(&s.original, DATA_SCOPE),
         &only(&after, DATA_SCOPE),
     );
-    assert_same_tree("app scope untouched", &app_scope(&s.mutated), &app_scope(&after));
+    assert_same_tree(
+        "app scope untouched",
+        &app_scope(&s.mutated),
+        &app_scope(&after),
+    );
     assert_same_tree(
         "excluded logs untouched",
         &only(&s.mutated, EXCLUDED),
@@ -150,10 +164,12 @@ fn rollback_json_prints_one_result_document() {
 #[test]
 fn rollback_twice_gives_the_same_result() {
     let s = Scenario::new();
-    s.env.run(&["rollback", &s.id(), "--force", "--rollback-data"])
+    s.env
+        .run(&["rollback", &s.id(), "--force", "--rollback-data"])
         .assert_ok();
     let once = s.env.snapshot_compose();
-    s.env.run(&["rollback", &s.id(), "--force", "--rollback-data"])
+    s.env
+        .run(&["rollback", &s.id(), "--force", "--rollback-data"])
         .assert_ok();
     assert_same_tree("second rollback", &once, &s.env.snapshot_compose());
     s.assert_outside_untouched();
@@ -167,8 +183,16 @@ fn rollback_removes_new_top_level_items_of_its_scope_only() {
     let original = env.snapshot_compose();
     let row = env.backup();
     write(&env.path("extra.yml"), b"added by an upgrade\n", 0o644);
-    write(&env.path("plugins/p1/plugin.toml"), b"name = \"p1\"\n", 0o644);
-    write(&env.path("project_workspace/u1/main.py"), b"print(1)\n", 0o644);
+    write(
+        &env.path("plugins/p1/plugin.toml"),
+        b"name = \"p1\"\n",
+        0o644,
+    );
+    write(
+        &env.path("project_workspace/u1/main.py"),
+        b"print(1)\n",
+        0o644,
+    );
     let workspace = only(&env.snapshot_compose(), &["project_workspace"]);
     env.run(&["rollback", &row.id.to_string(), "--force"])
         .assert_ok();
@@ -194,8 +218,13 @@ fn rollback_brings_back_deleted_top_level_items() {
     fs::remove_dir_all(env.path("config")).unwrap();
     fs::remove_file(env.path(".env")).unwrap();
     fs::remove_dir_all(env.path("data")).unwrap();
-    env.run(&["rollback", &row.id.to_string(), "--force", "--rollback-data"])
-        .assert_ok();
+    env.run(&[
+        "rollback",
+        &row.id.to_string(),
+        "--force",
+        "--rollback-data",
+    ])
+    .assert_ok();
     assert_same_tree(
         "compose dir == archive",
         &except(&original, EXCLUDED),
@@ -210,13 +239,12 @@ fn rollback_restores_owners_modes_and_mtimes_of_unchanged_content() {
     let row = env.backup();
     // Metadata only: same bytes everywhere.
     let secret = env.path("app/secret.key");
-    fs::set_permissions(
+    fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    filetime::set_file_mtime(
         &secret,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        filetime::FileTime::from_unix_time(1_234_567_890, 5),
     )
     .unwrap();
-    filetime::set_file_mtime(&secret, filetime::FileTime::from_unix_time(1_234_567_890, 5))
-        .unwrap();
     filetime::set_symlink_file_times(
         env.path("app/lib/libnuwax.so"),
         filetime::FileTime::from_unix_time(1_000_000_000, 0),
@@ -232,8 +260,13 @@ fn rollback_restores_owners_modes_and_mtimes_of_unchanged_content() {
         std::os::unix::fs::lchown(env.path("data/redis/dump.rdb"), Some(0), Some(0)).unwrap();
         std::os::unix::fs::lchown(env.path("app/current"), Some(0), Some(0)).unwrap();
     }
-    env.run(&["rollback", &row.id.to_string(), "--force", "--rollback-data"])
-        .assert_ok();
+    env.run(&[
+        "rollback",
+        &row.id.to_string(),
+        "--force",
+        "--rollback-data",
+    ])
+    .assert_ok();
     assert_same_tree(
         "compose dir == archive",
         &except(&original, EXCLUDED),
@@ -244,10 +277,16 @@ fn rollback_restores_owners_modes_and_mtimes_of_unchanged_content() {
 #[test]
 fn rollback_without_id_and_without_terminal_exits_2() {
     let s = Scenario::new();
-    for cmd in [vec!["rollback", "--force"], vec!["rollback-data-only", "--force"]] {
+    for cmd in [
+        vec!["rollback", "--force"],
+        vec!["rollback-data-only", "--force"],
+    ] {
         let out = s.env.run(&cmd);
         out.assert_code(exit::USAGE);
-        assert!(out.stderr.contains("ID"), "stderr names the ID argument\n{out}");
+        assert!(
+            out.stderr.contains("ID"),
+            "stderr names the ID argument\n{out}"
+        );
         assert!(
             out.stderr.contains("--list-json") || out.stderr.contains("list-backups"),
             "stderr says how to find an ID\n{out}"
@@ -263,9 +302,14 @@ fn rollback_without_force_and_without_terminal_exits_2() {
     for cmd in [
         vec!["rollback".to_string(), s.id()],
         vec!["rollback-data-only".to_string(), s.id()],
-        vec!["rollback".to_string(), s.id(), "--rollback-data".to_string()],
+        vec![
+            "rollback".to_string(),
+            s.id(),
+            "--rollback-data".to_string(),
+        ],
     ] {
-        s.env.run(&cmd)
+        s.env
+            .run(&cmd)
             .assert_code(exit::USAGE)
             .assert_stderr_has("--force");
     }
@@ -275,13 +319,16 @@ fn rollback_without_force_and_without_terminal_exits_2() {
 #[test]
 fn rollback_unknown_id_exits_2() {
     let s = Scenario::new();
-    s.env.run(&["rollback", "999999", "--force"])
+    s.env
+        .run(&["rollback", "999999", "--force"])
         .assert_code(exit::USAGE)
         .assert_stderr_has("not found");
-    s.env.run(&["rollback-data-only", "999999", "--force"])
+    s.env
+        .run(&["rollback-data-only", "999999", "--force"])
         .assert_code(exit::USAGE)
         .assert_stderr_has("not found");
-    s.env.run(&["rollback", "not-a-number", "--force"])
+    s.env
+        .run(&["rollback", "not-a-number", "--force"])
         .assert_code(exit::USAGE);
     s.assert_nothing_changed();
 }
@@ -290,7 +337,9 @@ fn rollback_unknown_id_exits_2() {
 fn rollback_of_a_missing_archive_is_refused() {
     let s = Scenario::new();
     fs::remove_file(&s.row.file_path).unwrap();
-    let out = s.env.run(&["rollback", &s.id(), "--force", "--rollback-data"]);
+    let out = s
+        .env
+        .run(&["rollback", &s.id(), "--force", "--rollback-data"]);
     assert_ne!(out.code, Some(0), "{out}");
     out.assert_stderr_has(&crate::util::file_name(&s.row.file_path));
     s.assert_nothing_changed();
@@ -317,12 +366,20 @@ fn rollback_of_a_failed_backup_is_refused() {
         )
         .unwrap();
     }
-    let failed = env.list().into_iter().find(|r| r.status == "Failed").expect("failed row");
+    let failed = env
+        .list()
+        .into_iter()
+        .find(|r| r.status == "Failed")
+        .expect("failed row");
     assert_ne!(failed.id, good.id);
     env.mutate();
     let before = env.snapshot_compose();
     let out = env.run(&["rollback", &failed.id.to_string(), "--force"]);
-    assert_ne!(out.code, Some(0), "a failed backup cannot be restored\n{out}");
+    assert_ne!(
+        out.code,
+        Some(0),
+        "a failed backup cannot be restored\n{out}"
+    );
     assert_same_tree("compose dir", &before, &env.snapshot_compose());
 }
 
@@ -337,7 +394,8 @@ fn held_lock_refuses_rollback_with_exit_3() {
         .open(s.env.work.join("data/nuwax.lock"))
         .unwrap();
     lock.try_lock().expect("take the lock in the test process");
-    s.env.run(&["rollback", &s.id(), "--force", "--rollback-data"])
+    s.env
+        .run(&["rollback", &s.id(), "--force", "--rollback-data"])
         .assert_code(exit::REFUSED)
         .assert_stderr_has("lock");
     s.assert_nothing_changed();
@@ -349,7 +407,8 @@ fn held_lock_refuses_rollback_with_exit_3() {
 #[test]
 fn rollback_leaves_no_staging_or_undo_dirs() {
     let s = Scenario::new();
-    s.env.run(&["rollback", &s.id(), "--force", "--rollback-data"])
+    s.env
+        .run(&["rollback", &s.id(), "--force", "--rollback-data"])
         .assert_ok();
     let leftovers: Vec<_> = fs::read_dir(s.env.compose_dir())
         .unwrap()

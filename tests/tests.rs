@@ -11,6 +11,7 @@ mod util;
 
 mod backup;
 mod delete;
+mod demo;
 mod gate;
 mod interop;
 mod list;

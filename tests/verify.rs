@@ -62,7 +62,10 @@ impl Damaged {
                 &self.env.snapshot_outside(),
             );
         }
-        assert!(self.archive().exists(), "a refused archive is kept for inspection");
+        assert!(
+            self.archive().exists(),
+            "a refused archive is kept for inspection"
+        );
     }
 }
 

@@ -55,6 +55,10 @@ enum Command {
     DeleteBackup(commands::delete::Args),
     /// Re-read archives completely and check them against their manifest and checksum.
     Verify(commands::verify::Args),
+    /// Start, stop, restart the compose project's services, or show their status.
+    DockerService(commands::docker_service::Args),
+    /// The cron-safe backup: stop, back up, start exactly what ran.
+    AutoBackup(commands::auto_backup::Args),
 }
 
 impl Command {
@@ -64,6 +68,10 @@ impl Command {
             Command::Backup(_) | Command::RollbackDataOnly(_) | Command::DeleteBackup(_) => true,
             Command::Rollback(a) => !a.list_json,
             Command::ListBackups(_) | Command::Verify(_) => false,
+            Command::DockerService(a) => a.action.mutating(),
+            Command::AutoBackup(a) => {
+                matches!(a.action, commands::auto_backup::Action::Run(_))
+            }
         }
     }
 }
@@ -134,6 +142,8 @@ async fn dispatch(cli: Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
         }
         Command::DeleteBackup(args) => commands::delete::run(args, &rt, printer).await,
         Command::Verify(args) => commands::verify::run(args, &rt, printer).await,
+        Command::DockerService(args) => commands::docker_service::run(args, &rt, printer).await,
+        Command::AutoBackup(args) => commands::auto_backup::run(args, &rt, printer).await,
     };
     rt.shutdown().await;
     result

@@ -17,6 +17,7 @@ pub mod restore;
 mod actors;
 mod recovery;
 mod runtime;
+mod services;
 
 pub use config::Settings;
 pub use error::{Error, ErrorKind, Result};
@@ -26,3 +27,5 @@ pub use runtime::{
     BackupEntry, BackupRequest, RollbackReport, RollbackRequest, RollbackScope, Runtime,
     RuntimeOptions,
 };
+pub use services::{AutoBackupReport, AutoBackupStatus, ServiceState, ServiceStatus, StartReport};
+pub use docker::ContainerInfo;

@@ -98,6 +98,9 @@ impl RollbackScope {
 pub struct RollbackRequest {
     pub id: i64,
     pub scope: RollbackScope,
+    /// Start the services after the restore and wait for health (default). `false` leaves
+    /// them stopped.
+    pub start: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +115,10 @@ pub struct RollbackReport {
     pub stopped: Vec<ContainerInfo>,
     pub files: u64,
     pub bytes: u64,
+    /// The services were started and are healthy.
+    pub services_started: bool,
+    /// The restore succeeded but starting the services failed: why.
+    pub start_error: Option<String>,
 }
 
 /// Journal details of a backup operation.
@@ -134,6 +141,10 @@ pub(crate) struct RollbackJournal {
     pub plan: Option<SwapPlan>,
     #[serde(default)]
     pub stopped: Vec<ContainerInfo>,
+    /// SHA-256 of the compose file before the swap (to know whether containers must be
+    /// recreated from the restored definitions).
+    #[serde(default)]
+    pub compose_before: Option<String>,
 }
 
 pub struct Runtime {
@@ -605,6 +616,7 @@ impl Runtime {
             scope: req.scope,
             plan: None,
             stopped: Vec::new(),
+            compose_before: None,
         };
         let op = self
             .store(|r| {
@@ -622,9 +634,15 @@ impl Runtime {
             .await;
         match result {
             Ok(mut report) => {
+                report.scope = req.scope;
+                if req.start {
+                    match self.start_after_rollback(&journal, &progress).await {
+                        Ok(()) => report.services_started = true,
+                        Err(e) => report.start_error = Some(e.to_string()),
+                    }
+                }
                 self.store(|r| StoreMsg::FinishOperation(op, OperationState::Succeeded, None, r))
                     .await?;
-                report.scope = req.scope;
                 Ok(report)
             }
             Err(e) => {
@@ -719,6 +737,7 @@ impl Runtime {
                 excludes.push(e.clone());
             }
         }
+        journal.compose_before = std::fs::read(&paths.compose_file).ok().map(|b| sha256_hex(&b));
         let plan = restore::plan(
             &paths.compose_dir,
             &journal.work_dir,
@@ -750,7 +769,28 @@ impl Runtime {
             stopped: journal.stopped.clone(),
             files: extracted.files,
             bytes: extracted.bytes,
+            services_started: false,
+            start_error: None,
         })
+    }
+
+    /// After a committed swap: a changed compose file means containers must be recreated
+    /// from the restored definitions (`compose up -d`: the old images, not the new ones);
+    /// otherwise start exactly what the rollback stopped, or the whole project when nothing
+    /// was running. Then wait for health.
+    async fn start_after_rollback(&self, journal: &RollbackJournal, progress: &Progress) -> Result<()> {
+        let paths = &self.settings.paths;
+        let compose_after = std::fs::read(&paths.compose_file).ok().map(|b| sha256_hex(&b));
+        let compose = self.compose_or_bare();
+        if compose_after.is_some() && compose_after != journal.compose_before {
+            progress.notice("the compose file changed: recreating the containers from the restored definitions");
+            self.compose_up(&compose, progress).await?;
+            return self.wait_healthy(&compose, Vec::new(), progress).await;
+        }
+        if !journal.stopped.is_empty() {
+            return self.restart_exactly(&journal.stopped, progress).await;
+        }
+        self.start_services(progress).await.map(|_| ())
     }
 
     pub(crate) async fn set_phase<T: Serialize>(&self, op: i64, phase: &str, details: &T) -> Result<()> {
@@ -759,6 +799,11 @@ impl Runtime {
         self.store(|r| StoreMsg::SetOperationPhase(op, phase.to_owned(), Some(value), r))
             .await
     }
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
 }
 
 pub(crate) fn is_root() -> bool {

@@ -1,7 +1,9 @@
 //! One module per subcommand, each with its clap `Args` and one `run`.
 
+pub(crate) mod auto_backup;
 pub(crate) mod backup;
 pub(crate) mod delete;
+pub(crate) mod docker_service;
 pub(crate) mod list;
 pub(crate) mod rollback;
 pub(crate) mod verify;
@@ -17,5 +19,7 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::RollbackDataOnly(a) => a.json,
         Command::DeleteBackup(a) => a.json,
         Command::Verify(a) => a.json,
+        Command::DockerService(a) => a.action.json(),
+        Command::AutoBackup(a) => a.action.json(),
     }
 }

@@ -57,7 +57,19 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     } else {
         RollbackScope::App
     };
-    restore(rt, printer, args.id, scope, args.force, args.json, "rollback").await
+    restore(
+        rt,
+        printer,
+        args.id,
+        scope,
+        Flags {
+            force: args.force,
+            json: args.json,
+            start: !args.no_start,
+        },
+        "rollback",
+    )
+    .await
 }
 
 pub(crate) async fn run_data_only(
@@ -70,11 +82,20 @@ pub(crate) async fn run_data_only(
         printer,
         args.id,
         RollbackScope::DataOnly,
-        args.force,
-        args.json,
+        Flags {
+            force: args.force,
+            json: args.json,
+            start: !args.no_start,
+        },
         "rollback-data-only",
     )
     .await
+}
+
+struct Flags {
+    force: bool,
+    json: bool,
+    start: bool,
 }
 
 async fn restore(
@@ -82,10 +103,10 @@ async fn restore(
     printer: &Printer,
     id: Option<i64>,
     scope: RollbackScope,
-    force: bool,
-    json: bool,
+    flags: Flags,
     command: &str,
 ) -> anyhow::Result<ExitStatus> {
+    let Flags { force, json, start } = flags;
     let id = match id {
         Some(id) => id,
         None => prompt::select_backup(printer, &rt.list_backups().await?, command)?,
@@ -111,13 +132,21 @@ async fn restore(
     }
     let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
     let result = rt
-        .rollback(RollbackRequest { id, scope }, progress.clone())
+        .rollback(RollbackRequest { id, scope, start }, progress.clone())
         .await;
     renderer.finish(progress).await;
     let report = result?;
-    print_report(printer, &report);
+    print_report(printer, &report, start);
     if json {
         printer.json(&document(&report));
+    }
+    if let Some(e) = &report.start_error {
+        printer.error(&format!(
+            "the restore succeeded and the restored files are in place, but starting the services failed: {e}
+fix the cause, then run: nuwax-cli -C {} docker-service start",
+            rt.settings().paths.work_dir.display()
+        ));
+        return Ok(ExitStatus::Failed);
     }
     Ok(ExitStatus::Success)
 }
@@ -130,7 +159,7 @@ fn scope_name(scope: RollbackScope) -> &'static str {
     }
 }
 
-fn print_report(printer: &Printer, r: &RollbackReport) {
+fn print_report(printer: &Printer, r: &RollbackReport, start: bool) {
     printer.info(&format!(
         "restored {} from backup {}: {} files ({} bytes) in {}",
         r.scope.describe(),
@@ -153,20 +182,29 @@ fn print_report(printer: &Printer, r: &RollbackReport) {
         let names: Vec<_> = r.stopped.iter().map(|c| c.name.as_str()).collect();
         printer.info(&format!("stopped for the restore: {}", names.join(", ")));
     }
-    printer.info("the services are left stopped; start them with `nuwax-cli docker-service start`");
+    if r.services_started {
+        printer.info("the services are running and healthy");
+    } else if !start {
+        printer.info(
+            "the services are left stopped (--no-start); start them with `nuwax-cli docker-service start`",
+        );
+    }
 }
 
 fn document(r: &RollbackReport) -> RollbackDocument {
     RollbackDocument {
-        success: true,
+        success: r.start_error.is_none(),
         backup_id: r.backup.record.id,
         scope: scope_name(r.scope),
         restored: r.restored.clone(),
         removed: r.removed.clone(),
         stopped: r.stopped.iter().map(|c| c.name.clone()).collect(),
-        services_started: false,
+        services_started: r.services_started,
         files: r.files,
         bytes: r.bytes,
-        error: None,
+        error: r
+            .start_error
+            .as_ref()
+            .map(|e| format!("restore succeeded but starting the services failed: {e}")),
     }
 }

@@ -2,10 +2,13 @@
 //! connection; "no engine socket at all" is remembered as `None` (callers warn), while an
 //! engine that exists but does not answer is an error every time (fail closed).
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::reply;
-use crate::docker::engine::Engine;
+use crate::docker::engine::{self, Engine};
 use crate::docker::{ComposeProject, ContainerInfo, GateReport, policy};
 use crate::error::Result;
 use crate::progress::Progress;
@@ -28,6 +31,16 @@ pub(crate) enum DockerMsg {
     Stop(Vec<ContainerInfo>, Progress, Reply<Vec<String>>),
     /// Starts the given containers (dependency order).
     Start(Vec<ContainerInfo>, Progress, Reply<()>),
+    /// Waits until the project's persistent containers (or those named in the list) run and
+    /// are healthy.
+    WaitHealthy(ComposeProject, Vec<String>, Duration, Progress, Reply<()>),
+    /// `docker compose up -d` for the project (creates containers that do not exist yet).
+    ComposeUp {
+        compose_file: PathBuf,
+        env_file: Option<PathBuf>,
+        project: String,
+        reply: Reply<()>,
+    },
 }
 
 impl DockerState {
@@ -105,6 +118,30 @@ impl Actor for DockerActor {
                     }
                 }
                 .await;
+                reply(r, result);
+            }
+            DockerMsg::WaitHealthy(compose, only, timeout, progress, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(()),
+                        Some(engine) => {
+                            engine
+                                .wait_healthy(&compose, &only, timeout, &progress)
+                                .await
+                        }
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::ComposeUp {
+                compose_file,
+                env_file,
+                project,
+                reply: r,
+            } => {
+                let result =
+                    engine::compose_up(&compose_file, env_file.as_deref(), &project).await;
                 reply(r, result);
             }
         }

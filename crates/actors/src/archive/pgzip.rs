@@ -1162,8 +1162,8 @@ mod tests {
         while v.len() < n {
             let x = r.next();
             v.extend_from_slice(WORDS[(x % WORDS.len() as u64) as usize].as_bytes());
-            v.push(if x % 11 == 0 { b'\n' } else { b' ' });
-            if x % 7 == 0 {
+            v.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
+            if x.is_multiple_of(7) {
                 v.extend_from_slice(format!("{}", x % 100_000).as_bytes());
             }
         }
@@ -1510,7 +1510,7 @@ mod tests {
                     assert!(w.finish().is_err());
                     e
                 }
-                Ok(()) => w.finish().err().expect("finish must fail"),
+                Ok(()) => w.finish().expect_err("finish must fail"),
             };
             assert!(e.to_string().contains("disk full"), "{e}");
         }
@@ -1527,7 +1527,7 @@ mod tests {
         let wrote = data.chunks(3000).try_for_each(|c| w.write_all(c));
         let e = match wrote {
             Err(e) => e,
-            Ok(()) => w.finish().err().expect("finish must fail"),
+            Ok(()) => w.finish().expect_err("finish must fail"),
         };
         assert!(e.to_string().contains("panicked"), "{e}");
         // Panic on the final chunk, seen only by finish.

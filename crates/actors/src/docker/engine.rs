@@ -26,6 +26,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use futures_util::future::join_all;
+use sha2::Digest;
 
 use super::{ComposeProject, ContainerInfo, policy};
 use crate::error::{Error, Result};
@@ -72,7 +73,8 @@ impl fmt::Debug for Engine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Endpoint {
     Unix(PathBuf),
-    Http(String),
+    /// `http://host:port` to connect to, and `DOCKER_HOST` as the operator wrote it.
+    Http { url: String, configured: String },
     /// Configured, but not something we can talk to: fail closed.
     Unsupported { endpoint: String, reason: String },
     /// No `DOCKER_HOST` and nothing at the default socket path.
@@ -99,12 +101,85 @@ fn resolve_endpoint(docker_host: Option<&str>, tls_verify: bool, default_socket:
         if tls_verify {
             unsupported("TLS (DOCKER_TLS_VERIFY) is not supported")
         } else {
-            Endpoint::Http(format!("http://{addr}"))
+            Endpoint::Http {
+                url: format!("http://{addr}"),
+                configured: host.to_string(),
+            }
         }
     } else if host.starts_with("https://") {
         unsupported("TLS endpoints are not supported")
     } else {
         unsupported("unsupported DOCKER_HOST scheme")
+    }
+}
+
+/// An error with its sources: bollard's own message is often just "client error (Connect)".
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `$DOCKER_CONFIG`, else `~/.docker`.
+fn docker_config_dir() -> Option<PathBuf> {
+    std::env::var_os("DOCKER_CONFIG")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+}
+
+/// The endpoint of the docker context in use (`DOCKER_CONTEXT`, else `currentContext` in
+/// `config.json`), as the docker CLI would pick it; `None` for the default context. Rootless
+/// docker is usually reached this way: ignoring it would look like "no engine here" and skip
+/// the gate, so a context we cannot resolve is an error.
+fn context_host(config_dir: Option<&Path>, env_context: Option<&str>) -> Result<Option<String>> {
+    let name = match env_context.map(str::trim).filter(|c| !c.is_empty()) {
+        Some(name) => name.to_string(),
+        None => {
+            let Some(dir) = config_dir else { return Ok(None) };
+            let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
+                return Ok(None);
+            };
+            let current = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("currentContext")?.as_str().map(str::to_string));
+            match current {
+                Some(name) if !name.trim().is_empty() => name,
+                _ => return Ok(None),
+            }
+        }
+    };
+    if name == "default" {
+        return Ok(None);
+    }
+    let fail = |message: String| {
+        unreachable(
+            &format!("docker context {name}"),
+            format!("{message}; set DOCKER_HOST to the engine's address"),
+        )
+    };
+    let Some(dir) = config_dir else {
+        return Err(fail("no docker config directory to read it from".into()));
+    };
+    let meta = dir
+        .join("contexts/meta")
+        .join(hex::encode(sha2::Sha256::digest(name.as_bytes())))
+        .join("meta.json");
+    let text = std::fs::read_to_string(&meta)
+        .map_err(|e| fail(format!("cannot read {}: {e}", meta.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| fail(format!("cannot parse {}: {e}", meta.display())))?;
+    match value.pointer("/Endpoints/docker/Host").and_then(|h| h.as_str()) {
+        Some(host) if !host.trim().is_empty() => Ok(Some(host.to_string())),
+        _ => Err(fail(format!("{} names no docker endpoint", meta.display()))),
     }
 }
 
@@ -159,7 +234,7 @@ impl Probe {
                 exited: true,
             },
             "restarting" => Readiness::Pending(format!(
-                "restarting (last exit code {})",
+                "restarting, last exit code {}",
                 self.exit_code.map_or_else(|| "?".to_string(), |c| c.to_string())
             )),
             other => Readiness::Pending(other.to_string()),
@@ -186,11 +261,18 @@ impl Probe {
 }
 
 impl Engine {
-    /// Connects to `DOCKER_HOST` or the default socket and negotiates the API version.
-    /// `Ok(None)`: no `DOCKER_HOST` and no socket file at all. Anything configured or present
-    /// that does not answer is [`Error::DockerUnreachable`].
+    /// Connects where the docker CLI would (`DOCKER_HOST`, else the current docker context,
+    /// else the default socket) and negotiates the API version. `Ok(None)`: nothing
+    /// configured and no socket file at all. Anything configured or present that does not
+    /// answer is [`Error::DockerUnreachable`].
     pub async fn connect() -> Result<Option<Engine>> {
-        let host = std::env::var("DOCKER_HOST").ok();
+        let host = match std::env::var("DOCKER_HOST").ok().filter(|h| !h.trim().is_empty()) {
+            Some(host) => Some(host),
+            None => context_host(
+                docker_config_dir().as_deref(),
+                std::env::var("DOCKER_CONTEXT").ok().as_deref(),
+            )?,
+        };
         let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
         Self::connect_with(host.as_deref(), tls, Path::new(DEFAULT_SOCKET)).await
     }
@@ -215,22 +297,22 @@ impl Engine {
                     TRANSPORT_TIMEOUT_SECS,
                     bollard::API_DEFAULT_VERSION,
                 )
-                .map_err(|e| unreachable(&endpoint, e))?;
+                .map_err(|e| unreachable(&endpoint, describe(&e)))?;
                 (docker, endpoint)
             }
-            Endpoint::Http(url) => {
+            Endpoint::Http { url, configured } => {
                 let docker = Docker::connect_with_http(
                     &url,
                     TRANSPORT_TIMEOUT_SECS,
                     bollard::API_DEFAULT_VERSION,
                 )
-                .map_err(|e| unreachable(&url, e))?;
-                (docker, url)
+                .map_err(|e| unreachable(&configured, describe(&e)))?;
+                (docker, configured)
             }
         };
         let docker = match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
             Ok(Ok(docker)) => docker,
-            Ok(Err(e)) => return Err(unreachable(&endpoint, e)),
+            Ok(Err(e)) => return Err(unreachable(&endpoint, describe(&e))),
             Err(_) => {
                 return Err(unreachable(
                     &endpoint,
@@ -439,7 +521,10 @@ impl Engine {
         match result {
             Ok(Ok(response)) => Ok(Some(probe_from(response))),
             Ok(Err(BollardError::DockerResponseServerError { status_code: 404, .. })) => Ok(None),
-            Ok(Err(e)) => Err(Error::Docker(format!("cannot inspect container {id}: {e}"))),
+            Ok(Err(e)) => Err(Error::Docker(format!(
+                "cannot inspect container {id}: {}",
+                describe(&e)
+            ))),
             Err(_) => Err(self.timed_out(&format!("inspect container {id}"), API_TIMEOUT)),
         }
     }
@@ -476,7 +561,12 @@ impl Engine {
         match tokio::time::timeout(limit, self.docker.stop_container(&container.id, Some(options))).await {
             Ok(Ok(())) => {}
             Ok(Err(BollardError::DockerResponseServerError { status_code: 404, .. })) => return Ok(true),
-            Ok(Err(e)) => return Err(Error::Docker(format!("cannot stop container {name}: {e}"))),
+            Ok(Err(e)) => {
+                return Err(Error::Docker(format!(
+                    "cannot stop container {name}: {}",
+                    describe(&e)
+                )));
+            }
             Err(_) => return Err(self.timed_out(&format!("stop container {name}"), limit)),
         }
         let deadline = Instant::now() + STOP_GRACE;
@@ -592,7 +682,7 @@ impl Engine {
     ) -> Result<T> {
         match tokio::time::timeout(limit, fut).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(Error::Docker(format!("{}: {e}", what()))),
+            Ok(Err(e)) => Err(Error::Docker(format!("{}: {}", what(), describe(&e)))),
             Err(_) => Err(self.timed_out(&what(), limit)),
         }
     }
@@ -610,6 +700,12 @@ impl Engine {
 /// project, in the compose file's directory. The env file is passed only when it exists.
 /// Failure carries compose's stderr.
 pub async fn compose_up(compose_file: &Path, env_file: Option<&Path>, project: &str) -> Result<()> {
+    if !compose_file.is_file() {
+        return Err(Error::Refused(format!(
+            "compose file {} not found; cannot start the services",
+            compose_file.display()
+        )));
+    }
     let (program, mut args) = compose_command().await?;
     args.push("-f".into());
     args.push(compose_file.as_os_str().to_owned());
@@ -822,7 +918,10 @@ mod tests {
         );
         assert_eq!(
             resolve_endpoint(Some("tcp://10.0.0.1:2375"), false, &missing),
-            Endpoint::Http("http://10.0.0.1:2375".into())
+            Endpoint::Http {
+                url: "http://10.0.0.1:2375".into(),
+                configured: "tcp://10.0.0.1:2375".into()
+            }
         );
         for host in ["tcp://10.0.0.1:2376"] {
             assert!(matches!(
@@ -836,6 +935,40 @@ mod tests {
                 "{host}"
             );
         }
+    }
+
+    #[test]
+    fn docker_context_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path();
+        // No config at all, or the default context: no override.
+        assert_eq!(context_host(None, None).unwrap(), None);
+        assert_eq!(context_host(Some(cfg), None).unwrap(), None);
+        assert_eq!(context_host(Some(cfg), Some("default")).unwrap(), None);
+        std::fs::write(cfg.join("config.json"), r#"{"auths":{}}"#).unwrap();
+        assert_eq!(context_host(Some(cfg), None).unwrap(), None);
+
+        // A context named in config.json resolves through its meta file.
+        std::fs::write(cfg.join("config.json"), r#"{"currentContext":"rootless"}"#).unwrap();
+        let err = context_host(Some(cfg), None).unwrap_err();
+        assert!(matches!(err, Error::DockerUnreachable { .. }), "{err}");
+        assert!(err.to_string().contains("rootless"), "{err}");
+        let meta_dir = cfg
+            .join("contexts/meta")
+            .join(hex::encode(sha2::Sha256::digest(b"rootless")));
+        std::fs::create_dir_all(&meta_dir).unwrap();
+        std::fs::write(
+            meta_dir.join("meta.json"),
+            r#"{"Name":"rootless","Endpoints":{"docker":{"Host":"unix:///run/user/1000/docker.sock","SkipTLSVerify":false}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            context_host(Some(cfg), None).unwrap().as_deref(),
+            Some("unix:///run/user/1000/docker.sock")
+        );
+        // DOCKER_CONTEXT wins over config.json.
+        assert_eq!(context_host(Some(cfg), Some("default")).unwrap(), None);
+        assert!(context_host(Some(cfg), Some("elsewhere")).is_err());
     }
 
     #[test]

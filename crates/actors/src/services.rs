@@ -1,0 +1,347 @@
+//! Service lifecycle (`docker-service`), the start after a rollback, and `auto-backup run`.
+//!
+//! Design note: whatever this tool stops, it starts again: the list of stopped containers is
+//! written to the operation journal *before* stopping, so even when the process is killed
+//! mid-way the next invocation (recovery) starts exactly those containers again. Starting
+//! only what was running before means a dependency the operator had stopped on purpose stays
+//! stopped (bombvault#33).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use nuwax_store::{BackupType, OperationKind, OperationState};
+use serde::{Deserialize, Serialize};
+
+use crate::actors::docker_actor::DockerMsg;
+use crate::actors::store_actor::StoreMsg;
+use crate::archive::ImageRecord;
+use crate::docker::{ComposeProject, ContainerInfo, policy};
+use crate::error::{Error, Result};
+use crate::progress::{Phase, Progress};
+use crate::runtime::{BackupEntry, Runtime};
+
+/// One container of the project as `docker-service status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceState {
+    pub container: ContainerInfo,
+    pub one_shot: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub project: String,
+    /// No engine socket on this machine.
+    pub engine_absent: bool,
+    pub services: Vec<ServiceState>,
+}
+
+/// How a start went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StartReport {
+    /// Containers started (names).
+    pub started: Vec<String>,
+    /// `docker compose up -d` was used (the project had no containers, or the compose file
+    /// changed in a rollback).
+    pub compose_up: bool,
+}
+
+/// Journal details of an auto-backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AutoBackupJournal {
+    pub stopped: Vec<ContainerInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AutoBackupReport {
+    pub backup: Option<BackupEntry>,
+    /// Why the backup failed (the services were restarted anyway).
+    pub backup_error: Option<String>,
+    pub stopped: Vec<String>,
+    /// Why restarting failed, if it did.
+    pub restart_error: Option<String>,
+}
+
+/// Bookkeeping of the last `auto-backup run`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AutoBackupStatus {
+    /// RFC 3339 UTC start of the last run.
+    pub last_run: Option<String>,
+    /// `success` or `failed`.
+    pub last_result: Option<String>,
+    pub last_backup_id: Option<i64>,
+    pub last_archive: Option<String>,
+    pub last_error: Option<String>,
+}
+
+const AUTO_STATUS_KEY: &str = "auto_backup.status";
+
+impl Runtime {
+    fn start_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.config.docker.start_timeout)
+    }
+
+    /// The compose project when the compose file parses, else a bare one with the name.
+    pub(crate) fn compose_or_bare(&self) -> ComposeProject {
+        self.compose_project().unwrap_or_else(|_| ComposeProject {
+            name: self.project_name(),
+            services: Default::default(),
+        })
+    }
+
+    /// The project's containers with dependencies filled from the compose file (compose v1
+    /// sets no depends_on label); `None` when there is no engine.
+    pub(crate) async fn containers(
+        &self,
+        compose: &ComposeProject,
+    ) -> Result<Option<Vec<ContainerInfo>>> {
+        let name = compose.name.clone();
+        let mut list = self.docker(|r| DockerMsg::Containers(name, r)).await?;
+        if let Some(list) = &mut list {
+            policy::fill_missing_dependencies(list, compose);
+        }
+        Ok(list)
+    }
+
+    pub async fn service_status(&self) -> Result<ServiceStatus> {
+        let compose = self.compose_or_bare();
+        let containers = self.containers(&compose).await?;
+        Ok(ServiceStatus {
+            project: compose.name.clone(),
+            engine_absent: containers.is_none(),
+            services: containers
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ServiceState {
+                    one_shot: !policy::is_persistent(&compose, &c),
+                    container: c,
+                })
+                .collect(),
+        })
+    }
+
+    fn require_engine<T>(list: Option<T>) -> Result<T> {
+        list.ok_or_else(|| {
+            Error::Refused(
+                "no Docker engine socket found on this machine (set DOCKER_HOST if it listens elsewhere)".into(),
+            )
+        })
+    }
+
+    /// Stops the project's active persistent containers in reverse dependency order.
+    /// One-shot jobs still running are left alone (stopping a migration mid-way is worse).
+    pub async fn stop_services(&self, progress: &Progress) -> Result<Vec<ContainerInfo>> {
+        let compose = self.compose_or_bare();
+        let containers = Self::require_engine(self.containers(&compose).await?)?;
+        let active: Vec<ContainerInfo> = containers
+            .into_iter()
+            .filter(|c| policy::is_active(&c.state) && policy::is_persistent(&compose, c))
+            .collect();
+        if active.is_empty() {
+            return Ok(active);
+        }
+        progress.phase(Phase::Stopping, None, Some(active.len() as u64));
+        let list = active.clone();
+        self.docker(|r| DockerMsg::Stop(list, progress.clone(), r))
+            .await?;
+        Ok(active)
+    }
+
+    /// Starts the project: existing containers in dependency order (compose's `start`), or
+    /// `docker compose up -d` when the project has no containers yet; then waits until every
+    /// persistent service runs and is healthy.
+    pub async fn start_services(&self, progress: &Progress) -> Result<StartReport> {
+        let compose = self.compose_or_bare();
+        let containers = Self::require_engine(self.containers(&compose).await?)?;
+        let mut report = StartReport::default();
+        if containers.is_empty() {
+            self.compose_up(&compose, progress).await?;
+            report.compose_up = true;
+        } else {
+            let to_start: Vec<ContainerInfo> = containers
+                .into_iter()
+                .filter(|c| !policy::is_active(&c.state))
+                .collect();
+            report.started = to_start.iter().map(|c| c.name.clone()).collect();
+            if !to_start.is_empty() {
+                progress.phase(Phase::Starting, None, Some(to_start.len() as u64));
+                self.docker(|r| DockerMsg::Start(to_start, progress.clone(), r))
+                    .await?;
+            }
+        }
+        self.wait_healthy(&compose, Vec::new(), progress).await?;
+        Ok(report)
+    }
+
+    pub(crate) async fn compose_up(&self, compose: &ComposeProject, progress: &Progress) -> Result<()> {
+        let p = &self.settings.paths;
+        if !p.compose_file.exists() {
+            return Err(Error::Refused(format!(
+                "the project has no containers and the compose file {} does not exist",
+                p.compose_file.display()
+            )));
+        }
+        progress.phase(Phase::Starting, None, None);
+        progress.notice(format!(
+            "creating the project's containers: docker compose -p {} up -d",
+            compose.name
+        ));
+        let compose_file = p.compose_file.clone();
+        let env_file = p.env_file.exists().then(|| p.env_file.clone());
+        let project = compose.name.clone();
+        self.docker(|r| DockerMsg::ComposeUp {
+            compose_file,
+            env_file,
+            project,
+            reply: r,
+        })
+        .await
+    }
+
+    pub(crate) async fn wait_healthy(
+        &self,
+        compose: &ComposeProject,
+        only: Vec<String>,
+        progress: &Progress,
+    ) -> Result<()> {
+        progress.phase(Phase::Waiting, None, None);
+        let timeout = self.start_timeout();
+        self.docker(|r| DockerMsg::WaitHealthy(compose.clone(), only, timeout, progress.clone(), r))
+            .await
+    }
+
+    /// Starts exactly `containers` again (dependency order) and waits for them.
+    pub(crate) async fn restart_exactly(
+        &self,
+        containers: &[ContainerInfo],
+        progress: &Progress,
+    ) -> Result<()> {
+        if containers.is_empty() {
+            return Ok(());
+        }
+        let compose = self.compose_or_bare();
+        progress.phase(Phase::Starting, None, Some(containers.len() as u64));
+        let list = containers.to_vec();
+        self.docker(|r| DockerMsg::Start(list, progress.clone(), r))
+            .await?;
+        let names = containers.iter().map(|c| c.name.clone()).collect();
+        self.wait_healthy(&compose, names, progress).await
+    }
+
+    /// `auto-backup run`: stop what runs, back up (type Auto), start exactly what ran, also
+    /// when the backup fails.
+    pub async fn auto_backup(&self, progress: Progress) -> Result<AutoBackupReport> {
+        let started_at = Utc::now();
+        let compose = self.compose_project()?;
+        let containers = self.containers(&compose).await?;
+        if containers.is_none() {
+            progress.notice(
+                "warning: no Docker engine socket found on this machine; backing up without stopping anything",
+            );
+        }
+        let running: Vec<ContainerInfo> = containers
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| policy::is_active(&c.state) && policy::is_persistent(&compose, c))
+            .collect();
+        // Journal first: if we die after stopping, the next run starts them again.
+        let op = self
+            .store(|r| {
+                StoreMsg::BeginOperation(
+                    OperationKind::AutoBackup,
+                    serde_json::to_value(AutoBackupJournal {
+                        stopped: running.clone(),
+                    })
+                    .unwrap_or_default(),
+                    r,
+                )
+            })
+            .await?;
+        let mut report = AutoBackupReport {
+            backup: None,
+            backup_error: None,
+            stopped: running.iter().map(|c| c.name.clone()).collect(),
+            restart_error: None,
+        };
+        let backup_result = async {
+            if !running.is_empty() {
+                progress.phase(Phase::Stopping, None, Some(running.len() as u64));
+                let list = running.clone();
+                self.docker(|r| DockerMsg::Stop(list, progress.clone(), r))
+                    .await?;
+            }
+            crate::faults::point("auto_backup.after_stop");
+            // The gate must pass now; it also records the images.
+            let images: Vec<ImageRecord> = if containers.is_some() {
+                let gate = self.gate(&compose, &progress).await?;
+                gate.stopped
+                    .iter()
+                    .chain(&gate.warnings)
+                    .map(|g| ImageRecord {
+                        service: g.container.service.clone().unwrap_or_default(),
+                        container: g.container.name.clone(),
+                        image: g.container.image.clone(),
+                        image_id: g.container.image_id.clone(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            self.backup_locked(BackupType::Auto, compose.clone(), images, &progress)
+                .await
+        }
+        .await;
+        match backup_result {
+            Ok(entry) => report.backup = Some(entry),
+            Err(e) => report.backup_error = Some(e.to_string()),
+        }
+        crate::faults::point("auto_backup.before_restart");
+        if let Err(e) = self.restart_exactly(&running, &progress).await {
+            report.restart_error = Some(e.to_string());
+        }
+        let ok = report.backup_error.is_none() && report.restart_error.is_none();
+        let err = report
+            .backup_error
+            .iter()
+            .chain(&report.restart_error)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.store(|r| {
+            StoreMsg::FinishOperation(
+                op,
+                if ok {
+                    OperationState::Succeeded
+                } else {
+                    OperationState::Failed
+                },
+                (!ok).then(|| err.clone()),
+                r,
+            )
+        })
+        .await?;
+        let status = AutoBackupStatus {
+            last_run: Some(started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            last_result: Some(if ok { "success" } else { "failed" }.into()),
+            last_backup_id: report.backup.as_ref().map(|b| b.record.id),
+            last_archive: report
+                .backup
+                .as_ref()
+                .map(|b| b.record.file_path.display().to_string()),
+            last_error: (!ok).then_some(err),
+        };
+        let text = serde_json::to_string(&status).unwrap_or_default();
+        self.store(|r| StoreMsg::SetSetting(AUTO_STATUS_KEY.into(), text, r))
+            .await?;
+        Ok(report)
+    }
+
+    pub async fn auto_backup_status(&self) -> Result<AutoBackupStatus> {
+        let text = self
+            .store(|r| StoreMsg::GetSetting(AUTO_STATUS_KEY.into(), r))
+            .await?;
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,1 @@
+document.getElementById("root").dataset.version="0.0.13";
