@@ -255,8 +255,19 @@ fn unreadable_source_file_fails_the_backup_and_leaves_nothing() {
         )
         .unwrap();
     }
-    let out = env.run_env(&["backup"], &[("NUWAX_TEST_FAIL_READ", OsStr::new(victim))]);
+    let out = env.run_env(
+        &["backup", "--json"],
+        &[("NUWAX_TEST_FAIL_READ", OsStr::new(victim))],
+    );
     out.assert_code(exit::FAILED).assert_stderr_has("users.ibd");
+    let doc = out.json();
+    assert_eq!(doc["success"], serde_json::json!(false), "{out}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("users.ibd")),
+        "the JSON error names the file\n{out}"
+    );
 
     let rows = env.list();
     assert_eq!(rows.len(), 1, "the failed run is recorded: {rows:#?}");

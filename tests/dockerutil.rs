@@ -8,8 +8,8 @@
 //! (into its own tag, so it never replaces the shared busybox image other tests use).
 //!
 //! Containers run with `--network none` (CI starts dockerd with `--bridge=none`) and a short
-//! stop timeout; every container carries the label `nuwax-test=1` so `.ci/run` can sweep
-//! leftovers of a killed run.
+//! stop timeout. They belong to compose projects named `nuwaxt-<pid>-<n>` (and carry the label
+//! `nuwax-test=1`), so `.ci/run` can sweep what a killed test process left behind.
 
 use std::fs;
 use std::path::{Path, PathBuf};

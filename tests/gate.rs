@@ -151,12 +151,26 @@ fn unreachable_engine_refuses_with_exit_3() {
 #[test]
 fn absent_engine_warns_and_backs_up() {
     let env = TestEnv::new();
+    // A machine with no Docker at all: no DOCKER_HOST and no socket file.
+    assert!(std::env::var_os("DOCKER_HOST").is_none(), "test assumes no DOCKER_HOST");
     let out = env.run_env(
         &["backup", "--json"],
-        &[("DOCKER_HOST", OsStr::new("unix:///nonexistent/docker.sock"))],
+        &[("NUWAX_DOCKER_SOCKET", OsStr::new("/nonexistent/docker.sock"))],
     );
     out.assert_ok().assert_stderr_has("docker");
     assert!(out.json_as::<BackupDoc>().success);
+}
+
+/// An explicitly configured engine that is not there is not "no engine": fail closed.
+#[test]
+fn configured_but_missing_engine_refuses() {
+    let env = TestEnv::new();
+    let out = env.run_env(
+        &["backup"],
+        &[("DOCKER_HOST", OsStr::new("unix:///nonexistent/docker.sock"))],
+    );
+    out.assert_code(exit::REFUSED).assert_stderr_has("unreachable");
+    assert!(env.backup_files().is_empty());
 }
 
 /// Rollback stops the project's running containers first, leaves them stopped (and says so),
@@ -171,7 +185,7 @@ fn rollback_stops_the_projects_containers_and_leaves_them_stopped() {
     let worker = run_container(&env.project, "worker", "always", SERVE);
     let other = run_container(&unique_project(), "app", "unless-stopped", SERVE);
 
-    let out = env.run(&["rollback", &row.id.to_string(), "--force"]);
+    let out = env.run(&["rollback", &row.id.to_string(), "--force", "--no-start"]);
     out.assert_ok().assert_stderr_has("stopped");
     assert!(!app.is_running(), "state {}", app.state());
     assert!(!worker.is_running(), "state {}", worker.state());
@@ -185,5 +199,52 @@ fn rollback_stops_the_projects_containers_and_leaves_them_stopped() {
         "app scope == archive",
         &except(&original, &skip),
         &except(&env.snapshot_compose(), &skip),
+    );
+}
+
+/// A damaged archive is refused before anything is stopped: the running service stays up.
+#[test]
+fn refused_rollback_leaves_running_services_alone() {
+    let env = TestEnv::new();
+    let row = env.backup();
+    env.mutate();
+    let before = env.snapshot_compose();
+    crate::archutil::flip_middle_byte(std::path::Path::new(&row.file_path));
+    let app = run_container(&env.project, "app", "unless-stopped", SERVE);
+    env.run(&[
+        "rollback",
+        &row.id.to_string(),
+        "--force",
+        "--no-start",
+        "--rollback-data",
+    ])
+    .assert_code(exit::INTEGRITY);
+    assert!(app.is_running(), "state {}", app.state());
+    assert_same_tree("compose dir", &before, &env.snapshot_compose());
+}
+
+/// DESIGN.md 5.5: without `--no-start` the rollback starts the services again and waits until
+/// they run; the one-shot service runs to completion and does not count as down.
+#[test]
+fn rollback_starts_the_services_again_by_default() {
+    let env = TestEnv::new();
+    crate::dockerutil::ensure_test_image();
+    let row = env.backup();
+    env.mutate();
+    let out = env.run(&["rollback", &row.id.to_string(), "--force"]);
+    out.assert_ok();
+    let running = docker_ok(&[
+        "ps",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", env.project),
+        "--format",
+        "{{.Label \"com.docker.compose.service\"}}",
+    ]);
+    let mut services: Vec<&str> = running.lines().collect();
+    services.sort_unstable();
+    assert_eq!(
+        services,
+        vec!["app", "worker"],
+        "running after rollback\n{out}"
     );
 }

@@ -6,8 +6,8 @@ use std::fs;
 use std::path::Path;
 
 use crate::util::{
-    BackupRow, DATA_SCOPE, EXCLUDED, TestEnv, Tree, assert_same_tree, except, exit, is_root, only,
-    tree_diff, write,
+    BackupRow, DATA_SCOPE, EXCLUDED, Fixture, TestEnv, Tree, assert_same_tree, except, exit,
+    is_root, only, tree_diff, write,
 };
 
 /// A working dir that was backed up, then changed everywhere.
@@ -76,7 +76,7 @@ fn app_scope(tree: &Tree) -> Tree {
 #[test]
 fn rollback_default_scope_restores_the_app_and_keeps_the_data() {
     let s = Scenario::new();
-    let out = s.env.run(&["rollback", &s.id(), "--force"]);
+    let out = s.env.run(&["rollback", &s.id(), "--force", "--no-start"]);
     out.assert_ok().assert_stderr_has("stopped");
     let after = s.env.snapshot_compose();
     assert_same_tree(
@@ -125,7 +125,9 @@ fn rollback_with_data_restores_everything() {
 #[test]
 fn rollback_data_only_restores_only_the_data() {
     let s = Scenario::new();
-    let out = s.env.run(&["rollback-data-only", &s.id(), "--force"]);
+    let out = s
+        .env
+        .run(&["rollback-data-only", &s.id(), "--force", "--no-start"]);
     out.assert_ok().assert_stderr_has("stopped");
     let after = s.env.snapshot_compose();
     assert_same_tree(
@@ -146,10 +148,40 @@ fn rollback_data_only_restores_only_the_data() {
     s.assert_outside_untouched();
 }
 
+/// An archive of several gzip members (a ~9 MiB incompressible file): a reader that stops
+/// after the first member would silently restore a truncated tree.
+#[test]
+fn rollback_of_a_multi_member_archive_restores_everything() {
+    let env = TestEnv::with(Fixture { large_file: true });
+    let original = env.snapshot_compose();
+    let row = env.backup();
+    let big = env.path("data/mysql/big.ibd");
+    let mut bytes = fs::read(&big).unwrap();
+    let n = bytes.len();
+    bytes[n - 100..].copy_from_slice(&[0xAB; 100]);
+    fs::write(&big, bytes).unwrap();
+    env.mutate();
+    env.run(&[
+        "rollback",
+        &row.id.to_string(),
+        "--force",
+        "--no-start",
+        "--rollback-data",
+    ])
+    .assert_ok();
+    assert_same_tree(
+        "compose dir == archive",
+        &except(&original, EXCLUDED),
+        &except(&env.snapshot_compose(), EXCLUDED),
+    );
+}
+
 #[test]
 fn rollback_json_prints_one_result_document() {
     let s = Scenario::new();
-    let out = s.env.run(&["rollback", &s.id(), "--force", "--json"]);
+    let out = s
+        .env
+        .run(&["rollback", &s.id(), "--force", "--no-start", "--json"]);
     out.assert_ok();
     let doc = out.json();
     assert_eq!(doc["success"], serde_json::json!(true), "{out}");
@@ -165,11 +197,23 @@ fn rollback_json_prints_one_result_document() {
 fn rollback_twice_gives_the_same_result() {
     let s = Scenario::new();
     s.env
-        .run(&["rollback", &s.id(), "--force", "--rollback-data"])
+        .run(&[
+            "rollback",
+            &s.id(),
+            "--force",
+            "--no-start",
+            "--rollback-data",
+        ])
         .assert_ok();
     let once = s.env.snapshot_compose();
     s.env
-        .run(&["rollback", &s.id(), "--force", "--rollback-data"])
+        .run(&[
+            "rollback",
+            &s.id(),
+            "--force",
+            "--no-start",
+            "--rollback-data",
+        ])
         .assert_ok();
     assert_same_tree("second rollback", &once, &s.env.snapshot_compose());
     s.assert_outside_untouched();
@@ -194,7 +238,7 @@ fn rollback_removes_new_top_level_items_of_its_scope_only() {
         0o644,
     );
     let workspace = only(&env.snapshot_compose(), &["project_workspace"]);
-    env.run(&["rollback", &row.id.to_string(), "--force"])
+    env.run(&["rollback", &row.id.to_string(), "--force", "--no-start"])
         .assert_ok();
     let after = env.snapshot_compose();
     assert_same_tree(
@@ -222,6 +266,7 @@ fn rollback_brings_back_deleted_top_level_items() {
         "rollback",
         &row.id.to_string(),
         "--force",
+        "--no-start",
         "--rollback-data",
     ])
     .assert_ok();
@@ -264,6 +309,7 @@ fn rollback_restores_owners_modes_and_mtimes_of_unchanged_content() {
         "rollback",
         &row.id.to_string(),
         "--force",
+        "--no-start",
         "--rollback-data",
     ])
     .assert_ok();
@@ -278,8 +324,8 @@ fn rollback_restores_owners_modes_and_mtimes_of_unchanged_content() {
 fn rollback_without_id_and_without_terminal_exits_2() {
     let s = Scenario::new();
     for cmd in [
-        vec!["rollback", "--force"],
-        vec!["rollback-data-only", "--force"],
+        vec!["rollback", "--force", "--no-start"],
+        vec!["rollback-data-only", "--force", "--no-start"],
     ] {
         let out = s.env.run(&cmd);
         out.assert_code(exit::USAGE);
@@ -320,15 +366,15 @@ fn rollback_without_force_and_without_terminal_exits_2() {
 fn rollback_unknown_id_exits_2() {
     let s = Scenario::new();
     s.env
-        .run(&["rollback", "999999", "--force"])
+        .run(&["rollback", "999999", "--force", "--no-start"])
         .assert_code(exit::USAGE)
         .assert_stderr_has("not found");
     s.env
-        .run(&["rollback-data-only", "999999", "--force"])
+        .run(&["rollback-data-only", "999999", "--force", "--no-start"])
         .assert_code(exit::USAGE)
         .assert_stderr_has("not found");
     s.env
-        .run(&["rollback", "not-a-number", "--force"])
+        .run(&["rollback", "not-a-number", "--force", "--no-start"])
         .assert_code(exit::USAGE);
     s.assert_nothing_changed();
 }
@@ -337,9 +383,13 @@ fn rollback_unknown_id_exits_2() {
 fn rollback_of_a_missing_archive_is_refused() {
     let s = Scenario::new();
     fs::remove_file(&s.row.file_path).unwrap();
-    let out = s
-        .env
-        .run(&["rollback", &s.id(), "--force", "--rollback-data"]);
+    let out = s.env.run(&[
+        "rollback",
+        &s.id(),
+        "--force",
+        "--no-start",
+        "--rollback-data",
+    ]);
     assert_ne!(out.code, Some(0), "{out}");
     out.assert_stderr_has(&crate::util::file_name(&s.row.file_path));
     s.assert_nothing_changed();
@@ -374,7 +424,7 @@ fn rollback_of_a_failed_backup_is_refused() {
     assert_ne!(failed.id, good.id);
     env.mutate();
     let before = env.snapshot_compose();
-    let out = env.run(&["rollback", &failed.id.to_string(), "--force"]);
+    let out = env.run(&["rollback", &failed.id.to_string(), "--force", "--no-start"]);
     assert_ne!(
         out.code,
         Some(0),
@@ -395,7 +445,13 @@ fn held_lock_refuses_rollback_with_exit_3() {
         .unwrap();
     lock.try_lock().expect("take the lock in the test process");
     s.env
-        .run(&["rollback", &s.id(), "--force", "--rollback-data"])
+        .run(&[
+            "rollback",
+            &s.id(),
+            "--force",
+            "--no-start",
+            "--rollback-data",
+        ])
         .assert_code(exit::REFUSED)
         .assert_stderr_has("lock");
     s.assert_nothing_changed();
@@ -408,7 +464,13 @@ fn held_lock_refuses_rollback_with_exit_3() {
 fn rollback_leaves_no_staging_or_undo_dirs() {
     let s = Scenario::new();
     s.env
-        .run(&["rollback", &s.id(), "--force", "--rollback-data"])
+        .run(&[
+            "rollback",
+            &s.id(),
+            "--force",
+            "--no-start",
+            "--rollback-data",
+        ])
         .assert_ok();
     let leftovers: Vec<_> = fs::read_dir(s.env.compose_dir())
         .unwrap()

@@ -589,6 +589,42 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// Removes whatever the binary may have created on the engine for this test's project
+    /// (containers and networks carry the compose project label), passed or failed.
+    fn drop(&mut self) {
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let list = |what: &[&str]| -> Vec<String> {
+            Command::new("docker")
+                .args(what)
+                .args(["-q", "--filter", &label])
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let containers = list(&["ps", "-a"]);
+        if !containers.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&containers)
+                .output();
+        }
+        let networks = list(&["network", "ls"]);
+        if !networks.is_empty() {
+            let _ = Command::new("docker")
+                .args(["network", "rm"])
+                .args(&networks)
+                .output();
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fixture
 
@@ -635,14 +671,19 @@ fn innodb_like(seed: u64, pages: usize) -> Vec<u8> {
 /// The compose project dir: what a backup archives.
 fn build_compose_dir(d: &Path, project: &str, fixture: Fixture) {
     fs::create_dir_all(d).unwrap();
+    // `network_mode: none`: CI's dockerd runs with `--bridge=none`, and a rollback that starts
+    // the services must not need a network. The command exits promptly on SIGTERM.
     let compose = format!(
         "# {project}: test stack, release 1.2.3\n\
          # release 1.2.3\n\
+         x-serve: &serve [\"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1; done\"]\n\
          services:\n\
          \x20 app:\n\
          \x20   image: nuwax-test-busybox:latest\n\
-         \x20   command: [\"sleep\", \"3600\"]\n\
+         \x20   command: *serve\n\
+         \x20   network_mode: none\n\
          \x20   restart: unless-stopped\n\
+         \x20   stop_grace_period: 5s\n\
          \x20   env_file: .env\n\
          \x20   volumes:\n\
          \x20     - ./app:/app\n\
@@ -651,12 +692,14 @@ fn build_compose_dir(d: &Path, project: &str, fixture: Fixture) {
          \x20     - ./logs:/logs\n\
          \x20 worker:\n\
          \x20   image: nuwax-test-busybox:latest\n\
-         \x20   command: [\"sleep\", \"3600\"]\n\
+         \x20   command: *serve\n\
+         \x20   network_mode: none\n\
          \x20   depends_on:\n\
          \x20     - app\n\
          \x20 migrate:\n\
          \x20   image: nuwax-test-busybox:latest\n\
          \x20   command: [\"true\"]\n\
+         \x20   network_mode: none\n\
          \x20   restart: \"no\"\n"
     );
     write(&d.join("docker-compose.yml"), compose.as_bytes(), 0o644);
@@ -704,6 +747,17 @@ fn build_compose_dir(d: &Path, project: &str, fixture: Fixture) {
         b"body { margin: 0 }\n",
         0o644,
     );
+    write(&d.join("app/static/empty.txt"), b"", 0o644);
+    write(
+        &d.join("app/static/file with spaces.txt"),
+        b"spaces\n",
+        0o644,
+    );
+    // Special bits: a restore that chowns after chmod loses setuid (chown clears it).
+    write(&d.join("app/bin/suid-helper"), &noise(4, 300), 0o4755);
+    fs::create_dir_all(d.join("app/shared")).unwrap();
+    write(&d.join("app/shared/team.txt"), b"shared\n", 0o664);
+    fs::set_permissions(d.join("app/shared"), fs::Permissions::from_mode(0o2775)).unwrap();
     fs::create_dir_all(d.join("app/cache")).unwrap();
     fs::create_dir_all(d.join("app/tmp")).unwrap();
     fs::set_permissions(d.join("app/tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
@@ -773,6 +827,16 @@ fn build_compose_dir(d: &Path, project: &str, fixture: Fixture) {
         std::os::unix::fs::lchown(d.join("data/mysql"), Some(999), Some(999)).unwrap();
         std::os::unix::fs::lchown(d.join("data/redis/dump.rdb"), Some(999), Some(1000)).unwrap();
         std::os::unix::fs::lchown(d.join("app/current"), Some(1000), Some(1000)).unwrap();
+        std::os::unix::fs::lchown(d.join("app/bin/suid-helper"), Some(1000), Some(1000)).unwrap();
+        // chown cleared the setuid bit: set it again.
+        fs::set_permissions(
+            d.join("app/bin/suid-helper"),
+            fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
+        // A read-only dir with content: its mode must be set after its files are written.
+        // (Root only: a normal user could not clean it up.)
+        fs::set_permissions(d.join("app/releases/v1"), fs::Permissions::from_mode(0o555)).unwrap();
     }
 
     // logs/: excluded by the default config.
@@ -808,7 +872,7 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// Gives every entry under `root` a distinct whole-second mtime (children before parents, so
 /// setting a child does not disturb its directory afterwards). Symlinks get theirs too.
-fn pin_mtimes(root: &Path, base: i64) {
+pub fn pin_mtimes(root: &Path, base: i64) {
     let mut paths = walk(root);
     paths.reverse();
     for (i, p) in paths.iter().enumerate() {

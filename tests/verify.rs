@@ -45,9 +45,9 @@ impl Damaged {
     fn assert_every_rollback_refused(&self) {
         let id = self.id();
         for args in [
-            vec!["rollback", &id, "--force"],
-            vec!["rollback", &id, "--force", "--rollback-data"],
-            vec!["rollback-data-only", &id, "--force"],
+            vec!["rollback", &id, "--force", "--no-start"],
+            vec!["rollback", &id, "--force", "--no-start", "--rollback-data"],
+            vec!["rollback-data-only", &id, "--force", "--no-start"],
         ] {
             let out = self.env.run(&args);
             out.assert_code(exit::INTEGRITY);

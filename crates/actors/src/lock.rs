@@ -160,7 +160,7 @@ mod tests {
         )
         .unwrap();
         let lock = OperationLock::acquire(&path, "list").unwrap();
-        assert_eq!(lock.taken_over_from.unwrap().pid, 999999);
+        assert_eq!(lock.taken_over_from.as_ref().unwrap().pid, 999999);
     }
 
     #[test]

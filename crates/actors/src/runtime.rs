@@ -323,11 +323,9 @@ impl Runtime {
             .paths
             .compose_dir
             .file_name()
-            .map(|s| s.to_string_lossy().to_lowercase())
+            .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        dir.chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-            .collect()
+        compose::normalize_project_name(&dir).unwrap_or(dir)
     }
 
     /// The cold-backup gate: refuses while a persistent container of the project runs.

@@ -203,7 +203,6 @@ impl Runtime {
         only: Vec<String>,
         progress: &Progress,
     ) -> Result<()> {
-        progress.phase(Phase::Waiting, None, None);
         let timeout = self.start_timeout();
         self.docker(|r| DockerMsg::WaitHealthy(compose.clone(), only, timeout, progress.clone(), r))
             .await

@@ -125,8 +125,18 @@ impl Project {
         let service_label = format!("com.docker.compose.service={service}");
         let label = self.label();
         let mut args = vec![
-            "run", "-d", "--name", &name, "--network", "none", "--label", "nuwax-test=1",
-            "--label", &label, "--label", &service_label,
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--label",
+            "nuwax-test=1",
+            "--label",
+            &label,
+            "--label",
+            &service_label,
         ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&[IMAGE, "sh", "-c", script]);
@@ -140,7 +150,10 @@ impl Drop for Project {
         let filter = format!("label={}", self.label());
         for (list, remove) in [
             (vec!["ps", "-aq", "--filter", &filter], vec!["rm", "-f"]),
-            (vec!["network", "ls", "-q", "--filter", &filter], vec!["network", "rm"]),
+            (
+                vec!["network", "ls", "-q", "--filter", &filter],
+                vec!["network", "rm"],
+            ),
         ] {
             let Ok(out) = Command::new("docker").args(&list).output() else {
                 continue;
@@ -160,7 +173,8 @@ fn inspect(name: &str, format: &str) -> String {
 
 fn time_of(name: &str, field: &str) -> chrono::DateTime<chrono::FixedOffset> {
     let raw = inspect(name, &format!("{{{{.State.{field}}}}}"));
-    chrono::DateTime::parse_from_rfc3339(&raw).unwrap_or_else(|e| panic!("{name} {field} {raw:?}: {e}"))
+    chrono::DateTime::parse_from_rfc3339(&raw)
+        .unwrap_or_else(|e| panic!("{name} {field} {raw:?}: {e}"))
 }
 
 #[track_caller]
@@ -171,7 +185,10 @@ fn wait_for_state(name: &str, state: &str) {
         if now == state {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} is {now}, expected {state}");
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {now}, expected {state}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -230,15 +247,32 @@ async fn connect_fails_closed_unless_there_is_no_socket_at_all() {
         .unwrap()
         .expect("engine");
     assert_eq!(explicit.endpoint(), "unix:///var/run/docker.sock");
-    assert!(explicit.project_containers("nuwax-no-such-project").await.unwrap().is_empty());
+    assert!(
+        explicit
+            .project_containers("nuwax-no-such-project")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // No DOCKER_HOST and no socket file: no engine, not an error.
-    assert!(Engine::connect_with(None, false, &missing).await.unwrap().is_none());
+    assert!(
+        Engine::connect_with(None, false, &missing)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Anything configured or present that does not answer: unreachable.
     let cases = [
-        (Some(format!("unix://{}", missing.display())), missing.clone()),
-        (Some(format!("unix://{}", regular.display())), missing.clone()),
+        (
+            Some(format!("unix://{}", missing.display())),
+            missing.clone(),
+        ),
+        (
+            Some(format!("unix://{}", regular.display())),
+            missing.clone(),
+        ),
         (None, regular.clone()),
         (Some("tcp://127.0.0.1:1".to_string()), missing.clone()),
         (Some("ssh://nobody@127.0.0.1".to_string()), missing.clone()),
@@ -300,15 +334,19 @@ async fn gate_blocks_on_persistent_containers_of_its_own_project_only() {
     assert_eq!(db_info.state, "running");
     assert_eq!(db_info.restart_policy, "unless-stopped");
     assert_eq!(db_info.image, IMAGE);
-    assert!(db_info.image_id.starts_with("sha256:"), "{}", db_info.image_id);
+    assert!(
+        db_info.image_id.starts_with("sha256:"),
+        "{}",
+        db_info.image_id
+    );
     assert_eq!(db_info.health, None);
     assert_eq!(by_name(&containers, &job).restart_policy, "no");
     assert_eq!(by_name(&containers, &done).state, "exited");
 
     let report = policy::gate(&a.name, &compose, &containers);
     assert_eq!(names(&report.blocking), [db.clone(), ghost.clone()]);
-    assert_eq!(names(&report.warnings), [job.clone()]);
-    assert_eq!(names(&report.stopped), [done.clone()]);
+    assert_eq!(names(&report.warnings), [job.as_str()]);
+    assert_eq!(names(&report.stopped), [done.as_str()]);
     assert!(!report.passes());
 
     // Paused still blocks.
@@ -320,7 +358,11 @@ async fn gate_blocks_on_persistent_containers_of_its_own_project_only() {
 
     // Stopping the persistent ones (the paused one included) lets the gate pass; the running
     // one-shot only warns. The other project is untouched.
-    let blocking: Vec<ContainerInfo> = report.blocking.iter().map(|e| e.container.clone()).collect();
+    let blocking: Vec<ContainerInfo> = report
+        .blocking
+        .iter()
+        .map(|e| e.container.clone())
+        .collect();
     let stopped = engine.stop_containers(&blocking).await.unwrap();
     assert_eq!(stopped, [db.clone(), ghost.clone()]);
     let containers = engine.project_status(&a.name).await.unwrap();
@@ -372,8 +414,16 @@ async fn stop_and_start_follow_dependencies_and_own_stop_timeouts() {
     let stopped = engine.stop_containers(&containers).await.unwrap();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(9), "stop took {took:?}");
-    assert!(took >= Duration::from_secs(2), "stubborn had to be killed after 2 s: {took:?}");
-    let pos = |n: &str| stopped.iter().position(|s| s == n).unwrap_or_else(|| panic!("{n} in {stopped:?}"));
+    assert!(
+        took >= Duration::from_secs(2),
+        "stubborn had to be killed after 2 s: {took:?}"
+    );
+    let pos = |n: &str| {
+        stopped
+            .iter()
+            .position(|s| s == n)
+            .unwrap_or_else(|| panic!("{n} in {stopped:?}"))
+    };
     assert!(pos(&web) < pos(&app) && pos(&app) < pos(&db), "{stopped:?}");
     assert_eq!(stopped.len(), 4);
     for name in [&db, &app, &web, &stubborn] {
@@ -383,7 +433,13 @@ async fn stop_and_start_follow_dependencies_and_own_stop_timeouts() {
     assert!(time_of(&app, "FinishedAt") < time_of(&db, "FinishedAt"));
 
     // Stopping again is a no-op.
-    assert!(engine.stop_containers(&containers).await.unwrap().is_empty());
+    assert!(
+        engine
+            .stop_containers(&containers)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     engine.start_containers(&containers).await.unwrap();
     for name in [&db, &app, &web, &stubborn] {
@@ -428,7 +484,9 @@ async fn compose_up_then_wait_healthy() {
     assert_eq!(compose.services["app"].depends_on, ["db"]);
     assert_eq!(compose.services["init"].restart.as_deref(), Some("no"));
 
-    engine::compose_up(&file, Some(&env), &p.name).await.unwrap();
+    engine::compose_up(&file, Some(&env), &p.name)
+        .await
+        .unwrap();
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let progress = Progress::new(tx);
@@ -442,12 +500,25 @@ async fn compose_up_then_wait_healthy() {
             notices.push(n);
         }
     }
-    assert!(notices.iter().any(|n| n.contains("db") && n.contains("healthy")), "{notices:?}");
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("db") && n.contains("healthy")),
+        "{notices:?}"
+    );
 
     let mut containers = engine.project_containers(&p.name).await.unwrap();
-    let db = containers.iter().find(|c| c.service.as_deref() == Some("db")).unwrap().clone();
+    let db = containers
+        .iter()
+        .find(|c| c.service.as_deref() == Some("db"))
+        .unwrap()
+        .clone();
     assert_eq!(db.health.as_deref(), Some("healthy"));
-    let app = containers.iter().find(|c| c.service.as_deref() == Some("app")).unwrap().clone();
+    let app = containers
+        .iter()
+        .find(|c| c.service.as_deref() == Some("app"))
+        .unwrap()
+        .clone();
     assert_eq!(app.restart_policy, "always", "the env file was used");
 
     // Compose v1 writes no depends_on label: the compose file fills it in.
@@ -460,12 +531,21 @@ async fn compose_up_then_wait_healthy() {
     assert!(pos("db") < pos("app"), "{names:?}");
 
     // A full stop/start cycle through the engine comes back healthy too.
-    let running: Vec<ContainerInfo> = containers.iter().filter(|c| c.state == "running").cloned().collect();
+    let running: Vec<ContainerInfo> = containers
+        .iter()
+        .filter(|c| c.state == "running")
+        .cloned()
+        .collect();
     let stopped = engine.stop_containers(&running).await.unwrap();
     assert_eq!(stopped.len(), 2, "{stopped:?}");
     engine.start_containers(&running).await.unwrap();
     engine
-        .wait_healthy(&compose, &stopped, Duration::from_secs(60), &Progress::none())
+        .wait_healthy(
+            &compose,
+            &stopped,
+            Duration::from_secs(60),
+            &Progress::none(),
+        )
         .await
         .unwrap();
 
@@ -520,14 +600,24 @@ async fn wait_healthy_names_what_failed_or_is_not_ready() {
     // `crash` has no `restart:` key: persistent. `job` says "no": one-shot.
     let compose = compose_of(
         &p,
-        &[("crash", None), ("sick", Some("always")), ("slow", Some("always")), ("job", Some("no"))],
+        &[
+            ("crash", None),
+            ("sick", Some("always")),
+            ("slow", Some("always")),
+            ("job", Some("no")),
+        ],
     );
     let wait = |only: Vec<String>, secs: u64| {
         let engine = engine.clone();
         let compose = compose.clone();
         async move {
             engine
-                .wait_healthy(&compose, &only, Duration::from_secs(secs), &Progress::none())
+                .wait_healthy(
+                    &compose,
+                    &only,
+                    Duration::from_secs(secs),
+                    &Progress::none(),
+                )
                 .await
         }
     };
@@ -538,16 +628,28 @@ async fn wait_healthy_names_what_failed_or_is_not_ready() {
     assert!(err.contains("boom-from-crash"), "{err}");
 
     let started = Instant::now();
-    let err = wait(vec!["sick".to_string()], 30).await.unwrap_err().to_string();
-    assert!(started.elapsed() < Duration::from_secs(25), "fails fast, not at the timeout");
+    let err = wait(vec!["sick".to_string()], 30)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "fails fast, not at the timeout"
+    );
     assert!(err.contains(&sick), "{err}");
     assert!(err.contains("unhealthy"), "{err}");
     assert!(err.contains("sick-probe-output"), "{err}");
 
     // Failing probes inside the start period: not ready, so the timeout names it.
     let started = Instant::now();
-    let err = wait(vec![slow.clone(), "ghost".to_string()], 3).await.unwrap_err().to_string();
-    assert!(started.elapsed() < Duration::from_secs(10), "bounded by the timeout");
+    let err = wait(vec![slow.clone(), "ghost".to_string()], 3)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by the timeout"
+    );
     assert!(err.contains("not ready after 3s"), "{err}");
     assert!(err.contains(&slow) && err.contains("starting"), "{err}");
     assert!(err.contains("ghost (no container)"), "{err}");
@@ -557,4 +659,50 @@ async fn wait_healthy_names_what_failed_or_is_not_ready() {
     // Without a selection every persistent container counts: the crashed one fails it.
     let err = wait(Vec::new(), 5).await.unwrap_err().to_string();
     assert!(err.contains(&crash), "{err}");
+}
+
+#[tokio::test]
+async fn start_waits_for_healthy_or_completed_dependencies() {
+    let p = Project::new("deps");
+    let engine = engine().await;
+    let init = p.run("init", &[], "exit 0");
+    // Healthy two seconds after each start (/tmp is a fresh tmpfs every time).
+    let db = p.run(
+        "db",
+        &[
+            "--restart",
+            "unless-stopped",
+            "--tmpfs",
+            "/tmp",
+            "--health-cmd",
+            "test -e /tmp/ready",
+            "--health-interval",
+            "1s",
+        ],
+        &format!("sleep 2; touch /tmp/ready; {SERVE}"),
+    );
+    let app = p.run(
+        "app",
+        &[
+            "--restart",
+            "unless-stopped",
+            "--label",
+            "com.docker.compose.depends_on=init:service_completed_successfully:false,db:service_healthy:false",
+        ],
+        SERVE,
+    );
+    wait_for_state(&init, "exited");
+    let containers = engine.project_containers(&p.name).await.unwrap();
+    let stopped = engine.stop_containers(&containers).await.unwrap();
+    assert_eq!(stopped, [app.clone(), db.clone()]);
+
+    engine.start_containers(&containers).await.unwrap();
+    assert_eq!(inspect(&init, "{{.State.ExitCode}}"), "0");
+    assert_eq!(inspect(&db, "{{.State.Health.Status}}"), "healthy");
+    assert_eq!(inspect(&app, "{{.State.Status}}"), "running");
+    let gap = time_of(&app, "StartedAt").signed_duration_since(time_of(&db, "StartedAt"));
+    assert!(
+        gap >= chrono::TimeDelta::seconds(2),
+        "app started {gap} after db"
+    );
 }

@@ -155,10 +155,10 @@ struct PartialGuard<'a> {
 
 impl Drop for PartialGuard<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = fs::remove_file(self.path) {
-                tracing::warn!("cannot remove {}: {e}", self.path.display());
-            }
+        if self.armed
+            && let Err(e) = fs::remove_file(self.path)
+        {
+            tracing::warn!("cannot remove {}: {e}", self.path.display());
         }
     }
 }
@@ -204,14 +204,13 @@ impl Excludes {
             } else {
                 parent
             };
-            if let Ok(parent) = fs::canonicalize(parent) {
-                if let Ok(rel) = parent.strip_prefix(&src) {
-                    for name in [pname, dname] {
-                        let mut comps: Vec<OsString> =
-                            rel.iter().map(|c| c.to_owned()).collect();
-                        comps.push(name.to_owned());
-                        prefixes.push(comps);
-                    }
+            if let Ok(parent) = fs::canonicalize(parent)
+                && let Ok(rel) = parent.strip_prefix(&src)
+            {
+                for name in [pname, dname] {
+                    let mut comps: Vec<OsString> = rel.iter().map(|c| c.to_owned()).collect();
+                    comps.push(name.to_owned());
+                    prefixes.push(comps);
                 }
             }
         }
@@ -321,7 +320,7 @@ fn scan(
             None => fs::symlink_metadata(&path)
                 .map_err(|e| source_error("cannot read metadata of", &path, e))?,
         };
-        if found.len() % 1024 == 0 {
+        if found.len().is_multiple_of(1024) {
             progress.advance(0, found.len() as u64, Some(&rel));
         }
         found.push((rel, meta));

@@ -676,6 +676,14 @@ impl ProgressMap {
         self.members.as_ref().map(|_| self.total)
     }
 
+    /// The final position: the whole archive when mapped.
+    pub(super) fn end(&self) -> u64 {
+        match self.members {
+            Some(_) => self.total,
+            None => self.count.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     /// Current position (archive bytes when mapped, else decompressed bytes).
     pub(super) fn position(&self) -> u64 {
         let done = self.count.load(std::sync::atomic::Ordering::Relaxed);

@@ -119,7 +119,10 @@ pub fn extract(
                     parsed.size,
                     &mut buf,
                     &parsed.path,
-                    &mut |_| {},
+                    &mut |_| {
+                        let current = Path::new(OsStr::from_bytes(&parsed.path));
+                        progress.advance(position.position(), entries, Some(current));
+                    },
                 );
                 let sha = match sha {
                     Ok(s) => s,
@@ -190,7 +193,7 @@ pub fn extract(
         });
     }
     out.finish_dirs()?;
-    progress.finish_phase(position.position(), entries);
+    progress.finish_phase(position.end(), entries);
     let manifest = meta
         .manifest
         .take()
@@ -330,7 +333,7 @@ impl Writer<'_> {
     fn finish_dirs(&mut self) -> Result<()> {
         let depth = |e: &Parsed| e.path.iter().filter(|&&b| b == b'/').count();
         self.deferred_dirs
-            .sort_by(|a, b| depth(&b.1).cmp(&depth(&a.1)));
+            .sort_by_key(|d| std::cmp::Reverse(depth(&d.1)));
         for (full, e) in &self.deferred_dirs {
             let dir = OpenOptions::new()
                 .read(true)

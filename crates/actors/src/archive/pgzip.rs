@@ -116,7 +116,9 @@ fn xfl_for(level: u32) -> u8 {
 
 fn member_header(xfl: u8) -> [u8; HEADER_LEN] {
     // ID1 ID2 CM FLG=FEXTRA | MTIME=0 | XFL OS=255 | XLEN=8 | 'N' 'X' LEN=4 | member length
-    [0x1f, 0x8b, 8, FEXTRA, 0, 0, 0, 0, xfl, 255, 8, 0, b'N', b'X', 4, 0, 0, 0, 0, 0]
+    [
+        0x1f, 0x8b, 8, FEXTRA, 0, 0, 0, 0, xfl, 255, 8, 0, b'N', b'X', 4, 0, 0, 0, 0, 0,
+    ]
 }
 
 fn write_stored(data: &[u8], out: &mut Vec<u8>) {
@@ -157,7 +159,9 @@ fn deflate_bounded(
     c.reset();
     let finished = loop {
         let (in_before, out_before) = (c.total_in(), c.total_out());
-        let consumed = usize::try_from(in_before).unwrap_or(usize::MAX).min(input.len());
+        let consumed = usize::try_from(in_before)
+            .unwrap_or(usize::MAX)
+            .min(input.len());
         let status = match c.compress_vec(&input[consumed..], out, FlushCompress::Finish) {
             Ok(s) => s,
             Err(e) => {
@@ -218,7 +222,13 @@ impl Encoder {
             let at = i * step;
             self.probe_out.clear();
             let sample = &data[at..at + PROBE_LEN];
-            let done = deflate_bounded(&mut self.probe, PROBE_LEVEL, sample, &mut self.probe_out, bound)?;
+            let done = deflate_bounded(
+                &mut self.probe,
+                PROBE_LEVEL,
+                sample,
+                &mut self.probe_out,
+                bound,
+            )?;
             if done && self.probe_out.len() < threshold {
                 return Ok(true);
             }
@@ -321,7 +331,13 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
         Self::build(inner, level, threads, chunk_size, None)
     }
 
-    fn build(inner: W, level: u32, threads: usize, chunk_size: usize, _panic_at: Option<u64>) -> Self {
+    fn build(
+        inner: W,
+        level: u32,
+        threads: usize,
+        chunk_size: usize,
+        _panic_at: Option<u64>,
+    ) -> Self {
         let threads = resolve_threads(threads);
         let level = level.min(9);
         let chunk_size = chunk_size.clamp(1, MAX_CHUNK_SIZE);
@@ -339,14 +355,22 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
 
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let (jobs, done, outpool, sh) = (job_rx.clone(), done_tx.clone(), outpool_rx.clone(), shared.clone());
+            let (jobs, done, outpool, sh) = (
+                job_rx.clone(),
+                done_tx.clone(),
+                outpool_rx.clone(),
+                shared.clone(),
+            );
             let spawned = thread::Builder::new()
                 .name(format!("pgzip-c{i}"))
                 .spawn(move || compress_worker(level, jobs, done, outpool, sh));
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => {
-                    shared.fail(io::Error::new(e.kind(), format!("cannot start compression thread: {e}")));
+                    shared.fail(io::Error::new(
+                        e.kind(),
+                        format!("cannot start compression thread: {e}"),
+                    ));
                     break;
                 }
             }
@@ -375,7 +399,10 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
         let writer = match writer {
             Ok(h) => Some(h),
             Err(e) => {
-                shared.fail(io::Error::new(e.kind(), format!("cannot start gzip writer thread: {e}")));
+                shared.fail(io::Error::new(
+                    e.kind(),
+                    format!("cannot start gzip writer thread: {e}"),
+                ));
                 None
             }
         };
@@ -402,7 +429,10 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
     fn send_current(&mut self) -> io::Result<()> {
         let data = std::mem::take(&mut self.buf);
         let seq = self.seq;
-        let jobs = self.jobs.as_ref().ok_or_else(|| io::Error::other("gzip writer already finished"))?;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("gzip writer already finished"))?;
         if jobs.send(Chunk { seq, data }).is_err() {
             return Err(self.error("gzip compression threads exited"));
         }
@@ -441,13 +471,15 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
         self.jobs = None;
         for h in self.workers.drain(..) {
             if h.join().is_err() {
-                self.shared.fail(io::Error::other("gzip compression thread panicked"));
+                self.shared
+                    .fail(io::Error::other("gzip compression thread panicked"));
             }
         }
         let inner = match self.writer.take().map(|h| h.join()) {
             Some(Ok(inner)) => inner,
             Some(Err(_)) => {
-                self.shared.fail(io::Error::other("gzip writer thread panicked"));
+                self.shared
+                    .fail(io::Error::other("gzip writer thread panicked"));
                 None
             }
             None => None,
@@ -531,7 +563,8 @@ fn compress_worker(
             }
             Err(_) => {
                 enc = Encoder::new(level);
-                let e = io::Error::other(format!("gzip compression thread panicked on chunk {seq}"));
+                let e =
+                    io::Error::other(format!("gzip compression thread panicked on chunk {seq}"));
                 shared.fail(copy_err(&e));
                 Err(e)
             }
@@ -590,7 +623,10 @@ fn writer_loop<W: Write>(
 #[derive(Debug, PartialEq, Eq)]
 enum Parsed {
     /// A member with the NX subfield: header length and total member length.
-    Nx { header_len: usize, len: u32 },
+    Nx {
+        header_len: usize,
+        len: u32,
+    },
     /// A valid gzip header without NX (or one too long to parse from the probe).
     Plain,
     /// No gzip magic.
@@ -608,7 +644,11 @@ const FCOMMENT: u8 = 0x10;
 /// Parses the gzip header at the start of `b`. `complete` says `b` reaches the end of file (so
 /// running out of bytes means truncation rather than a too-short probe).
 fn parse_header(b: &[u8], complete: bool) -> Parsed {
-    let short = if complete { Parsed::Truncated } else { Parsed::Plain };
+    let short = if complete {
+        Parsed::Truncated
+    } else {
+        Parsed::Plain
+    };
     if b.len() < 2 {
         return if b.first().is_none_or(|&x| x == 0x1f) && complete {
             Parsed::Truncated
@@ -668,7 +708,10 @@ fn parse_header(b: &[u8], complete: bool) -> Parsed {
         }
     }
     match nx {
-        Some(len) => Parsed::Nx { header_len: pos, len },
+        Some(len) => Parsed::Nx {
+            header_len: pos,
+            len,
+        },
         None => Parsed::Plain,
     }
 }
@@ -687,10 +730,15 @@ fn scan_at(file: &File, file_len: u64, offset: u64) -> io::Result<Scan> {
     if offset >= file_len {
         return Ok(Scan::Eof);
     }
-    let avail = usize::try_from(file_len - offset).unwrap_or(usize::MAX).min(HEADER_PROBE);
+    let avail = usize::try_from(file_len - offset)
+        .unwrap_or(usize::MAX)
+        .min(HEADER_PROBE);
     let mut b = [0u8; HEADER_PROBE];
     file.read_exact_at(&mut b[..avail], offset).map_err(|e| {
-        io::Error::new(e.kind(), format!("reading gzip header at offset {offset}: {e}"))
+        io::Error::new(
+            e.kind(),
+            format!("reading gzip header at offset {offset}: {e}"),
+        )
     })?;
     let complete = offset + avail as u64 == file_len;
     match parse_header(&b[..avail], complete) {
@@ -712,7 +760,9 @@ fn scan_at(file: &File, file_len: u64, offset: u64) -> io::Result<Scan> {
             Ok(Scan::Member(offset, len, header_len))
         }
         Parsed::Plain => Ok(Scan::Sequential(offset)),
-        Parsed::NotGzip if offset == 0 => Err(invalid("not a gzip file (bad magic at offset 0)".into())),
+        Parsed::NotGzip if offset == 0 => {
+            Err(invalid("not a gzip file (bad magic at offset 0)".into()))
+        }
         Parsed::NotGzip => Err(invalid(format!(
             "unexpected data after the last gzip member at offset {offset} ({} trailing bytes)",
             file_len - offset
@@ -721,7 +771,9 @@ fn scan_at(file: &File, file_len: u64, offset: u64) -> io::Result<Scan> {
             io::ErrorKind::UnexpectedEof,
             format!("gzip header at offset {offset} is truncated (file ends at {file_len})"),
         )),
-        Parsed::Invalid(why) => Err(invalid(format!("invalid gzip header at offset {offset}: {why}"))),
+        Parsed::Invalid(why) => Err(invalid(format!(
+            "invalid gzip header at offset {offset}: {why}"
+        ))),
     }
 }
 
@@ -731,7 +783,10 @@ fn scan_at(file: &File, file_len: u64, offset: u64) -> io::Result<Scan> {
 pub fn member_offsets(file: &File) -> io::Result<Option<Vec<(u64, u32)>>> {
     let file_len = file.metadata()?.len();
     if file_len == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "empty file: not a gzip stream"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "empty file: not a gzip stream",
+        ));
     }
     let mut v = Vec::new();
     let mut at = 0;
@@ -776,7 +831,10 @@ impl<R: Read> Read for Context<R> {
         self.inner.read(buf).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("{e} (in gzip data without member index, starting at offset {})", self.start),
+                format!(
+                    "{e} (in gzip data without member index, starting at offset {})",
+                    self.start
+                ),
             )
         })
     }
@@ -848,14 +906,23 @@ impl ParallelGzReader {
         let abort = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let (f, jobs, res, rec, ab) = (file.clone(), job_rx.clone(), res_tx.clone(), rec_rx.clone(), abort.clone());
+            let (f, jobs, res, rec, ab) = (
+                file.clone(),
+                job_rx.clone(),
+                res_tx.clone(),
+                rec_rx.clone(),
+                abort.clone(),
+            );
             match thread::Builder::new()
                 .name(format!("pgzip-d{i}"))
                 .spawn(move || decode_worker(&f, &jobs, &res, &rec, &ab))
             {
                 Ok(h) => workers.push(h),
                 Err(e) if workers.is_empty() => {
-                    return Err(io::Error::new(e.kind(), format!("cannot start decompression thread: {e}")));
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot start decompression thread: {e}"),
+                    ));
                 }
                 Err(_) => break,
             }
@@ -896,7 +963,9 @@ impl ParallelGzReader {
                     };
                     let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
                     if !sent {
-                        self.end = Some(End::Error(io::Error::other("gzip decompression threads exited")));
+                        self.end = Some(End::Error(io::Error::other(
+                            "gzip decompression threads exited",
+                        )));
                         return;
                     }
                     self.dispatched += 1;
@@ -966,7 +1035,9 @@ impl Read for ParallelGzReader {
                         self.tail = Some(sequential_from(self.file.clone(), o));
                     }
                     Some(End::Error(e)) => self.error = Some(e),
-                    None => self.error = Some(io::Error::other("gzip reader: no member dispatched")),
+                    None => {
+                        self.error = Some(io::Error::other("gzip reader: no member dispatched"))
+                    }
                 }
                 continue;
             }
@@ -1005,13 +1076,15 @@ fn decode_worker(
             break;
         }
         let out = recycle.try_recv().unwrap_or_default();
-        let r = panic::catch_unwind(AssertUnwindSafe(|| decode_member(file, &job, &mut input, &mut inflate, out)))
-            .unwrap_or_else(|_| {
-                Err(io::Error::other(format!(
-                    "gzip decompression thread panicked on the member at offset {}",
-                    job.offset
-                )))
-            });
+        let r = panic::catch_unwind(AssertUnwindSafe(|| {
+            decode_member(file, &job, &mut input, &mut inflate, out)
+        }))
+        .unwrap_or_else(|_| {
+            Err(io::Error::other(format!(
+                "gzip decompression thread panicked on the member at offset {}",
+                job.offset
+            )))
+        });
         if r.is_err() {
             inflate = Decompress::new(false);
         }
@@ -1032,7 +1105,10 @@ fn decode_member(
     let len = job.len as usize;
     input.resize(len, 0);
     file.read_exact_at(&mut input[..len], off).map_err(|e| {
-        io::Error::new(e.kind(), format!("reading gzip member at offset {off} ({len} bytes): {e}"))
+        io::Error::new(
+            e.kind(),
+            format!("reading gzip member at offset {off} ({len} bytes): {e}"),
+        )
     })?;
     let (body, trailer) = input[job.header_len..len].split_at(len - job.header_len - TRAILER_LEN);
     let want_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
@@ -1043,10 +1119,16 @@ fn decode_member(
     inflate.reset(false);
     loop {
         let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
-        let consumed = usize::try_from(in_before).unwrap_or(usize::MAX).min(body.len());
+        let consumed = usize::try_from(in_before)
+            .unwrap_or(usize::MAX)
+            .min(body.len());
         let status = inflate
             .decompress_vec(&body[consumed..], &mut out, FlushDecompress::None)
-            .map_err(|e| invalid(format!("corrupt deflate data in gzip member at offset {off}: {e}")))?;
+            .map_err(|e| {
+                invalid(format!(
+                    "corrupt deflate data in gzip member at offset {off}: {e}"
+                ))
+            })?;
         if out.len() as u64 > u64::from(want_size) {
             return Err(invalid(format!(
                 "gzip member at offset {off} inflates to more than its recorded size {want_size}"
@@ -1066,7 +1148,9 @@ fn decode_member(
             ));
         }
         if inflate.total_in() == in_before && inflate.total_out() == out_before {
-            return Err(invalid(format!("deflate data of gzip member at offset {off} makes no progress")));
+            return Err(invalid(format!(
+                "deflate data of gzip member at offset {off} makes no progress"
+            )));
         }
     }
     let used = inflate.total_in();
@@ -1103,7 +1187,9 @@ fn decode_member(
 pub fn open_reader(file: File, threads: usize) -> io::Result<Box<dyn Read + Send>> {
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Ok(Box::new(MultiGzDecoder::new(BufReader::with_capacity(SEQ_BUF, file))));
+        return Ok(Box::new(MultiGzDecoder::new(BufReader::with_capacity(
+            SEQ_BUF, file,
+        ))));
     }
     let file_len = meta.len();
     if file_len == 0 {
@@ -1117,7 +1203,10 @@ pub fn open_reader(file: File, threads: usize) -> io::Result<Box<dyn Read + Send
         Ok(Scan::Member(..)) => Ok(Box::new(ParallelGzReader::new(file, file_len, threads)?)),
         Ok(Scan::Sequential(_)) => Ok(sequential_from(file, 0)),
         Ok(Scan::Eof) => Ok(Box::new(io::empty())),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof => {
+        Err(e)
+            if e.kind() == io::ErrorKind::InvalidData
+                || e.kind() == io::ErrorKind::UnexpectedEof =>
+        {
             Ok(Box::new(Failing(e)))
         }
         Err(e) => Err(e),
@@ -1154,8 +1243,24 @@ mod tests {
 
     fn text(n: usize, seed: u64) -> Vec<u8> {
         const WORDS: &[&str] = &[
-            "backup", "compose", "volume", "the", "of", "service", "restore", "archive", "mysql",
-            "redis", "config", "a", "and", "data", "image", "container", "network", "nuwax",
+            "backup",
+            "compose",
+            "volume",
+            "the",
+            "of",
+            "service",
+            "restore",
+            "archive",
+            "mysql",
+            "redis",
+            "config",
+            "a",
+            "and",
+            "data",
+            "image",
+            "container",
+            "network",
+            "nuwax",
         ];
         let mut r = Rng(seed | 1);
         let mut v = Vec::with_capacity(n + 16);
@@ -1176,7 +1281,11 @@ mod tests {
         let mut v = Vec::with_capacity(n);
         let mut i = 0;
         while v.len() < n {
-            let piece = if i % 2 == 0 { text(40 << 10, seed + i) } else { random(40 << 10, seed + i) };
+            let piece = if i % 2 == 0 {
+                text(40 << 10, seed + i)
+            } else {
+                random(40 << 10, seed + i)
+            };
             v.extend_from_slice(&piece);
             i += 1;
         }
@@ -1216,21 +1325,36 @@ mod tests {
     fn system_gunzip(bytes: &[u8]) -> Vec<u8> {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), bytes).unwrap();
-        let out = Command::new("gzip").arg("-dc").arg(f.path()).output().unwrap();
-        assert!(out.status.success(), "gzip -dc failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .arg(f.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gzip -dc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 
     fn system_gzip(data: &[u8]) -> Vec<u8> {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), data).unwrap();
-        let out = Command::new("gzip").arg("-c").arg("-6").arg(f.path()).output().unwrap();
+        let out = Command::new("gzip")
+            .arg("-c")
+            .arg("-6")
+            .arg(f.path())
+            .output()
+            .unwrap();
         assert!(out.status.success());
         out.stdout
     }
 
     fn members(bytes: &[u8]) -> Vec<(u64, u32)> {
-        member_offsets(&to_file(bytes)).unwrap().expect("all members indexed")
+        member_offsets(&to_file(bytes))
+            .unwrap()
+            .expect("all members indexed")
     }
 
     #[test]
@@ -1249,8 +1373,14 @@ mod tests {
                     let four = compress(data, 6, 4, chunk);
                     assert!(one == four, "{what}: output depends on thread count");
                     assert_eq!(members(&one).len(), size.div_ceil(chunk).max(1), "{what}");
-                    assert!(read_all(&one, 1).unwrap() == *data, "{what}: open_reader(1)");
-                    assert!(read_all(&one, 3).unwrap() == *data, "{what}: open_reader(3)");
+                    assert!(
+                        read_all(&one, 1).unwrap() == *data,
+                        "{what}: open_reader(1)"
+                    );
+                    assert!(
+                        read_all(&one, 3).unwrap() == *data,
+                        "{what}: open_reader(3)"
+                    );
                     assert!(multigz(&one) == *data, "{what}: MultiGzDecoder");
                     assert!(system_gunzip(&one) == *data, "{what}: gzip -dc");
                 }
@@ -1282,7 +1412,10 @@ mod tests {
         for &(off, len) in &ms {
             assert_eq!(off, expect_off);
             let m = &gz[off as usize..(off + u64::from(len)) as usize];
-            assert_eq!(&m[..16], &[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 2, 255, 8, 0, b'N', b'X', 4, 0]);
+            assert_eq!(
+                &m[..16],
+                &[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 2, 255, 8, 0, b'N', b'X', 4, 0]
+            );
             assert_eq!(u32::from_le_bytes(m[16..20].try_into().unwrap()), len);
             expect_off += u64::from(len);
         }
@@ -1311,7 +1444,11 @@ mod tests {
         );
         for (off, _) in members(&gz) {
             // First deflate block header: BTYPE (bits 1-2) 00 = stored.
-            assert_eq!(gz[off as usize + HEADER_LEN] & 0x06, 0, "member at {off} not stored");
+            assert_eq!(
+                gz[off as usize + HEADER_LEN] & 0x06,
+                0,
+                "member at {off} not stored"
+            );
         }
         assert!(read_all(&gz, 2).unwrap() == data);
         assert!(system_gunzip(&gz) == data);
@@ -1322,7 +1459,12 @@ mod tests {
         assert!(gz.len() < t.len() / 2, "text {} -> {}", t.len(), gz.len());
         let m = mixed(2 * CHUNK_SIZE, 5);
         let gz = compress(&m, 6, 2, CHUNK_SIZE);
-        assert!(gz.len() < m.len() * 8 / 10, "mixed {} -> {}", m.len(), gz.len());
+        assert!(
+            gz.len() < m.len() * 8 / 10,
+            "mixed {} -> {}",
+            m.len(),
+            gz.len()
+        );
         assert!(read_all(&gz, 2).unwrap() == m);
     }
 
@@ -1353,7 +1495,10 @@ mod tests {
     fn assert_read_fails(bytes: &[u8], what: &str) -> io::Error {
         for threads in [1, 3] {
             if let Ok(v) = read_all(bytes, threads) {
-                panic!("{what}: read {} bytes without error (threads {threads})", v.len());
+                panic!(
+                    "{what}: read {} bytes without error (threads {threads})",
+                    v.len()
+                );
             }
         }
         read_all(bytes, 2).unwrap_err()
@@ -1390,7 +1535,10 @@ mod tests {
         bad[(off + u64::from(len)) as usize - 8] ^= 1;
         let e = assert_read_fails(&bad, "crc");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-        assert!(e.to_string().contains("CRC32") && e.to_string().contains(&format!("offset {off}")), "{e}");
+        assert!(
+            e.to_string().contains("CRC32") && e.to_string().contains(&format!("offset {off}")),
+            "{e}"
+        );
         // ISIZE.
         let mut bad = gz.clone();
         bad[(off + u64::from(len)) as usize - 1] ^= 1;
@@ -1411,7 +1559,10 @@ mod tests {
             }
             let e = assert_read_fails(&gz[..cut], &format!("cut at {cut}"));
             assert!(
-                matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData),
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+                ),
                 "cut at {cut}: {e:?}"
             );
         }
@@ -1428,7 +1579,10 @@ mod tests {
         let mut bad = gz.clone();
         bad.extend_from_slice(b"garbage!");
         let e = assert_read_fails(&bad, "trailing garbage");
-        assert!(e.to_string().contains(&format!("offset {}", gz.len())), "{e}");
+        assert!(
+            e.to_string().contains(&format!("offset {}", gz.len())),
+            "{e}"
+        );
         let mut bad = gz.clone();
         bad.extend_from_slice(&[0; 512]);
         assert_read_fails(&bad, "trailing zeros");
@@ -1463,6 +1617,9 @@ mod tests {
         let n = bad.len();
         bad[n - 6] ^= 1;
         assert_read_fails(&bad, "gzip -c bad crc");
+        let mut bad = plain.clone();
+        bad.extend_from_slice(b"trailing garbage");
+        assert_read_fails(&bad, "gzip -c + garbage");
         // Our members followed by a foreign member: parallel, then sequential from there.
         let ours = compress(&data, 6, 2, 50_000);
         let mut both = ours.clone();
@@ -1476,7 +1633,10 @@ mod tests {
         let n = bad.len();
         bad[n - 6] ^= 1;
         let e = assert_read_fails(&bad, "foreign tail bad crc");
-        assert!(e.to_string().contains(&format!("offset {}", ours.len())), "{e}");
+        assert!(
+            e.to_string().contains(&format!("offset {}", ours.len())),
+            "{e}"
+        );
     }
 
     #[derive(Debug)]

@@ -183,6 +183,7 @@ fn scan(
             note(r, report)?;
         }
         report.entries += 1;
+        let entries_so_far = report.entries;
         let sha = if parsed.kind == EntryKind::File {
             match copy_entry_data(
                 &mut entry,
@@ -190,7 +191,7 @@ fn scan(
                 parsed.size,
                 &mut buf,
                 &parsed.path,
-                &mut |_| {},
+                &mut |_| progress.advance(position.position(), entries_so_far, None),
             ) {
                 Ok(sha) => {
                     report.files_checked += 1;

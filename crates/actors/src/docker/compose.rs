@@ -31,7 +31,8 @@ pub fn load(
             compose_file.display()
         )));
     }
-    let text = std::fs::read_to_string(compose_file).ctx("cannot read compose file", compose_file)?;
+    let text =
+        std::fs::read_to_string(compose_file).ctx("cannot read compose file", compose_file)?;
     let compose_dir = compose_dir(compose_file);
     let env_path = env_file
         .map(Path::to_path_buf)
@@ -43,7 +44,14 @@ pub fn load(
         .map_err(|e| config_error(compose_file, e))?;
     let vars = Vars { env: &env };
 
-    let name = project_name(compose_file, &compose_dir, &doc, &env, &vars, project_override)?;
+    let name = project_name(
+        compose_file,
+        &compose_dir,
+        &doc,
+        &env,
+        &vars,
+        project_override,
+    )?;
 
     let mut services = BTreeMap::new();
     match doc.get("services") {
@@ -97,7 +105,8 @@ fn config_error(path: &Path, e: serde_yaml::Error) -> Error {
 }
 
 fn compose_dir(compose_file: &Path) -> PathBuf {
-    let absolute = std::fs::canonicalize(compose_file).unwrap_or_else(|_| compose_file.to_path_buf());
+    let absolute =
+        std::fs::canonicalize(compose_file).unwrap_or_else(|_| compose_file.to_path_buf());
     absolute
         .parent()
         .map(Path::to_path_buf)
@@ -145,7 +154,11 @@ fn project_name(
 }
 
 fn read_service(body: &Mapping, vars: &Vars<'_>) -> ComposeService {
-    let get_str = |key: &str| body.get(key).and_then(scalar_string).map(|s| vars.interpolate(&s));
+    let get_str = |key: &str| {
+        body.get(key)
+            .and_then(scalar_string)
+            .map(|s| vars.interpolate(&s))
+    };
 
     let restart = match body.get("restart") {
         Some(Value::Bool(false)) => Some("no".to_string()),
@@ -340,7 +353,9 @@ impl Vars<'_> {
             } else {
                 let len = after
                     .char_indices()
-                    .find(|&(j, c)| !(c == '_' || c.is_ascii_alphabetic() || (j > 0 && c.is_ascii_digit())))
+                    .find(|&(j, c)| {
+                        !(c == '_' || c.is_ascii_alphabetic() || (j > 0 && c.is_ascii_digit()))
+                    })
                     .map_or(after.len(), |(j, _)| j);
                 if len == 0 {
                     out.push('$');
@@ -366,10 +381,18 @@ impl Vars<'_> {
         match op {
             "" => value.unwrap_or_default(),
             _ if op.starts_with(":-") => {
-                if set_non_empty { value.unwrap_or_default() } else { word(&op[2..]) }
+                if set_non_empty {
+                    value.unwrap_or_default()
+                } else {
+                    word(&op[2..])
+                }
             }
             _ if op.starts_with(":+") => {
-                if set_non_empty { word(&op[2..]) } else { String::new() }
+                if set_non_empty {
+                    word(&op[2..])
+                } else {
+                    String::new()
+                }
             }
             _ if op.starts_with(":?") || op.starts_with('?') => {
                 // Compose fails on an unset required variable; we only read a few keys, so an
@@ -378,7 +401,11 @@ impl Vars<'_> {
             }
             _ if op.starts_with('-') => value.unwrap_or_else(|| word(&op[1..])),
             _ if op.starts_with('+') => {
-                if value.is_some() { word(&op[1..]) } else { String::new() }
+                if value.is_some() {
+                    word(&op[1..])
+                } else {
+                    String::new()
+                }
             }
             _ => format!("${{{body}}}"),
         }
@@ -415,7 +442,11 @@ mod tests {
         path
     }
 
-    fn project_in(dir_name: &str, compose: &str, env: Option<&str>) -> (tempfile::TempDir, Result<ComposeProject>) {
+    fn project_in(
+        dir_name: &str,
+        compose: &str,
+        env: Option<&str>,
+    ) -> (tempfile::TempDir, Result<ComposeProject>) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join(dir_name);
         std::fs::create_dir(&dir).unwrap();
@@ -489,7 +520,9 @@ mod tests {
         let (_tmp, p) = project_in(
             "docker",
             "name: ${STACK:-fallback}\nservices:\n  app:\n    restart: ${APP_RESTART}\n    depends_on: [\"${DB_SERVICE:-db}\"]\n  job:\n    restart: ${JOB_RESTART:-no}\n  cost:\n    restart: $$5\n",
-            Some("# comment\nexport STACK=MyStack\nAPP_RESTART='always'\nDB_SERVICE=\nJOB_RESTART= # empty\n"),
+            Some(
+                "# comment\nexport STACK=MyStack\nAPP_RESTART='always'\nDB_SERVICE=\nJOB_RESTART= # empty\n",
+            ),
         );
         let p = p.unwrap();
         assert_eq!(p.name, "mystack");
@@ -555,9 +588,16 @@ mod tests {
         );
         assert_eq!(p.unwrap().name, "fromenv");
         // The config override beats everything.
-        let (tmp, _) = project_in("docker", "name: fromfile\n", Some("COMPOSE_PROJECT_NAME=x\n"));
+        let (tmp, _) = project_in(
+            "docker",
+            "name: fromfile\n",
+            Some("COMPOSE_PROJECT_NAME=x\n"),
+        );
         let file = tmp.path().join("docker/docker-compose.yml");
-        assert_eq!(load(&file, None, Some("Over_Ride")).unwrap().name, "over_ride");
+        assert_eq!(
+            load(&file, None, Some("Over_Ride")).unwrap().name,
+            "over_ride"
+        );
         // An explicit env file path is honoured.
         let env = write(tmp.path(), "other.env", "COMPOSE_PROJECT_NAME=other\n");
         assert_eq!(load(&file, Some(&env), None).unwrap().name, "other");
@@ -586,7 +626,11 @@ mod tests {
         let (_t, p) = project_in("docker", "services: [a, b]\n", None);
         assert!(matches!(p.unwrap_err(), Error::Config { .. }));
         // Unknown keys and odd service bodies are fine.
-        let (_t, p) = project_in("docker", "version: '3.8'\nx-foo: 1\nservices:\n  odd: 5\n  ok:\n    weird_key: [1]\n", None);
+        let (_t, p) = project_in(
+            "docker",
+            "version: '3.8'\nx-foo: 1\nservices:\n  odd: 5\n  ok:\n    weird_key: [1]\n",
+            None,
+        );
         let p = p.unwrap();
         assert!(p.services.contains_key("ok"));
         assert!(!p.services.contains_key("odd"));

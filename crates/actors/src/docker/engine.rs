@@ -1,11 +1,11 @@
 //! The Docker Engine client: find the project's containers, stop and start them in dependency
 //! order, wait until they are running and healthy, and fall back to `docker compose up -d`.
 //!
-//! Every call to the engine is bounded by a timeout; a wait never outlives its deadline.
-//! Connecting fails closed: an engine that is configured (`DOCKER_HOST`) or whose socket
-//! exists but does not answer is an error ([`Error::DockerUnreachable`]); only a host with no
-//! engine socket at all yields `Ok(None)`, which the caller reports and continues without a
-//! gate.
+//! Every call to the engine is bounded by a timeout and every wait has a deadline.
+//! Connecting fails closed: an engine that is configured (`DOCKER_HOST`, a docker context) or
+//! whose socket exists but does not answer is an error ([`Error::DockerUnreachable`]); only a
+//! host with nothing configured and no engine socket at all yields `Ok(None)`, which the
+//! caller reports and continues without a gate.
 //!
 //! Stop and start act on a list the caller owns (what was running before), so a failure part
 //! way can be undone by starting that same list again: [`Engine::start_containers`] skips
@@ -74,14 +74,24 @@ impl fmt::Debug for Engine {
 enum Endpoint {
     Unix(PathBuf),
     /// `http://host:port` to connect to, and `DOCKER_HOST` as the operator wrote it.
-    Http { url: String, configured: String },
+    Http {
+        url: String,
+        configured: String,
+    },
     /// Configured, but not something we can talk to: fail closed.
-    Unsupported { endpoint: String, reason: String },
+    Unsupported {
+        endpoint: String,
+        reason: String,
+    },
     /// No `DOCKER_HOST` and nothing at the default socket path.
     Absent,
 }
 
-fn resolve_endpoint(docker_host: Option<&str>, tls_verify: bool, default_socket: &Path) -> Endpoint {
+fn resolve_endpoint(
+    docker_host: Option<&str>,
+    tls_verify: bool,
+    default_socket: &Path,
+) -> Endpoint {
     let Some(host) = docker_host.map(str::trim).filter(|h| !h.is_empty()) else {
         // `symlink_metadata`: a dangling symlink still means "an engine is expected here".
         return match std::fs::symlink_metadata(default_socket) {
@@ -91,13 +101,18 @@ fn resolve_endpoint(docker_host: Option<&str>, tls_verify: bool, default_socket:
     };
     let unsupported = |reason: &str| Endpoint::Unsupported {
         endpoint: host.to_string(),
-        reason: format!("{reason}; use a unix:// or plain tcp:// DOCKER_HOST, or --skip-docker-check"),
+        reason: format!(
+            "{reason}; use a unix:// or plain tcp:// DOCKER_HOST, or --skip-docker-check"
+        ),
     };
     if let Some(path) = host.strip_prefix("unix://") {
         Endpoint::Unix(PathBuf::from(path))
     } else if host.starts_with('/') {
         Endpoint::Unix(PathBuf::from(host))
-    } else if let Some(addr) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")) {
+    } else if let Some(addr) = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))
+    {
         if tls_verify {
             unsupported("TLS (DOCKER_TLS_VERIFY) is not supported")
         } else {
@@ -144,7 +159,9 @@ fn context_host(config_dir: Option<&Path>, env_context: Option<&str>) -> Result<
     let name = match env_context.map(str::trim).filter(|c| !c.is_empty()) {
         Some(name) => name.to_string(),
         None => {
-            let Some(dir) = config_dir else { return Ok(None) };
+            let Some(dir) = config_dir else {
+                return Ok(None);
+            };
             let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
                 return Ok(None);
             };
@@ -177,7 +194,10 @@ fn context_host(config_dir: Option<&Path>, env_context: Option<&str>) -> Result<
         .map_err(|e| fail(format!("cannot read {}: {e}", meta.display())))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| fail(format!("cannot parse {}: {e}", meta.display())))?;
-    match value.pointer("/Endpoints/docker/Host").and_then(|h| h.as_str()) {
+    match value
+        .pointer("/Endpoints/docker/Host")
+        .and_then(|h| h.as_str())
+    {
         Some(host) if !host.trim().is_empty() => Ok(Some(host.to_string())),
         _ => Err(fail(format!("{} names no docker endpoint", meta.display()))),
     }
@@ -223,19 +243,23 @@ impl Probe {
                     reason: format!("is unhealthy{}", self.health_suffix()),
                     exited: false,
                 },
-                Some(other) => Readiness::Pending(format!("health: {other}{}", self.health_suffix())),
+                Some(other) => {
+                    Readiness::Pending(format!("health: {other}{}", self.health_suffix()))
+                }
             },
             "exited" | "dead" => Readiness::Failed {
                 reason: format!(
                     "{} with code {}",
                     self.info.state,
-                    self.exit_code.map_or_else(|| "?".to_string(), |c| c.to_string())
+                    self.exit_code
+                        .map_or_else(|| "?".to_string(), |c| c.to_string())
                 ),
                 exited: true,
             },
             "restarting" => Readiness::Pending(format!(
                 "restarting, last exit code {}",
-                self.exit_code.map_or_else(|| "?".to_string(), |c| c.to_string())
+                self.exit_code
+                    .map_or_else(|| "?".to_string(), |c| c.to_string())
             )),
             other => Readiness::Pending(other.to_string()),
         }
@@ -266,7 +290,10 @@ impl Engine {
     /// configured and no socket file at all. Anything configured or present that does not
     /// answer is [`Error::DockerUnreachable`].
     pub async fn connect() -> Result<Option<Engine>> {
-        let host = match std::env::var("DOCKER_HOST").ok().filter(|h| !h.trim().is_empty()) {
+        let host = match std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+        {
             Some(host) => Some(host),
             None => context_host(
                 docker_config_dir().as_deref(),
@@ -274,7 +301,12 @@ impl Engine {
             )?,
         };
         let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
-        Self::connect_with(host.as_deref(), tls, Path::new(DEFAULT_SOCKET)).await
+        // NUWAX_DOCKER_SOCKET moves the default socket (an engine in a non-standard place, or
+        // tests simulating a machine without Docker); DOCKER_HOST still wins.
+        let socket = std::env::var_os("NUWAX_DOCKER_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        Self::connect_with(host.as_deref(), tls, &socket).await
     }
 
     /// [`Engine::connect`] with its inputs explicit (tests; callers with their own settings).
@@ -288,7 +320,9 @@ impl Engine {
                 tracing::debug!(socket = %default_socket.display(), "no docker engine socket");
                 return Ok(None);
             }
-            Endpoint::Unsupported { endpoint, reason } => return Err(unreachable(&endpoint, reason)),
+            Endpoint::Unsupported { endpoint, reason } => {
+                return Err(unreachable(&endpoint, reason));
+            }
             Endpoint::Unix(path) => {
                 let endpoint = format!("unix://{}", path.display());
                 let path_str = path.to_string_lossy();
@@ -420,7 +454,8 @@ impl Engine {
             let probes = self.project_probes(&compose.name).await?;
             let mut targets: Vec<(String, Option<&Probe>)> = Vec::new();
             for probe in &probes {
-                let selected = only.is_empty() || only.iter().any(|s| matches_selector(&probe.info, s));
+                let selected =
+                    only.is_empty() || only.iter().any(|s| matches_selector(&probe.info, s));
                 if !selected {
                     continue;
                 }
@@ -517,10 +552,13 @@ impl Engine {
 
     /// `Ok(None)` when the container no longer exists.
     async fn inspect(&self, id: &str) -> Result<Option<Probe>> {
-        let result = tokio::time::timeout(API_TIMEOUT, self.docker.inspect_container(id, None)).await;
+        let result =
+            tokio::time::timeout(API_TIMEOUT, self.docker.inspect_container(id, None)).await;
         match result {
             Ok(Ok(response)) => Ok(Some(probe_from(response))),
-            Ok(Err(BollardError::DockerResponseServerError { status_code: 404, .. })) => Ok(None),
+            Ok(Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            })) => Ok(None),
             Ok(Err(e)) => Err(Error::Docker(format!(
                 "cannot inspect container {id}: {}",
                 describe(&e)
@@ -558,9 +596,16 @@ impl Engine {
             .t(i32::try_from(seconds).unwrap_or(i32::MAX))
             .build();
         let limit = Duration::from_secs(seconds.unsigned_abs()) + STOP_GRACE;
-        match tokio::time::timeout(limit, self.docker.stop_container(&container.id, Some(options))).await {
+        match tokio::time::timeout(
+            limit,
+            self.docker.stop_container(&container.id, Some(options)),
+        )
+        .await
+        {
             Ok(Ok(())) => {}
-            Ok(Err(BollardError::DockerResponseServerError { status_code: 404, .. })) => return Ok(true),
+            Ok(Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            })) => return Ok(true),
             Ok(Err(e)) => {
                 return Err(Error::Docker(format!(
                     "cannot stop container {name}: {}",
@@ -615,7 +660,8 @@ impl Engine {
         .await
     }
 
-    /// Waits until `dependencies` run and are healthy where they have a healthcheck.
+    /// Waits until `dependencies` run and are healthy where they have a healthcheck, or have
+    /// exited with code 0 (a completed job).
     async fn wait_dependencies(&self, dependencies: &[&ContainerInfo]) -> Result<()> {
         let deadline = Instant::now() + DEPENDENCY_TIMEOUT;
         loop {
@@ -630,9 +676,11 @@ impl Engine {
                 };
                 match probe.readiness(now) {
                     Readiness::Ready => {}
-                    Readiness::Pending(why) => pending.push(format!("{} ({why})", label(&dep))),
+                    // A job that completed (`service_completed_successfully`) is done, not dead.
+                    Readiness::Failed { exited: true, .. } if probe.exit_code == Some(0) => {}
+                    Readiness::Pending(why) => pending.push(format!("{} ({why})", label(dep))),
                     Readiness::Failed { reason, exited } => {
-                        let mut message = format!("dependency {} {reason}", label(&dep));
+                        let mut message = format!("dependency {} {reason}", label(dep));
                         if exited && let Some(out) = self.last_output(&dep.id).await {
                             message.push_str(&format!("; last output: {out}"));
                         }
@@ -669,8 +717,14 @@ impl Engine {
             }
             out
         };
-        let out = tokio::time::timeout(Duration::from_secs(5), collect).await.ok()?;
-        let lines: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let out = tokio::time::timeout(Duration::from_secs(5), collect)
+            .await
+            .ok()?;
+        let lines: Vec<&str> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         (!lines.is_empty()).then(|| truncate(&lines.join(" | "), 400))
     }
 
@@ -756,7 +810,11 @@ pub async fn compose_up(compose_file: &Path, env_file: Option<&Path>, project: &
     Err(Error::Docker(format!(
         "`{shown}` failed ({}): {}",
         output.status,
-        if tail.is_empty() { "no error output" } else { &tail }
+        if tail.is_empty() {
+            "no error output"
+        } else {
+            &tail
+        }
     )))
 }
 
@@ -873,13 +931,19 @@ fn matches_selector(info: &ContainerInfo, selector: &str) -> bool {
 /// `name (service svc)` for messages; just the name when it already says the service.
 fn label(info: &ContainerInfo) -> String {
     match info.service.as_deref() {
-        Some(service) if !info.name.contains(service) => format!("{} (service {service})", info.name),
+        Some(service) if !info.name.contains(service) => {
+            format!("{} (service {service})", info.name)
+        }
         _ => info.name.clone(),
     }
 }
 
 fn ready_word(info: &ContainerInfo) -> &'static str {
-    if info.health.is_some() { "healthy" } else { "running" }
+    if info.health.is_some() {
+        "healthy"
+    } else {
+        "running"
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -900,7 +964,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("docker.sock");
         assert_eq!(resolve_endpoint(None, false, &missing), Endpoint::Absent);
-        assert_eq!(resolve_endpoint(Some("  "), false, &missing), Endpoint::Absent);
+        assert_eq!(
+            resolve_endpoint(Some("  "), false, &missing),
+            Endpoint::Absent
+        );
         std::fs::write(&missing, b"").unwrap();
         assert_eq!(
             resolve_endpoint(None, false, &missing),
@@ -923,15 +990,21 @@ mod tests {
                 configured: "tcp://10.0.0.1:2375".into()
             }
         );
-        for host in ["tcp://10.0.0.1:2376"] {
-            assert!(matches!(
-                resolve_endpoint(Some(host), true, &missing),
-                Endpoint::Unsupported { .. }
-            ));
-        }
-        for host in ["ssh://me@box", "npipe:////./pipe/docker_engine", "https://x:2376", "junk"] {
+        assert!(matches!(
+            resolve_endpoint(Some("tcp://10.0.0.1:2376"), true, &missing),
+            Endpoint::Unsupported { .. }
+        ));
+        for host in [
+            "ssh://me@box",
+            "npipe:////./pipe/docker_engine",
+            "https://x:2376",
+            "junk",
+        ] {
             assert!(
-                matches!(resolve_endpoint(Some(host), false, &missing), Endpoint::Unsupported { .. }),
+                matches!(
+                    resolve_endpoint(Some(host), false, &missing),
+                    Endpoint::Unsupported { .. }
+                ),
                 "{host}"
             );
         }
@@ -1008,10 +1081,22 @@ mod tests {
             .unwrap()
             .with_timezone(&chrono::Utc);
         assert_eq!(probe("running", None).readiness(now), Readiness::Ready);
-        assert_eq!(probe("running", Some("healthy")).readiness(now), Readiness::Ready);
-        assert!(matches!(probe("running", Some("starting")).readiness(now), Readiness::Pending(_)));
-        assert!(matches!(probe("restarting", None).readiness(now), Readiness::Pending(_)));
-        assert!(matches!(probe("created", None).readiness(now), Readiness::Pending(_)));
+        assert_eq!(
+            probe("running", Some("healthy")).readiness(now),
+            Readiness::Ready
+        );
+        assert!(matches!(
+            probe("running", Some("starting")).readiness(now),
+            Readiness::Pending(_)
+        ));
+        assert!(matches!(
+            probe("restarting", None).readiness(now),
+            Readiness::Pending(_)
+        ));
+        assert!(matches!(
+            probe("created", None).readiness(now),
+            Readiness::Pending(_)
+        ));
         match probe("exited", None).readiness(now) {
             Readiness::Failed { reason, exited } => {
                 assert!(exited);
@@ -1020,7 +1105,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match probe("running", Some("unhealthy")).readiness(now) {
-            Readiness::Failed { reason, .. } => assert!(reason.contains("db not ready"), "{reason}"),
+            Readiness::Failed { reason, .. } => {
+                assert!(reason.contains("db not ready"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
         // Unhealthy inside the start period is still pending.

@@ -20,9 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{ComposeProject, ComposeService, ContainerInfo, GateEntry, GateReport};
 
-/// Engine states in which a container is (or is about to be) using its data.
+/// Engine states in which a container is (or is about to be) using its data. `stopping`
+/// (newer engines) still has its process running.
 pub fn is_active(state: &str) -> bool {
-    matches!(state, "running" | "restarting" | "paused")
+    matches!(state, "running" | "restarting" | "paused" | "stopping")
 }
 
 /// `true` only when the compose service explicitly says `restart: "no"` (or `false`) and the
@@ -40,7 +41,10 @@ pub fn is_persistent(compose: &ComposeProject, container: &ContainerInfo) -> boo
     !is_one_shot(service_of(compose, container), container)
 }
 
-fn service_of<'a>(compose: &'a ComposeProject, container: &ContainerInfo) -> Option<&'a ComposeService> {
+fn service_of<'a>(
+    compose: &'a ComposeProject,
+    container: &ContainerInfo,
+) -> Option<&'a ComposeService> {
     container
         .service
         .as_deref()
@@ -163,8 +167,7 @@ fn layers(nodes: &[&ContainerInfo], preds: &[BTreeSet<usize>]) -> Vec<Vec<usize>
     let mut remaining = nodes.len();
     let mut waves = Vec::new();
     while remaining > 0 {
-        let unplaced_preds =
-            |i: usize| preds[i].iter().filter(|&&p| !placed[p]).count();
+        let unplaced_preds = |i: usize| preds[i].iter().filter(|&&p| !placed[p]).count();
         let mut wave: Vec<usize> = (0..nodes.len())
             .filter(|&i| !placed[i] && unplaced_preds(i) == 0)
             .collect();
@@ -237,7 +240,10 @@ mod tests {
         // No `restart:` key: persistent even though the engine policy is `no`.
         assert!(!is_one_shot(Some(&service(None)), &stopped_no));
         assert!(!is_one_shot(Some(&service(Some("always"))), &stopped_no));
-        assert!(!is_one_shot(Some(&service(Some("on-failure:3"))), &stopped_no));
+        assert!(!is_one_shot(
+            Some(&service(Some("on-failure:3"))),
+            &stopped_no
+        ));
         // Service no longer in the compose file: persistent.
         assert!(!is_one_shot(None, &stopped_no));
     }
@@ -248,7 +254,9 @@ mod tests {
             name: "p".into(),
             ..ComposeProject::default()
         };
-        compose.services.insert("db".into(), service(Some("always")));
+        compose
+            .services
+            .insert("db".into(), service(Some("always")));
         compose.services.insert("web".into(), service(None));
         compose.services.insert("job".into(), service(Some("no")));
         compose.services.insert("done".into(), service(Some("no")));
@@ -264,7 +272,11 @@ mod tests {
         ];
         let report = gate("p", &compose, &containers);
         assert_eq!(report.project, "p");
-        let n = |v: &[GateEntry]| v.iter().map(|e| e.container.name.clone()).collect::<Vec<_>>();
+        let n = |v: &[GateEntry]| {
+            v.iter()
+                .map(|e| e.container.name.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             n(&report.blocking),
             ["p-cache-1", "p-db-1", "p-old-1", "p-web-1"]
@@ -290,7 +302,10 @@ mod tests {
         let containers = vec![
             with_deps(container("web", Some("web"), "running", "always"), &["app"]),
             container("db", Some("db"), "running", "always"),
-            with_deps(container("app", Some("app"), "running", "always"), &["db", "cache", "absent"]),
+            with_deps(
+                container("app", Some("app"), "running", "always"),
+                &["db", "cache", "absent"],
+            ),
             container("cache", Some("cache"), "running", "always"),
             container("adminer", Some("adminer"), "running", "always"),
             container("loose", None, "running", "no"),
@@ -304,19 +319,38 @@ mod tests {
             ["adminer", "loose", "web", "app", "cache", "db"]
         );
         let waves: Vec<Vec<String>> = stop_waves(&containers).iter().map(|w| names(w)).collect();
-        assert_eq!(waves, [vec!["adminer", "loose", "web"], vec!["app"], vec!["cache", "db"]]);
+        assert_eq!(
+            waves,
+            [
+                vec!["adminer", "loose", "web"],
+                vec!["app"],
+                vec!["cache", "db"]
+            ]
+        );
     }
 
     #[test]
     fn replicas_depend_on_every_container_of_a_service() {
         let containers = vec![
-            with_deps(container("app-1", Some("app"), "running", "always"), &["db", "app"]),
-            with_deps(container("app-2", Some("app"), "running", "always"), &["db"]),
+            with_deps(
+                container("app-1", Some("app"), "running", "always"),
+                &["db", "app"],
+            ),
+            with_deps(
+                container("app-2", Some("app"), "running", "always"),
+                &["db"],
+            ),
             container("db-2", Some("db"), "running", "always"),
             container("db-1", Some("db"), "running", "always"),
         ];
-        assert_eq!(names(&start_order(&containers)), ["db-1", "db-2", "app-1", "app-2"]);
-        assert_eq!(names(&stop_order(&containers)), ["app-1", "app-2", "db-1", "db-2"]);
+        assert_eq!(
+            names(&start_order(&containers)),
+            ["db-1", "db-2", "app-1", "app-2"]
+        );
+        assert_eq!(
+            names(&stop_order(&containers)),
+            ["app-1", "app-2", "db-1", "db-2"]
+        );
     }
 
     #[test]
