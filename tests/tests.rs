@@ -12,6 +12,7 @@ mod util;
 mod backup;
 mod delete;
 mod demo;
+mod faults;
 mod gate;
 mod interop;
 mod list;

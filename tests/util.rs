@@ -399,6 +399,13 @@ impl TestEnv {
         env
     }
 
+    /// The same environment with its working dir moved to `work` (inside `root`, e.g. on a
+    /// small filesystem mounted there).
+    pub fn adopt(&mut self, work: PathBuf) {
+        assert!(work.starts_with(&self.root), "{} not under the test root", work.display());
+        self.work = work;
+    }
+
     /// (Re)writes `config.toml` with the given service version.
     pub fn write_config(&self, version: &str) {
         let text = format!(
@@ -493,12 +500,13 @@ impl TestEnv {
     pub fn snapshot_outside(&self) -> Tree {
         let mut tree = snapshot(&self.root);
         // `work` itself is left out too: creating `backups/` and `data/` in it changes its mtime.
-        tree.retain(|p, _| {
-            p != Path::new("work")
-                && !["work/docker", "work/backups", "work/data"]
-                    .iter()
-                    .any(|x| p.starts_with(x))
-        });
+        let work = self
+            .work
+            .strip_prefix(&self.root)
+            .expect("work dir inside the test root")
+            .to_path_buf();
+        let own = [work.join("docker"), work.join("backups"), work.join("data")];
+        tree.retain(|p, _| *p != work && !own.iter().any(|x| p.starts_with(x)));
         tree
     }
 
@@ -933,6 +941,20 @@ impl fmt::Display for EntrySnap {
         }
         Ok(())
     }
+}
+
+/// Free bytes on the filesystem holding `path` (`df`).
+pub fn free_bytes(path: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("run df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse df output for {}", path.display()))
 }
 
 /// Relative path -> entry, for every entry under a dir.

@@ -42,7 +42,9 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     Refused(String),
-    #[error("no space left: {path} needs {needed} bytes, {available} available")]
+    #[error(
+        "not enough free space at {path}: needs {needed} bytes (with margin), {available} available; free some space or move [backup] storage_dir"
+    )]
     NoSpace {
         path: PathBuf,
         needed: u64,

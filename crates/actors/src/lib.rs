@@ -14,6 +14,7 @@ pub mod faults;
 pub mod lock;
 pub mod progress;
 pub mod restore;
+pub mod space;
 pub mod retention;
 pub mod package;
 pub mod config_edit;

@@ -59,6 +59,20 @@ impl Runtime {
                 )),
             }
         }
+        // Rows still Running whose owner is dead and that no journal explains.
+        for rec in self.store(StoreMsg::ListBackups).await? {
+            if rec.status == BackupStatus::Running
+                && rec.owner_pid.is_none_or(|p| p != std::process::id())
+            {
+                let msg = format!(
+                    "interrupted: process {} died during the backup",
+                    rec.owner_pid.unwrap_or(0)
+                );
+                self.store(|r| StoreMsg::FailBackup(rec.id, msg, r)).await?;
+                let _ = restore::remove_path(&crate::runtime::partial_path(&rec.file_path));
+                notes.push(format!("backup {} was left running by a dead process; marked Failed", rec.id));
+            }
+        }
         // Partial archives no journal row explains (should not exist; be thorough).
         if let Ok(rd) = std::fs::read_dir(&self.settings.paths.storage_dir) {
             for e in rd.flatten() {
@@ -93,7 +107,7 @@ impl Runtime {
             "backup interrupted (pid {} died in phase '{}')",
             op.pid, op.phase
         );
-        if let Some(id) = j.backup_id {
+        if let Some(id) = j.backup_id.or(op.backup_id) {
             let rec = self.store(|r| StoreMsg::GetBackup(id, r)).await?;
             if let Some(rec) = rec.filter(|r| r.status == BackupStatus::Running) {
                 let mut completed = false;

@@ -196,6 +196,7 @@ pub fn apply(plan: &SwapPlan) -> Result<()> {
             let live = plan.compose_dir.join(&name);
             if item.had_live {
                 std::fs::rename(&live, undo.join(&name)).ctx("cannot move aside", &live)?;
+                crate::faults::point(&format!("rollback.swap.{i}.parked"));
             }
             if i == plan.items.len() / 2 {
                 crate::faults::point("rollback.mid_swap");
@@ -203,6 +204,7 @@ pub fn apply(plan: &SwapPlan) -> Result<()> {
             if item.has_staged {
                 std::fs::rename(plan.staged_dir().join(&name), &live)
                     .ctx("cannot move restored item into place", &live)?;
+                crate::faults::point(&format!("rollback.swap.{i}.placed"));
             }
         }
         sync_dir(&plan.compose_dir)
@@ -225,7 +227,8 @@ pub fn apply(plan: &SwapPlan) -> Result<()> {
 pub fn revert(plan: &SwapPlan) -> Result<()> {
     let undo = plan.undo_dir();
     let trash = plan.work_dir.join("trash");
-    for item in plan.items.iter().rev() {
+    for (i, item) in plan.items.iter().enumerate().rev() {
+        crate::faults::point(&format!("recovery.revert.{i}"));
         let name = item.os_name();
         let live = plan.compose_dir.join(&name);
         let parked = undo.join(&name);

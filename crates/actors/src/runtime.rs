@@ -32,6 +32,9 @@ use crate::lock::OperationLock;
 use crate::progress::Progress;
 use crate::restore::{self, SwapPlan};
 
+/// Settings key: archive size / source bytes of the last backup (for the space preflight).
+const RATIO_KEY: &str = "backup.last_ratio";
+
 pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const DOCKER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub(crate) const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(48 * 3600);
@@ -401,6 +404,16 @@ impl Runtime {
         let cfg = &self.settings.config;
         std::fs::create_dir_all(&paths.storage_dir)
             .ctx("cannot create backup storage dir", &paths.storage_dir)?;
+        // Free-space preflight: source bytes x the last compression ratio, plus a margin.
+        let sizes = crate::space::tree_bytes(&paths.compose_dir, &cfg.backup.exclude)?;
+        let source: u64 = sizes.values().sum();
+        let ratio = self
+            .store(|r| StoreMsg::GetSetting(RATIO_KEY.into(), r))
+            .await?
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map_or(1.0, |r| r.min(1.0) * 1.1);
+        crate::space::ensure(&paths.storage_dir, (source as f64 * ratio) as u64)?;
         let created_at = Utc::now();
         let version = self.settings.service_version();
         let dest = unique_archive_path(&paths.storage_dir, backup_type, &version, created_at);
@@ -437,6 +450,7 @@ impl Runtime {
             .await?;
         self.store(|r| StoreMsg::SetOperationBackup(op, id, r))
             .await?;
+        crate::faults::point("backup.after_catalog_insert");
         let journal = BackupJournal {
             backup_id: Some(id),
             partial: partial.clone(),
@@ -469,6 +483,7 @@ impl Runtime {
                 data_paths: cfg.backup.data_paths.clone(),
                 excluded: cfg.backup.exclude.clone(),
                 images,
+                top_level_bytes: sizes,
             },
         };
         let built = self
@@ -477,6 +492,11 @@ impl Runtime {
         match built {
             Ok(report) => {
                 crate::faults::point("backup.before_catalog_complete");
+                if report.source_bytes > 0 {
+                    let ratio = report.size as f64 / report.source_bytes as f64;
+                    self.store(|r| StoreMsg::SetSetting(RATIO_KEY.into(), ratio.to_string(), r))
+                        .await?;
+                }
                 self.store(|r| {
                     StoreMsg::CompleteBackup(
                         id,
@@ -608,6 +628,22 @@ impl Runtime {
             RollbackScope::All => TopLevelFilter::All,
             RollbackScope::DataOnly => TopLevelFilter::Only(data),
         };
+        // Staging needs the scope's size on the compose dir's filesystem (the old content
+        // stays until the swap is done, so nothing is freed before).
+        let info = self
+            .archive(|r| ArchiveMsg::ReadInfo(record.file_path.clone(), r))
+            .await?;
+        let needed = if info.top_level_bytes.is_empty() {
+            // An archive without sizes: its compressed size is a lower bound.
+            entry.file_size.unwrap_or(0)
+        } else {
+            info.top_level_bytes
+                .iter()
+                .filter(|(name, _)| filter.includes(std::ffi::OsStr::new(name.as_str())))
+                .map(|(_, b)| *b)
+                .sum()
+        };
+        crate::space::ensure(&paths.compose_dir, needed)?;
         let mut journal = RollbackJournal {
             backup_id: req.id,
             work_dir: PathBuf::new(),
@@ -752,6 +788,7 @@ impl Runtime {
         restore::apply(&plan)?;
         crate::faults::point("rollback.after_swap");
         self.set_phase(op, "committed", journal).await?;
+        crate::faults::point("rollback.after_commit");
         journal.plan = None; // committed: failures from here on must not revert
         if let Err(e) = restore::cleanup(&plan) {
             progress.notice(format!(

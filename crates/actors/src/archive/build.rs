@@ -219,7 +219,10 @@ impl Excludes {
 
     fn excludes(&self, rel: &Path) -> bool {
         if rel.components().count() == 1
-            && rel.as_os_str().as_bytes().starts_with(INTERNAL_PREFIX.as_bytes())
+            && rel
+                .as_os_str()
+                .as_bytes()
+                .starts_with(INTERNAL_PREFIX.as_bytes())
         {
             return true;
         }
@@ -381,7 +384,9 @@ fn scan(
 }
 
 fn walk_error(e: jwalk::Error, fallback: &Path) -> Error {
-    let path = e.path().map_or_else(|| fallback.to_path_buf(), Path::to_path_buf);
+    let path = e
+        .path()
+        .map_or_else(|| fallback.to_path_buf(), Path::to_path_buf);
     let text = e.to_string();
     match e.into_io_error() {
         Some(io) => source_error("cannot read", &path, io),
@@ -455,7 +460,12 @@ fn write_archive(
         .map_err(|e| Error::Internal(format!("cannot encode info.json: {e}")))?;
     let mut h = meta_header(tar::EntryType::Directory, 0o755, meta_mtime, 0);
     append_raw(&mut tar, &mut h, format!("{META_DIR}/").as_bytes(), None).map_err(werr)?;
-    let mut h = meta_header(tar::EntryType::Regular, 0o644, meta_mtime, info_json.len() as u64);
+    let mut h = meta_header(
+        tar::EntryType::Regular,
+        0o644,
+        meta_mtime,
+        info_json.len() as u64,
+    );
     append_raw(&mut tar, &mut h, INFO_PATH.as_bytes(), None).map_err(werr)?;
     write_padded(tar.get_mut(), &info_json).map_err(werr)?;
 
@@ -562,7 +572,11 @@ fn write_archive(
 
     let gz = tar.into_inner().map_err(werr)?;
     let sink = gz.finish().map_err(werr)?;
-    let written = sink.file.metadata().ctx("cannot stat archive", partial)?.len();
+    let written = sink
+        .file
+        .metadata()
+        .ctx("cannot stat archive", partial)?
+        .len();
     if written != sink.count {
         return Err(Error::Internal(format!(
             "{}: wrote {} bytes but the file has {written}",
@@ -669,6 +683,9 @@ fn append_file(
     };
     // O_NOFOLLOW: a file swapped for a symlink fails instead of being followed; O_NONBLOCK:
     // a file swapped for a fifo cannot hang the backup (no effect on regular files).
+    if let Some(e) = crate::faults::fail_read(&item.rel) {
+        return Err(source_error("cannot read", abs, e));
+    }
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -689,9 +706,7 @@ fn append_file(
         Err(CopyFailure::Read(e)) => return Err(Error::io("cannot read", abs, e)),
         Err(CopyFailure::Write(e)) => return Err(werr(e)),
         Err(CopyFailure::Shrank { got }) => {
-            return Err(changed(format!(
-                "it ended after {got} of {size} bytes"
-            )));
+            return Err(changed(format!("it ended after {got} of {size} bytes")));
         }
         Err(CopyFailure::Grew) => {
             return Err(changed(format!("it grew beyond {size} bytes")));
@@ -709,7 +724,11 @@ fn append_file(
 /// How two stats of one file differ in size or mtime, if they do.
 fn stat_difference(a: &Metadata, b: &Metadata) -> Option<String> {
     if a.len() != b.len() {
-        Some(format!("its size went from {} to {} bytes", a.len(), b.len()))
+        Some(format!(
+            "its size went from {} to {} bytes",
+            a.len(),
+            b.len()
+        ))
     } else if (a.mtime(), a.mtime_nsec()) != (b.mtime(), b.mtime_nsec()) {
         Some("its modification time changed".into())
     } else {
@@ -722,7 +741,9 @@ enum CopyFailure {
     Read(io::Error),
     Write(io::Error),
     /// The source ended early (`got` bytes).
-    Shrank { got: u64 },
+    Shrank {
+        got: u64,
+    },
     /// The source has more than `size` bytes.
     Grew,
     Cancelled,
@@ -745,7 +766,9 @@ fn copy_exact(
         if cancel.is_cancelled() {
             return Err(CopyFailure::Cancelled);
         }
-        let want = buf.len().min((size - done).try_into().unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min((size - done).try_into().unwrap_or(usize::MAX));
         let n = match src.read(&mut buf[..want]) {
             Ok(0) => return Err(CopyFailure::Shrank { got: done }),
             Ok(n) => n,

@@ -197,10 +197,16 @@ pub(super) fn parse_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Parsed, 
                 .map(|t| t.into_owned())
                 .unwrap_or_default();
             if t.is_empty() {
-                return Err(Refusal::unsafe_entry(&raw_path, "link with an empty target"));
+                return Err(Refusal::unsafe_entry(
+                    &raw_path,
+                    "link with an empty target",
+                ));
             }
             if t.contains(&0) {
-                return Err(Refusal::unsafe_entry(&raw_path, "link target contains a NUL byte"));
+                return Err(Refusal::unsafe_entry(
+                    &raw_path,
+                    "link target contains a NUL byte",
+                ));
             }
             Some(t)
         }
@@ -324,9 +330,8 @@ impl Tracker {
         }
         if e.kind == EntryKind::Hardlink {
             let target = e.target.as_deref().unwrap_or_default();
-            let target = normalize_path(target, EntryKind::File).map_err(|r| {
-                Refusal::unsafe_entry(path, format!("hard link target {r}"))
-            })?;
+            let target = normalize_path(target, EntryKind::File)
+                .map_err(|r| Refusal::unsafe_entry(path, format!("hard link target {r}")))?;
             match self.seen.get(target.as_slice()) {
                 Some(EntryKind::File | EntryKind::Hardlink) => {}
                 _ => {
@@ -487,7 +492,9 @@ pub(super) fn copy_entry_data(
     let mut hasher = Sha256::new();
     let mut done = 0u64;
     while done < size {
-        let want = buf.len().min((size - done).try_into().unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min((size - done).try_into().unwrap_or(usize::MAX));
         let n = match src.read(&mut buf[..want]) {
             Ok(0) => {
                 return Err(CopyError::Read(Refusal::Broken(format!(
@@ -562,10 +569,7 @@ pub(super) fn compare_manifest(manifest: &Manifest, observed: &[ManifestEntry]) 
         match m.path_bytes() {
             Some(p) => {
                 if expected.insert(p.clone(), m).is_some() {
-                    problems.push(format!(
-                        "manifest lists {:?} twice",
-                        display_bytes(&p)
-                    ));
+                    problems.push(format!("manifest lists {:?} twice", display_bytes(&p)));
                 }
             }
             None => problems.push("manifest has an entry without a valid path".into()),
@@ -650,11 +654,7 @@ pub(super) struct ProgressMap {
 
 impl ProgressMap {
     /// Wraps `reader`; `file` is the archive (only its member headers are read).
-    pub(super) fn new<R: Read>(
-        file: &std::fs::File,
-        total: u64,
-        reader: R,
-    ) -> (Self, Counting<R>) {
+    pub(super) fn new<R: Read>(file: &std::fs::File, total: u64, reader: R) -> (Self, Counting<R>) {
         let members = super::pgzip::member_offsets(file).ok().flatten();
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counting = Counting {

@@ -315,8 +315,7 @@ impl Writer<'_> {
             std::os::unix::fs::lchown(&full, Some(uid), Some(gid)).ctx("cannot chown", &full)?;
         }
         let t = FileTime::from_unix_time(e.mtime, 0);
-        filetime::set_symlink_file_times(&full, t, t)
-            .ctx("cannot set modification time of", &full)
+        filetime::set_symlink_file_times(&full, t, t).ctx("cannot set modification time of", &full)
     }
 
     fn create_hardlink(&mut self, e: &Parsed) -> Result<()> {

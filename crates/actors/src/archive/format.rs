@@ -28,6 +28,9 @@ pub struct ArchiveInfo {
     /// Images of the project's containers at backup time.
     #[serde(default)]
     pub images: Vec<ImageRecord>,
+    /// Bytes of file content per top-level item (what a restore of that item needs).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub top_level_bytes: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,9 @@ fn os(b: &[u8]) -> &OsStr {
 }
 
 fn is_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn info() -> ArchiveInfo {
@@ -89,7 +91,11 @@ fn make_tree(root: &Path) {
     write(&p(b".env"), b"SECRET=1\n", 0o600);
     write(&p(b"app/bin/run.sh"), b"#!/bin/sh\necho hi\n", 0o755);
     write(&p(b"app/cache/junk"), b"excluded nested", 0o644);
-    write(&p(b"app/cached/kept"), b"not excluded: only a name prefix", 0o644);
+    write(
+        &p(b"app/cached/kept"),
+        b"not excluded: only a name prefix",
+        0o644,
+    );
     write(&p(b"app/ro/inside"), b"in a read-only dir", 0o444);
     write(&p(b"app/empty-file"), b"", 0o640);
     write(&p(b"app/big.bin"), &noise(9 << 20, 7), 0o644);
@@ -198,7 +204,11 @@ fn snapshot(root: &Path) -> (BTreeMap<Vec<u8>, Node>, BTreeMap<Vec<u8>, u64>) {
         } else {
             ("special", None, None)
         };
-        let mode = if ft.is_symlink() { 0 } else { m.mode() & 0o7777 };
+        let mode = if ft.is_symlink() {
+            0
+        } else {
+            m.mode() & 0o7777
+        };
         inodes.insert(rel.clone(), m.ino());
         nodes.insert(
             rel,
@@ -383,7 +393,11 @@ fn gnu_tar_lists_and_extracts_it() {
         "{}",
         String::from_utf8_lossy(&list.stderr)
     );
-    let lines = list.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+    let lines = list
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
     assert_eq!(lines as u64, f.report.entries + 3);
     assert!(
         list.stdout
@@ -544,8 +558,14 @@ fn damaged_archives_are_reported() {
     bad[12] ^= 0x40;
     let p = f.dir.join("flip12");
     fs::write(&p, &bad).unwrap();
-    let r = verify(&p, Some(&f.report.sha256), 2, &Progress::none(), &CancelFlag::default())
-        .unwrap();
+    let r = verify(
+        &p,
+        Some(&f.report.sha256),
+        2,
+        &Progress::none(),
+        &CancelFlag::default(),
+    )
+    .unwrap();
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.checksum_matches, Some(false));
 
@@ -557,7 +577,10 @@ fn damaged_archives_are_reported() {
         let r = verify_bytes(&f.dir, &format!("flip{at}"), &bad);
         assert!(!r.problems.is_empty(), "flip at {at} not detected");
         let e = extract_bytes(&f.dir, &format!("xflip{at}"), &bad).unwrap_err();
-        assert!(matches!(e.kind(), crate::ErrorKind::Integrity), "flip {at}: {e}");
+        assert!(
+            matches!(e.kind(), crate::ErrorKind::Integrity),
+            "flip {at}: {e}"
+        );
     }
     for len in [
         0,
@@ -573,11 +596,18 @@ fn damaged_archives_are_reported() {
         let r = verify_bytes(&f.dir, &format!("cut{len}"), &good[..len]);
         assert!(!r.problems.is_empty(), "truncation at {len} not detected");
         let e = extract_bytes(&f.dir, &format!("xcut{len}"), &good[..len]).unwrap_err();
-        assert!(matches!(e.kind(), crate::ErrorKind::Integrity), "cut {len}: {e}");
+        assert!(
+            matches!(e.kind(), crate::ErrorKind::Integrity),
+            "cut {len}: {e}"
+        );
     }
     let mut trailing = good.clone();
     trailing.extend_from_slice(b"garbage");
-    assert!(!verify_bytes(&f.dir, "trailing", &trailing).problems.is_empty());
+    assert!(
+        !verify_bytes(&f.dir, "trailing", &trailing)
+            .problems
+            .is_empty()
+    );
 }
 
 // ---- crafted archives -------------------------------------------------------------------
@@ -611,10 +641,7 @@ fn file(path: &[u8], data: &[u8]) -> Raw {
 fn head() -> Vec<Raw> {
     vec![
         raw(b".nuwax-backup/", tar::EntryType::Directory, b"", None),
-        file(
-            INFO_PATH.as_bytes(),
-            &serde_json::to_vec(&info()).unwrap(),
-        ),
+        file(INFO_PATH.as_bytes(), &serde_json::to_vec(&info()).unwrap()),
     ]
 }
 
@@ -624,7 +651,10 @@ fn manifest_for(entries: &[Raw]) -> Raw {
         info: info(),
         entries: vec![],
     };
-    for e in entries.iter().filter(|e| !e.path.starts_with(b".nuwax-backup")) {
+    for e in entries
+        .iter()
+        .filter(|e| !e.path.starts_with(b".nuwax-backup"))
+    {
         let kind = match e.kind {
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => EntryKind::Symlink,
@@ -707,7 +737,12 @@ fn a_foreign_gzip_of_a_valid_archive_is_accepted() {
     e.push(raw(b"d/", tar::EntryType::Directory, b"", None));
     e.push(file(b"d/f", b"hello"));
     e.push(raw(b"d/h", tar::EntryType::Link, b"", Some(b"d/f")));
-    e.push(raw(b"d/s", tar::EntryType::Symlink, b"", Some(b"../../anywhere")));
+    e.push(raw(
+        b"d/s",
+        tar::EntryType::Symlink,
+        b"",
+        Some(b"../../anywhere"),
+    ));
     let bytes = with_manifest(e);
     let r = verify_bytes(tmp.path(), "ok.tar.gz", &bytes);
     assert!(r.is_ok(), "{:?}", r.problems);
@@ -730,7 +765,9 @@ fn missing_or_wrong_manifest_is_corruption() {
     let no_manifest = craft(&e);
     let r = verify_bytes(tmp.path(), "nm.tar.gz", &no_manifest);
     assert!(
-        r.problems.iter().any(|p| p.contains("manifest.json is missing")),
+        r.problems
+            .iter()
+            .any(|p| p.contains("manifest.json is missing")),
         "{:?}",
         r.problems
     );
@@ -747,7 +784,9 @@ fn missing_or_wrong_manifest_is_corruption() {
     let bytes = craft(&bad);
     let r = verify_bytes(tmp.path(), "mm.tar.gz", &bytes);
     assert!(
-        r.problems.iter().any(|p| p.contains("\"f\"") && p.contains("SHA-256")),
+        r.problems
+            .iter()
+            .any(|p| p.contains("\"f\"") && p.contains("SHA-256")),
         "{:?}",
         r.problems
     );
@@ -835,10 +874,7 @@ fn hostile_archives_are_refused() {
             "file-then-dir-child",
             vec![file(b"a", b"x"), file(b"a/b", b"y")],
         ),
-        (
-            "reserved-name",
-            vec![file(b".nuwax-rollback-1/undo", b"x")],
-        ),
+        ("reserved-name", vec![file(b".nuwax-rollback-1/undo", b"x")]),
         ("empty-component", vec![file(b"a//b", b"x")]),
     ];
     for (name, entries) in cases {
@@ -946,14 +982,22 @@ fn cancel_and_unreadable_files_leave_nothing() {
 
     if !is_root() {
         fs::set_permissions(src.join("data/b"), fs::Permissions::from_mode(0o000)).unwrap();
-        let err = build(&opts(&src, &dest), &Progress::none(), &CancelFlag::default())
-            .unwrap_err();
+        let err = build(
+            &opts(&src, &dest),
+            &Progress::none(),
+            &CancelFlag::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("data/b"), "{err}");
         no_leftovers(&dest);
         fs::set_permissions(src.join("data/b"), fs::Permissions::from_mode(0o644)).unwrap();
         fs::set_permissions(src.join("data"), fs::Permissions::from_mode(0o000)).unwrap();
-        let err = build(&opts(&src, &dest), &Progress::none(), &CancelFlag::default())
-            .unwrap_err();
+        let err = build(
+            &opts(&src, &dest),
+            &Progress::none(),
+            &CancelFlag::default(),
+        )
+        .unwrap_err();
         fs::set_permissions(src.join("data"), fs::Permissions::from_mode(0o755)).unwrap();
         assert!(err.to_string().contains("data"), "{err}");
         no_leftovers(&dest);
@@ -966,7 +1010,12 @@ fn refuses_existing_dest_and_bad_excludes() {
     let src = small_tree(tmp.path());
     let dest = tmp.path().join("b.tar.gz");
     fs::write(&dest, b"precious").unwrap();
-    let err = build(&opts(&src, &dest), &Progress::none(), &CancelFlag::default()).unwrap_err();
+    let err = build(
+        &opts(&src, &dest),
+        &Progress::none(),
+        &CancelFlag::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Refused(_)), "{err}");
     assert_eq!(fs::read(&dest).unwrap(), b"precious");
     let dest2 = tmp.path().join("c.tar.gz");
@@ -985,8 +1034,20 @@ fn an_archive_inside_the_source_does_not_include_itself() {
     let src = small_tree(tmp.path());
     fs::create_dir(src.join("backups")).unwrap();
     let dest = src.join("backups/b.tar.gz");
-    let r = build(&opts(&src, &dest), &Progress::none(), &CancelFlag::default()).unwrap();
-    let v = verify(&dest, Some(&r.sha256), 1, &Progress::none(), &CancelFlag::default()).unwrap();
+    let r = build(
+        &opts(&src, &dest),
+        &Progress::none(),
+        &CancelFlag::default(),
+    )
+    .unwrap();
+    let v = verify(
+        &dest,
+        Some(&r.sha256),
+        1,
+        &Progress::none(),
+        &CancelFlag::default(),
+    )
+    .unwrap();
     assert!(v.is_ok(), "{:?}", v.problems);
     // data, data/a, data/b, backups
     assert_eq!(r.entries, 4);

@@ -15,8 +15,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::check::{
-    CopyError, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest, copy_entry_data,
-    parse_entry, resolve_threads, stream_error,
+    CopyError, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
+    copy_entry_data, parse_entry, resolve_threads, stream_error,
 };
 use super::format::INFO_PATH;
 use super::{ArchiveInfo, CancelFlag, EntryKind, VerifyReport, pgzip};

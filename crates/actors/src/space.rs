@@ -1,0 +1,116 @@
+//! Free-space preflight (DESIGN.md 4.3, 5.2): refuse before writing rather than fail half-way.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Extra room kept free beyond an estimate: 16 MiB or 5 %, whichever is larger.
+pub fn margin(estimate: u64) -> u64 {
+    (16 << 20).max(estimate / 20)
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `path` (the nearest
+/// existing ancestor is used when `path` does not exist yet).
+pub fn available(path: &Path) -> Result<u64> {
+    let mut p = path;
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
+    statvfs_available(p).map_err(|e| Error::io("cannot read free space of", p, e))
+}
+
+#[allow(unsafe_code)]
+fn statvfs_available(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Refuses with [`Error::NoSpace`] unless `needed` plus the margin fits at `path`.
+/// `NUWAX_TEST_SKIP_SPACE_CHECK=1` disables it, so tests can reach a real ENOSPC mid-write.
+pub fn ensure(path: &Path, needed: u64) -> Result<()> {
+    if std::env::var_os("NUWAX_TEST_SKIP_SPACE_CHECK").is_some() {
+        return Ok(());
+    }
+    let available = available(path)?;
+    let with_margin = needed.saturating_add(margin(needed));
+    if available < with_margin {
+        return Err(Error::NoSpace {
+            path: path.to_path_buf(),
+            needed: with_margin,
+            available,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_free_space_and_refuses_the_impossible() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available(dir.path()).unwrap() > 0);
+        assert!(available(&dir.path().join("not/yet/there")).unwrap() > 0);
+        let err = ensure(dir.path(), u64::MAX / 4).unwrap_err();
+        assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+        ensure(dir.path(), 1).unwrap();
+    }
+}
+
+/// Bytes of file content under `dir`, per top-level item, leaving out `exclude` (top-level
+/// or nested relative paths) and our own `.nuwax-*` dirs. Symlinks are not followed.
+pub fn tree_bytes(
+    dir: &Path,
+    exclude: &[String],
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut sizes = std::collections::BTreeMap::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    };
+    let excluded: Vec<std::path::PathBuf> = exclude.iter().map(|e| dir.join(e)).collect();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("cannot list", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with(crate::config::INTERNAL_PREFIX) || excluded.contains(&path) {
+            continue;
+        }
+        let mut total = 0u64;
+        let excluded = excluded.clone();
+        for e in jwalk::WalkDir::new(&path)
+            .skip_hidden(false)
+            .follow_links(false)
+            .process_read_dir(move |_, _, _, children| {
+                children.retain(|c| {
+                    c.as_ref()
+                        .map(|c| !excluded.iter().any(|x| *x == c.path()))
+                        .unwrap_or(true)
+                });
+            })
+        {
+            let Ok(e) = e else { continue };
+            if e.file_type().is_file()
+                && let Ok(m) = std::fs::symlink_metadata(e.path())
+            {
+                // Allocated size: sparse files need no more than they take.
+                total += m.len().min(m.blocks() * 512).max(m.len().min(4096));
+            }
+        }
+        sizes.insert(name, total);
+    }
+    Ok(sizes)
+}
