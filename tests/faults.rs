@@ -10,9 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{
-    BIN, Fixture, TestEnv, Tree, exit, is_root, noise, only, write,
-};
+use crate::util::{BIN, Fixture, TestEnv, Tree, exit, is_root, noise, only, write};
 
 /// Runs with `NUWAX_TEST_CRASH_AT=point` and asserts the process really died there.
 #[track_caller]
@@ -43,16 +41,11 @@ fn assert_items_old_or_new(old: &Tree, new: &Tree, after: &Tree, what: &str) {
         let a = only(after, &[&name]);
         let o = only(old, &[&name]);
         let n = only(new, &[&name]);
-        if a != o && a != n {
-            eprintln!("diff vs old: {:#?}", crate::util::tree_diff(&o, &a));
-            eprintln!("diff vs new: {:#?}", crate::util::tree_diff(&n, &a));
-        }
         assert!(
             a == o || a == n,
-            "{what}: top-level item {name:?} is neither wholly old nor wholly new\nold:   {:?}\nnew:   {:?}\nafter: {:?}",
-            o.keys().take(8).collect::<Vec<_>>(),
-            n.keys().take(8).collect::<Vec<_>>(),
-            a.keys().take(8).collect::<Vec<_>>(),
+            "{what}: top-level item {name:?} is neither wholly old nor wholly new\ndiff vs old: {:#?}\ndiff vs new: {:#?}",
+            crate::util::tree_diff(&o, &a),
+            crate::util::tree_diff(&n, &a),
         );
     }
 }
@@ -62,9 +55,15 @@ fn assert_items_old_or_new(old: &Tree, new: &Tree, after: &Tree, what: &str) {
 fn assert_recovered(env: &TestEnv, outside: &Tree, what: &str) {
     let rows = env.list(); // any command runs recovery first
     for r in &rows {
-        assert_ne!(r.status, "Running", "{what}: a dead run's row is left Running: {r:?}");
+        assert_ne!(
+            r.status, "Running",
+            "{what}: a dead run's row is left Running: {r:?}"
+        );
         if r.status == "Completed" {
-            assert!(r.file_exists, "{what}: Completed row without its archive: {r:?}");
+            assert!(
+                r.file_exists,
+                "{what}: Completed row without its archive: {r:?}"
+            );
         }
     }
     for name in env.backup_files() {
@@ -73,7 +72,10 @@ fn assert_recovered(env: &TestEnv, outside: &Tree, what: &str) {
             .iter()
             .find(|r| r.file_path.ends_with(&name))
             .unwrap_or_else(|| panic!("{what}: archive {name} has no catalog row: {rows:#?}"));
-        assert_eq!(row.status, "Completed", "{what}: {name} under a final name: {row:?}");
+        assert_eq!(
+            row.status, "Completed",
+            "{what}: {name} under a final name: {row:?}"
+        );
         env.run(&["verify", &row.id.to_string()]).assert_ok();
     }
     let strays: Vec<_> = std::fs::read_dir(env.compose_dir())
@@ -82,7 +84,11 @@ fn assert_recovered(env: &TestEnv, outside: &Tree, what: &str) {
         .filter(|n| n.starts_with(".nuwax-"))
         .collect();
     assert!(strays.is_empty(), "{what}: staging left behind: {strays:?}");
-    assert_eq!(&env.snapshot_outside(), outside, "{what}: files outside the compose dir changed");
+    assert_eq!(
+        &env.snapshot_outside(),
+        outside,
+        "{what}: files outside the compose dir changed"
+    );
 }
 
 // --------------------------------------------------------------------------- backup crashes
@@ -105,7 +111,11 @@ fn killed_backups_leave_no_bad_archive_and_a_consistent_catalog() {
         let outside = env.snapshot_outside();
         crash_at(&env, &["backup"], point);
         assert_recovered(&env, &outside, point);
-        assert_eq!(env.snapshot_compose(), live, "{point}: a backup changed live data");
+        assert_eq!(
+            env.snapshot_compose(),
+            live,
+            "{point}: a backup changed live data"
+        );
         // The tool still works: the lock died with the process.
         let row = env.backup();
         env.run(&["verify", &row.id.to_string()]).assert_ok();
@@ -181,7 +191,11 @@ fn a_crash_during_recovery_is_recovered_next_time() {
     let before = env.snapshot_compose();
     let outside = env.snapshot_outside();
     let id = row.id.to_string();
-    crash_at(&env, &["rollback", &id, "--force", "--no-start"], "rollback.swap.2.placed");
+    crash_at(
+        &env,
+        &["rollback", &id, "--force", "--no-start"],
+        "rollback.swap.2.placed",
+    );
     crash_at(&env, &["list-backups"], "recovery.revert.1");
     assert_recovered(&env, &outside, "crash in recovery");
     let after = env.snapshot_compose();
@@ -196,7 +210,11 @@ fn a_crash_during_recovery_is_recovered_next_time() {
 #[test]
 fn random_kills_during_backup_and_rollback() {
     let env = TestEnv::with(Fixture { large_file: true });
-    write(&env.path("data/mysql/extra.ibd"), &noise(5, 24 << 20), 0o640);
+    write(
+        &env.path("data/mysql/extra.ibd"),
+        &noise(5, 24 << 20),
+        0o640,
+    );
     crate::util::pin_mtimes(&env.compose_dir(), 1_600_000_000);
     let original = env.snapshot_compose();
     let good = env.backup();
@@ -205,14 +223,23 @@ fn random_kills_during_backup_and_rollback() {
     let mut seed: u64 = 0x5eed;
     let mut landed = 0;
     for round in 0..10 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let delay = Duration::from_millis(20 + (seed >> 33) % 600);
         let before = env.snapshot_compose();
         let outside = env.snapshot_outside();
         let args: Vec<&str> = if round % 2 == 0 {
             vec!["-q", "backup"]
         } else {
-            vec!["-q", "rollback", &id, "--force", "--no-start", "--rollback-data"]
+            vec![
+                "-q",
+                "rollback",
+                &id,
+                "--force",
+                "--no-start",
+                "--rollback-data",
+            ]
         };
         let mut child = Command::new(BIN)
             .arg("-C")
@@ -242,7 +269,10 @@ fn random_kills_during_backup_and_rollback() {
             assert_items_old_or_new(&before, &original, &after, &what);
         }
     }
-    assert!(landed >= 3, "only {landed} kills landed mid-operation; the corpus is too small");
+    assert!(
+        landed >= 3,
+        "only {landed} kills landed mid-operation; the corpus is too small"
+    );
 }
 
 // --------------------------------------------------------------------------- full disk
@@ -280,7 +310,10 @@ impl Drop for Tmpfs {
 fn set_storage_dir(env: &TestEnv, dir: &Path) {
     let cfg = env.work.join("config.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!("\n[backup]\nstorage_dir = \"{}\"\n", dir.display()));
+    text.push_str(&format!(
+        "\n[backup]\nstorage_dir = \"{}\"\n",
+        dir.display()
+    ));
     std::fs::write(cfg, text).unwrap();
 }
 
@@ -294,19 +327,30 @@ fn backup_onto_a_full_disk_is_refused_or_fails_cleanly() {
 
     // The preflight sees it will not fit: exit 3, with the numbers.
     let out = env.run(&["backup"]);
-    out.assert_code(exit::REFUSED).assert_stderr_has("free space");
+    out.assert_code(exit::REFUSED)
+        .assert_stderr_has("free space");
     assert!(env.list().is_empty(), "a refused backup records nothing");
 
     // Past the preflight, the real ENOSPC: exit 1, Failed row, nothing left on the disk.
-    let out = env.run_env(&["backup"], &[("NUWAX_TEST_SKIP_SPACE_CHECK", OsStr::new("1"))]);
-    out.assert_code(exit::FAILED).assert_stderr_has("no space left");
+    let out = env.run_env(
+        &["backup"],
+        &[("NUWAX_TEST_SKIP_SPACE_CHECK", OsStr::new("1"))],
+    );
+    out.assert_code(exit::FAILED)
+        .assert_stderr_has("no space left");
     let rows = env.list();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, "Failed");
-    let left: Vec<_> = std::fs::read_dir(fs.path.join("backups")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(fs.path.join("backups"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "the full disk keeps nothing: {left:?}");
     assert_eq!(env.snapshot_compose(), live);
-    let witnesses = |t: Tree| -> Tree { t.into_iter().filter(|(p, _)| !p.starts_with("small")).collect() };
+    let witnesses = |t: Tree| -> Tree {
+        t.into_iter()
+            .filter(|(p, _)| !p.starts_with("small"))
+            .collect()
+    };
     assert_eq!(witnesses(env.snapshot_outside()), witnesses(outside));
 }
 
@@ -316,7 +360,12 @@ fn rollback_onto_a_full_disk_is_refused_or_fails_cleanly() {
     // Move the whole working dir onto a small tmpfs; archives go elsewhere.
     let fs = Tmpfs::mount(&env.root.join("small"), "64m");
     let work = fs.path.join("work");
-    let st = Command::new("cp").arg("-a").arg(&env.work).arg(&work).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&env.work)
+        .arg(&work)
+        .status()
+        .unwrap();
     assert!(st.success());
     env.adopt(work);
     set_storage_dir(&env, &env.root.join("archives"));
@@ -324,19 +373,35 @@ fn rollback_onto_a_full_disk_is_refused_or_fails_cleanly() {
     env.mutate();
     // Leave less free space than the data scope needs.
     let free = crate::util::free_bytes(&fs.path);
-    write(&fs.path.join("filler"), &vec![0u8; (free - (4 << 20)) as usize], 0o600);
+    write(
+        &fs.path.join("filler"),
+        &vec![0u8; (free - (4 << 20)) as usize],
+        0o600,
+    );
     let before = env.snapshot_compose();
     let outside = env.snapshot_outside();
     let id = row.id.to_string();
-    let args = ["rollback", id.as_str(), "--force", "--no-start", "--rollback-data"];
+    let args = [
+        "rollback",
+        id.as_str(),
+        "--force",
+        "--no-start",
+        "--rollback-data",
+    ];
 
     let out = env.run(&args);
-    out.assert_code(exit::REFUSED).assert_stderr_has("free space");
+    out.assert_code(exit::REFUSED)
+        .assert_stderr_has("free space");
     assert_eq!(env.snapshot_compose(), before);
 
     let out = env.run_env(&args, &[("NUWAX_TEST_SKIP_SPACE_CHECK", OsStr::new("1"))]);
-    out.assert_code(exit::FAILED).assert_stderr_has("no space left");
-    assert_eq!(env.snapshot_compose(), before, "live data intact after ENOSPC");
+    out.assert_code(exit::FAILED)
+        .assert_stderr_has("no space left");
+    assert_eq!(
+        env.snapshot_compose(),
+        before,
+        "live data intact after ENOSPC"
+    );
     assert_recovered(&env, &outside, "rollback ENOSPC");
 
     // Once there is room again the same rollback succeeds.

@@ -152,10 +152,16 @@ fn unreachable_engine_refuses_with_exit_3() {
 fn absent_engine_warns_and_backs_up() {
     let env = TestEnv::new();
     // A machine with no Docker at all: no DOCKER_HOST and no socket file.
-    assert!(std::env::var_os("DOCKER_HOST").is_none(), "test assumes no DOCKER_HOST");
+    assert!(
+        std::env::var_os("DOCKER_HOST").is_none(),
+        "test assumes no DOCKER_HOST"
+    );
     let out = env.run_env(
         &["backup", "--json"],
-        &[("NUWAX_DOCKER_SOCKET", OsStr::new("/nonexistent/docker.sock"))],
+        &[(
+            "NUWAX_DOCKER_SOCKET",
+            OsStr::new("/nonexistent/docker.sock"),
+        )],
     );
     out.assert_ok().assert_stderr_has("docker");
     assert!(out.json_as::<BackupDoc>().success);
@@ -169,7 +175,8 @@ fn configured_but_missing_engine_refuses() {
         &["backup"],
         &[("DOCKER_HOST", OsStr::new("unix:///nonexistent/docker.sock"))],
     );
-    out.assert_code(exit::REFUSED).assert_stderr_has("unreachable");
+    out.assert_code(exit::REFUSED)
+        .assert_stderr_has("unreachable");
     assert!(env.backup_files().is_empty());
 }
 

@@ -402,7 +402,11 @@ impl TestEnv {
     /// The same environment with its working dir moved to `work` (inside `root`, e.g. on a
     /// small filesystem mounted there).
     pub fn adopt(&mut self, work: PathBuf) {
-        assert!(work.starts_with(&self.root), "{} not under the test root", work.display());
+        assert!(
+            work.starts_with(&self.root),
+            "{} not under the test root",
+            work.display()
+        );
         self.work = work;
     }
 

@@ -26,7 +26,13 @@ use crate::printer::Printer;
 )]
 pub(crate) struct Cli {
     /// Working directory: holds config.toml, docker/, backups/ and data/nuwax.db.
-    #[arg(short = 'C', long = "work-dir", global = true, default_value = ".", value_name = "DIR")]
+    #[arg(
+        short = 'C',
+        long = "work-dir",
+        global = true,
+        default_value = ".",
+        value_name = "DIR"
+    )]
     work_dir: PathBuf,
     /// Config file (default: <work dir>/config.toml; a missing default means defaults).
     #[arg(short = 'c', long, global = true, value_name = "FILE")]
@@ -80,7 +86,11 @@ fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { ExitStatus::Usage } else { ExitStatus::Success };
+            let code = if e.use_stderr() {
+                ExitStatus::Usage
+            } else {
+                ExitStatus::Success
+            };
             let _ = e.print();
             return code.into();
         }

@@ -53,7 +53,9 @@ impl Printer {
 
     /// The `{"success": false, "error": ...}` document for a failed `--json` command.
     pub fn json_error(&self, err: &anyhow::Error) {
-        self.json(&crate::output::ErrorDocument::new(&crate::exit::render(err)));
+        self.json(&crate::output::ErrorDocument::new(&crate::exit::render(
+            err,
+        )));
     }
 
     /// A status line on stderr.

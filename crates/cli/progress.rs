@@ -55,10 +55,10 @@ async fn render(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, quiet: bool, ter
                 if let Some(b) = bar.take() {
                     b.finish_and_clear();
                 }
-                if let Some(s) = state.take() {
-                    if !terminal {
-                        eprintln!("{}", summary(&s));
-                    }
+                if let Some(s) = state.take()
+                    && !terminal
+                {
+                    eprintln!("{}", summary(&s));
                 }
                 state = Some(PhaseState {
                     phase,
@@ -162,7 +162,9 @@ fn line(s: &PhaseState) -> String {
             "{}: {} entries{}",
             s.phase.label(),
             s.entries,
-            s.total_entries.map(|t| format!(" of {t}")).unwrap_or_default()
+            s.total_entries
+                .map(|t| format!(" of {t}"))
+                .unwrap_or_default()
         ),
     }
 }

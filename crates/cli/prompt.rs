@@ -40,7 +40,10 @@ pub(crate) fn select_backup(
             "there is no restorable backup (none Completed with its archive present); create one with `nuwax-cli backup`",
         ));
     }
-    printer.prompt(&format!("Restorable backups:\n{}\n", crate::output::table(&usable)));
+    printer.prompt(&format!(
+        "Restorable backups:\n{}\n",
+        crate::output::table(&usable)
+    ));
     loop {
         printer.prompt("Backup ID to restore (q to cancel): ");
         let Some(answer) = read_line() else {
@@ -51,9 +54,7 @@ pub(crate) fn select_backup(
         }
         match answer.parse::<i64>() {
             Ok(id) if usable.iter().any(|b| b.record.id == id) => return Ok(id),
-            _ => printer.prompt(&format!(
-                "{answer:?} is not one of the IDs listed above\n"
-            )),
+            _ => printer.prompt(&format!("{answer:?} is not one of the IDs listed above\n")),
         }
     }
 }

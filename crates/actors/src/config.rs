@@ -273,7 +273,10 @@ mod tests {
         assert_eq!(s.paths.compose_dir, dir.path().join("docker"));
         assert_eq!(s.paths.storage_dir, dir.path().join("backups"));
         assert_eq!(s.paths.db_file, dir.path().join("data/nuwax.db"));
-        assert!(!dir.path().join("config.toml").exists(), "never created silently");
+        assert!(
+            !dir.path().join("config.toml").exists(),
+            "never created silently"
+        );
     }
 
     #[test]
@@ -305,7 +308,10 @@ mod tests {
         .unwrap();
         let s = Settings::load(dir.path(), None).unwrap();
         assert_eq!(s.service_version(), "0.0.13");
-        assert_eq!(s.paths.compose_file, dir.path().join("docker/docker-compose.yml"));
+        assert_eq!(
+            s.paths.compose_file,
+            dir.path().join("docker/docker-compose.yml")
+        );
         assert_eq!(s.paths.storage_dir, dir.path().join("backups"));
     }
 }

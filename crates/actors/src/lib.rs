@@ -6,24 +6,25 @@
 //! `archive`, `restore`, `docker::policy` and `docker::compose` are plain synchronous code
 //! that knows nothing about actors or terminals.
 
+mod actors;
 pub mod archive;
 pub mod config;
+pub mod config_edit;
 pub mod docker;
 pub mod error;
 pub mod faults;
 pub mod lock;
-pub mod progress;
-pub mod restore;
-pub mod space;
-pub mod retention;
 pub mod package;
-pub mod config_edit;
-mod actors;
+pub mod progress;
 mod recovery;
+pub mod restore;
+pub mod retention;
 mod runtime;
 mod services;
+pub mod space;
 
 pub use config::Settings;
+pub use docker::ContainerInfo;
 pub use error::{Error, ErrorKind, Result};
 pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 pub use progress::{Phase, Progress, ProgressEvent};
@@ -32,4 +33,3 @@ pub use runtime::{
     RuntimeOptions,
 };
 pub use services::{AutoBackupReport, AutoBackupStatus, ServiceState, ServiceStatus, StartReport};
-pub use docker::ContainerInfo;

@@ -71,7 +71,8 @@ impl OperationLock {
         };
         let text = serde_json::to_string(&me).map_err(|e| Error::Internal(e.to_string()))?;
         file.set_len(0).ctx("cannot write lock file", path)?;
-        file.seek(SeekFrom::Start(0)).ctx("cannot write lock file", path)?;
+        file.seek(SeekFrom::Start(0))
+            .ctx("cannot write lock file", path)?;
         file.write_all(text.as_bytes())
             .ctx("cannot write lock file", path)?;
         if let Some(prev) = &taken_over_from {
@@ -147,7 +148,10 @@ mod tests {
         }
         drop(held);
         let again = OperationLock::acquire(&path, "rollback").unwrap();
-        assert!(again.taken_over_from.is_none(), "clean release leaves no owner");
+        assert!(
+            again.taken_over_from.is_none(),
+            "clean release leaves no owner"
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ impl Runtime {
         let mut notes = Vec::new();
         let ops = self.store(StoreMsg::UnfinishedOperations).await?;
         for op in ops {
-            if op.pid != std::process::id() && pid_alive(op.pid, &op.boot_id) && self.lock.is_none() {
+            if op.pid != std::process::id() && pid_alive(op.pid, &op.boot_id) && self.lock.is_none()
+            {
                 continue;
             }
             let note = match op.kind {
@@ -70,7 +71,10 @@ impl Runtime {
                 );
                 self.store(|r| StoreMsg::FailBackup(rec.id, msg, r)).await?;
                 let _ = restore::remove_path(&crate::runtime::partial_path(&rec.file_path));
-                notes.push(format!("backup {} was left running by a dead process; marked Failed", rec.id));
+                notes.push(format!(
+                    "backup {} was left running by a dead process; marked Failed",
+                    rec.id
+                ));
             }
         }
         // Partial archives no journal row explains (should not exist; be thorough).

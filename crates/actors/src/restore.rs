@@ -366,7 +366,14 @@ mod tests {
         let excludes = vec!["logs".to_string(), "app/cache".to_string()];
         let p = plan(&compose, &work, &staged_names(), &filter, &excludes).unwrap();
         let names: Vec<_> = p.items.iter().map(|i| i.os_name()).collect();
-        assert_eq!(names, vec![OsString::from("app"), "compose.yml".into(), "stale.txt".into()]);
+        assert_eq!(
+            names,
+            vec![
+                OsString::from("app"),
+                "compose.yml".into(),
+                "stale.txt".into()
+            ]
+        );
         carry_nested_excludes(&p, &excludes).unwrap();
         apply(&p).unwrap();
         cleanup(&p).unwrap();

@@ -59,7 +59,9 @@ pub struct BackupEntry {
 
 impl BackupEntry {
     fn from_record(record: BackupRecord) -> Self {
-        let meta = std::fs::metadata(&record.file_path).ok().filter(|m| m.is_file());
+        let meta = std::fs::metadata(&record.file_path)
+            .ok()
+            .filter(|m| m.is_file());
         BackupEntry {
             file_exists: meta.is_some(),
             file_size: meta.map(|m| m.len()),
@@ -241,7 +243,9 @@ impl Runtime {
             .await
         {
             Ok(ractor::rpc::CallResult::Success(refs)) => Ok(refs),
-            _ => Err(Error::Internal("the actor supervisor is not running".into())),
+            _ => Err(Error::Internal(
+                "the actor supervisor is not running".into(),
+            )),
         }
     }
 
@@ -372,7 +376,8 @@ impl Runtime {
     pub async fn backup(&self, req: BackupRequest, progress: Progress) -> Result<BackupEntry> {
         let compose = self.compose_project()?;
         let images = if req.skip_docker_check {
-            progress.notice("warning: --skip-docker-check: not checking that the services are stopped");
+            progress
+                .notice("warning: --skip-docker-check: not checking that the services are stopped");
             Vec::new()
         } else {
             let report = self.gate(&compose, &progress).await?;
@@ -487,7 +492,9 @@ impl Runtime {
             },
         };
         let built = self
-            .archive(|r| ArchiveMsg::Build(opts, progress.clone(), self.cancel.clone(), r))
+            .archive(|r| {
+                ArchiveMsg::Build(Box::new(opts), progress.clone(), self.cancel.clone(), r)
+            })
             .await;
         match built {
             Ok(report) => {
@@ -560,7 +567,11 @@ impl Runtime {
 
     /// Restores a scope of a backup: checksum, staged extraction with per-file verification,
     /// stop, swap with undo. Leaves the services stopped.
-    pub async fn rollback(&self, req: RollbackRequest, progress: Progress) -> Result<RollbackReport> {
+    pub async fn rollback(
+        &self,
+        req: RollbackRequest,
+        progress: Progress,
+    ) -> Result<RollbackReport> {
         let entry = self.get_backup(req.id).await?;
         let record = &entry.record;
         if record.status != BackupStatus::Completed {
@@ -621,8 +632,7 @@ impl Runtime {
 
         // 2. Journal, then staged extraction.
         let cfg = &self.settings.config;
-        let data: Vec<std::ffi::OsString> =
-            cfg.backup.data_paths.iter().map(Into::into).collect();
+        let data: Vec<std::ffi::OsString> = cfg.backup.data_paths.iter().map(Into::into).collect();
         let filter = match req.scope {
             RollbackScope::App => TopLevelFilter::AllExcept(data),
             RollbackScope::All => TopLevelFilter::All,
@@ -771,7 +781,9 @@ impl Runtime {
                 excludes.push(e.clone());
             }
         }
-        journal.compose_before = std::fs::read(&paths.compose_file).ok().map(|b| sha256_hex(&b));
+        journal.compose_before = std::fs::read(&paths.compose_file)
+            .ok()
+            .map(|b| sha256_hex(&b));
         let plan = restore::plan(
             &paths.compose_dir,
             &journal.work_dir,
@@ -799,8 +811,18 @@ impl Runtime {
         Ok(RollbackReport {
             backup: entry.clone(),
             scope: RollbackScope::All,
-            restored: plan.items.iter().filter(|i| i.has_staged).map(name).collect(),
-            removed: plan.items.iter().filter(|i| !i.has_staged).map(name).collect(),
+            restored: plan
+                .items
+                .iter()
+                .filter(|i| i.has_staged)
+                .map(name)
+                .collect(),
+            removed: plan
+                .items
+                .iter()
+                .filter(|i| !i.has_staged)
+                .map(name)
+                .collect(),
             stopped: journal.stopped.clone(),
             files: extracted.files,
             bytes: extracted.bytes,
@@ -813,12 +835,20 @@ impl Runtime {
     /// from the restored definitions (`compose up -d`: the old images, not the new ones);
     /// otherwise start exactly what the rollback stopped, or the whole project when nothing
     /// was running. Then wait for health.
-    async fn start_after_rollback(&self, journal: &RollbackJournal, progress: &Progress) -> Result<()> {
+    async fn start_after_rollback(
+        &self,
+        journal: &RollbackJournal,
+        progress: &Progress,
+    ) -> Result<()> {
         let paths = &self.settings.paths;
-        let compose_after = std::fs::read(&paths.compose_file).ok().map(|b| sha256_hex(&b));
+        let compose_after = std::fs::read(&paths.compose_file)
+            .ok()
+            .map(|b| sha256_hex(&b));
         let compose = self.compose_or_bare();
         if compose_after.is_some() && compose_after != journal.compose_before {
-            progress.notice("the compose file changed: recreating the containers from the restored definitions");
+            progress.notice(
+                "the compose file changed: recreating the containers from the restored definitions",
+            );
             self.compose_up(&compose, progress).await?;
             return self.wait_healthy(&compose, Vec::new(), progress).await;
         }
@@ -828,7 +858,12 @@ impl Runtime {
         self.start_services(progress).await.map(|_| ())
     }
 
-    pub(crate) async fn set_phase<T: Serialize>(&self, op: i64, phase: &str, details: &T) -> Result<()> {
+    pub(crate) async fn set_phase<T: Serialize>(
+        &self,
+        op: i64,
+        phase: &str,
+        details: &T,
+    ) -> Result<()> {
         let value = serde_json::to_value(details)
             .map_err(|e| Error::Internal(format!("cannot encode journal: {e}")))?;
         self.store(|r| StoreMsg::SetOperationPhase(op, phase.to_owned(), Some(value), r))

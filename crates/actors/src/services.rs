@@ -172,7 +172,11 @@ impl Runtime {
         Ok(report)
     }
 
-    pub(crate) async fn compose_up(&self, compose: &ComposeProject, progress: &Progress) -> Result<()> {
+    pub(crate) async fn compose_up(
+        &self,
+        compose: &ComposeProject,
+        progress: &Progress,
+    ) -> Result<()> {
         let p = &self.settings.paths;
         if !p.compose_file.exists() {
             return Err(Error::Refused(format!(

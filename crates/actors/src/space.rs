@@ -54,21 +54,6 @@ pub fn ensure(path: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_free_space_and_refuses_the_impossible() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(available(dir.path()).unwrap() > 0);
-        assert!(available(&dir.path().join("not/yet/there")).unwrap() > 0);
-        let err = ensure(dir.path(), u64::MAX / 4).unwrap_err();
-        assert!(matches!(err, Error::NoSpace { .. }), "{err}");
-        ensure(dir.path(), 1).unwrap();
-    }
-}
-
 /// Bytes of file content under `dir`, per top-level item, leaving out `exclude` (top-level
 /// or nested relative paths) and our own `.nuwax-*` dirs. Symlinks are not followed.
 pub fn tree_bytes(
@@ -113,4 +98,19 @@ pub fn tree_bytes(
         sizes.insert(name, total);
     }
     Ok(sizes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_free_space_and_refuses_the_impossible() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available(dir.path()).unwrap() > 0);
+        assert!(available(&dir.path().join("not/yet/there")).unwrap() > 0);
+        let err = ensure(dir.path(), u64::MAX / 4).unwrap_err();
+        assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+        ensure(dir.path(), 1).unwrap();
+    }
 }

@@ -88,10 +88,7 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
         ));
     }
     if !report.stopped.is_empty() && report.restart_error.is_none() {
-        printer.info(&format!(
-            "restarted: {}",
-            report.stopped.join(", ")
-        ));
+        printer.info(&format!("restarted: {}", report.stopped.join(", ")));
     }
     if let Some(e) = &report.backup_error {
         printer.error(&format!(

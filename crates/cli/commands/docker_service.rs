@@ -178,7 +178,11 @@ async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<E
             s.container.clone(),
             s.state.clone(),
             s.health.clone().unwrap_or_else(|| "-".into()),
-            format!("{}{}", s.restart_policy, if s.one_shot { " (one-shot)" } else { "" }),
+            format!(
+                "{}{}",
+                s.restart_policy,
+                if s.one_shot { " (one-shot)" } else { "" }
+            ),
             s.image.clone(),
         ]);
     }

@@ -18,7 +18,11 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
 }
 
 /// Shared with `rollback --list-json`.
-pub(crate) async fn print_list(json: bool, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
+pub(crate) async fn print_list(
+    json: bool,
+    rt: &Runtime,
+    printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
     let backups = rt.list_backups().await?;
     if json {
         printer.json(&ListDocument {

@@ -114,9 +114,15 @@ async fn restore(
     let entry = rt.get_backup(id).await?;
     if !force {
         let warning = match scope {
-            RollbackScope::App => "This replaces the compose file, .env, config and app files with the backup's; the data scope (MySQL/Redis/MinIO data) is NOT touched.",
-            RollbackScope::All => "This replaces everything in the compose dir with the backup's, INCLUDING the data (MySQL/Redis/MinIO): changes since the backup are lost.",
-            RollbackScope::DataOnly => "This replaces only the data scope (MySQL/Redis/MinIO data) with the backup's: data changes since the backup are lost; app and config stay.",
+            RollbackScope::App => {
+                "This replaces the compose file, .env, config and app files with the backup's; the data scope (MySQL/Redis/MinIO data) is NOT touched."
+            }
+            RollbackScope::All => {
+                "This replaces everything in the compose dir with the backup's, INCLUDING the data (MySQL/Redis/MinIO): changes since the backup are lost."
+            }
+            RollbackScope::DataOnly => {
+                "This replaces only the data scope (MySQL/Redis/MinIO data) with the backup's: data changes since the backup are lost; app and config stay."
+            }
         };
         prompt::confirm(
             printer,

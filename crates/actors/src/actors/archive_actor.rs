@@ -20,7 +20,7 @@ pub(crate) struct ArchiveActor;
 type Reply<T> = RpcReplyPort<Result<T>>;
 
 pub(crate) enum ArchiveMsg {
-    Build(BuildOptions, Progress, CancelFlag, Reply<BuildReport>),
+    Build(Box<BuildOptions>, Progress, CancelFlag, Reply<BuildReport>),
     Verify {
         path: PathBuf,
         expected_sha256: Option<String>,
@@ -73,13 +73,7 @@ impl Actor for ArchiveActor {
             } => reply(
                 r,
                 blocking(move || {
-                    archive::verify(
-                        &path,
-                        expected_sha256.as_deref(),
-                        0,
-                        &progress,
-                        &cancel,
-                    )
+                    archive::verify(&path, expected_sha256.as_deref(), 0, &progress, &cancel)
                 })
                 .await,
             ),

@@ -140,8 +140,7 @@ impl Actor for DockerActor {
                 project,
                 reply: r,
             } => {
-                let result =
-                    engine::compose_up(&compose_file, env_file.as_deref(), &project).await;
+                let result = engine::compose_up(&compose_file, env_file.as_deref(), &project).await;
                 reply(r, result);
             }
         }

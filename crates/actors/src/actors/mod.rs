@@ -33,7 +33,9 @@ where
         Ok(CallResult::SenderError) => Err(Error::Internal(format!(
             "the {name} actor stopped before answering"
         ))),
-        Err(e) => Err(Error::Internal(format!("the {name} actor is not running: {e}"))),
+        Err(e) => Err(Error::Internal(format!(
+            "the {name} actor is not running: {e}"
+        ))),
     }
 }
 

@@ -36,7 +36,6 @@ pub(crate) enum StoreMsg {
     SetOperationBackup(i64, i64, Reply<()>),
     FinishOperation(i64, OperationState, Option<String>, Reply<()>),
     UnfinishedOperations(Reply<Vec<Operation>>),
-    LastOperation(OperationKind, Reply<Option<Operation>>),
     GetSetting(String, Reply<Option<String>>),
     SetSetting(String, String, Reply<()>),
 }
@@ -123,13 +122,8 @@ impl Actor for StoreActor {
             StoreMsg::UnfinishedOperations(r) => {
                 reply(r, st.run(|s| s.unfinished_operations()).await)
             }
-            StoreMsg::LastOperation(kind, r) => {
-                reply(r, st.run(move |s| s.last_operation(kind)).await)
-            }
             StoreMsg::GetSetting(k, r) => reply(r, st.run(move |s| s.get_setting(&k)).await),
-            StoreMsg::SetSetting(k, v, r) => {
-                reply(r, st.run(move |s| s.set_setting(&k, &v)).await)
-            }
+            StoreMsg::SetSetting(k, v, r) => reply(r, st.run(move |s| s.set_setting(&k, &v)).await),
         }
         if st.store.is_none() {
             // The connection was lost with a panicking task: fail so the supervisor reopens it.

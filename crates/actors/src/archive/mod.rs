@@ -37,7 +37,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use build::build;
 pub use extract::extract;
 pub use format::{
-    FORMAT_VERSION, ArchiveInfo, EntryKind, ImageRecord, META_DIR, Manifest, ManifestEntry, encode_bytes,
+    ArchiveInfo, EntryKind, FORMAT_VERSION, ImageRecord, META_DIR, Manifest, ManifestEntry,
+    encode_bytes,
 };
 pub use verify::{read_info, verify};
 

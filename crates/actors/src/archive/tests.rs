@@ -38,6 +38,7 @@ fn info() -> ArchiveInfo {
         data_paths: vec!["data".into()],
         excluded: vec!["logs".into(), "app/cache".into()],
         images: vec![],
+        top_level_bytes: Default::default(),
     }
 }
 
