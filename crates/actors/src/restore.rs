@@ -297,6 +297,25 @@ fn make_writable(path: &Path) {
     }
 }
 
+/// Makes everything written under `path` durable with one `syncfs(2)` of its filesystem:
+/// the staged tree must be on disk before the swap makes it live (a per-file fsync of 100k
+/// files would cost far more than one filesystem sync).
+#[allow(unsafe_code)]
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(path).ctx("cannot open", path)?;
+    // SAFETY: `dir` is an open descriptor for the duration of the call.
+    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+    if rc != 0 {
+        return Err(Error::io(
+            "cannot sync filesystem of",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())

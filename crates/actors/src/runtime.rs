@@ -757,6 +757,7 @@ impl Runtime {
                 )
             })
             .await?;
+        restore::sync_filesystem(&staged)?;
         crate::faults::point("rollback.after_extract");
 
         // 3. Stop what runs.
