@@ -281,3 +281,216 @@ pub fn catalog_set_checksum(db: &Path, id: i64, sha256: &str, size: u64) {
         "test setup: no catalog table with columns id and sha256 holds backup {id}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Byte-level damage that reaches the restore path (tests/hostile.rs)
+
+/// Writes `bytes` as the archive of `row` (fsynced) and makes the catalog's SHA-256 and size
+/// match them, so the restore's checksum step passes and its own checks must refuse.
+pub fn register_bytes(env: &TestEnv, row: &BackupRow, bytes: &[u8]) {
+    use std::io::Write;
+    let path = Path::new(&row.file_path);
+    let mut f = fs::File::create(path).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let sha = sha256_file(path);
+    catalog_set_checksum(&env.db_file(), row.id, &sha, bytes.len() as u64);
+    assert_eq!(
+        env.row(row.id).sha256.as_deref(),
+        Some(sha.as_str()),
+        "test setup: the catalog update did not take"
+    );
+}
+
+/// One ordinary gzip member of `data` (what `gzip -c` writes).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Size of the gzip header of the member starting at `bytes[0]` (FEXTRA/FNAME/FCOMMENT/FHCRC).
+pub fn gzip_header_len(bytes: &[u8]) -> usize {
+    let flg = bytes[3];
+    let mut at = 10;
+    if flg & 0x04 != 0 {
+        at += 2 + u16::from_le_bytes([bytes[10], bytes[11]]) as usize;
+    }
+    for bit in [0x08, 0x10] {
+        if flg & bit != 0 {
+            at += bytes[at..].iter().position(|&b| b == 0).unwrap() + 1;
+        }
+    }
+    if flg & 0x02 != 0 {
+        at += 2;
+    }
+    at
+}
+
+/// Rewrites the CRC32 and ISIZE of member `m` to match what its deflate data decompresses to
+/// (after the data was damaged on purpose): the gzip layer is then clean again.
+pub fn fix_member_trailer(bytes: &mut [u8], m: Member) {
+    let member = &bytes[m.offset..m.offset + m.len];
+    let body = &member[gzip_header_len(member)..m.len - 8];
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(body)
+        .read_to_end(&mut out)
+        .expect("the damaged member still inflates");
+    let mut crc = flate2::Crc::new();
+    crc.update(&out);
+    let end = m.offset + m.len;
+    bytes[end - 8..end - 4].copy_from_slice(&crc.sum().to_le_bytes());
+    bytes[end - 4..end].copy_from_slice(&(out.len() as u32).to_le_bytes());
+}
+
+/// One 512-byte header record of a plain tar stream.
+#[derive(Debug, Clone)]
+pub struct TarRecord {
+    /// Offset of the header block.
+    pub offset: usize,
+    /// The header's own name field (a GNU long name is a record of its own).
+    pub name: Vec<u8>,
+    pub typeflag: u8,
+    pub size: usize,
+}
+
+/// Walks the header records of a plain (uncompressed) tar stream up to the end marker.
+pub fn tar_records(tar: &[u8]) -> Vec<TarRecord> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 512 <= tar.len() && tar[at..at + 512].iter().any(|&b| b != 0) {
+        let h = &tar[at..at + 512];
+        let name_len = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        let size_field = &h[124..136];
+        let size = if size_field[0] & 0x80 != 0 {
+            size_field[4..]
+                .iter()
+                .fold(0usize, |a, &b| (a << 8) | b as usize)
+        } else {
+            let s: String = size_field
+                .iter()
+                .take_while(|&&b| b != 0 && b != b' ')
+                .map(|&b| b as char)
+                .collect();
+            usize::from_str_radix(s.trim(), 8).unwrap_or(0)
+        };
+        out.push(TarRecord {
+            offset: at,
+            name: h[..name_len].to_vec(),
+            typeflag: h[156],
+            size,
+        });
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    out
+}
+
+/// Recomputes the checksum field of the tar header at `tar[offset..offset + 512]`.
+pub fn fix_tar_cksum(tar: &mut [u8], offset: usize) {
+    let h = &mut tar[offset..offset + 512];
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    let field = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(field.as_bytes());
+}
+
+/// A hard-link record with verbatim path and target.
+pub fn hostile_hardlink(name: &str, target: &str) -> RawEntry {
+    let mut h = raw_header(name.as_bytes(), tar::EntryType::Link, 0, 0o644);
+    h.set_link_name_literal(target.as_bytes()).unwrap();
+    h.set_cksum();
+    RawEntry {
+        header: h,
+        data: Vec::new(),
+    }
+}
+
+/// A special-file record (`Char`, `Block`, `Fifo`) with a verbatim path.
+pub fn hostile_node(name: &str, kind: tar::EntryType, major: u32, minor: u32) -> RawEntry {
+    let mut h = raw_header(name.as_bytes(), kind, 0, 0o666);
+    h.set_device_major(major).unwrap();
+    h.set_device_minor(minor).unwrap();
+    h.set_cksum();
+    RawEntry {
+        header: h,
+        data: Vec::new(),
+    }
+}
+
+/// What the builder would write into `manifest.json` for `e` (regular files get the SHA-256
+/// of their data; other kinds map to the nearest manifest kind).
+pub fn manifest_record(e: &RawEntry) -> serde_json::Value {
+    use sha2::Digest;
+    let h = &e.header;
+    let kind = match h.entry_type() {
+        tar::EntryType::Directory => "dir",
+        tar::EntryType::Symlink => "symlink",
+        tar::EntryType::Link => "hardlink",
+        _ => "file",
+    };
+    let path = e.path();
+    let path = path.strip_suffix(b"/").unwrap_or(&path);
+    let mut v = serde_json::json!({
+        "path": String::from_utf8_lossy(path),
+        "kind": kind,
+        "size": e.data.len(),
+        "mode": h.mode().unwrap(),
+        "uid": h.uid().unwrap(),
+        "gid": h.gid().unwrap(),
+        "mtime": h.mtime().unwrap(),
+    });
+    if kind == "file" {
+        v["sha256"] = hex::encode(sha2::Sha256::digest(&e.data)).into();
+    }
+    if let Some(t) = h.link_name_bytes() {
+        v["target"] = String::from_utf8_lossy(&t).into_owned().into();
+    }
+    v
+}
+
+/// The parsed `manifest.json` record of `entries`.
+pub fn manifest_of(entries: &[RawEntry]) -> serde_json::Value {
+    let i = index_of(entries, ".nuwax-backup/manifest.json");
+    serde_json::from_slice(&entries[i].data).expect("manifest.json is JSON")
+}
+
+/// Replaces the data of the record `name` (header size and checksum follow).
+pub fn set_data(entries: &mut [RawEntry], name: &str, data: Vec<u8>) {
+    let i = index_of(entries, name);
+    entries[i].header.set_size(data.len() as u64);
+    entries[i].header.set_cksum();
+    entries[i].data = data;
+}
+
+/// Inserts `evil` just before `manifest.json` (everything else already read and written by a
+/// sequential restore) and lists each of them in the manifest, so the archive is consistent
+/// with its manifest and only the hostile property is wrong.
+pub fn insert_listed(entries: &mut Vec<RawEntry>, evil: Vec<RawEntry>) {
+    let mut manifest = manifest_of(entries);
+    let list = manifest["entries"]
+        .as_array_mut()
+        .expect("manifest entries");
+    for e in &evil {
+        list.push(manifest_record(e));
+    }
+    set_data(
+        entries,
+        ".nuwax-backup/manifest.json",
+        serde_json::to_vec(&manifest).unwrap(),
+    );
+    let at = index_of(entries, ".nuwax-backup/manifest.json");
+    for (k, e) in evil.into_iter().enumerate() {
+        entries.insert(at + k, e);
+    }
+}
+
+/// Raw records as the bytes of a single-member `.tar.gz` (in memory).
+pub fn pack_raw(entries: &[RawEntry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        b.append(&e.header, e.data.as_slice()).unwrap();
+    }
+    gzip(&b.into_inner().unwrap())
+}

@@ -297,3 +297,59 @@ pub fn run_container(project: &str, service: &str, restart: &str, cmd: &[&str]) 
     );
     container
 }
+
+// ---------------------------------------------------------------------------------------------
+// Inspecting compose-made containers (the service lifecycle tests)
+
+/// `docker inspect --format <format> <id>`, trimmed.
+#[track_caller]
+pub fn inspect(id: &str, format: &str) -> String {
+    docker_ok(&["inspect", "--format", format, id])
+}
+
+/// Ids of every container (any state) labelled with `project` and, when given, `service`.
+pub fn project_containers(project: &str, service: Option<&str>) -> Vec<String> {
+    let project_label = format!("label=com.docker.compose.project={project}");
+    let mut args = vec!["ps", "-aq", "--no-trunc", "--filter", &project_label];
+    let service_label;
+    if let Some(service) = service {
+        service_label = format!("label=com.docker.compose.service={service}");
+        args.extend(["--filter", &service_label]);
+    }
+    docker_ok(&args)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The one container of `service` in `project` (panics unless there is exactly one).
+#[track_caller]
+pub fn service_container(project: &str, service: &str) -> String {
+    let ids = project_containers(project, Some(service));
+    assert_eq!(
+        ids.len(),
+        1,
+        "expected exactly one container of service {service} in project {project}: {ids:?}"
+    );
+    ids.into_iter().next().unwrap()
+}
+
+/// Nanoseconds since the epoch of an engine timestamp (`2024-01-02T03:04:05.123456789Z`; Go
+/// drops trailing zeros of the fraction, so these never compare correctly as strings).
+#[track_caller]
+pub fn engine_time_nanos(ts: &str) -> i128 {
+    let ts = ts.trim();
+    let (main, rest) = ts.split_at(ts.len().min(19));
+    let secs =
+        crate::util::parse_utc(main).unwrap_or_else(|| panic!("not an engine timestamp: {ts:?}"));
+    let frac = rest
+        .strip_prefix('.')
+        .map(|r| r.trim_end_matches('Z'))
+        .unwrap_or("");
+    assert!(
+        frac.len() <= 9 && frac.bytes().all(|b| b.is_ascii_digit()) && ts.ends_with('Z'),
+        "not a UTC engine timestamp: {ts:?}"
+    );
+    let nanos: i128 = format!("{frac:0<9}").parse().unwrap();
+    i128::from(secs) * 1_000_000_000 + nanos
+}

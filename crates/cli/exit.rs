@@ -13,6 +13,10 @@ pub(crate) enum ExitStatus {
     Refused = 3,
     /// Integrity failure: archive corrupt, verification failed.
     Integrity = 4,
+    /// The upgrade failed and was rolled back automatically.
+    UpgradeRolledBack = 5,
+    /// The upgrade failed and the automatic rollback failed too.
+    UpgradeRollbackFailed = 6,
     /// Interrupted (Ctrl-C).
     Interrupted = 130,
 }
@@ -51,6 +55,8 @@ pub(crate) fn status_of(err: &anyhow::Error) -> ExitStatus {
                 ErrorKind::Refused => ExitStatus::Refused,
                 ErrorKind::Integrity => ExitStatus::Integrity,
                 ErrorKind::Interrupted => ExitStatus::Interrupted,
+                ErrorKind::UpgradeRolledBack => ExitStatus::UpgradeRolledBack,
+                ErrorKind::UpgradeRollbackFailed => ExitStatus::UpgradeRollbackFailed,
                 _ => ExitStatus::Failed,
             };
         }

@@ -21,8 +21,7 @@ use crate::printer::Printer;
 #[command(
     name = "nuwax-cli",
     version,
-    about = "Cold backups and safe rollback for a docker compose service",
-    propagate_version = true
+    about = "Cold backups and safe rollback for a docker compose service"
 )]
 pub(crate) struct Cli {
     /// Working directory: holds config.toml, docker/, backups/ and data/nuwax.db.
@@ -65,6 +64,14 @@ enum Command {
     DockerService(commands::docker_service::Args),
     /// The cron-safe backup: stop, back up, start exactly what ran.
     AutoBackup(commands::auto_backup::Args),
+    /// Apply a release package: pre-upgrade backup, swap, start, health; automatic rollback.
+    Upgrade(commands::upgrade::Args),
+    /// Delete backups by retention rules (--dry-run shows each decision and its rule).
+    Prune(commands::prune::Args),
+    /// Rebuild the catalog from the archives in the storage dir.
+    Reindex(commands::reindex::Args),
+    /// Verify an archive and add it to the catalog.
+    Import(commands::reindex::ImportArgs),
 }
 
 impl Command {
@@ -78,6 +85,8 @@ impl Command {
             Command::AutoBackup(a) => {
                 matches!(a.action, commands::auto_backup::Action::Run(_))
             }
+            Command::Upgrade(_) | Command::Reindex(_) | Command::Import(_) => true,
+            Command::Prune(a) => !a.dry_run,
         }
     }
 }
@@ -154,6 +163,10 @@ async fn dispatch(cli: Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
         Command::Verify(args) => commands::verify::run(args, &rt, printer).await,
         Command::DockerService(args) => commands::docker_service::run(args, &rt, printer).await,
         Command::AutoBackup(args) => commands::auto_backup::run(args, &rt, printer).await,
+        Command::Upgrade(args) => commands::upgrade::run(args, &rt, printer).await,
+        Command::Prune(args) => commands::prune::run(args, &rt, printer).await,
+        Command::Reindex(args) => commands::reindex::run(args, &rt, printer).await,
+        Command::Import(args) => commands::reindex::run_import(args, &rt, printer).await,
     };
     rt.shutdown().await;
     result
@@ -173,4 +186,15 @@ fn init_tracing(verbose: u8) {
         .with_target(false)
         .without_time()
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (duplicate flags, bad defaults) for every subcommand.
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

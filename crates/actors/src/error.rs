@@ -20,6 +20,10 @@ pub enum ErrorKind {
     Integrity,
     /// The operation was interrupted (exit 130).
     Interrupted,
+    /// An upgrade failed and was rolled back automatically (exit 5).
+    UpgradeRolledBack,
+    /// An upgrade failed and its automatic rollback failed too (exit 6).
+    UpgradeRollbackFailed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,12 @@ pub enum Error {
     Interrupted,
     #[error("internal error: {0}")]
     Internal(String),
+    /// The message says what failed and that the previous release and data are back.
+    #[error("{0}")]
+    UpgradeRolledBack(String),
+    /// The message says exactly what state things are in.
+    #[error("{0}")]
+    UpgradeRollbackFailed(String),
 }
 
 impl Error {
@@ -113,6 +123,8 @@ impl Error {
                 ErrorKind::Integrity
             }
             Error::Interrupted => ErrorKind::Interrupted,
+            Error::UpgradeRolledBack(_) => ErrorKind::UpgradeRolledBack,
+            Error::UpgradeRollbackFailed(_) => ErrorKind::UpgradeRollbackFailed,
             _ => ErrorKind::Failed,
         }
     }

@@ -14,6 +14,7 @@ pub mod docker;
 pub mod error;
 pub mod faults;
 pub mod lock;
+mod maintenance;
 pub mod package;
 pub mod progress;
 mod recovery;
@@ -22,10 +23,12 @@ pub mod retention;
 mod runtime;
 mod services;
 pub mod space;
+pub mod upgrade;
 
 pub use config::Settings;
 pub use docker::ContainerInfo;
 pub use error::{Error, ErrorKind, Result};
+pub use maintenance::ReindexReport;
 pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 pub use progress::{Phase, Progress, ProgressEvent};
 pub use runtime::{
@@ -33,3 +36,4 @@ pub use runtime::{
     RuntimeOptions,
 };
 pub use services::{AutoBackupReport, AutoBackupStatus, ServiceState, ServiceStatus, StartReport};
+pub use upgrade::{UpgradeReport, UpgradeRequest};

@@ -37,6 +37,7 @@ impl Runtime {
             let note = match op.kind {
                 OperationKind::Backup => self.recover_backup(&op).await,
                 OperationKind::Rollback => self.recover_rollback(&op).await,
+                OperationKind::Upgrade => self.recover_upgrade(&op).await,
                 _ => self.recover_generic(&op).await,
             };
             match note {

@@ -539,3 +539,14 @@ mod tests {
         assert_eq!(kept(&d), [2]);
     }
 }
+
+impl From<&crate::config::RetentionConfig> for KeepRules {
+    fn from(c: &crate::config::RetentionConfig) -> Self {
+        KeepRules {
+            keep_last: c.keep_last,
+            keep_daily: c.keep_daily,
+            keep_weekly: c.keep_weekly,
+            keep_monthly: c.keep_monthly,
+        }
+    }
+}

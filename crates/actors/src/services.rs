@@ -59,6 +59,8 @@ pub struct AutoBackupReport {
     pub stopped: Vec<String>,
     /// Why restarting failed, if it did.
     pub restart_error: Option<String>,
+    /// Backups deleted by `[backup.retention]` afterwards.
+    pub pruned: usize,
 }
 
 /// Bookkeeping of the last `auto-backup run`.
@@ -207,7 +209,17 @@ impl Runtime {
         only: Vec<String>,
         progress: &Progress,
     ) -> Result<()> {
-        let timeout = self.start_timeout();
+        self.wait_healthy_for(compose, only, self.start_timeout(), progress)
+            .await
+    }
+
+    pub(crate) async fn wait_healthy_for(
+        &self,
+        compose: &ComposeProject,
+        only: Vec<String>,
+        timeout: Duration,
+        progress: &Progress,
+    ) -> Result<()> {
         self.docker(|r| DockerMsg::WaitHealthy(compose.clone(), only, timeout, progress.clone(), r))
             .await
     }
@@ -231,9 +243,50 @@ impl Runtime {
     }
 
     /// `auto-backup run`: stop what runs, back up (type Auto), start exactly what ran, also
-    /// when the backup fails.
+    /// when the backup fails; then record the result and apply `[backup.retention]`.
     pub async fn auto_backup(&self, progress: Progress) -> Result<AutoBackupReport> {
         let started_at = Utc::now();
+        let mut report = self
+            .stopped_backup(BackupType::Auto, progress.clone())
+            .await?;
+        let ok = report.backup_error.is_none() && report.restart_error.is_none();
+        let err = report
+            .backup_error
+            .iter()
+            .chain(&report.restart_error)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        let status = AutoBackupStatus {
+            last_run: Some(started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            last_result: Some(if ok { "success" } else { "failed" }.into()),
+            last_backup_id: report.backup.as_ref().map(|b| b.record.id),
+            last_archive: report
+                .backup
+                .as_ref()
+                .map(|b| b.record.file_path.display().to_string()),
+            last_error: (!ok).then_some(err),
+        };
+        let text = serde_json::to_string(&status).unwrap_or_default();
+        self.store(|r| StoreMsg::SetSetting(AUTO_STATUS_KEY.into(), text, r))
+            .await?;
+        let rules = crate::retention::KeepRules::from(&self.settings.config.backup.retention);
+        if ok && !rules.is_empty() {
+            match self.prune(&rules, false).await {
+                Ok(decisions) => report.pruned = decisions.iter().filter(|d| !d.keep).count(),
+                Err(e) => progress.notice(format!("warning: retention was not applied: {e}")),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stops what runs, takes a backup of `kind`, and starts exactly what ran, also when the
+    /// backup fails.
+    pub(crate) async fn stopped_backup(
+        &self,
+        kind: BackupType,
+        progress: Progress,
+    ) -> Result<AutoBackupReport> {
         let compose = self.compose_project()?;
         let containers = self.containers(&compose).await?;
         if containers.is_none() {
@@ -265,6 +318,7 @@ impl Runtime {
             backup_error: None,
             stopped: running.iter().map(|c| c.name.clone()).collect(),
             restart_error: None,
+            pruned: 0,
         };
         let backup_result = async {
             if !running.is_empty() {
@@ -290,7 +344,7 @@ impl Runtime {
             } else {
                 Vec::new()
             };
-            self.backup_locked(BackupType::Auto, compose.clone(), images, &progress)
+            self.backup_locked(kind, compose.clone(), images, &progress)
                 .await
         }
         .await;
@@ -323,19 +377,6 @@ impl Runtime {
             )
         })
         .await?;
-        let status = AutoBackupStatus {
-            last_run: Some(started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            last_result: Some(if ok { "success" } else { "failed" }.into()),
-            last_backup_id: report.backup.as_ref().map(|b| b.record.id),
-            last_archive: report
-                .backup
-                .as_ref()
-                .map(|b| b.record.file_path.display().to_string()),
-            last_error: (!ok).then_some(err),
-        };
-        let text = serde_json::to_string(&status).unwrap_or_default();
-        self.store(|r| StoreMsg::SetSetting(AUTO_STATUS_KEY.into(), text, r))
-            .await?;
         Ok(report)
     }
 

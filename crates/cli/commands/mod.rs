@@ -5,7 +5,10 @@ pub(crate) mod backup;
 pub(crate) mod delete;
 pub(crate) mod docker_service;
 pub(crate) mod list;
+pub(crate) mod prune;
+pub(crate) mod reindex;
 pub(crate) mod rollback;
+pub(crate) mod upgrade;
 pub(crate) mod verify;
 
 use crate::Command;
@@ -21,5 +24,9 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::Verify(a) => a.json,
         Command::DockerService(a) => a.action.json(),
         Command::AutoBackup(a) => a.action.json(),
+        Command::Upgrade(a) => a.json,
+        Command::Prune(a) => a.json,
+        Command::Reindex(a) => a.json,
+        Command::Import(a) => a.json,
     }
 }

@@ -32,6 +32,15 @@ pub(crate) enum ArchiveMsg {
     Checksum(PathBuf, Progress, CancelFlag, Reply<String>),
     Extract(ExtractOptions, Progress, CancelFlag, Reply<ExtractReport>),
     ReadInfo(PathBuf, Reply<ArchiveInfo>),
+    /// Checks a release package (safe paths, compose file, no data scope).
+    ValidatePackage(
+        PathBuf,
+        String,
+        Vec<String>,
+        Reply<crate::package::PackageInfo>,
+    ),
+    /// Unpacks a validated release package into a staging dir; returns its top-level names.
+    UnpackPackage(PathBuf, PathBuf, Reply<Vec<std::ffi::OsString>>),
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -88,6 +97,14 @@ impl Actor for ArchiveActor {
             ArchiveMsg::ReadInfo(path, r) => {
                 reply(r, blocking(move || archive::read_info(&path)).await)
             }
+            ArchiveMsg::ValidatePackage(path, compose, data, r) => reply(
+                r,
+                blocking(move || crate::package::validate(&path, &compose, &data)).await,
+            ),
+            ArchiveMsg::UnpackPackage(path, staging, r) => reply(
+                r,
+                blocking(move || crate::upgrade::unpack_package(&path, &staging)).await,
+            ),
         }
         Ok(())
     }

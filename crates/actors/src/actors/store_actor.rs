@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use nuwax_store::{
     BackupCompletion, BackupRecord, NewBackup, Operation, OperationKind, OperationState, Store,
+    UpgradeOutcome, UpgradeRecord,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -37,6 +38,12 @@ pub(crate) enum StoreMsg {
     FinishOperation(i64, OperationState, Option<String>, Reply<()>),
     UnfinishedOperations(Reply<Vec<Operation>>),
     GetSetting(String, Reply<Option<String>>),
+    FindBackupByPath(std::path::PathBuf, Reply<Option<BackupRecord>>),
+    InsertCompletedBackup(Box<BackupRecord>, Reply<i64>),
+    BeginUpgrade(String, String, Reply<i64>),
+    SetUpgradeBackup(i64, i64, Reply<()>),
+    FinishUpgrade(i64, UpgradeOutcome, Option<String>, Reply<()>),
+    ListUpgrades(Reply<Vec<UpgradeRecord>>),
     SetSetting(String, String, Reply<()>),
 }
 
@@ -123,6 +130,26 @@ impl Actor for StoreActor {
                 reply(r, st.run(|s| s.unfinished_operations()).await)
             }
             StoreMsg::GetSetting(k, r) => reply(r, st.run(move |s| s.get_setting(&k)).await),
+            StoreMsg::FindBackupByPath(p, r) => {
+                reply(r, st.run(move |s| s.find_backup_by_path(&p)).await)
+            }
+            StoreMsg::InsertCompletedBackup(rec, r) => {
+                reply(r, st.run(move |s| s.insert_completed_backup(&rec)).await)
+            }
+            StoreMsg::BeginUpgrade(from, to, r) => reply(
+                r,
+                st.run(move |s| s.begin_upgrade(&from, &to, Utc::now()))
+                    .await,
+            ),
+            StoreMsg::SetUpgradeBackup(id, b, r) => {
+                reply(r, st.run(move |s| s.set_upgrade_backup(id, b)).await)
+            }
+            StoreMsg::FinishUpgrade(id, outcome, e, r) => reply(
+                r,
+                st.run(move |s| s.finish_upgrade(id, outcome, e.as_deref(), Utc::now()))
+                    .await,
+            ),
+            StoreMsg::ListUpgrades(r) => reply(r, st.run(|s| s.list_upgrades()).await),
             StoreMsg::SetSetting(k, v, r) => reply(r, st.run(move |s| s.set_setting(&k, &v)).await),
         }
         if st.store.is_none() {

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Backup/restore benchmark: nuwax-cli against `tar czf`, `tar -I pigz` and `tar xzf`.
+#
+#   bench/run.sh [SIZE_MB]          # default 1000 (the 1 GB corpus)
+#
+# Builds the release binary once, generates (or reuses) a corpus with
+# $SHARED_DIR/bench/make_corpus.py, then, with a warm page cache and in alternating rounds,
+# times the three backups and the three restores of the same tree. Prints a markdown table:
+# medians, ratios, archive sizes, and nuwax-cli's peak RSS.
+#
+# Environment:
+#   SHARED_DIR   dir holding bench/make_corpus.py (default: ../shared from the repo root)
+#   ROUNDS       rounds per tool (default 3)
+#   LEVEL        pass --compression-level LEVEL to our backup (default: the config default)
+#   BENCH_CACHE  where corpora are cached, one per size (default ${TMPDIR:-/tmp}/nuwax-bench)
+#   ONLY_OURS=1  skip tar and pigz (quick runs, e.g. a compression-level sweep)
+#
+# Every timed command starts after `sync` (no dirty pages from the previous one). Our backup
+# includes its fsyncs and catalog writes; our restore includes the SHA-256 check of the
+# archive, staged extraction with per-file verification, syncfs and the swap. tar and pigz
+# neither fsync nor verify anything.
+set -euo pipefail
+
+SIZE_MB="${1:-1000}"
+ROUNDS="${ROUNDS:-3}"
+LEVEL="${LEVEL:-}"
+ONLY_OURS="${ONLY_OURS:-0}"
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED_DIR="${SHARED_DIR:-$REPO/../shared}"
+SHARED_DIR="$(cd "$SHARED_DIR" && pwd)"
+MAKE_CORPUS="$SHARED_DIR/bench/make_corpus.py"
+CACHE="${BENCH_CACHE:-${TMPDIR:-/tmp}/nuwax-bench}"
+
+die() { echo "bench: $*" >&2; exit 1; }
+say() { echo "bench: $*" >&2; }
+
+[[ "$SIZE_MB" =~ ^[0-9]+$ && "$SIZE_MB" -gt 0 ]] || die "size must be a positive number of MB, not '$SIZE_MB'"
+[[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -gt 0 ]] || die "ROUNDS must be a positive integer"
+[[ -f "$MAKE_CORPUS" ]] || die "$MAKE_CORPUS not found (set SHARED_DIR)"
+
+# --- tools -------------------------------------------------------------------------------
+apt_install() {
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    say "installing $* with apt"
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+command -v pigz >/dev/null || apt_install pigz
+[[ -x /usr/bin/time ]] || apt_install time
+for t in tar gzip python3 cargo; do command -v "$t" >/dev/null || die "$t is required"; done
+
+# --- build once --------------------------------------------------------------------------
+say "building the release binary"
+(cd "$REPO" && cargo build --release --bin nuwax-cli --quiet)
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+[[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$REPO/$TARGET_DIR"
+BIN="$TARGET_DIR/release/nuwax-cli"
+[[ -x "$BIN" ]] || die "$BIN was not built"
+
+# --- corpus (cached per size) ------------------------------------------------------------
+CORPUS_ROOT="$CACHE/corpus-${SIZE_MB}MB"
+CORPUS="$CORPUS_ROOT/docker"
+if [[ ! -f "$CORPUS_ROOT/.complete" ]]; then
+    say "generating a ${SIZE_MB} MB corpus in $CORPUS (cached for later runs)"
+    rm -rf "$CORPUS_ROOT"
+    mkdir -p "$CORPUS_ROOT"
+    python3 "$MAKE_CORPUS" "$CORPUS" --size-mb "$SIZE_MB" --quiet >"$CORPUS_ROOT/summary.json"
+    touch "$CORPUS_ROOT/.complete"
+else
+    say "reusing the corpus in $CORPUS"
+fi
+CORPUS_BYTES=$(du -sb --apparent-size "$CORPUS" | cut -f1)
+CORPUS_FILES=$(find "$CORPUS" -type f | wc -l)
+
+SCRATCH="$(mktemp -d "$CACHE/run.XXXXXX")"
+cleanup() { rm -rf "$SCRATCH"; }
+trap cleanup EXIT
+
+# --- helpers -----------------------------------------------------------------------------
+now() { date +%s.%N; }
+# timed NAME CMD...: runs CMD after a sync, appends the wall time to $SCRATCH/t.NAME.
+timed() {
+    local name="$1"; shift
+    sync
+    local t0 t1
+    t0=$(now)
+    "$@"
+    t1=$(now)
+    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", b - a}' >>"$SCRATCH/t.$name"
+}
+# timed_rss NAME CMD...: like timed, and appends the peak RSS (KiB) to $SCRATCH/rss.NAME.
+timed_rss() {
+    local name="$1"; shift
+    timed "$name" /usr/bin/time -v -o "$SCRATCH/time.out" "$@"
+    awk -F': ' '/Maximum resident set size/ {print $2}' "$SCRATCH/time.out" >>"$SCRATCH/rss.$name"
+}
+median() { sort -g "$SCRATCH/t.$1" | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+maxrss() { sort -g "$SCRATCH/rss.$1" | tail -1; }
+fsize() { stat -c %s "$1"; }
+emptydir() { rm -rf "$1"; mkdir -p "$1"; }
+
+# Our work dir: config.toml, catalog and archives under $SCRATCH; the compose dir is the
+# cached corpus itself (read only by a backup).
+write_config() { # DIR COMPOSE_FILE
+    cat >"$1/config.toml" <<EOF
+[docker]
+compose_file = "$2"
+project = "nuwax-bench"
+
+[backup]
+storage_dir = "backups"
+exclude = []
+EOF
+}
+LEVEL_ARGS=()
+[[ -n "$LEVEL" ]] && LEVEL_ARGS=(--compression-level "$LEVEL")
+
+our_backup() { # WORKDIR
+    "$BIN" -C "$1" -q backup --skip-docker-check "${LEVEL_ARGS[@]}"
+}
+
+# --- warm up -----------------------------------------------------------------------------
+say "warming the page cache"
+tar cf - -C "$CORPUS" . >/dev/null
+
+# --- backup rounds -----------------------------------------------------------------------
+TGZ="$SCRATCH/tar.tar.gz"
+PGZ="$SCRATCH/pigz.tar.gz"
+OURS=""
+for r in $(seq 1 "$ROUNDS"); do
+    say "backup round $r/$ROUNDS"
+    if [[ "$ONLY_OURS" != 1 ]]; then
+        rm -f "$TGZ" "$PGZ"
+        timed tar_czf tar czf "$TGZ" -C "$CORPUS" .
+        timed pigz_c tar -I pigz -cf "$PGZ" -C "$CORPUS" .
+    fi
+    # A fresh work dir per round: no archive or catalog row from the previous one.
+    rm -rf "$SCRATCH/work"
+    mkdir -p "$SCRATCH/work"
+    write_config "$SCRATCH/work" "$CORPUS/docker-compose.yml"
+    timed_rss ours_backup our_backup "$SCRATCH/work"
+    OURS=$(ls "$SCRATCH"/work/backups/*.tar.gz)
+done
+OURS_ID=$("$BIN" -C "$SCRATCH/work" list-backups --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["backups"][0]["id"])')
+
+# --- restore rounds ----------------------------------------------------------------------
+# Our restore goes into the same work dir, now with an empty compose dir of its own: the
+# rollback restores everything (--rollback-data) and replaces nothing.
+write_config "$SCRATCH/work" "docker/docker-compose.yml"
+for r in $(seq 1 "$ROUNDS"); do
+    say "restore round $r/$ROUNDS"
+    if [[ "$ONLY_OURS" != 1 ]]; then
+        emptydir "$SCRATCH/x"
+        timed tar_xzf tar xzf "$TGZ" -C "$SCRATCH/x"
+        emptydir "$SCRATCH/x"
+        timed pigz_x bash -c 'pigz -dc "$1" | tar xf - -C "$2"' _ "$TGZ" "$SCRATCH/x"
+        rm -rf "$SCRATCH/x"
+    fi
+    emptydir "$SCRATCH/work/docker"
+    timed_rss ours_restore "$BIN" -C "$SCRATCH/work" -q rollback "$OURS_ID" --force --no-start --rollback-data
+done
+# Sanity: the restored tree is the corpus (content, modes, links; as tar -d sees it).
+if ! (cd "$CORPUS" && tar cf - . | tar df - -C "$SCRATCH/work/docker" >/dev/null); then
+    die "restored tree differs from the corpus"
+fi
+
+# --- report ------------------------------------------------------------------------------
+fmt() { printf '%.2f' "$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
+OB=$(median ours_backup)
+OR=$(median ours_restore)
+OURS_SIZE=$(fsize "$OURS")
+CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+MEM=$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)
+RSS_B=$(maxrss ours_backup)
+RSS_R=$(maxrss ours_restore)
+
+echo
+echo "Benchmark $(date -u +%Y-%m-%d), $(nproc) cores ($CPU), $MEM RAM, $(uname -sr);"
+echo "corpus: make_corpus.py --size-mb $SIZE_MB ($CORPUS_BYTES bytes, $CORPUS_FILES files); warm cache; median of $ROUNDS alternating rounds;"
+echo "nuwax-cli compression level: ${LEVEL:-default (config)}; \`bench/run.sh $SIZE_MB\`."
+echo
+if [[ "$ONLY_OURS" == 1 ]]; then
+    echo "| | time (s) | archive (bytes) | peak RSS |"
+    echo "|---|---:|---:|---:|"
+    echo "| nuwax-cli backup | $(fmt "$OB") | $OURS_SIZE | $((RSS_B / 1024)) MiB |"
+    echo "| nuwax-cli restore | $(fmt "$OR") | | $((RSS_R / 1024)) MiB |"
+    exit 0
+fi
+TC=$(median tar_czf); PC=$(median pigz_c)
+TX=$(median tar_xzf); PX=$(median pigz_x)
+TGZ_SIZE=$(fsize "$TGZ"); PGZ_SIZE=$(fsize "$PGZ")
+pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.2f %%", (a / b - 1) * 100}'; }
+
+echo "| backup | time (s) | ours / theirs | theirs / ours (speed-up) | archive (bytes) | size vs tar czf |"
+echo "|---|---:|---:|---:|---:|---:|"
+echo "| \`tar czf\` | $(fmt "$TC") | $(fmt "$(ratio "$OB" "$TC")") | $(fmt "$(ratio "$TC" "$OB")")x | $TGZ_SIZE | 0 % |"
+echo "| \`tar -I pigz -cf\` | $(fmt "$PC") | $(fmt "$(ratio "$OB" "$PC")") | $(fmt "$(ratio "$PC" "$OB")")x | $PGZ_SIZE | $(pct "$PGZ_SIZE" "$TGZ_SIZE") |"
+echo "| **nuwax-cli backup** | **$(fmt "$OB")** | | | $OURS_SIZE | $(pct "$OURS_SIZE" "$TGZ_SIZE") |"
+echo
+echo "| restore | time (s) | ours / theirs | theirs / ours (speed-up) |"
+echo "|---|---:|---:|---:|"
+echo "| \`tar xzf\` | $(fmt "$TX") | $(fmt "$(ratio "$OR" "$TX")") | $(fmt "$(ratio "$TX" "$OR")")x |"
+echo "| \`pigz -dc \| tar x\` | $(fmt "$PX") | $(fmt "$(ratio "$OR" "$PX")") | $(fmt "$(ratio "$PX" "$OR")")x |"
+echo "| **nuwax-cli rollback --rollback-data** | **$(fmt "$OR")** | | |"
+echo
+echo "nuwax-cli peak RSS (max over rounds): backup $((RSS_B / 1024)) MiB, restore $((RSS_R / 1024)) MiB."

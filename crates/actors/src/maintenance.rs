@@ -1,0 +1,217 @@
+//! Catalog maintenance: `prune` (retention), `reindex` (rebuild the catalog from the
+//! archives' own metadata) and `import` (adopt an archive after verifying it).
+//!
+//! Design note: the archive is the source of truth (duplicati#2203 shows what happens when a
+//! local database is the only record): every archive carries `info.json` and a manifest, so a
+//! lost or damaged catalog is rebuilt from the storage dir alone, and an archive copied from
+//! another host is adopted only after a full verification.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use nuwax_store::{BackupRecord, BackupStatus, BackupType};
+
+use crate::actors::archive_actor::ArchiveMsg;
+use crate::actors::store_actor::StoreMsg;
+use crate::archive::CancelFlag;
+use crate::error::{Error, IoContext, Result};
+use crate::progress::Progress;
+use crate::retention::{Decision, KeepRules};
+use crate::runtime::{BackupEntry, Runtime, partial_path};
+
+/// What `reindex` did.
+#[derive(Debug, Clone, Default)]
+pub struct ReindexReport {
+    /// Archives added to the catalog.
+    pub added: Vec<BackupEntry>,
+    /// Archives already in the catalog.
+    pub known: usize,
+    /// Files in the storage dir that are not valid archives (path, why).
+    pub invalid: Vec<(PathBuf, String)>,
+    /// Catalog rows whose archive file is gone.
+    pub missing: Vec<BackupEntry>,
+}
+
+impl Runtime {
+    /// Applies retention rules. With `dry_run`, only says what it would do.
+    pub async fn prune(&self, rules: &KeepRules, dry_run: bool) -> Result<Vec<Decision>> {
+        let backups = self.store(StoreMsg::ListBackups).await?;
+        let upgrades = self.store(StoreMsg::ListUpgrades).await?;
+        let decisions = crate::retention::plan(&backups, rules, &upgrades, Utc::now())?;
+        if dry_run {
+            return Ok(decisions);
+        }
+        for d in decisions.iter().filter(|d| !d.keep) {
+            self.delete_backup(d.id).await?;
+        }
+        Ok(decisions)
+    }
+
+    /// Rebuilds catalog rows from the archives in the storage dir (oldest first, so a fresh
+    /// catalog gets the same ids in the same order) and flags rows whose file is gone.
+    pub async fn reindex(&self, progress: Progress) -> Result<ReindexReport> {
+        let dir = self.settings.paths.storage_dir.clone();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".tar.gz") && p.is_file())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("cannot list storage dir", &dir, e)),
+        };
+        let mut report = ReindexReport::default();
+        let mut candidates = Vec::new();
+        for f in files.drain(..) {
+            let p = f.clone();
+            if self
+                .store(|r| StoreMsg::FindBackupByPath(p, r))
+                .await?
+                .is_some()
+            {
+                report.known += 1;
+                continue;
+            }
+            let p = f.clone();
+            match self.archive(|r| ArchiveMsg::ReadInfo(p, r)).await {
+                Ok(info) => candidates.push((info.created_at.clone(), f)),
+                Err(e) => report.invalid.push((f, e.to_string())),
+            }
+        }
+        candidates.sort();
+        for (_, f) in candidates {
+            match self.adopt(&f, progress.clone()).await {
+                Ok(entry) => report.added.push(entry),
+                Err(e) => report.invalid.push((f, e.to_string())),
+            }
+        }
+        for b in self.list_backups().await? {
+            if b.record.status == BackupStatus::Completed && !b.file_exists {
+                report.missing.push(b);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Verifies an archive and adds it to the catalog; an archive outside the storage dir is
+    /// copied in first (atomically), the original left alone.
+    pub async fn import(&self, file: &Path, progress: Progress) -> Result<BackupEntry> {
+        let file = std::path::absolute(file).ctx("cannot resolve", file)?;
+        if !file.is_file() {
+            return Err(Error::Usage(format!("{} is not a file", file.display())));
+        }
+        let dir = &self.settings.paths.storage_dir;
+        let dest = if file.parent() == Some(dir.as_path()) {
+            file.clone()
+        } else {
+            let name = file
+                .file_name()
+                .ok_or_else(|| Error::Usage(format!("{} has no file name", file.display())))?;
+            dir.join(name)
+        };
+        let p = dest.clone();
+        if let Some(existing) = self.store(|r| StoreMsg::FindBackupByPath(p, r)).await? {
+            return Err(Error::Usage(format!(
+                "{} is already in the catalog as backup {}",
+                dest.display(),
+                existing.id
+            )));
+        }
+        // Verify the source before copying anything.
+        let report = self
+            .archive(|r| ArchiveMsg::Verify {
+                path: file.clone(),
+                expected_sha256: None,
+                progress: progress.clone(),
+                cancel: self.cancel_flag(),
+                reply: r,
+            })
+            .await?;
+        if !report.is_ok() {
+            return Err(Error::Corrupt {
+                path: file.clone(),
+                detail: report.problems.join("; "),
+            });
+        }
+        if dest != file {
+            if dest.exists() {
+                return Err(Error::Refused(format!(
+                    "{} already exists in the storage dir; rename the file to import",
+                    dest.display()
+                )));
+            }
+            std::fs::create_dir_all(dir).ctx("cannot create storage dir", dir)?;
+            copy_atomically(&file, &dest)?;
+        }
+        self.adopt(&dest, progress).await
+    }
+
+    /// Verifies an archive in the storage dir and inserts its catalog row from its metadata.
+    async fn adopt(&self, path: &Path, progress: Progress) -> Result<BackupEntry> {
+        let report = self
+            .archive(|r| ArchiveMsg::Verify {
+                path: path.to_path_buf(),
+                expected_sha256: None,
+                progress,
+                cancel: CancelFlag::default(),
+                reply: r,
+            })
+            .await?;
+        if !report.is_ok() {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                detail: report.problems.join("; "),
+            });
+        }
+        let info = report.info.clone().ok_or_else(|| Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: "no info.json".into(),
+        })?;
+        let created_at = DateTime::parse_from_rfc3339(&info.created_at)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| Error::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("created_at {:?}: {e}", info.created_at),
+            })?;
+        let now = Utc::now();
+        let record = BackupRecord {
+            id: 0,
+            file_path: path.to_path_buf(),
+            backup_type: BackupType::parse(&info.backup_type).unwrap_or(BackupType::Manual),
+            service_version: info.service_version.clone(),
+            status: BackupStatus::Completed,
+            size: Some(report.size),
+            sha256: Some(report.sha256.clone()),
+            entry_count: Some(report.entries),
+            error: None,
+            created_at,
+            finished_at: Some(created_at),
+            owner_pid: None,
+            verified_at: Some(now),
+            compose_project: Some(info.compose_project.clone()),
+        };
+        let id = self
+            .store(|r| StoreMsg::InsertCompletedBackup(Box::new(record), r))
+            .await?;
+        self.get_backup(id).await
+    }
+}
+
+fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    let partial = partial_path(to);
+    let result = (|| {
+        std::fs::copy(from, &partial).ctx("cannot copy archive", &partial)?;
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .ctx("cannot sync", &partial)?;
+        std::fs::rename(&partial, to).ctx("cannot rename into place", to)?;
+        if let Some(parent) = to.parent() {
+            crate::restore::sync_dir(parent)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}

@@ -1,0 +1,503 @@
+//! The upgrade runner: an upgrade that goes wrong leaves the operator exactly where they were.
+//!
+//! Design note: lock -> validate the release package (safe paths, a parseable compose file,
+//! nothing in the data scope) -> stop the services -> PreUpgrade backup of everything (no
+//! backup, no upgrade) -> unpack the package into a staging dir and swap it in like a
+//! rollback (everything outside the data scope replaced; the data scope kept) -> write the new
+//! version to `config.toml` atomically -> `compose up -d` -> wait for health. If anything after
+//! the backup fails, or health does not come within the timeout, the pre-upgrade backup is
+//! restored (code and data), the old version written back, and the old release started
+//! (exit 5); if that fails too, exit 6 with the exact state. Each step is journaled, so a crash
+//! mid-upgrade is rolled back by the next invocation.
+//!
+//! `.env` holds operator secrets: when the package ships no `.env`, the live one is kept;
+//! when it ships one, it replaces the live one (the old one is in the pre-upgrade backup and
+//! comes back on rollback).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use nuwax_store::{BackupType, OperationKind, OperationState, UpgradeOutcome};
+use serde::{Deserialize, Serialize};
+
+use crate::actors::archive_actor::ArchiveMsg;
+use crate::actors::docker_actor::DockerMsg;
+use crate::actors::store_actor::StoreMsg;
+use crate::archive::{ImageRecord, TopLevelFilter};
+use crate::docker::{ContainerInfo, policy};
+use crate::error::{Error, IoContext, Result};
+use crate::package::PackageInfo;
+use crate::progress::{Phase, Progress};
+use crate::restore::{self, SwapPlan};
+use crate::runtime::{BackupEntry, RollbackRequest, RollbackScope, Runtime};
+
+/// Prefix of an upgrade's work dir inside the compose dir.
+pub const UPGRADE_PREFIX: &str = ".nuwax-upgrade-";
+
+#[derive(Debug, Clone)]
+pub struct UpgradeRequest {
+    /// The release package: a `.tar.gz` of the new compose project dir without the data scope.
+    pub package: PathBuf,
+    /// The new version; default: the package's file name without `.tar.gz`.
+    pub version: Option<String>,
+    /// How long to wait for health; default `[upgrade] health_timeout`.
+    pub health_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpgradeReport {
+    pub upgrade_id: i64,
+    pub from_version: String,
+    pub to_version: String,
+    pub backup: BackupEntry,
+    pub package: PackageInfo,
+}
+
+/// Journal details of an upgrade.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct UpgradeJournal {
+    pub upgrade_id: i64,
+    pub from_version: String,
+    pub to_version: String,
+    #[serde(default)]
+    pub backup_id: Option<i64>,
+    #[serde(default)]
+    pub work_dir: PathBuf,
+    #[serde(default)]
+    pub plan: Option<SwapPlan>,
+    #[serde(default)]
+    pub stopped: Vec<ContainerInfo>,
+}
+
+impl Runtime {
+    /// A PreUpgrade backup for another program (an external upgrade runner): stops what runs,
+    /// backs up everything, starts exactly what ran again.
+    pub async fn pre_upgrade_backup(&self, progress: Progress) -> Result<BackupEntry> {
+        let report = self
+            .stopped_backup(BackupType::PreUpgrade, progress)
+            .await?;
+        match (report.backup, report.backup_error, report.restart_error) {
+            (Some(b), None, None) => Ok(b),
+            (_, Some(e), _) => Err(Error::Internal(e)),
+            (_, None, Some(e)) => Err(Error::Docker(format!(
+                "the backup succeeded but restarting the services failed: {e}"
+            ))),
+            (None, None, None) => Err(Error::Internal("no backup was taken".into())),
+        }
+    }
+
+    pub async fn upgrade(&self, req: UpgradeRequest, progress: Progress) -> Result<UpgradeReport> {
+        let paths = self.settings.paths.clone();
+        let cfg = self.settings.config.clone();
+        let compose_name = paths
+            .compose_file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "docker-compose.yml".into());
+        progress.phase(Phase::Checking, None, None);
+        let package = req.package.clone();
+        let data_paths = cfg.backup.data_paths.clone();
+        let info = self
+            .archive(|r| ArchiveMsg::ValidatePackage(package, compose_name, data_paths, r))
+            .await?;
+        let from = self.settings.service_version();
+        let to = req
+            .version
+            .clone()
+            .unwrap_or_else(|| version_from_name(&req.package));
+        let health_timeout = req
+            .health_timeout
+            .unwrap_or(Duration::from_secs(cfg.upgrade.health_timeout));
+        let upgrade_id = {
+            let (f, t) = (from.clone(), to.clone());
+            self.store(|r| StoreMsg::BeginUpgrade(f, t, r)).await?
+        };
+        let compose = self.compose_or_bare();
+        let containers = self.containers(&compose).await?;
+        let running: Vec<ContainerInfo> = containers
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| policy::is_active(&c.state) && policy::is_persistent(&compose, c))
+            .collect();
+        let mut journal = UpgradeJournal {
+            upgrade_id,
+            from_version: from.clone(),
+            to_version: to.clone(),
+            stopped: running.clone(),
+            ..Default::default()
+        };
+        let op = self
+            .store(|r| {
+                StoreMsg::BeginOperation(
+                    OperationKind::Upgrade,
+                    serde_json::to_value(&journal).unwrap_or_default(),
+                    r,
+                )
+            })
+            .await?;
+
+        // Stop and back up: no backup, no upgrade.
+        let backup = async {
+            if !running.is_empty() {
+                progress.phase(Phase::Stopping, None, Some(running.len() as u64));
+                let list = running.clone();
+                self.docker(|r| DockerMsg::Stop(list, progress.clone(), r))
+                    .await?;
+            }
+            let images = self
+                .images_after_gate(&compose, containers.is_some(), &progress)
+                .await?;
+            self.backup_locked(BackupType::PreUpgrade, compose.clone(), images, &progress)
+                .await
+        }
+        .await;
+        let backup = match backup {
+            Ok(b) => b,
+            Err(e) => {
+                progress.notice(format!("the pre-upgrade backup failed; not upgrading: {e}"));
+                let restart = self.restart_exactly(&running, &progress).await;
+                let msg = format!("pre-upgrade backup failed, nothing was changed: {e}");
+                self.finish_upgrade(op, upgrade_id, UpgradeOutcome::Failed, Some(msg))
+                    .await?;
+                if let Err(re) = restart {
+                    return Err(Error::Docker(format!(
+                        "{e}; and restarting the services that were running failed: {re}"
+                    )));
+                }
+                return Err(e);
+            }
+        };
+        journal.backup_id = Some(backup.record.id);
+        self.store(|r| StoreMsg::SetUpgradeBackup(upgrade_id, backup.record.id, r))
+            .await?;
+        self.set_phase(op, "backed-up", &journal).await?;
+        crate::faults::point("upgrade.after_backup");
+
+        let applied = self
+            .apply_release(
+                op,
+                &mut journal,
+                &req.package,
+                &info,
+                &to,
+                health_timeout,
+                &progress,
+            )
+            .await;
+        match applied {
+            Ok(()) => {
+                self.finish_upgrade(op, upgrade_id, UpgradeOutcome::Succeeded, None)
+                    .await?;
+                Ok(UpgradeReport {
+                    upgrade_id,
+                    from_version: from,
+                    to_version: to,
+                    backup,
+                    package: info,
+                })
+            }
+            Err(cause) => {
+                progress.notice(format!(
+                    "the upgrade to {to} failed: {cause}; rolling back to {from} from backup {}",
+                    backup.record.id
+                ));
+                self.roll_back_upgrade(op, &journal, &backup, &cause, &progress)
+                    .await
+            }
+        }
+    }
+
+    async fn images_after_gate(
+        &self,
+        compose: &crate::docker::ComposeProject,
+        engine: bool,
+        progress: &Progress,
+    ) -> Result<Vec<ImageRecord>> {
+        if !engine {
+            return Ok(Vec::new());
+        }
+        let gate = self.gate(compose, progress).await?;
+        Ok(gate
+            .stopped
+            .iter()
+            .chain(&gate.warnings)
+            .map(|g| ImageRecord {
+                service: g.container.service.clone().unwrap_or_default(),
+                container: g.container.name.clone(),
+                image: g.container.image.clone(),
+                image_id: g.container.image_id.clone(),
+            })
+            .collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_release(
+        &self,
+        op: i64,
+        journal: &mut UpgradeJournal,
+        package: &Path,
+        info: &PackageInfo,
+        to: &str,
+        health_timeout: Duration,
+        progress: &Progress,
+    ) -> Result<()> {
+        let paths = &self.settings.paths;
+        let cfg = &self.settings.config;
+        let work = paths.compose_dir.join(format!("{UPGRADE_PREFIX}{op}"));
+        journal.work_dir = work.clone();
+        self.set_phase(op, "unpacking", journal).await?;
+        let staged = restore::prepare_work_dir(&work)?;
+        let (pkg, st) = (package.to_path_buf(), staged.clone());
+        let items = self
+            .archive(|r| ArchiveMsg::UnpackPackage(pkg, st, r))
+            .await?;
+        restore::sync_filesystem(&staged)?;
+        let data: Vec<OsString> = cfg.backup.data_paths.iter().map(Into::into).collect();
+        let filter = TopLevelFilter::AllExcept(data);
+        let mut excludes = cfg.backup.exclude.clone();
+        if !info.top_level.iter().any(|t| t == ".env") {
+            excludes.push(".env".into());
+        }
+        let plan = restore::plan(&paths.compose_dir, &work, &items, &filter, &excludes)?;
+        restore::check_same_filesystem(&plan)?;
+        restore::carry_nested_excludes(&plan, &excludes)?;
+        progress.phase(Phase::Swapping, None, Some(plan.items.len() as u64));
+        journal.plan = Some(plan.clone());
+        self.set_phase(op, "swapping", journal).await?;
+        restore::apply(&plan)?;
+        self.set_phase(op, "applied", journal).await?;
+        crate::faults::point("upgrade.after_swap");
+        journal.plan = None;
+        if let Err(e) = restore::cleanup(&plan) {
+            progress.notice(format!("warning: could not remove {}: {e}", work.display()));
+        }
+        crate::config_edit::set_service_version(&paths.config_file, to)?;
+        self.set_phase(op, "starting", journal).await?;
+        crate::faults::point("upgrade.before_start");
+        let compose = self.compose_project()?;
+        self.compose_up(&compose, progress).await?;
+        self.wait_healthy_for(&compose, Vec::new(), health_timeout, progress)
+            .await
+    }
+
+    /// Restores the pre-upgrade backup (code and data), the old version, and starts the old
+    /// release. Always returns an error: exit 5 when everything is back, 6 otherwise.
+    async fn roll_back_upgrade(
+        &self,
+        op: i64,
+        journal: &UpgradeJournal,
+        backup: &BackupEntry,
+        cause: &Error,
+        progress: &Progress,
+    ) -> Result<UpgradeReport> {
+        let paths = &self.settings.paths;
+        // An unfinished swap is reverted first so the rollback starts from a whole tree.
+        if let Some(plan) = &journal.plan {
+            let _ = restore::revert(plan);
+        }
+        let _ = restore::remove_path(&journal.work_dir);
+        let restored = self
+            .rollback(
+                RollbackRequest {
+                    id: backup.record.id,
+                    scope: RollbackScope::All,
+                    start: true,
+                },
+                progress.clone(),
+            )
+            .await;
+        let version =
+            crate::config_edit::set_service_version(&paths.config_file, &journal.from_version);
+        let (outcome, err) = match (&restored, &version) {
+            (Ok(r), Ok(_)) if r.start_error.is_none() => (
+                UpgradeOutcome::RolledBack,
+                Error::UpgradeRolledBack(format!(
+                    "the upgrade from {} to {} failed: {cause}. It was rolled back automatically: compose file, .env, config, app and data were restored from pre-upgrade backup {}, config.toml says {} again, and the services are running",
+                    journal.from_version,
+                    journal.to_version,
+                    backup.record.id,
+                    journal.from_version
+                )),
+            ),
+            (Ok(r), Ok(_)) => (
+                UpgradeOutcome::RollbackFailed,
+                Error::UpgradeRollbackFailed(format!(
+                    "the upgrade from {} to {} failed: {cause}. The files and data of {} were restored from backup {} and config.toml says {} again, but starting the old release failed: {}. Fix that, then run `nuwax-cli docker-service start`",
+                    journal.from_version,
+                    journal.to_version,
+                    journal.from_version,
+                    backup.record.id,
+                    journal.from_version,
+                    r.start_error.as_deref().unwrap_or("")
+                )),
+            ),
+            (Err(re), _) => (
+                UpgradeOutcome::RollbackFailed,
+                Error::UpgradeRollbackFailed(format!(
+                    "the upgrade from {} to {} failed: {cause}. The automatic rollback failed too: {re}. The compose dir holds the NEW release (with the data as the new release left it); config.toml {}. The pre-upgrade backup {} ({}) is intact: restore it with `nuwax-cli rollback {} --force --rollback-data`",
+                    journal.from_version,
+                    journal.to_version,
+                    match &version {
+                        Ok(_) => format!("says {} again", journal.from_version),
+                        Err(e) => format!("could not be reset ({e})"),
+                    },
+                    backup.record.id,
+                    backup.record.file_path.display(),
+                    backup.record.id
+                )),
+            ),
+            (Ok(_), Err(ve)) => (
+                UpgradeOutcome::RollbackFailed,
+                Error::UpgradeRollbackFailed(format!(
+                    "the upgrade from {} to {} failed: {cause}. The old release and data were restored from backup {}, but writing version {} back to config.toml failed: {ve}; set [versions] docker_service = \"{}\" by hand",
+                    journal.from_version,
+                    journal.to_version,
+                    backup.record.id,
+                    journal.from_version,
+                    journal.from_version
+                )),
+            ),
+        };
+        let upgrade_id = journal.upgrade_id;
+        self.finish_upgrade(op, upgrade_id, outcome, Some(err.to_string()))
+            .await?;
+        Err(err)
+    }
+
+    async fn finish_upgrade(
+        &self,
+        op: i64,
+        upgrade_id: i64,
+        outcome: UpgradeOutcome,
+        error: Option<String>,
+    ) -> Result<()> {
+        let e2 = error.clone();
+        self.store(|r| StoreMsg::FinishUpgrade(upgrade_id, outcome, e2, r))
+            .await?;
+        let state = if outcome == UpgradeOutcome::Succeeded {
+            OperationState::Succeeded
+        } else {
+            OperationState::Failed
+        };
+        self.store(|r| StoreMsg::FinishOperation(op, state, error, r))
+            .await
+    }
+
+    /// Recovery of an upgrade whose process died: revert an unfinished swap; once the new
+    /// release was (partly) applied, restore the pre-upgrade backup and the old version.
+    pub(crate) async fn recover_upgrade(&self, op: &nuwax_store::Operation) -> Result<String> {
+        let j: UpgradeJournal = serde_json::from_value(op.details.clone()).map_err(|e| {
+            Error::Internal(format!("unreadable journal of operation {}: {e}", op.id))
+        })?;
+        let mut what = format!(
+            "upgrade from {} to {} was interrupted (pid {} died in phase '{}')",
+            j.from_version, j.to_version, op.pid, op.phase
+        );
+        let outcome;
+        match op.phase.as_str() {
+            "swapping" | "applied" | "starting" => {
+                if let (Some(plan), "swapping") = (&j.plan, op.phase.as_str()) {
+                    restore::revert(plan)?;
+                }
+                let _ = restore::remove_path(&j.work_dir);
+                let Some(backup_id) = j.backup_id else {
+                    return Err(Error::Internal("upgrade journal without its backup".into()));
+                };
+                self.rollback(
+                    RollbackRequest {
+                        id: backup_id,
+                        scope: RollbackScope::All,
+                        start: !j.stopped.is_empty(),
+                    },
+                    Progress::none(),
+                )
+                .await?;
+                crate::config_edit::set_service_version(
+                    &self.settings.paths.config_file,
+                    &j.from_version,
+                )?;
+                what.push_str(&format!(
+                    "; rolled back to {} from pre-upgrade backup {backup_id}",
+                    j.from_version
+                ));
+                outcome = UpgradeOutcome::RolledBack;
+            }
+            _ => {
+                if !j.work_dir.as_os_str().is_empty() {
+                    restore::remove_path(&j.work_dir)?;
+                }
+                if !j.stopped.is_empty() {
+                    self.docker(|r| DockerMsg::Start(j.stopped.clone(), Progress::none(), r))
+                        .await?;
+                    what.push_str("; the services that were running were started again");
+                }
+                outcome = UpgradeOutcome::Failed;
+            }
+        }
+        let note = what.clone();
+        self.store(|r| StoreMsg::FinishUpgrade(j.upgrade_id, outcome, Some(note), r))
+            .await?;
+        Ok(what)
+    }
+}
+
+fn version_from_name(package: &Path) -> String {
+    let name = package
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name
+        .strip_suffix(".tar.gz")
+        .or_else(|| name.strip_suffix(".tgz"))
+        .unwrap_or(&name);
+    if stem.is_empty() {
+        format!("upgrade-{}", Utc::now().format("%Y%m%d%H%M%S"))
+    } else {
+        stem.to_owned()
+    }
+}
+
+/// Unpacks a validated release package into `staging` (tar's `unpack_in`, which refuses
+/// `..` and writes nothing outside). Returns the top-level names.
+pub(crate) fn unpack_package(package: &Path, staging: &Path) -> Result<Vec<OsString>> {
+    let file = std::fs::File::open(package).ctx("cannot open release package", package)?;
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(
+        std::io::BufReader::new(file),
+    ));
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(false);
+    let mut top = std::collections::BTreeSet::new();
+    for entry in archive
+        .entries()
+        .ctx("cannot read release package", package)?
+    {
+        let mut entry = entry.ctx("cannot read release package", package)?;
+        let path = entry
+            .path()
+            .ctx("cannot read release package", package)?
+            .into_owned();
+        let rel: PathBuf = path
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        let Some(first) = rel.components().next() else {
+            continue;
+        };
+        top.insert(first.as_os_str().to_owned());
+        let unpacked = entry
+            .unpack_in(staging)
+            .ctx("cannot unpack release package entry", staging.join(&rel))?;
+        if !unpacked {
+            return Err(Error::UnsafeEntry {
+                path: package.to_path_buf(),
+                entry: rel.display().to_string(),
+                reason: "would land outside the staging dir".into(),
+            });
+        }
+    }
+    Ok(top.into_iter().collect())
+}

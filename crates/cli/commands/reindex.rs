@@ -1,0 +1,124 @@
+//! `reindex` and `import`: rebuild or extend the catalog from archives.
+
+use std::path::PathBuf;
+
+use nuwax_actors::Runtime;
+use serde::Serialize;
+
+use crate::exit::ExitStatus;
+use crate::output::BackupJson;
+use crate::printer::Printer;
+use crate::progress::Renderer;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ImportArgs {
+    /// The archive to adopt (verified first; copied into the storage dir when outside it).
+    pub file: PathBuf,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct ReindexDocument {
+    success: bool,
+    /// Archives added to the catalog.
+    added: Vec<BackupJson>,
+    /// Archives that were already in the catalog.
+    known: usize,
+    /// Files that are not valid archives, with the reason.
+    invalid: Vec<InvalidJson>,
+    /// Catalog entries whose archive file is gone.
+    missing: Vec<BackupJson>,
+}
+
+#[derive(Serialize)]
+struct InvalidJson {
+    file_path: String,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct ImportDocument {
+    success: bool,
+    backup: BackupJson,
+}
+
+pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let result = rt.reindex(progress.clone()).await;
+    renderer.finish(progress).await;
+    let r = result?;
+    for a in &r.added {
+        printer.info(&format!(
+            "added backup {} from {}",
+            a.record.id,
+            a.record.file_path.display()
+        ));
+    }
+    for (p, e) in &r.invalid {
+        printer.warn(&format!("{} is not a usable archive: {e}", p.display()));
+    }
+    for m in &r.missing {
+        printer.warn(&format!(
+            "backup {}'s archive {} is gone; remove the entry with `nuwax-cli delete-backup {}`",
+            m.record.id,
+            m.record.file_path.display(),
+            m.record.id
+        ));
+    }
+    printer.info(&format!(
+        "{} added, {} already known, {} invalid, {} missing",
+        r.added.len(),
+        r.known,
+        r.invalid.len(),
+        r.missing.len()
+    ));
+    if args.json {
+        printer.json(&ReindexDocument {
+            success: true,
+            added: r.added.iter().map(BackupJson::from).collect(),
+            known: r.known,
+            invalid: r
+                .invalid
+                .iter()
+                .map(|(p, e)| InvalidJson {
+                    file_path: p.display().to_string(),
+                    error: e.clone(),
+                })
+                .collect(),
+            missing: r.missing.iter().map(BackupJson::from).collect(),
+        });
+    }
+    Ok(ExitStatus::Success)
+}
+
+pub(crate) async fn run_import(
+    args: ImportArgs,
+    rt: &Runtime,
+    printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
+    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let result = rt.import(&args.file, progress.clone()).await;
+    renderer.finish(progress).await;
+    let entry = result?;
+    printer.info(&format!(
+        "imported {} as backup {}",
+        entry.record.file_path.display(),
+        entry.record.id
+    ));
+    if args.json {
+        printer.json(&ImportDocument {
+            success: true,
+            backup: BackupJson::from(&entry),
+        });
+    }
+    Ok(ExitStatus::Success)
+}
