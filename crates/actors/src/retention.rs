@@ -205,6 +205,17 @@ pub fn plan(
         .collect())
 }
 
+impl From<&crate::config::RetentionConfig> for KeepRules {
+    fn from(c: &crate::config::RetentionConfig) -> Self {
+        KeepRules {
+            keep_last: c.keep_last,
+            keep_daily: c.keep_daily,
+            keep_weekly: c.keep_weekly,
+            keep_monthly: c.keep_monthly,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -537,16 +548,5 @@ mod tests {
         ];
         let d = plan(&b, &rules(Some(5), Some(5), Some(5), Some(5)), &[], now()).unwrap();
         assert_eq!(kept(&d), [2]);
-    }
-}
-
-impl From<&crate::config::RetentionConfig> for KeepRules {
-    fn from(c: &crate::config::RetentionConfig) -> Self {
-        KeepRules {
-            keep_last: c.keep_last,
-            keep_daily: c.keep_daily,
-            keep_weekly: c.keep_weekly,
-            keep_monthly: c.keep_monthly,
-        }
     }
 }

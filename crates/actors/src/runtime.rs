@@ -380,18 +380,7 @@ impl Runtime {
                 .notice("warning: --skip-docker-check: not checking that the services are stopped");
             Vec::new()
         } else {
-            let report = self.gate(&compose, &progress).await?;
-            report
-                .stopped
-                .iter()
-                .chain(&report.warnings)
-                .map(|g| ImageRecord {
-                    service: g.container.service.clone().unwrap_or_default(),
-                    container: g.container.name.clone(),
-                    image: g.container.image.clone(),
-                    image_id: g.container.image_id.clone(),
-                })
-                .collect()
+            self.images_after_gate(&compose, true, &progress).await?
         };
         self.backup_locked(req.backup_type, compose, images, &progress)
             .await

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::actors::docker_actor::DockerMsg;
 use crate::actors::store_actor::StoreMsg;
-use crate::archive::ImageRecord;
 use crate::docker::{ComposeProject, ContainerInfo, policy};
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress};
@@ -61,6 +60,37 @@ pub struct AutoBackupReport {
     pub restart_error: Option<String>,
     /// Backups deleted by `[backup.retention]` afterwards.
     pub pruned: usize,
+}
+
+impl AutoBackupReport {
+    /// The backup was taken and everything that ran runs again.
+    pub fn ok(&self) -> bool {
+        self.backup_error.is_none() && self.restart_error.is_none()
+    }
+
+    /// Both errors, joined.
+    pub fn error_text(&self) -> String {
+        self.backup_error
+            .iter()
+            .chain(&self.restart_error)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// The active persistent containers among `containers`: what a cold backup must stop and
+/// start again afterwards.
+pub(crate) fn running_persistent(
+    compose: &ComposeProject,
+    containers: Option<&[ContainerInfo]>,
+) -> Vec<ContainerInfo> {
+    containers
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| policy::is_active(&c.state) && policy::is_persistent(compose, c))
+        .cloned()
+        .collect()
 }
 
 /// Bookkeeping of the last `auto-backup run`.
@@ -134,10 +164,7 @@ impl Runtime {
     pub async fn stop_services(&self, progress: &Progress) -> Result<Vec<ContainerInfo>> {
         let compose = self.compose_or_bare();
         let containers = Self::require_engine(self.containers(&compose).await?)?;
-        let active: Vec<ContainerInfo> = containers
-            .into_iter()
-            .filter(|c| policy::is_active(&c.state) && policy::is_persistent(&compose, c))
-            .collect();
+        let active = running_persistent(&compose, Some(&containers));
         if active.is_empty() {
             return Ok(active);
         }
@@ -249,14 +276,7 @@ impl Runtime {
         let mut report = self
             .stopped_backup(BackupType::Auto, progress.clone())
             .await?;
-        let ok = report.backup_error.is_none() && report.restart_error.is_none();
-        let err = report
-            .backup_error
-            .iter()
-            .chain(&report.restart_error)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("; ");
+        let (ok, err) = (report.ok(), report.error_text());
         let status = AutoBackupStatus {
             last_run: Some(started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             last_result: Some(if ok { "success" } else { "failed" }.into()),
@@ -294,12 +314,7 @@ impl Runtime {
                 "warning: no Docker engine socket found on this machine; backing up without stopping anything",
             );
         }
-        let running: Vec<ContainerInfo> = containers
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| policy::is_active(&c.state) && policy::is_persistent(&compose, c))
-            .collect();
+        let running = running_persistent(&compose, containers.as_deref());
         // Journal first: if we die after stopping, the next run starts them again.
         let op = self
             .store(|r| {
@@ -329,21 +344,9 @@ impl Runtime {
             }
             crate::faults::point("auto_backup.after_stop");
             // The gate must pass now; it also records the images.
-            let images: Vec<ImageRecord> = if containers.is_some() {
-                let gate = self.gate(&compose, &progress).await?;
-                gate.stopped
-                    .iter()
-                    .chain(&gate.warnings)
-                    .map(|g| ImageRecord {
-                        service: g.container.service.clone().unwrap_or_default(),
-                        container: g.container.name.clone(),
-                        image: g.container.image.clone(),
-                        image_id: g.container.image_id.clone(),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let images = self
+                .images_after_gate(&compose, containers.is_some(), &progress)
+                .await?;
             self.backup_locked(kind, compose.clone(), images, &progress)
                 .await
         }
@@ -356,14 +359,7 @@ impl Runtime {
         if let Err(e) = self.restart_exactly(&running, &progress).await {
             report.restart_error = Some(e.to_string());
         }
-        let ok = report.backup_error.is_none() && report.restart_error.is_none();
-        let err = report
-            .backup_error
-            .iter()
-            .chain(&report.restart_error)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("; ");
+        let (ok, err) = (report.ok(), report.error_text());
         self.store(|r| {
             StoreMsg::FinishOperation(
                 op,

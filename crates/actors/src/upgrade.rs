@@ -26,7 +26,7 @@ use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::docker_actor::DockerMsg;
 use crate::actors::store_actor::StoreMsg;
 use crate::archive::{ImageRecord, TopLevelFilter};
-use crate::docker::{ContainerInfo, policy};
+use crate::docker::ContainerInfo;
 use crate::error::{Error, IoContext, Result};
 use crate::package::PackageInfo;
 use crate::progress::{Phase, Progress};
@@ -116,12 +116,7 @@ impl Runtime {
         };
         let compose = self.compose_or_bare();
         let containers = self.containers(&compose).await?;
-        let running: Vec<ContainerInfo> = containers
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| policy::is_active(&c.state) && policy::is_persistent(&compose, c))
-            .collect();
+        let running = crate::services::running_persistent(&compose, containers.as_deref());
         let mut journal = UpgradeJournal {
             upgrade_id,
             from_version: from.clone(),
@@ -210,7 +205,8 @@ impl Runtime {
         }
     }
 
-    async fn images_after_gate(
+    /// Runs the gate (unless there is no engine) and returns the images it saw.
+    pub(crate) async fn images_after_gate(
         &self,
         compose: &crate::docker::ComposeProject,
         engine: bool,
