@@ -80,7 +80,7 @@ pub enum Error {
     },
     #[error("{path} changed while it was being read ({detail}); stop the services and retry")]
     SourceChanged { path: PathBuf, detail: String },
-    #[error("interrupted")]
+    #[error("interrupted; partial work was removed and live data is as it was")]
     Interrupted,
     #[error("internal error: {0}")]
     Internal(String),
