@@ -170,9 +170,14 @@ impl Runtime {
         }
         progress.phase(Phase::Stopping, None, Some(active.len() as u64));
         let list = active.clone();
-        self.docker(|r| DockerMsg::Stop(list, progress.clone(), r))
+        let names = self
+            .docker(|r| DockerMsg::Stop(list, progress.clone(), r))
             .await?;
-        Ok(active)
+        // In the order they actually stopped (reverse dependency order).
+        Ok(names
+            .iter()
+            .filter_map(|n| active.iter().find(|c| &c.name == n).cloned())
+            .collect())
     }
 
     /// Starts the project: existing containers in dependency order (compose's `start`), or
