@@ -117,9 +117,6 @@ EOF
 LEVEL_ARGS=()
 [[ -n "$LEVEL" ]] && LEVEL_ARGS=(--compression-level "$LEVEL")
 
-our_backup() { # WORKDIR
-    "$BIN" -C "$1" -q backup --skip-docker-check "${LEVEL_ARGS[@]}"
-}
 
 # --- warm up -----------------------------------------------------------------------------
 say "warming the page cache"
@@ -140,7 +137,7 @@ for r in $(seq 1 "$ROUNDS"); do
     rm -rf "$SCRATCH/work"
     mkdir -p "$SCRATCH/work"
     write_config "$SCRATCH/work" "$CORPUS/docker-compose.yml"
-    timed_rss ours_backup our_backup "$SCRATCH/work"
+    timed_rss ours_backup "$BIN" -C "$SCRATCH/work" -q backup --skip-docker-check "${LEVEL_ARGS[@]}"
     OURS=$(ls "$SCRATCH"/work/backups/*.tar.gz)
 done
 OURS_ID=$("$BIN" -C "$SCRATCH/work" list-backups --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["backups"][0]["id"])')

@@ -472,7 +472,8 @@ impl Runtime {
                 tool: format!("nuwax-cli {}", env!("CARGO_PKG_VERSION")),
                 backup_type: backup_type.as_str().to_owned(),
                 service_version: version.clone(),
-                created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                // Microseconds, as in the catalog: a rebuilt catalog keeps the exact order.
+                created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                 compose_project: compose.name.clone(),
                 data_paths: cfg.backup.data_paths.clone(),
                 excluded: cfg.backup.exclude.clone(),

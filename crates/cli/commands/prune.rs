@@ -77,7 +77,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
         let mut out = String::new();
         for d in &decisions {
             out.push_str(&format!(
-                "{:<6} {:>5}  {}\n",
+                "{:<10} {:>5}  {}\n",
                 if d.keep {
                     "keep"
                 } else if args.dry_run {

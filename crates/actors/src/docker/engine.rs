@@ -771,7 +771,16 @@ pub async fn compose_up(compose_file: &Path, env_file: Option<&Path>, project: &
             tracing::debug!(env_file = %env.display(), "env file missing: not passed to compose");
         }
     }
-    args.extend(["-p".into(), project.into(), "up".into(), "-d".into()]);
+    // --remove-orphans: after a rollback or an upgrade, containers of services the compose
+    // file no longer defines belong to the other release; leaving them would start (and wait
+    // for) the wrong release's services.
+    args.extend([
+        "-p".into(),
+        project.into(),
+        "up".into(),
+        "-d".into(),
+        "--remove-orphans".into(),
+    ]);
     let shown = format!(
         "{program} {}",
         args.iter()
