@@ -433,9 +433,9 @@ fn flipped_gzip_bytes_with_a_matching_checksum_are_refused() {
             flipped(good, last.offset + last.len - 12),
         )
         // What the damaged deflate data decodes to depends on the bytes (which differ per
-        // run: timestamps, project name); every outcome names the member.
-        .stderr(&["corrupt", "gzip member"])
-        .problem(&["gzip member"]),
+        // run: timestamps, project name); every outcome names the gzip layer.
+        .stderr(&["corrupt", "gzip"])
+        .problem(&["gzip"]),
     ];
     run_cases(&b, &cases);
 }

@@ -8,7 +8,7 @@
 //! in [`VerifyReport::problems`]; `Err` is reserved for I/O trouble and interruption.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -235,8 +235,9 @@ fn scan(
 /// decompressing nothing beyond it.
 pub fn read_info(path: &Path) -> Result<ArchiveInfo> {
     let file = File::open(path).ctx("cannot open archive", path)?;
-    // MultiGzDecoder: the first gzip member may end before the first entry does.
-    let gz = flate2::read::MultiGzDecoder::new(BufReader::new(file));
+    // The verifying reader: a member's CRC is checked before any of its bytes are used, and a
+    // truncated file says so; one thread is plenty for the first entry or two.
+    let gz = super::pgzip::open_reader(file, 1).ctx("cannot read archive", path)?;
     let mut archive = tar::Archive::new(gz);
     let entries = archive
         .entries()
