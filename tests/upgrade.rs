@@ -1092,3 +1092,46 @@ fn import_adopts_a_verified_archive_and_refuses_a_corrupt_one() {
         .assert_code(exit::USAGE);
     assert_eq!(env.list().len(), 1);
 }
+
+/// An upgrade killed mid-way (kill -9) is finished by the next invocation of any command:
+/// before the release was applied, the services simply run again; once it was (partly)
+/// applied, the pre-upgrade backup is restored, code and data, with the old version.
+#[test]
+fn a_killed_upgrade_is_rolled_back_by_the_next_command() {
+    for point in [
+        "upgrade.after_backup",
+        "rollback.swap.1.placed",
+        "upgrade.after_swap",
+        "upgrade.before_start",
+    ] {
+        let env = running_stack();
+        let before = env.snapshot_compose();
+        let config_before = config_text(&env);
+        let (package, _) = good_release("2.0.0").pack(&env, "rel.tar.gz");
+        let mut args: Vec<&OsStr> = vec![OsStr::new("upgrade"), OsStr::new("--package")];
+        args.push(package.as_os_str());
+        let out = env.run_env(&args, &[("NUWAX_TEST_CRASH_AT", OsStr::new(point))]);
+        assert_eq!(
+            out.code, None,
+            "{point}: should have been killed there\n{out}"
+        );
+
+        let next = env.run(&["list-backups"]);
+        next.assert_ok().assert_stderr_has("recovery");
+        assert_same_tree(
+            &format!("{point}: compose dir after recovery"),
+            &before,
+            &env.snapshot_compose(),
+        );
+        assert_eq!(
+            config_text(&env),
+            config_before,
+            "{point}: config.toml\n{next}"
+        );
+        assert_db_up(&env, VERSION, &next);
+        let history = upgrade_history(&env);
+        assert_eq!(history.len(), 1, "{point}: {history:#?}");
+        assert_ne!(history[0].outcome, "running", "{point}: {history:#?}");
+        assert_ne!(history[0].outcome, "succeeded", "{point}: {history:#?}");
+    }
+}

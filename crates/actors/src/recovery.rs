@@ -15,7 +15,6 @@ use chrono::Utc;
 use nuwax_store::{BackupCompletion, BackupStatus, Operation, OperationKind, OperationState};
 
 use crate::actors::archive_actor::ArchiveMsg;
-use crate::actors::docker_actor::DockerMsg;
 use crate::actors::store_actor::StoreMsg;
 use crate::archive::CancelFlag;
 use crate::error::Result;
@@ -93,12 +92,16 @@ impl Runtime {
         Ok(notes)
     }
 
-    async fn restart_stopped(&self, stopped: &[crate::docker::ContainerInfo]) -> Result<String> {
+    pub(crate) async fn restart_stopped(
+        &self,
+        stopped: &[crate::docker::ContainerInfo],
+    ) -> Result<String> {
         if stopped.is_empty() {
             return Ok(String::new());
         }
-        self.docker(|r| DockerMsg::Start(stopped.to_vec(), Progress::none(), r))
-            .await?;
+        // Started and waited for, like after any operation: the command that recovered
+        // returns with the services up (or says why not).
+        self.restart_exactly(stopped, &Progress::none()).await?;
         let names: Vec<_> = stopped.iter().map(|c| c.name.as_str()).collect();
         Ok(format!("; restarted {}", names.join(", ")))
     }

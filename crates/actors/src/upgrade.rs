@@ -425,11 +425,7 @@ impl Runtime {
                 if !j.work_dir.as_os_str().is_empty() {
                     restore::remove_path(&j.work_dir)?;
                 }
-                if !j.stopped.is_empty() {
-                    self.docker(|r| DockerMsg::Start(j.stopped.clone(), Progress::none(), r))
-                        .await?;
-                    what.push_str("; the services that were running were started again");
-                }
+                what.push_str(&self.restart_stopped(&j.stopped).await?);
                 outcome = UpgradeOutcome::Failed;
             }
         }
