@@ -15,10 +15,15 @@
 #   BENCH_CACHE  where corpora are cached, one per size (default ${TMPDIR:-/tmp}/nuwax-bench)
 #   ONLY_OURS=1  skip tar and pigz (quick runs, e.g. a compression-level sweep)
 #
-# Every timed command starts after `sync` (no dirty pages from the previous one). Our backup
-# includes its fsyncs and catalog writes; our restore includes the SHA-256 check of the
-# archive, staged extraction with per-file verification, syncfs and the swap. tar and pigz
-# neither fsync nor verify anything.
+# Every timed command starts after `sync` (no dirty pages from the previous one). Nothing is
+# deleted until the end: old archives and restored trees are moved aside, and the restore
+# rounds start with an untimed warm-up extraction. (On ext4 without a journal, as on the
+# machine this was written on, creating files right after deleting tens of thousands is
+# several times slower, for minutes: the inode allocator skips recently deleted inodes, and
+# whoever extracts first pays, up to 5x; the warm-up absorbs deletions of earlier runs.)
+# Our backup includes its fsyncs and catalog writes; our restore includes the SHA-256 check
+# of the archive, staged extraction with per-file verification, syncfs and the swap. tar and
+# pigz neither fsync nor verify anything. Disk: about (3 x ROUNDS + 2) x the corpus.
 set -euo pipefail
 
 SIZE_MB="${1:-1000}"
@@ -71,12 +76,19 @@ if [[ ! -f "$CORPUS_ROOT/.complete" ]]; then
 else
     say "reusing the corpus in $CORPUS"
 fi
-CORPUS_BYTES=$(du -sb --apparent-size "$CORPUS" | cut -f1)
+CORPUS_BYTES=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes"])' "$CORPUS_ROOT/summary.json")
 CORPUS_FILES=$(find "$CORPUS" -type f | wc -l)
 
 SCRATCH="$(mktemp -d "$CACHE/run.XXXXXX")"
 cleanup() { rm -rf "$SCRATCH"; }
 trap cleanup EXIT
+TRASH="$SCRATCH/trash"
+mkdir -p "$TRASH"
+
+# Three restored trees per round, the warm-up tree, and the archives.
+need=$((SIZE_MB * 1000000 / 100 * (300 * ROUNDS + 200)))
+avail=$(df -B1 --output=avail "$SCRATCH" | tail -1)
+[[ "$avail" -gt "$need" ]] || die "needs about $((need / 1000000000)) GB free in $CACHE, has $((avail / 1000000000)) GB"
 
 # --- helpers -----------------------------------------------------------------------------
 now() { date +%s.%N; }
@@ -99,7 +111,15 @@ timed_rss() {
 median() { sort -g "$SCRATCH/t.$1" | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 maxrss() { sort -g "$SCRATCH/rss.$1" | tail -1; }
 fsize() { stat -c %s "$1"; }
-emptydir() { rm -rf "$1"; mkdir -p "$1"; }
+# Moves PATH aside (deleted at the end), leaving nothing or, with a second argument, an empty
+# dir.
+n_trash=0
+discard() {
+    if [[ -e "$1" ]]; then n_trash=$((n_trash + 1)); mv "$1" "$TRASH/$n_trash"; fi
+    if [[ $# -gt 1 ]]; then mkdir -p "$1"; fi
+}
+# Really reads the corpus (GNU tar skips reading when it writes to /dev/null).
+warm() { tar cf - -C "$CORPUS" . | cat >/dev/null; }
 
 # Our work dir: config.toml, catalog and archives under $SCRATCH; the compose dir is the
 # cached corpus itself (read only by a backup).
@@ -118,24 +138,21 @@ LEVEL_ARGS=()
 [[ -n "$LEVEL" ]] && LEVEL_ARGS=(--compression-level "$LEVEL")
 
 
-# --- warm up -----------------------------------------------------------------------------
-say "warming the page cache"
-tar cf - -C "$CORPUS" . >/dev/null
-
 # --- backup rounds -----------------------------------------------------------------------
 TGZ="$SCRATCH/tar.tar.gz"
 PGZ="$SCRATCH/pigz.tar.gz"
 OURS=""
 for r in $(seq 1 "$ROUNDS"); do
     say "backup round $r/$ROUNDS"
+    warm
     if [[ "$ONLY_OURS" != 1 ]]; then
-        rm -f "$TGZ" "$PGZ"
+        discard "$TGZ"
+        discard "$PGZ"
         timed tar_czf tar czf "$TGZ" -C "$CORPUS" .
         timed pigz_c tar -I pigz -cf "$PGZ" -C "$CORPUS" .
     fi
     # A fresh work dir per round: no archive or catalog row from the previous one.
-    rm -rf "$SCRATCH/work"
-    mkdir -p "$SCRATCH/work"
+    discard "$SCRATCH/work" new
     write_config "$SCRATCH/work" "$CORPUS/docker-compose.yml"
     timed_rss ours_backup "$BIN" -C "$SCRATCH/work" -q backup --skip-docker-check "${LEVEL_ARGS[@]}"
     OURS=$(ls "$SCRATCH"/work/backups/*.tar.gz)
@@ -146,16 +163,18 @@ OURS_ID=$("$BIN" -C "$SCRATCH/work" list-backups --json | python3 -c 'import jso
 # Our restore goes into the same work dir, now with an empty compose dir of its own: the
 # rollback restores everything (--rollback-data) and replaces nothing.
 write_config "$SCRATCH/work" "docker/docker-compose.yml"
+say "restore warm-up (untimed)"
+mkdir -p "$TRASH/warmup"
+tar xzf "$OURS" -C "$TRASH/warmup"
 for r in $(seq 1 "$ROUNDS"); do
     say "restore round $r/$ROUNDS"
     if [[ "$ONLY_OURS" != 1 ]]; then
-        emptydir "$SCRATCH/x"
+        discard "$SCRATCH/x" new
         timed tar_xzf tar xzf "$TGZ" -C "$SCRATCH/x"
-        emptydir "$SCRATCH/x"
+        discard "$SCRATCH/x" new
         timed pigz_x bash -c 'pigz -dc "$1" | tar xf - -C "$2"' _ "$TGZ" "$SCRATCH/x"
-        rm -rf "$SCRATCH/x"
     fi
-    emptydir "$SCRATCH/work/docker"
+    discard "$SCRATCH/work/docker" new
     timed_rss ours_restore "$BIN" -C "$SCRATCH/work" -q rollback "$OURS_ID" --force --no-start --rollback-data
 done
 # Sanity: the restored tree is the corpus (content, modes, links; as tar -d sees it).
@@ -176,7 +195,7 @@ RSS_R=$(maxrss ours_restore)
 
 echo
 echo "Benchmark $(date -u +%Y-%m-%d), $(nproc) cores ($CPU), $MEM RAM, $(uname -sr);"
-echo "corpus: make_corpus.py --size-mb $SIZE_MB ($CORPUS_BYTES bytes, $CORPUS_FILES files); warm cache; median of $ROUNDS alternating rounds;"
+echo "corpus: make_corpus.py --size-mb $SIZE_MB ($CORPUS_BYTES bytes of file content, $CORPUS_FILES files); warm cache; median of $ROUNDS alternating rounds;"
 echo "nuwax-cli compression level: ${LEVEL:-default (config)}; \`bench/run.sh $SIZE_MB\`."
 echo
 if [[ "$ONLY_OURS" == 1 ]]; then
@@ -204,3 +223,7 @@ echo "| \`pigz -dc \| tar x\` | $(fmt "$PX") | $(fmt "$(ratio "$OR" "$PX")") | $
 echo "| **nuwax-cli rollback --rollback-data** | **$(fmt "$OR")** | | |"
 echo
 echo "nuwax-cli peak RSS (max over rounds): backup $((RSS_B / 1024)) MiB, restore $((RSS_R / 1024)) MiB."
+raw() { tr '\n' ' ' <"$SCRATCH/t.$1" | sed 's/ $//'; }
+echo
+echo "Per round (s), in run order: tar czf $(raw tar_czf); pigz $(raw pigz_c); ours $(raw ours_backup);"
+echo "tar xzf $(raw tar_xzf); pigz -dc | tar x $(raw pigz_x); ours $(raw ours_restore)."

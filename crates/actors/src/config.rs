@@ -79,7 +79,7 @@ impl Default for BackupConfig {
             .into_iter()
             .map(String::from)
             .collect(),
-            compression_level: 6,
+            compression_level: 3,
             retention: RetentionConfig::default(),
         }
     }

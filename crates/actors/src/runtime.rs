@@ -75,6 +75,8 @@ pub struct BackupRequest {
     pub backup_type: BackupType,
     /// Skip the cold-backup gate (explicit operator override).
     pub skip_docker_check: bool,
+    /// gzip level 1..=9 for this backup; `None` = config `backup.compression_level`.
+    pub compression_level: Option<u32>,
 }
 
 /// What a rollback restores.
@@ -382,16 +384,36 @@ impl Runtime {
         } else {
             self.images_after_gate(&compose, true, &progress).await?
         };
-        self.backup_locked(req.backup_type, compose, images, &progress)
-            .await
+        self.backup_at_level(
+            req.backup_type,
+            compose,
+            images,
+            req.compression_level,
+            &progress,
+        )
+        .await
     }
 
-    /// The backup itself, after the gate (also used by auto-backup and upgrade).
+    /// The backup itself, after the gate (also used by auto-backup and upgrade), at the
+    /// configured compression level.
     pub(crate) async fn backup_locked(
         &self,
         backup_type: BackupType,
         compose: ComposeProject,
         images: Vec<ImageRecord>,
+        progress: &Progress,
+    ) -> Result<BackupEntry> {
+        self.backup_at_level(backup_type, compose, images, None, progress)
+            .await
+    }
+
+    /// [`Runtime::backup_locked`] with an optional compression level overriding the config.
+    async fn backup_at_level(
+        &self,
+        backup_type: BackupType,
+        compose: ComposeProject,
+        images: Vec<ImageRecord>,
+        level: Option<u32>,
         progress: &Progress,
     ) -> Result<BackupEntry> {
         let paths = &self.settings.paths;
@@ -465,7 +487,7 @@ impl Runtime {
             source_dir: paths.compose_dir.clone(),
             dest: dest.clone(),
             exclude: cfg.backup.exclude.clone(),
-            level: cfg.backup.compression_level,
+            level: level.unwrap_or(cfg.backup.compression_level),
             threads: 0,
             info: ArchiveInfo {
                 format: crate::archive::FORMAT_VERSION,
@@ -750,7 +772,11 @@ impl Runtime {
         restore::sync_filesystem(&staged)?;
         crate::faults::point("rollback.after_extract");
 
-        // 3. Stop what runs.
+        // 3. Stop what runs now (extraction may have taken minutes: ask the engine again).
+        let containers = match containers {
+            Some(_) => self.containers(&self.compose_or_bare()).await?,
+            None => None,
+        };
         let running: Vec<ContainerInfo> = containers
             .unwrap_or_default()
             .into_iter()
@@ -767,7 +793,7 @@ impl Runtime {
 
         // 4. Swap.
         let mut excludes = self.settings.config.backup.exclude.clone();
-        for e in &extracted.manifest.info.excluded {
+        for e in &extracted.info.excluded {
             if !excludes.contains(e) {
                 excludes.push(e.clone());
             }

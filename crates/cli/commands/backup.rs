@@ -16,6 +16,10 @@ pub(crate) struct Args {
     /// database gives an inconsistent copy).
     #[arg(long)]
     pub skip_docker_check: bool,
+    /// gzip level 1-9 for this backup, overriding `[backup] compression_level`: lower is
+    /// faster, higher is smaller (see "Speed" in the README).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: Option<u32>,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
@@ -25,6 +29,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
             BackupRequest {
                 backup_type: BackupType::Manual,
                 skip_docker_check: args.skip_docker_check,
+                compression_level: args.compression_level,
             },
             progress.clone(),
         )

@@ -144,6 +144,82 @@ impl Parsed {
     }
 }
 
+/// A content entry as read from the stream, kept until the manifest (the last entry) can be
+/// compared with it: the fields of its [`ManifestEntry`] in raw form, a third of the size
+/// (120 000 of them for a 4 GB tree).
+#[derive(Debug, Clone)]
+pub(super) struct Observed {
+    path: Box<[u8]>,
+    target: Option<Box<[u8]>>,
+    /// Content SHA-256 of a regular file, once known.
+    pub sha256: Option<[u8; 32]>,
+    kind: EntryKind,
+    size: u64,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: i64,
+}
+
+impl Observed {
+    pub(super) fn of(e: &Parsed) -> Self {
+        Observed {
+            path: e.path.clone().into_boxed_slice(),
+            target: e.target.clone().map(Vec::into_boxed_slice),
+            sha256: None,
+            kind: e.kind,
+            size: e.size,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+        }
+    }
+
+    /// The manifest record of this entry.
+    pub(super) fn to_manifest_entry(&self) -> ManifestEntry {
+        let (path, path_hex) = encode_bytes(&self.path);
+        let (target, target_hex) = match &self.target {
+            Some(t) => encode_bytes(t),
+            None => (None, None),
+        };
+        ManifestEntry {
+            path,
+            path_hex,
+            kind: self.kind,
+            size: self.size,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            sha256: self.sha256.map(hex::encode),
+            target,
+            target_hex,
+        }
+    }
+
+    /// Whether `m` equals [`Observed::to_manifest_entry`] exactly.
+    fn same_as(&self, m: &ManifestEntry) -> bool {
+        let bytes_equal =
+            |raw: Option<&[u8]>, text: &Option<String>, hex_: &Option<String>| match raw {
+                None => text.is_none() && hex_.is_none(),
+                Some(raw) => match std::str::from_utf8(raw) {
+                    Ok(t) => text.as_deref() == Some(t) && hex_.is_none(),
+                    Err(_) => text.is_none() && hex_.as_deref() == Some(&hex::encode(raw)),
+                },
+            };
+        self.kind == m.kind
+            && self.size == m.size
+            && self.mode == m.mode
+            && self.uid == m.uid
+            && self.gid == m.gid
+            && self.mtime == m.mtime
+            && self.sha256.map(hex::encode) == m.sha256
+            && bytes_equal(Some(&self.path), &m.path, &m.path_hex)
+            && bytes_equal(self.target.as_deref(), &m.target, &m.target_hex)
+    }
+}
+
 /// Reads and validates an entry's header: type, path, link target, numeric fields.
 pub(super) fn parse_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Parsed, Refusal> {
     let raw_path = entry.path_bytes().into_owned();
@@ -376,6 +452,10 @@ pub(super) struct Meta {
     phase: MetaPhase,
     pub info: Option<ArchiveInfo>,
     pub manifest: Option<Manifest>,
+    /// Set by [`Meta::accept_against`]: the manifest's differences from the observed
+    /// entries, found while it was parsed. `manifest.entries` is then empty when there are
+    /// none (the entries were compared one by one and dropped).
+    pub problems: Option<Vec<String>>,
 }
 
 impl Meta {
@@ -384,6 +464,7 @@ impl Meta {
             phase: MetaPhase::Start,
             info: None,
             manifest: None,
+            problems: None,
         }
     }
 
@@ -391,6 +472,29 @@ impl Meta {
     /// `Ok(true)`; returns `Ok(false)` for a content entry, which is only allowed between
     /// `info.json` and `manifest.json`.
     pub(super) fn accept(&mut self, e: &Parsed, data: &mut dyn Read) -> Result<bool, Refusal> {
+        self.accept_inner(e, data, None)
+    }
+
+    /// [`Meta::accept`] that compares `manifest.json` with `observed` (every content entry of
+    /// the stream, in order, checksums filled in) while parsing it, without keeping its
+    /// entries in memory: with 120 000 entries the parsed manifest, its text and the observed
+    /// list would be three copies of about 30 MB each. The result, in `problems`, is what
+    /// [`compare_manifest`] says.
+    pub(super) fn accept_against(
+        &mut self,
+        e: &Parsed,
+        data: &mut dyn Read,
+        observed: &[Observed],
+    ) -> Result<bool, Refusal> {
+        self.accept_inner(e, data, Some(observed))
+    }
+
+    fn accept_inner(
+        &mut self,
+        e: &Parsed,
+        data: &mut dyn Read,
+        observed: Option<&[Observed]>,
+    ) -> Result<bool, Refusal> {
         let shown = display_bytes(&e.path);
         if self.phase == MetaPhase::ManifestSeen {
             return Err(Refusal::Corrupt(format!(
@@ -424,6 +528,13 @@ impl Meta {
             (p, EntryKind::File, MetaPhase::InfoSeen | MetaPhase::NoInfo)
                 if p == MANIFEST_PATH.as_bytes() =>
             {
+                if let Some(observed) = observed {
+                    let (manifest, problems) = stream_manifest(data, e.size, observed)?;
+                    self.manifest = Some(manifest);
+                    self.problems = Some(problems);
+                    self.phase = MetaPhase::ManifestSeen;
+                    return Ok(true);
+                }
                 let bytes = read_capped(data, e.size, MAX_MANIFEST_BYTES, MANIFEST_PATH)?;
                 let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|err| {
                     Refusal::Corrupt(format!("{MANIFEST_PATH} is invalid: {err}"))
@@ -457,6 +568,194 @@ impl Meta {
             )));
         }
         Ok((info, manifest))
+    }
+}
+
+/// Parses `manifest.json` (`size` bytes of `data`) from the stream, comparing each entry with
+/// the next observed one and dropping it. While they are all equal nothing is kept; from the
+/// first difference on, the manifest is collected whole (the equal entries before it are the
+/// observed ones) and handed to [`compare_manifest`], so the findings are exactly its
+/// findings. The errors are those of reading it whole (too large, truncated, invalid JSON).
+fn stream_manifest(
+    data: &mut dyn Read,
+    size: u64,
+    observed: &[Observed],
+) -> Result<(Manifest, Vec<String>), Refusal> {
+    use serde::de::DeserializeSeed;
+
+    if size > MAX_MANIFEST_BYTES {
+        return Err(Refusal::Corrupt(format!(
+            "{MANIFEST_PATH} is {size} bytes, more than the {MAX_MANIFEST_BYTES} we accept"
+        )));
+    }
+    let mut counted = CountRead {
+        inner: data.take(size),
+        n: 0,
+    };
+    let mut check = StreamCheck {
+        observed,
+        next: 0,
+        collected: None,
+    };
+    let parsed = {
+        let reader = io::BufReader::with_capacity(64 << 10, &mut counted);
+        let mut de = serde_json::Deserializer::from_reader(reader);
+        ManifestSeed(&mut check)
+            .deserialize(&mut de)
+            .and_then(|info| de.end().map(|()| info))
+    };
+    let truncated = |n: u64| {
+        Refusal::Broken(format!(
+            "{MANIFEST_PATH} is truncated ({n} of {size} bytes)"
+        ))
+    };
+    let info = match parsed {
+        Ok(_) if counted.n != size => return Err(truncated(counted.n)),
+        Ok(info) => info,
+        Err(err) if err.is_io() => return Err(stream_error(err.into(), MANIFEST_PATH)),
+        Err(_) if counted.n != size => return Err(truncated(counted.n)),
+        Err(err) => {
+            return Err(Refusal::Corrupt(format!(
+                "{MANIFEST_PATH} is invalid: {err}"
+            )));
+        }
+    };
+    let mut manifest = Manifest {
+        info,
+        entries: Vec::new(),
+    };
+    let problems = match check.collected {
+        None if check.next == observed.len() => Vec::new(),
+        collected => {
+            let as_entries = |o: &[Observed]| o.iter().map(Observed::to_manifest_entry).collect();
+            manifest.entries = collected.unwrap_or_else(|| as_entries(&observed[..check.next]));
+            compare_manifest(&manifest, &as_entries(observed))
+        }
+    };
+    Ok((manifest, problems))
+}
+
+/// Counts the bytes read through it.
+struct CountRead<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for CountRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// State of [`stream_manifest`].
+struct StreamCheck<'o> {
+    observed: &'o [Observed],
+    /// Manifest entries so far that equalled `observed[..next]`.
+    next: usize,
+    /// All manifest entries so far, once one differed.
+    collected: Option<Vec<ManifestEntry>>,
+}
+
+impl StreamCheck<'_> {
+    fn push(&mut self, m: ManifestEntry) {
+        match &mut self.collected {
+            Some(all) => all.push(m),
+            None if self.observed.get(self.next).is_some_and(|o| o.same_as(&m)) => {
+                self.next += 1;
+            }
+            None => {
+                let mut all: Vec<ManifestEntry> = self.observed[..self.next]
+                    .iter()
+                    .map(Observed::to_manifest_entry)
+                    .collect();
+                all.push(m);
+                self.collected = Some(all);
+            }
+        }
+    }
+}
+
+/// Deserializes a [`Manifest`] (as its derived `Deserialize` would: a map with `info` and
+/// `entries` in any order, unknown keys ignored, or a two-element sequence), handing each
+/// entry to a [`StreamCheck`] instead of collecting them. Yields the info.
+struct ManifestSeed<'a, 'o>(&'a mut StreamCheck<'o>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ManifestSeed<'_, '_> {
+    type Value = ArchiveInfo;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<ArchiveInfo, D::Error> {
+        d.deserialize_struct("Manifest", &["info", "entries"], self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ManifestSeed<'_, '_> {
+    type Value = ArchiveInfo;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("struct Manifest")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ArchiveInfo, A::Error> {
+        use serde::de::Error;
+        let mut info = None;
+        let mut entries = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "info" if info.is_some() => return Err(A::Error::duplicate_field("info")),
+                "info" => info = Some(map.next_value()?),
+                "entries" if entries => return Err(A::Error::duplicate_field("entries")),
+                "entries" => {
+                    map.next_value_seed(EntriesSeed(&mut *self.0))?;
+                    entries = true;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let info = info.ok_or_else(|| A::Error::missing_field("info"))?;
+        if !entries {
+            return Err(A::Error::missing_field("entries"));
+        }
+        Ok(info)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ArchiveInfo, A::Error> {
+        use serde::de::Error;
+        let info = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(0, &"struct Manifest with 2 elements"))?;
+        seq.next_element_seed(EntriesSeed(&mut *self.0))?
+            .ok_or_else(|| A::Error::invalid_length(1, &"struct Manifest with 2 elements"))?;
+        Ok(info)
+    }
+}
+
+/// The `entries` array of a manifest, element by element into a [`StreamCheck`].
+struct EntriesSeed<'a, 'o>(&'a mut StreamCheck<'o>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EntriesSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(m) = seq.next_element::<ManifestEntry>()? {
+            self.0.push(m);
+        }
+        Ok(())
     }
 }
 
@@ -648,6 +947,8 @@ impl<R: Read> Read for Counting<R> {
 /// unknown and progress counts decompressed bytes against no total.
 pub(super) struct ProgressMap {
     members: Option<Vec<(u64, u32)>>,
+    /// Uncompressed bytes per member (all but the last have the same size).
+    chunk: u64,
     total: u64,
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -656,6 +957,19 @@ impl ProgressMap {
     /// Wraps `reader`; `file` is the archive (only its member headers are read).
     pub(super) fn new<R: Read>(file: &std::fs::File, total: u64, reader: R) -> (Self, Counting<R>) {
         let members = super::pgzip::member_offsets(file).ok().flatten();
+        // The chunk size is the writer's choice: read it from the first member's ISIZE.
+        let chunk = members
+            .as_ref()
+            .and_then(|m| m.first())
+            .and_then(|&(offset, len)| {
+                let mut isize = [0u8; 4];
+                use std::os::unix::fs::FileExt;
+                file.read_exact_at(&mut isize, offset + u64::from(len).checked_sub(4)?)
+                    .ok()?;
+                Some(u64::from(u32::from_le_bytes(isize)))
+            })
+            .filter(|&c| c > 0)
+            .unwrap_or(super::pgzip::CHUNK_SIZE as u64);
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counting = Counting {
             inner: reader,
@@ -664,6 +978,7 @@ impl ProgressMap {
         (
             Self {
                 members,
+                chunk,
                 total,
                 count,
             },
@@ -690,7 +1005,7 @@ impl ProgressMap {
         let Some(members) = &self.members else {
             return done;
         };
-        let chunk = super::pgzip::CHUNK_SIZE as u64;
+        let chunk = self.chunk;
         let i = (done / chunk) as usize;
         match members.get(i) {
             Some(&(offset, len)) => {
@@ -746,5 +1061,201 @@ mod tests {
     fn display_escapes_invalid_utf8_only() {
         assert_eq!(display_bytes("数据/a".as_bytes()), "数据/a");
         assert_eq!(display_bytes(b"x\xffy"), "x\\xffy");
+    }
+
+    fn sample_info() -> ArchiveInfo {
+        ArchiveInfo {
+            format: 1,
+            tool: "t".into(),
+            backup_type: "Manual".into(),
+            service_version: "1".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            compose_project: "p".into(),
+            data_paths: vec![],
+            excluded: vec![],
+            images: vec![],
+            top_level_bytes: Default::default(),
+        }
+    }
+
+    fn sample_entry(i: usize) -> ManifestEntry {
+        let mut raw = format!("top/f{i}").into_bytes();
+        if i == 5 {
+            raw.push(0xff); // not UTF-8: hex-encoded
+        }
+        let (path, path_hex) = encode_bytes(&raw);
+        if i == 4 {
+            let (target, target_hex) = encode_bytes(b"f1");
+            return ManifestEntry {
+                path,
+                path_hex,
+                kind: EntryKind::Symlink,
+                size: 0,
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                mtime: 5,
+                sha256: None,
+                target,
+                target_hex,
+            };
+        }
+        ManifestEntry {
+            path,
+            path_hex,
+            kind: EntryKind::File,
+            size: i as u64,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 5,
+            sha256: Some(format!("{i:064x}")),
+            target: None,
+            target_hex: None,
+        }
+    }
+
+    /// `stream_manifest` over `json` (as the entry's data) against `observed`.
+    fn streamed(json: &[u8], observed: &[ManifestEntry]) -> Result<Vec<String>, Refusal> {
+        let observed = as_observed(observed);
+        stream_manifest(&mut &json[..], json.len() as u64, &observed).map(|(_, p)| p)
+    }
+
+    fn as_observed(entries: &[ManifestEntry]) -> Vec<Observed> {
+        entries
+            .iter()
+            .map(|m| {
+                let mut o = Observed::of(&Parsed {
+                    path: m.path_bytes().unwrap(),
+                    kind: m.kind,
+                    size: m.size,
+                    mode: m.mode,
+                    uid: m.uid,
+                    gid: m.gid,
+                    mtime: m.mtime,
+                    target: m.target_bytes(),
+                });
+                o.sha256 = m.sha256.as_ref().map(|s| {
+                    let mut d = [0u8; 32];
+                    hex::decode_to_slice(s, &mut d).unwrap();
+                    d
+                });
+                assert!(o.same_as(m) && o.to_manifest_entry() == *m);
+                o
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_manifest_check_finds_what_compare_manifest_finds() {
+        let observed: Vec<ManifestEntry> = (0..6).map(sample_entry).collect();
+        let variants: Vec<Vec<ManifestEntry>> = vec![
+            observed.clone(),
+            // A field differs (late and early), upper-case checksum (equal for compare).
+            {
+                let mut m = observed.clone();
+                m[4].size = 99;
+                m
+            },
+            {
+                let mut m = observed.clone();
+                m[0].mode = 0o600;
+                m
+            },
+            {
+                let mut m = observed.clone();
+                m[2].sha256 = m[2].sha256.as_ref().map(|s| s.to_ascii_uppercase());
+                m
+            },
+            // Missing, extra, reordered, duplicated, empty, and a hex-encoded path.
+            observed[..4].to_vec(),
+            {
+                let mut m = observed.clone();
+                m.push(sample_entry(9));
+                m
+            },
+            {
+                let mut m = observed.clone();
+                m.swap(1, 3);
+                m
+            },
+            {
+                let mut m = observed.clone();
+                m.insert(3, observed[2].clone());
+                m
+            },
+            vec![],
+            {
+                let mut m = observed.clone();
+                m[1].path_hex = Some(hex::encode(m[1].path.take().unwrap()));
+                m
+            },
+        ];
+        for (i, entries) in variants.into_iter().enumerate() {
+            let manifest = Manifest {
+                info: sample_info(),
+                entries,
+            };
+            let json = serde_json::to_vec(&manifest).unwrap();
+            let want = compare_manifest(&manifest, &observed);
+            let got = streamed(&json, &observed).unwrap_or_else(|r| panic!("{i}: {r:?}"));
+            assert_eq!(got, want, "variant {i}");
+        }
+        // Key order, unknown keys and the sequence form are accepted as by the derive.
+        let entries = serde_json::to_string(&observed).unwrap();
+        let info = serde_json::to_string(&sample_info()).unwrap();
+        for json in [
+            format!("{{\"entries\":{entries},\"x\":[1,{{}}],\"info\":{info}}}"),
+            format!("[{info},{entries}]\n"),
+        ] {
+            assert!(serde_json::from_str::<Manifest>(&json).is_ok());
+            assert_eq!(
+                streamed(json.as_bytes(), &observed).unwrap(),
+                Vec::<String>::new()
+            );
+        }
+    }
+
+    #[test]
+    fn streamed_manifest_errors_match_reading_it_whole() {
+        let observed: Vec<ManifestEntry> = (0..3).map(sample_entry).collect();
+        let obs = as_observed(&observed);
+        let info = serde_json::to_string(&sample_info()).unwrap();
+        let entries = serde_json::to_string(&observed).unwrap();
+        for (json, want) in [
+            (format!("{{\"info\":{info}}}"), "missing field `entries`"),
+            (format!("{{\"entries\":{entries}}}"), "missing field `info`"),
+            (
+                format!("{{\"info\":{info},\"info\":{info},\"entries\":[]}}"),
+                "duplicate field `info`",
+            ),
+            (format!("{{\"info\":{info},\"entries\":[]}} x"), "trailing"),
+            ("[1,2]".to_string(), "invalid type"),
+            ("{\"info\":".to_string(), "EOF"),
+        ] {
+            let whole = serde_json::from_str::<Manifest>(&json)
+                .unwrap_err()
+                .to_string();
+            match streamed(json.as_bytes(), &observed) {
+                Err(Refusal::Corrupt(m)) => {
+                    assert!(m.contains(want), "{json}: {m}");
+                    assert!(whole.contains(want), "{json}: {whole}");
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        // Shorter data than the header says: truncated, whatever the JSON looks like.
+        let json = format!("{{\"info\":{info},\"entries\":{entries}}}");
+        for cut in [0, 10, json.len() - 1, json.len()] {
+            match stream_manifest(&mut &json.as_bytes()[..cut], json.len() as u64 + 1, &obs) {
+                Err(Refusal::Broken(m)) => assert!(m.contains("truncated"), "{cut}: {m}"),
+                other => panic!("{cut}: {other:?}"),
+            }
+        }
+        // Over the cap: refused before reading.
+        match stream_manifest(&mut &b""[..], MAX_MANIFEST_BYTES + 1, &obs) {
+            Err(Refusal::Corrupt(m)) => assert!(m.contains("more than"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -13,28 +13,34 @@
 //! modes, owners, mtimes, link targets, content SHA-256) and any difference fails the
 //! extraction: the caller then deletes the staging dir, and live data was never touched.
 //!
+//! File contents are hashed, written and finished on the worker threads of a [`FilePool`]
+//! (see `filepool.rs`); this thread reads the stream and creates directories and links. The
+//! pool is drained before the manifest comparison and before directories are finished, and
+//! joined before this function returns.
+//!
 //! Durability is the caller's: files are not fsynced here (one fsync per file would dominate
 //! the run time); sync the staging filesystem before the swap commits.
 
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::Write;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 
 use super::check::{
-    CopyError, Meta, Parsed, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
-    copy_entry_data, display_bytes, parse_entry, resolve_threads, stream_error, top_level,
+    Meta, Observed, Parsed, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
+    display_bytes, parse_entry, resolve_threads, stream_error, top_level,
 };
+use super::filepool::{FilePool, PIECE, Target, apply_meta};
+use super::format::MANIFEST_PATH;
 use super::{CancelFlag, EntryKind, ExtractOptions, ExtractReport, pgzip};
 use crate::error::{Error, IoContext, Result};
 use crate::{Phase, Progress};
 
-const BUF: usize = 1 << 20;
 /// Differences from the manifest named in the error message (the rest are counted).
 const MAX_LISTED: usize = 5;
 
@@ -72,7 +78,8 @@ pub fn extract(
         .ctx("cannot stat archive", archive_path)?
         .len();
     let index = file.try_clone().ctx("cannot open archive", archive_path)?;
-    let reader = pgzip::open_reader(file, resolve_threads(opts.threads))
+    let threads = resolve_threads(opts.threads);
+    let reader = pgzip::open_reader(file, threads)
         .map_err(|e| refuse(stream_error(e, "not a valid gzip file")))?;
     let (position, reader) = ProgressMap::new(&index, total, reader);
     drop(index);
@@ -89,7 +96,9 @@ pub fn extract(
     let mut tracker = Tracker::default();
     let mut observed = Vec::new();
     let mut top: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let mut buf = vec![0u8; BUF];
+    // Taken (joined) at the manifest, the last entry: see below.
+    let mut pool = Some(FilePool::new(threads)?);
+    let no_pool = || Error::Internal("file writers already finished".into());
     let (mut entries, mut files, mut bytes) = (0u64, 0u64, 0u64);
     let mut mid_reached = false;
 
@@ -98,73 +107,83 @@ pub fn extract(
         .map_err(|e| refuse(stream_error(e, "reading the tar stream")))?;
     for entry in tar_entries {
         cancel.check()?;
+        if let Some(pool) = &pool {
+            pool.check()?;
+        }
         let mut entry = entry.map_err(|e| refuse(stream_error(e, "reading the tar stream")))?;
         let parsed = parse_entry(&entry).map_err(refuse)?;
-        if meta.accept(&parsed, &mut entry).map_err(refuse)? {
+        if parsed.path == MANIFEST_PATH.as_bytes() {
+            // The manifest comes last (`Meta` refuses anything after it): every file is
+            // complete once the pool is joined, so the manifest can be compared with the
+            // observed entries while it is parsed, and what only content entries need can go.
+            if let Some(pool) = pool.take() {
+                fill_checksums(&mut observed, pool.finish()?);
+            }
+            tracker = Tracker::default();
+            out.created_dirs = HashSet::new();
+        }
+        if meta
+            .accept_against(&parsed, &mut entry, &observed)
+            .map_err(refuse)?
+        {
             continue;
         }
         tracker.admit(&parsed).map_err(refuse)?;
         let name = top_level(&parsed.path);
         let included = opts.filter.includes(OsStr::from_bytes(name));
-        let sha = match parsed.kind {
+        match parsed.kind {
             EntryKind::File => {
-                let mut target = if included {
-                    Some(out.create_file(&parsed)?)
+                // Written and hashed by the pool; the checksum is filled in at the manifest.
+                let target = if included {
+                    Some(out.file_target(&parsed)?)
                 } else {
                     None
                 };
-                let sha = copy_entry_data(
+                let pool = pool.as_mut().ok_or_else(no_pool)?;
+                let dir = &parsed.path[..parsed.path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
+                pool.begin(observed.len(), target, dir)?;
+                send_entry_data(
                     &mut entry,
-                    target.as_mut().map(|(f, _)| f as &mut dyn Write),
+                    pool,
                     parsed.size,
-                    &mut buf,
                     &parsed.path,
-                    &mut |_| {
+                    &refuse,
+                    &mut || {
                         let current = Path::new(OsStr::from_bytes(&parsed.path));
                         progress.advance(position.position(), entries, Some(current));
                     },
-                );
-                let sha = match sha {
-                    Ok(s) => s,
-                    Err(CopyError::Read(r)) => return Err(refuse(r)),
-                    Err(CopyError::Write(e)) => {
-                        let p = target.map(|(_, p)| p).unwrap_or_default();
-                        return Err(Error::io("cannot write", p, e));
-                    }
-                };
-                if let Some((f, p)) = target {
-                    out.finish_file(&parsed, f, &p)?;
+                )?;
+                pool.end()?;
+                if included {
                     files += 1;
                     bytes += parsed.size;
                 }
-                Some(sha)
             }
             EntryKind::Dir => {
                 if included {
                     out.create_dir(&parsed)?;
                 }
-                None
             }
             EntryKind::Symlink => {
                 if included {
                     out.create_symlink(&parsed)?;
                 }
-                None
             }
             EntryKind::Hardlink => {
                 if included {
+                    // The link target is an earlier file: wait until the pool created it.
+                    pool.as_mut().ok_or_else(no_pool)?.barrier()?;
                     out.create_hardlink(&parsed)?;
                 }
-                None
             }
-        };
+        }
         if included {
             entries += 1;
             if !top.contains(name) {
                 top.insert(name.to_vec());
             }
         }
-        observed.push(parsed.to_manifest_entry(sha));
+        observed.push(Observed::of(&parsed));
         let p = position.position();
         progress.advance(p, entries, Some(Path::new(OsStr::from_bytes(&parsed.path))));
         if !mid_reached && p.saturating_mul(2) >= position.total().unwrap_or(u64::MAX) {
@@ -177,8 +196,18 @@ pub fn extract(
     }
     let mut rest = archive.into_inner();
     check_trailing(&mut rest).map_err(refuse)?;
+    if let Some(pool) = pool.take() {
+        fill_checksums(&mut observed, pool.finish()?);
+    }
+    let streamed = meta.problems.take();
     let (_, manifest) = meta.finish().map_err(refuse)?;
-    let problems = compare_manifest(manifest, &observed);
+    let problems = match streamed {
+        Some(p) => p,
+        None => {
+            let observed: Vec<_> = observed.iter().map(Observed::to_manifest_entry).collect();
+            compare_manifest(manifest, &observed)
+        }
+    };
     if !problems.is_empty() {
         let mut detail = problems[..problems.len().min(MAX_LISTED)].join("; ");
         if problems.len() > MAX_LISTED {
@@ -194,17 +223,36 @@ pub fn extract(
     }
     out.finish_dirs()?;
     progress.finish_phase(position.end(), entries);
-    let manifest = meta
+    let info = meta
         .manifest
         .take()
-        .ok_or_else(|| Error::Internal("manifest vanished".into()))?;
+        .ok_or_else(|| Error::Internal("manifest vanished".into()))?
+        .info;
     Ok(ExtractReport {
         top_level: top.into_iter().map(OsString::from_vec).collect(),
         entries,
         files,
         bytes,
-        manifest,
+        info,
     })
+}
+
+/// Puts the checksums computed by the pool into the observed entries.
+fn fill_checksums(observed: &mut [Observed], sums: Vec<(usize, [u8; 32])>) {
+    for (id, sum) in sums {
+        if let Some(e) = observed.get_mut(id) {
+            e.sha256 = Some(sum);
+        }
+    }
+}
+
+/// Owner, mode and mtime a directory gets once its content is complete.
+struct DirMeta {
+    /// Number of `/` in its path: deeper directories are finished first.
+    depth: usize,
+    owner: Option<(u32, u32)>,
+    mode: u32,
+    mtime: i64,
 }
 
 /// Creates entries inside the staging dir.
@@ -213,8 +261,8 @@ struct Writer<'a> {
     restore_owner: bool,
     /// Directories created so far (relative paths).
     created_dirs: HashSet<Vec<u8>>,
-    /// Explicit directory entries, in creation order; finished in reverse.
-    deferred_dirs: Vec<(PathBuf, Parsed)>,
+    /// Explicit directory entries, in creation order; finished deepest first.
+    deferred_dirs: Vec<(PathBuf, DirMeta)>,
 }
 
 impl Writer<'_> {
@@ -273,39 +321,30 @@ impl Writer<'_> {
                 .ctx("cannot create directory", &full)?;
             self.created_dirs.insert(e.path.clone());
         }
-        self.deferred_dirs.push((full, e.clone()));
+        let finish = DirMeta {
+            depth: e.path.iter().filter(|&&b| b == b'/').count(),
+            owner: self.owner(e)?,
+            mode: self.mode(e.mode),
+            mtime: e.mtime,
+        };
+        self.deferred_dirs.push((full, finish));
         Ok(())
     }
 
-    fn create_file(&mut self, e: &Parsed) -> Result<(File, PathBuf)> {
+    /// Where a regular file goes (its parents created) and what it gets when complete. The
+    /// pool creates it (`O_EXCL | O_NOFOLLOW`, mode 0600) and then sets owner, mode (chown
+    /// clears setuid bits) and mtime through the handle.
+    fn file_target(&mut self, e: &Parsed) -> Result<Target> {
         self.ensure_parents(&e.path)?;
-        let full = self.full(&e.path);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&full)
-            .ctx("cannot create", &full)?;
-        Ok((file, full))
+        Ok(Target {
+            full: self.full(&e.path),
+            owner: self.owner(e)?,
+            mode: self.mode(e.mode),
+            mtime: e.mtime,
+        })
     }
 
     /// Owner, then mode (chown clears setuid bits), then mtime, all through the handle.
-    fn finish_file(&self, e: &Parsed, file: File, full: &Path) -> Result<()> {
-        self.apply(e, &file, full)
-    }
-
-    fn apply(&self, e: &Parsed, file: &File, full: &Path) -> Result<()> {
-        if let Some((uid, gid)) = self.owner(e)? {
-            std::os::unix::fs::fchown(file, Some(uid), Some(gid)).ctx("cannot chown", full)?;
-        }
-        file.set_permissions(Permissions::from_mode(self.mode(e.mode)))
-            .ctx("cannot chmod", full)?;
-        let t = FileTime::from_unix_time(e.mtime, 0);
-        filetime::set_file_handle_times(file, Some(t), Some(t))
-            .ctx("cannot set modification time of", full)
-    }
-
     fn create_symlink(&mut self, e: &Parsed) -> Result<()> {
         self.ensure_parents(&e.path)?;
         let full = self.full(&e.path);
@@ -330,17 +369,57 @@ impl Writer<'_> {
     /// Sets directories' owner, mode and mtime, deepest first (children before parents even
     /// if the archive listed a parent late).
     fn finish_dirs(&mut self) -> Result<()> {
-        let depth = |e: &Parsed| e.path.iter().filter(|&&b| b == b'/').count();
         self.deferred_dirs
-            .sort_by_key(|d| std::cmp::Reverse(depth(&d.1)));
-        for (full, e) in &self.deferred_dirs {
+            .sort_by_key(|d| std::cmp::Reverse(d.1.depth));
+        for (full, d) in &self.deferred_dirs {
             let dir = OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
                 .open(full)
                 .ctx("cannot open directory", full)?;
-            self.apply(e, &dir, full)?;
+            apply_meta(&dir, full, d.owner, d.mode, d.mtime)?;
         }
         Ok(())
     }
+}
+
+/// Hands the `size` bytes of the current entry to the pool in `PIECE`-sized buffers. A short
+/// entry (the stream ends early) is a broken archive, as in `check::copy_entry_data`.
+fn send_entry_data(
+    src: &mut dyn Read,
+    pool: &mut FilePool,
+    size: u64,
+    entry: &[u8],
+    refuse: &dyn Fn(Refusal) -> Error,
+    on_piece: &mut dyn FnMut(),
+) -> Result<()> {
+    let mut done = 0u64;
+    while done < size {
+        let mut buf = pool.buffer()?;
+        let want = usize::try_from(size - done).map_or(PIECE, |left| left.min(PIECE));
+        let mut filled = 0;
+        while filled < want {
+            match src.read(&mut buf[filled..want]) {
+                Ok(0) => {
+                    return Err(refuse(Refusal::Broken(format!(
+                        "entry {:?} is truncated ({} of {size} bytes)",
+                        display_bytes(entry),
+                        done + filled as u64
+                    ))));
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(refuse(stream_error(
+                        e,
+                        &format!("reading entry {:?}", display_bytes(entry)),
+                    )));
+                }
+            }
+        }
+        pool.data(buf, filled)?;
+        done += filled as u64;
+        on_piece();
+    }
+    Ok(())
 }

@@ -3,11 +3,12 @@
 //! # Format (version 1)
 //! An archive is an ordinary `.tar.gz` that GNU `tar -xzf` reads:
 //! - gzip: a sequence of independent gzip members (RFC 1952), each compressing one chunk of
-//!   the tar stream (default 4 MiB). Every member header sets FEXTRA with one subfield
+//!   the tar stream (default 1 MiB). Every member header sets FEXTRA with one subfield
 //!   `SI1='N' SI2='X' LEN=4` holding the member's total compressed length (header + deflate +
 //!   trailer) as u32 LE, so a reader can find member boundaries and decompress in parallel
 //!   (BGZF does the same). Header MTIME = 0, OS = 255, no name: same input -> same bytes.
-//!   Chunks that do not compress (JPEG, ZIP, video) are stored with deflate level 0.
+//!   Random-looking 16 KiB segments of a chunk (JPEG, ZIP, video) are written as deflate
+//!   stored blocks, the rest is deflated (see `pgzip.rs`).
 //! - tar: GNU format, sorted paths relative to the compose dir, no leading `./`. Directories,
 //!   regular files, symlinks (never followed) and hard links (a link entry for the second and
 //!   later paths of one inode, only when both paths share the same top-level item; otherwise
@@ -23,6 +24,7 @@
 mod build;
 mod check;
 mod extract;
+mod filepool;
 mod format;
 pub mod pgzip;
 #[cfg(test)]
@@ -152,5 +154,7 @@ pub struct ExtractReport {
     pub entries: u64,
     pub files: u64,
     pub bytes: u64,
-    pub manifest: Manifest,
+    /// The archive's info (as in its manifest, which was checked entry by entry; its entries
+    /// are not kept).
+    pub info: ArchiveInfo,
 }

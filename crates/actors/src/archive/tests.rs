@@ -376,7 +376,7 @@ fn round_trip_through_our_extract() {
     .collect();
     tops.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     assert_eq!(r.top_level, tops);
-    assert_eq!(r.manifest.info, info());
+    assert_eq!(r.info, info());
     assert_eq!(r.entries, want.len() as u64);
     assert_eq!(read_info(&f.archive).unwrap(), info());
 }

@@ -1,0 +1,532 @@
+//! Parallel file writing for [`super::extract`].
+//!
+//! Design note: one thread reads the tar stream (it must: tar is sequential) and decides
+//! everything (path checks, directories, links); the contents of regular files go to worker
+//! threads, which create the file (`O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600, inside a
+//! directory the reader already created), hash and write the data, and set owner, mode and
+//! mtime through the handle. On this kind of machine, copying data into the page cache and
+//! hashing it cost more than decompressing it, so one thread doing all of it was the
+//! bottleneck of a restore.
+//!
+//! All pieces of one file go to the same worker, in order. The data travels in a fixed set of
+//! buffers (a buffer comes back once written), so memory stays bounded however large the
+//! archive. The first error of any worker is kept; the workers then skip all further work,
+//! and the reader sees the error at its next call (or from [`FilePool::finish`]). A panic in a
+//! worker becomes an error. Dropping the pool without `finish` stops and joins the workers.
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+use filetime::FileTime;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Bytes per data buffer.
+pub(super) const PIECE: usize = 1 << 20;
+/// Writeback of a file's pages is started (not waited for) every this many bytes, and at its
+/// end when it is at least this large; smaller files are left to the caller's `syncfs`.
+const WRITEBACK: u64 = 4 << 20;
+/// Messages queued per worker.
+const QUEUE: usize = 64;
+
+/// Where a file's content goes and what it gets at the end.
+pub(super) struct Target {
+    pub full: PathBuf,
+    /// Numeric owner to set (restoring ownership), or `None`.
+    pub owner: Option<(u32, u32)>,
+    /// Final mode bits (already masked).
+    pub mode: u32,
+    pub mtime: i64,
+}
+
+enum Job {
+    /// A file starts: create `target`, or only hash the data when `None` (an entry outside
+    /// the restore's filter still has its checksum compared with the manifest).
+    Begin { id: usize, target: Option<Target> },
+    /// The next `len` bytes of the current file, in `buf[..len]`.
+    Data { buf: Vec<u8>, len: usize },
+    /// The current file is complete.
+    End,
+    /// Acknowledge once every earlier job is done.
+    Barrier(Sender<()>),
+}
+
+struct Shared {
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        let mut g = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(e);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    fn take_error(&self) -> Error {
+        self.error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| Error::Internal("file writer failed".into()))
+    }
+}
+
+/// Content SHA-256 of the files a worker finished, by job id.
+type Sums = Vec<(usize, [u8; 32])>;
+
+pub(super) struct FilePool {
+    workers: Vec<(Sender<Job>, JoinHandle<Sums>)>,
+    free: Receiver<Vec<u8>>,
+    /// Kept so that `free` never disconnects while the pool lives.
+    _free_tx: Sender<Vec<u8>>,
+    allocated: usize,
+    max_buffers: usize,
+    /// Worker of the file being sent.
+    current: Option<usize>,
+    next: usize,
+    /// Worker and directory of the previous file.
+    last: Option<(usize, Vec<u8>)>,
+    shared: Arc<Shared>,
+}
+
+impl FilePool {
+    /// Starts `threads` (at least 1) worker threads.
+    pub(super) fn new(threads: usize) -> Result<FilePool> {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+        });
+        let (free_tx, free) = unbounded::<Vec<u8>>();
+        let mut pool = FilePool {
+            workers: Vec::with_capacity(threads),
+            free,
+            _free_tx: free_tx.clone(),
+            allocated: 0,
+            max_buffers: 2 * threads + 2,
+            current: None,
+            next: 0,
+            last: None,
+            shared: Arc::clone(&shared),
+        };
+        for i in 0..threads {
+            let (tx, rx) = bounded::<Job>(QUEUE);
+            let (free_tx, shared) = (free_tx.clone(), Arc::clone(&shared));
+            let handle = thread::Builder::new()
+                .name(format!("extract-w{i}"))
+                .spawn(move || worker(&rx, &free_tx, &shared))
+                .map_err(|e| Error::Internal(format!("cannot start a file writer thread: {e}")))?;
+            pool.workers.push((tx, handle));
+        }
+        Ok(pool)
+    }
+
+    /// The first worker error, if any (cheap; call it once per entry).
+    pub(super) fn check(&self) -> Result<()> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            Err(self.shared.take_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn send(&self, worker: usize, job: Job) -> Result<()> {
+        if self.workers[worker].0.send(job).is_err() {
+            self.check()?;
+            return Err(Error::Internal("a file writer thread exited".into()));
+        }
+        Ok(())
+    }
+
+    /// Starts file `id`. Files of one directory (`dir`: the parent path) stay on one worker
+    /// while its queue is not much longer than the others': two threads creating files in
+    /// one directory contend for its lock (the kernel spins on it). Otherwise the least busy
+    /// worker takes it.
+    pub(super) fn begin(&mut self, id: usize, target: Option<Target>, dir: &[u8]) -> Result<()> {
+        self.check()?;
+        let n = self.workers.len();
+        let queued = |w: usize| self.workers[w].0.len();
+        let mut best = self.next % n;
+        for k in 0..n {
+            let w = (self.next + k) % n;
+            if queued(w) < queued(best) {
+                best = w;
+            }
+        }
+        let w = match self.last {
+            Some((w, ref last_dir))
+                if last_dir.as_slice() == dir && queued(w) <= queued(best) + 4 =>
+            {
+                w
+            }
+            _ => best,
+        };
+        self.next = w + 1;
+        self.current = Some(w);
+        match &mut self.last {
+            Some((lw, last_dir)) => {
+                *lw = w;
+                if last_dir.as_slice() != dir {
+                    last_dir.clear();
+                    last_dir.extend_from_slice(dir);
+                }
+            }
+            None => self.last = Some((w, dir.to_vec())),
+        }
+        self.send(w, Job::Begin { id, target })
+    }
+
+    /// A buffer of `PIECE` bytes to fill (waits while all buffers are in flight).
+    pub(super) fn buffer(&mut self) -> Result<Vec<u8>> {
+        if let Ok(b) = self.free.try_recv() {
+            return Ok(b);
+        }
+        if self.allocated < self.max_buffers {
+            self.allocated += 1;
+            return Ok(vec![0u8; PIECE]);
+        }
+        loop {
+            match self.free.recv_timeout(Duration::from_millis(100)) {
+                Ok(b) => return Ok(b),
+                Err(RecvTimeoutError::Timeout) => self.check()?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Internal("file writer buffers vanished".into()));
+                }
+            }
+        }
+    }
+
+    /// Hands `buf[..len]` to the current file's worker.
+    pub(super) fn data(&mut self, buf: Vec<u8>, len: usize) -> Result<()> {
+        let w = self.current_worker()?;
+        self.send(w, Job::Data { buf, len })
+    }
+
+    /// Ends the current file.
+    pub(super) fn end(&mut self) -> Result<()> {
+        let w = self.current_worker()?;
+        self.current = None;
+        self.send(w, Job::End)
+    }
+
+    fn current_worker(&self) -> Result<usize> {
+        self.current
+            .ok_or_else(|| Error::Internal("file writer: no file started".into()))
+    }
+
+    /// Waits until every file sent so far is complete (created, written, finished), e.g.
+    /// before a hard link to one of them is made.
+    pub(super) fn barrier(&mut self) -> Result<()> {
+        let mut acks = Vec::with_capacity(self.workers.len());
+        for w in 0..self.workers.len() {
+            let (tx, rx) = bounded(1);
+            self.send(w, Job::Barrier(tx))?;
+            acks.push(rx);
+        }
+        for rx in acks {
+            if rx.recv().is_err() {
+                self.check()?;
+                return Err(Error::Internal("a file writer thread exited".into()));
+            }
+        }
+        self.check()
+    }
+
+    /// Waits for all work and returns the SHA-256 of every file by id, or the first error.
+    pub(super) fn finish(mut self) -> Result<Sums> {
+        let mut sums = Vec::new();
+        let mut panicked = false;
+        for (tx, handle) in std::mem::take(&mut self.workers) {
+            drop(tx);
+            match handle.join() {
+                Ok(s) => sums.extend(s),
+                Err(_) => panicked = true,
+            }
+        }
+        self.check()?;
+        if panicked {
+            return Err(Error::Internal("a file writer thread panicked".into()));
+        }
+        Ok(sums)
+    }
+}
+
+impl Drop for FilePool {
+    fn drop(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
+        // Dropped on an error path: the workers skip what is queued and exit.
+        self.shared.failed.store(true, Ordering::SeqCst);
+        for (tx, handle) in std::mem::take(&mut self.workers) {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A file being written by a worker.
+struct Open {
+    id: usize,
+    file: Option<(File, Target)>,
+    hasher: Sha256,
+    written: u64,
+    /// Start of the range whose writeback has not been started yet.
+    unflushed: u64,
+}
+
+fn worker(jobs: &Receiver<Job>, free: &Sender<Vec<u8>>, shared: &Shared) -> Sums {
+    let mut sums = Vec::new();
+    let mut cur: Option<Open> = None;
+    for job in jobs.iter() {
+        if let Job::Barrier(ack) = job {
+            let _ = ack.send(());
+            continue;
+        }
+        if shared.failed.load(Ordering::Relaxed) {
+            cur = None;
+            if let Job::Data { buf, .. } = job {
+                let _ = free.send(buf);
+            }
+            continue;
+        }
+        let r = panic::catch_unwind(AssertUnwindSafe(|| run_job(job, &mut cur, &mut sums, free)))
+            .unwrap_or_else(|_| Err(Error::Internal("a file writer thread panicked".into())));
+        if let Err(e) = r {
+            cur = None;
+            shared.fail(e);
+        }
+    }
+    sums
+}
+
+fn run_job(
+    job: Job,
+    cur: &mut Option<Open>,
+    sums: &mut Sums,
+    free: &Sender<Vec<u8>>,
+) -> Result<()> {
+    match job {
+        Job::Begin { id, target } => {
+            let file = match target {
+                Some(t) => Some((create(&t.full)?, t)),
+                None => None,
+            };
+            *cur = Some(Open {
+                id,
+                file,
+                hasher: Sha256::new(),
+                written: 0,
+                unflushed: 0,
+            });
+        }
+        Job::Data { buf, len } => {
+            let r = match cur.as_mut() {
+                Some(open) => {
+                    open.hasher.update(&buf[..len]);
+                    match &mut open.file {
+                        Some((f, t)) => {
+                            let r = f.write_all(&buf[..len]).ctx("cannot write", &t.full);
+                            open.written += len as u64;
+                            if open.written - open.unflushed >= WRITEBACK {
+                                start_writeback(f, open.unflushed, open.written);
+                                open.unflushed = open.written;
+                            }
+                            r
+                        }
+                        None => Ok(()),
+                    }
+                }
+                None => Err(Error::Internal("file writer: data without a file".into())),
+            };
+            let _ = free.send(buf);
+            r?;
+        }
+        Job::End => {
+            let open = cur
+                .take()
+                .ok_or_else(|| Error::Internal("file writer: end without a file".into()))?;
+            if let Some((f, t)) = &open.file {
+                apply_meta(f, &t.full, t.owner, t.mode, t.mtime)?;
+                if open.written >= WRITEBACK && open.written > open.unflushed {
+                    start_writeback(f, open.unflushed, open.written);
+                }
+            }
+            sums.push((open.id, open.hasher.finalize().into()));
+        }
+        Job::Barrier(_) => {}
+    }
+    Ok(())
+}
+
+/// Starts writing the dirty pages of `file` in `from..to` to disk without waiting for them
+/// (`sync_file_range(2)` with `SYNC_FILE_RANGE_WRITE`), so that the disk works while the
+/// restore goes on and the caller's `syncfs` before the swap finds little left to do. Only a
+/// hint: its result is ignored, and a writeback error still surfaces from that `syncfs`
+/// (the superblock's error sequence is separate from this descriptor's).
+#[allow(unsafe_code)]
+pub(super) fn start_writeback(file: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+        return;
+    };
+    // SAFETY: a plain system call on a descriptor that `file` keeps open; no memory is
+    // passed to the kernel.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Creates a new private file; never follows or replaces anything.
+pub(super) fn create(full: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(full)
+        .ctx("cannot create", full)
+}
+
+/// Owner, then mode (chown clears setuid bits), then mtime, all through the handle.
+pub(super) fn apply_meta(
+    file: &File,
+    full: &Path,
+    owner: Option<(u32, u32)>,
+    mode: u32,
+    mtime: i64,
+) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(file, Some(uid), Some(gid)).ctx("cannot chown", full)?;
+    }
+    file.set_permissions(Permissions::from_mode(mode))
+        .ctx("cannot chmod", full)?;
+    let t = FileTime::from_unix_time(mtime, 0);
+    filetime::set_file_handle_times(file, Some(t), Some(t))
+        .ctx("cannot set modification time of", full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(b: &[u8]) -> [u8; 32] {
+        Sha256::digest(b).into()
+    }
+
+    fn send_file(pool: &mut FilePool, id: usize, target: Option<Target>, data: &[u8]) {
+        pool.begin(id, target, format!("d{}", id / 3).as_bytes())
+            .unwrap();
+        for piece in data.chunks(PIECE / 3 + 1) {
+            let mut buf = pool.buffer().unwrap();
+            buf[..piece.len()].copy_from_slice(piece);
+            pool.data(buf, piece.len()).unwrap();
+        }
+        pool.end().unwrap();
+    }
+
+    #[test]
+    fn writes_hashes_and_finishes_files_on_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = FilePool::new(3).unwrap();
+        let mut want = Vec::new();
+        for id in 0..40 {
+            let data: Vec<u8> = (0..id * 50_000).map(|i| (i * 7 + id) as u8).collect();
+            let target = (id % 5 != 0).then(|| Target {
+                full: dir.path().join(format!("f{id}")),
+                owner: None,
+                mode: 0o640,
+                mtime: 1_700_000_000 + id as i64,
+            });
+            send_file(&mut pool, id, target, &data);
+            want.push((id, sha(&data), data));
+        }
+        pool.barrier().unwrap();
+        let mut sums = pool.finish().unwrap();
+        sums.sort();
+        assert_eq!(sums.len(), 40);
+        for ((id, sum), (wid, wsum, data)) in sums.iter().zip(&want) {
+            assert_eq!((id, sum), (wid, wsum));
+            let p = dir.path().join(format!("f{id}"));
+            if id % 5 == 0 {
+                assert!(!p.exists(), "hash-only entry {id} was written");
+                continue;
+            }
+            assert!(std::fs::read(&p).unwrap() == *data, "content of {id}");
+            let m = std::fs::metadata(&p).unwrap();
+            assert_eq!(m.permissions().mode() & 0o7777, 0o640);
+            assert_eq!(
+                FileTime::from_last_modification_time(&m).unix_seconds(),
+                1_700_000_000 + *id as i64
+            );
+        }
+    }
+
+    #[test]
+    fn a_worker_error_surfaces_and_stops_the_work() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("taken"), b"x").unwrap();
+        let mut pool = FilePool::new(2).unwrap();
+        let target = |name: &str| {
+            Some(Target {
+                full: dir.path().join(name),
+                owner: None,
+                mode: 0o644,
+                mtime: 0,
+            })
+        };
+        // O_EXCL: an existing path is never overwritten.
+        send_file(&mut pool, 0, target("taken"), b"new content");
+        let mut err = None;
+        for id in 1..200 {
+            let r = pool
+                .begin(id, target(&format!("g{id}")), b"")
+                .and_then(|()| pool.end());
+            if let Err(e) = r {
+                err = Some(e);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let e = match err {
+            Some(e) => e,
+            None => pool.finish().unwrap_err(),
+        };
+        assert!(e.to_string().contains("cannot create"), "{e}");
+        assert_eq!(std::fs::read(dir.path().join("taken")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn dropping_the_pool_mid_file_does_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = FilePool::new(2).unwrap();
+        pool.begin(
+            0,
+            Some(Target {
+                full: dir.path().join("half"),
+                owner: None,
+                mode: 0o644,
+                mtime: 0,
+            }),
+            b"",
+        )
+        .unwrap();
+        for _ in 0..30 {
+            let buf = pool.buffer().unwrap();
+            pool.data(buf, PIECE).unwrap();
+        }
+        drop(pool);
+    }
+}
