@@ -205,8 +205,9 @@ fn a_crash_during_recovery_is_recovered_next_time() {
 
 // --------------------------------------------------------------------------- random kills
 
-/// SIGKILL after a pseudo-random delay, repeatedly, during backups and full rollbacks of a
-/// tree large enough that the kill lands mid-way most of the time.
+/// SIGKILL after a pseudo-random delay, repeatedly, during backups and full rollbacks. The
+/// delays are fractions (5-95 %) of how long an uninterrupted run takes on this machine, so the
+/// kills land mid-way however fast the build is.
 #[test]
 fn random_kills_during_backup_and_rollback() {
     let env = TestEnv::with(Fixture { large_file: true });
@@ -217,8 +218,22 @@ fn random_kills_during_backup_and_rollback() {
     );
     crate::util::pin_mtimes(&env.compose_dir(), 1_600_000_000);
     let original = env.snapshot_compose();
+    let started = Instant::now();
     let good = env.backup();
+    let backup_time = started.elapsed();
     let id = good.id.to_string();
+    // Time a full rollback too (of the unchanged tree: a no-op in content).
+    let started = Instant::now();
+    env.run(&[
+        "-q",
+        "rollback",
+        &id,
+        "--force",
+        "--no-start",
+        "--rollback-data",
+    ])
+    .assert_ok();
+    let rollback_time = started.elapsed();
     env.mutate();
     let mut seed: u64 = 0x5eed;
     let mut landed = 0;
@@ -226,7 +241,13 @@ fn random_kills_during_backup_and_rollback() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay = Duration::from_millis(20 + (seed >> 33) % 600);
+        let full = if round % 2 == 0 {
+            backup_time
+        } else {
+            rollback_time
+        };
+        let fraction = 0.05 + 0.9 * ((seed >> 33) % 1000) as f64 / 1000.0;
+        let delay = full.mul_f64(fraction);
         let before = env.snapshot_compose();
         let outside = env.snapshot_outside();
         let args: Vec<&str> = if round % 2 == 0 {
