@@ -123,23 +123,9 @@ pub(super) struct Parsed {
 impl Parsed {
     /// The manifest record this entry corresponds to (`sha256` for regular files).
     pub(super) fn to_manifest_entry(&self, sha256: Option<String>) -> ManifestEntry {
-        let (path, path_hex) = encode_bytes(&self.path);
-        let (target, target_hex) = match &self.target {
-            Some(t) => encode_bytes(t),
-            None => (None, None),
-        };
         ManifestEntry {
-            path,
-            path_hex,
-            kind: self.kind,
-            size: self.size,
-            mode: self.mode,
-            uid: self.uid,
-            gid: self.gid,
-            mtime: self.mtime,
             sha256,
-            target,
-            target_hex,
+            ..Observed::of(self).to_manifest_entry()
         }
     }
 }
