@@ -4,9 +4,9 @@
 #   bench/run.sh [SIZE_MB]          # default 1000 (the 1 GB corpus)
 #
 # Builds the release binary once, generates (or reuses) a corpus with
-# $SHARED_DIR/bench/make_corpus.py, then, with a warm page cache and in alternating rounds,
-# times the three backups and the three restores of the same tree. Prints a markdown table:
-# medians, ratios, archive sizes, and nuwax-cli's peak RSS.
+# $SHARED_DIR/bench/make_corpus.py, then, with a warm page cache, times the three backups and
+# the three restores of the same tree in rounds (each tool once per round, the order rotating).
+# Prints a markdown table: medians, ratios, archive sizes, and nuwax-cli's peak RSS.
 #
 # Environment:
 #   SHARED_DIR   dir holding bench/make_corpus.py (default: ../shared from the repo root)
@@ -139,43 +139,67 @@ LEVEL_ARGS=()
 
 
 # --- backup rounds -----------------------------------------------------------------------
+# Each round runs every tool once; the order rotates from round to round, so that no tool is
+# always first (or always right after another).
 TGZ="$SCRATCH/tar.tar.gz"
 PGZ="$SCRATCH/pigz.tar.gz"
 OURS=""
-for r in $(seq 1 "$ROUNDS"); do
-    say "backup round $r/$ROUNDS"
-    warm
-    if [[ "$ONLY_OURS" != 1 ]]; then
-        discard "$TGZ"
-        discard "$PGZ"
-        timed tar_czf tar czf "$TGZ" -C "$CORPUS" .
-        timed pigz_c tar -I pigz -cf "$PGZ" -C "$CORPUS" .
-    fi
-    # A fresh work dir per round: no archive or catalog row from the previous one.
+backup_tar() {
+    discard "$TGZ"
+    timed tar_czf tar czf "$TGZ" -C "$CORPUS" .
+}
+backup_pigz() {
+    discard "$PGZ"
+    timed pigz_c tar -I pigz -cf "$PGZ" -C "$CORPUS" .
+}
+backup_ours() {
+    # A fresh work dir each time: no archive or catalog row from the previous one.
     discard "$SCRATCH/work" new
     write_config "$SCRATCH/work" "$CORPUS/docker-compose.yml"
     timed_rss ours_backup "$BIN" -C "$SCRATCH/work" -q backup --skip-docker-check "${LEVEL_ARGS[@]}"
     OURS=$(ls "$SCRATCH"/work/backups/*.tar.gz)
+}
+restore_tar() {
+    discard "$SCRATCH/x_tar" new
+    timed tar_xzf tar xzf "$TGZ" -C "$SCRATCH/x_tar"
+}
+restore_pigz() {
+    discard "$SCRATCH/x_pigz" new
+    timed pigz_x bash -c 'pigz -dc "$1" | tar xf - -C "$2"' _ "$TGZ" "$SCRATCH/x_pigz"
+}
+restore_ours() {
+    discard "$SCRATCH/work/docker" new
+    timed_rss ours_restore "$BIN" -C "$SCRATCH/work" -q rollback "$OURS_ID" --force --no-start --rollback-data
+}
+# rotated ROUND TOOL...: the tools in the order for ROUND (1-based).
+rotated() {
+    local r="$1"; shift
+    local tools=("$@") n=$#
+    for ((k = 0; k < n; k++)); do echo "${tools[(r - 1 + k) % n]}"; done
+}
+if [[ "$ONLY_OURS" == 1 ]]; then
+    BACKUPS=(backup_ours); RESTORES=(restore_ours)
+else
+    BACKUPS=(backup_tar backup_pigz backup_ours); RESTORES=(restore_tar restore_pigz restore_ours)
+fi
+
+for r in $(seq 1 "$ROUNDS"); do
+    say "backup round $r/$ROUNDS"
+    warm
+    for t in $(rotated "$r" "${BACKUPS[@]}"); do "$t"; done
 done
 OURS_ID=$("$BIN" -C "$SCRATCH/work" list-backups --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["backups"][0]["id"])')
 
 # --- restore rounds ----------------------------------------------------------------------
-# Our restore goes into the same work dir, now with an empty compose dir of its own: the
-# rollback restores everything (--rollback-data) and replaces nothing.
+# Our restore goes into the work dir of our last backup, now with an empty compose dir of its
+# own: the rollback restores everything (--rollback-data) and replaces nothing.
 write_config "$SCRATCH/work" "docker/docker-compose.yml"
 say "restore warm-up (untimed)"
 mkdir -p "$TRASH/warmup"
 tar xzf "$OURS" -C "$TRASH/warmup"
 for r in $(seq 1 "$ROUNDS"); do
     say "restore round $r/$ROUNDS"
-    if [[ "$ONLY_OURS" != 1 ]]; then
-        discard "$SCRATCH/x" new
-        timed tar_xzf tar xzf "$TGZ" -C "$SCRATCH/x"
-        discard "$SCRATCH/x" new
-        timed pigz_x bash -c 'pigz -dc "$1" | tar xf - -C "$2"' _ "$TGZ" "$SCRATCH/x"
-    fi
-    discard "$SCRATCH/work/docker" new
-    timed_rss ours_restore "$BIN" -C "$SCRATCH/work" -q rollback "$OURS_ID" --force --no-start --rollback-data
+    for t in $(rotated "$r" "${RESTORES[@]}"); do "$t"; done
 done
 # Sanity: the restored tree is the corpus (content, modes, links; as tar -d sees it).
 if ! (cd "$CORPUS" && tar cf - . | tar df - -C "$SCRATCH/work/docker" >/dev/null); then
@@ -195,7 +219,7 @@ RSS_R=$(maxrss ours_restore)
 
 echo
 echo "Benchmark $(date -u +%Y-%m-%d), $(nproc) cores ($CPU), $MEM RAM, $(uname -sr);"
-echo "corpus: make_corpus.py --size-mb $SIZE_MB ($CORPUS_BYTES bytes of file content, $CORPUS_FILES files); warm cache; median of $ROUNDS alternating rounds;"
+echo "corpus: make_corpus.py --size-mb $SIZE_MB ($CORPUS_BYTES bytes of file content, $CORPUS_FILES files); warm cache; median of $ROUNDS rounds, tool order rotating;"
 echo "nuwax-cli compression level: ${LEVEL:-default (config)}; \`bench/run.sh $SIZE_MB\`."
 echo
 if [[ "$ONLY_OURS" == 1 ]]; then
@@ -225,5 +249,5 @@ echo
 echo "nuwax-cli peak RSS (max over rounds): backup $((RSS_B / 1024)) MiB, restore $((RSS_R / 1024)) MiB."
 raw() { tr '\n' ' ' <"$SCRATCH/t.$1" | sed 's/ $//'; }
 echo
-echo "Per round (s), in run order: tar czf $(raw tar_czf); pigz $(raw pigz_c); ours $(raw ours_backup);"
+echo "Per round (s), in round order (the tool order rotates): tar czf $(raw tar_czf); pigz $(raw pigz_c); ours $(raw ours_backup);"
 echo "tar xzf $(raw tar_xzf); pigz -dc | tar x $(raw pigz_x); ours $(raw ours_restore)."

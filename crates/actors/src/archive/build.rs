@@ -73,6 +73,7 @@ pub(super) fn build_inner(
 
     progress.phase(Phase::Scanning, None, None);
     let plan = scan(opts, excludes, progress, cancel)?;
+    release_free_memory();
     progress.phase(
         Phase::Archiving,
         Some(plan.total_bytes),
@@ -122,6 +123,18 @@ pub(super) fn build_inner(
         source_bytes: written.source_bytes,
         skipped_special: plan.special.len() as u64,
     })
+}
+
+/// Hands freed heap pages back to the kernel (glibc's `malloc_trim`). The scan's short-lived
+/// allocations are made on the walker's threads, in their own malloc arenas, and would
+/// otherwise stay resident through the whole write (about 40 MB for 120 000 entries).
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: `malloc_trim` takes no pointers; it only returns free memory to the kernel.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn exists(path: &Path) -> Result<bool> {
@@ -550,7 +563,7 @@ fn write_archive(
     // The manifest's JSON is built as the entries are written (what `serde_json::to_vec` of a
     // `Manifest` gives, byte for byte), not from a list of `ManifestEntry`: at 120 000 entries
     // the list and its serialization would be two 35 MB copies of the same thing.
-    let mut manifest_json = manifest_head(&opts.info)?;
+    let mut manifest_json = manifest_head(&opts.info, &plan.items)?;
     let mut entry_count = 0u64;
     let mut buf = vec![0u8; READ_BUF];
     let mut bytes_done = 0u64;
@@ -670,8 +683,13 @@ fn write_archive(
 }
 
 /// `{"info":<info>,"entries":[`: the start of the compact JSON of a [`Manifest`].
-fn manifest_head(info: &super::ArchiveInfo) -> Result<Vec<u8>> {
-    let mut json = b"{\"info\":".to_vec();
+/// Its capacity is estimated from the paths of `items` (growing a 30 MB buffer by copying
+/// would leave the old copies resident).
+fn manifest_head(info: &super::ArchiveInfo, items: &[Item]) -> Result<Vec<u8>> {
+    // About 220 bytes of JSON per entry besides its path (field names, numbers, checksum).
+    let estimate: usize = items.iter().map(|i| i.rel.as_os_str().len() + 220).sum();
+    let mut json = Vec::with_capacity(estimate + 4096);
+    json.extend_from_slice(b"{\"info\":");
     serde_json::to_writer(&mut json, info)
         .map_err(|e| Error::Internal(format!("cannot encode manifest.json: {e}")))?;
     json.extend_from_slice(b",\"entries\":[");
@@ -936,7 +954,7 @@ mod tests {
         };
         for n in [0u64, 1, 3] {
             let entries: Vec<ManifestEntry> = (0..n).map(entry).collect();
-            let mut json = manifest_head(&info).unwrap();
+            let mut json = manifest_head(&info, &[]).unwrap();
             for (i, e) in entries.iter().enumerate() {
                 manifest_push(&mut json, i as u64, e).unwrap();
             }

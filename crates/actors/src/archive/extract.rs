@@ -141,7 +141,7 @@ pub fn extract(
                 };
                 let pool = pool.as_mut().ok_or_else(no_pool)?;
                 let dir = &parsed.path[..parsed.path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
-                pool.begin(observed.len(), target, dir)?;
+                pool.begin(observed.len(), target, dir, parsed.size)?;
                 send_entry_data(
                     &mut entry,
                     pool,

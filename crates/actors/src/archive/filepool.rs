@@ -96,8 +96,6 @@ pub(super) struct FilePool {
     /// Worker of the file being sent.
     current: Option<usize>,
     next: usize,
-    /// Worker and directory of the previous file.
-    last: Option<(usize, Vec<u8>)>,
     shared: Arc<Shared>,
 }
 
@@ -118,7 +116,6 @@ impl FilePool {
             max_buffers: 2 * threads + 2,
             current: None,
             next: 0,
-            last: None,
             shared: Arc::clone(&shared),
         };
         for i in 0..threads {
@@ -150,41 +147,38 @@ impl FilePool {
         Ok(())
     }
 
-    /// Starts file `id`. Files of one directory (`dir`: the parent path) stay on one worker
-    /// while its queue is not much longer than the others': two threads creating files in
-    /// one directory contend for its lock (the kernel spins on it). Otherwise the least busy
-    /// worker takes it.
-    pub(super) fn begin(&mut self, id: usize, target: Option<Target>, dir: &[u8]) -> Result<()> {
+    /// Starts file `id` of `size` bytes in directory `dir` (its parent path). Small files
+    /// go to the worker that owns their directory (by a hash of its path): two threads
+    /// creating files in one directory contend for its lock, and the kernel spins on it.
+    /// Larger files, whose cost is writing rather than creating, go to the least busy worker.
+    pub(super) fn begin(
+        &mut self,
+        id: usize,
+        target: Option<Target>,
+        dir: &[u8],
+        size: u64,
+    ) -> Result<()> {
         self.check()?;
         let n = self.workers.len();
-        let queued = |w: usize| self.workers[w].0.len();
-        let mut best = self.next % n;
-        for k in 0..n {
-            let w = (self.next + k) % n;
-            if queued(w) < queued(best) {
-                best = w;
-            }
-        }
-        let w = match self.last {
-            Some((w, ref last_dir))
-                if last_dir.as_slice() == dir && queued(w) <= queued(best) + 4 =>
-            {
-                w
-            }
-            _ => best,
-        };
-        self.next = w + 1;
-        self.current = Some(w);
-        match &mut self.last {
-            Some((lw, last_dir)) => {
-                *lw = w;
-                if last_dir.as_slice() != dir {
-                    last_dir.clear();
-                    last_dir.extend_from_slice(dir);
+        let w = if size < PIECE as u64 {
+            // FNV-1a.
+            let h = dir.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            (h % n as u64) as usize
+        } else {
+            let queued = |w: usize| self.workers[w].0.len();
+            let mut best = self.next % n;
+            for k in 0..n {
+                let w = (self.next + k) % n;
+                if queued(w) < queued(best) {
+                    best = w;
                 }
             }
-            None => self.last = Some((w, dir.to_vec())),
-        }
+            self.next = best + 1;
+            best
+        };
+        self.current = Some(w);
         self.send(w, Job::Begin { id, target })
     }
 
@@ -427,7 +421,8 @@ mod tests {
     }
 
     fn send_file(pool: &mut FilePool, id: usize, target: Option<Target>, data: &[u8]) {
-        pool.begin(id, target, format!("d{}", id / 3).as_bytes())
+        let size = data.len() as u64;
+        pool.begin(id, target, format!("d{}", id / 3).as_bytes(), size)
             .unwrap();
         for piece in data.chunks(PIECE / 3 + 1) {
             let mut buf = pool.buffer().unwrap();
@@ -492,7 +487,7 @@ mod tests {
         let mut err = None;
         for id in 1..200 {
             let r = pool
-                .begin(id, target(&format!("g{id}")), b"")
+                .begin(id, target(&format!("g{id}")), b"", 0)
                 .and_then(|()| pool.end());
             if let Err(e) = r {
                 err = Some(e);
@@ -521,6 +516,7 @@ mod tests {
                 mtime: 0,
             }),
             b"",
+            30 * PIECE as u64,
         )
         .unwrap();
         for _ in 0..30 {
