@@ -93,7 +93,54 @@ fn flipped_byte_is_refused_with_exit_4_and_nothing_changes() {
     let d = Damaged::new();
     flip_middle_byte(d.archive());
     d.assert_every_rollback_refused();
+    // The catalog's checksum names the cause, whatever the gzip or tar layer noticed too.
+    d.env
+        .run(&["rollback", &d.id(), "--force", "--no-start"])
+        .assert_code(exit::INTEGRITY)
+        .assert_stderr_has("catalog says");
     d.env.run(&["verify", &d.id()]).assert_code(exit::INTEGRITY);
+}
+
+/// Another backup's archive (valid gzip, valid tar, a manifest that matches its content) in
+/// place of this one's: only the catalog's SHA-256 tells, and the rollback, which hashes the
+/// archive while it extracts it, must refuse before anything is swapped in.
+#[test]
+fn a_valid_archive_that_is_not_the_recorded_one_is_refused() {
+    let mut d = Damaged::new();
+    let other = d.env.backup();
+    crate::util::write(&d.env.path("app/after-the-second-backup"), b"x\n", 0o644);
+    d.compose = d.env.snapshot_compose();
+    std::fs::copy(&other.file_path, d.archive()).unwrap();
+    let rows = d.env.list();
+    d.assert_every_rollback_refused();
+    for args in [
+        vec![
+            "rollback",
+            &d.id(),
+            "--force",
+            "--no-start",
+            "--rollback-data",
+        ],
+        vec!["rollback-data-only", &d.id(), "--force", "--no-start"],
+    ] {
+        d.env
+            .run(&args)
+            .assert_code(exit::INTEGRITY)
+            .assert_stderr_has("catalog says");
+    }
+    assert_eq!(d.env.list(), rows, "a refused rollback changed the catalog");
+    let left: Vec<PathBuf> = crate::util::walk(&d.env.work)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".nuwax-"))
+        })
+        .collect();
+    assert!(left.is_empty(), "staging dirs left behind: {left:?}");
+    // The archive really is a good one: rolling back to the backup it belongs to works.
+    d.env
+        .run(&["rollback", &other.id.to_string(), "--force", "--no-start"])
+        .assert_ok();
 }
 
 #[test]

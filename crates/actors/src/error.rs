@@ -72,7 +72,9 @@ pub enum Error {
         entry: String,
         reason: String,
     },
-    #[error("checksum mismatch for {path}: catalog says {expected}, file has {actual}")]
+    #[error(
+        "checksum mismatch for {path}: catalog says {expected}, file has {actual}; the archive was changed or replaced after the backup (use another backup, or put the original file back)"
+    )]
     ChecksumMismatch {
         path: PathBuf,
         expected: String,

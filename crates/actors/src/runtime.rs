@@ -621,28 +621,9 @@ impl Runtime {
             progress.notice("warning: no Docker engine socket found; not stopping any containers");
         }
 
-        // 1. Checksum against the catalog before anything else.
-        let actual = self
-            .archive(|r| {
-                ArchiveMsg::Checksum(
-                    record.file_path.clone(),
-                    progress.clone(),
-                    self.cancel.clone(),
-                    r,
-                )
-            })
-            .await?;
-        if let Some(expected) = &record.sha256
-            && !expected.eq_ignore_ascii_case(&actual)
-        {
-            return Err(Error::ChecksumMismatch {
-                path: record.file_path.clone(),
-                expected: expected.clone(),
-                actual,
-            });
-        }
-
-        // 2. Journal, then staged extraction.
+        // 1. The archive's SHA-256 is checked against the catalog while it is extracted into
+        //    the staging dir (one read of the archive, not two), and before anything live is
+        //    touched: `extract` fails on a mismatch, and nothing is swapped in then.
         let cfg = &self.settings.config;
         let data: Vec<std::ffi::OsString> = cfg.backup.data_paths.iter().map(Into::into).collect();
         let filter = match req.scope {
@@ -652,9 +633,14 @@ impl Runtime {
         };
         // Staging needs the scope's size on the compose dir's filesystem (the old content
         // stays until the swap is done, so nothing is freed before).
-        let info = self
+        let info = match self
             .archive(|r| ArchiveMsg::ReadInfo(record.file_path.clone(), r))
-            .await?;
+            .await
+        {
+            Ok(info) => info,
+            // An unreadable head: if the file is not the one the catalog recorded, say that.
+            Err(e) => return Err(self.checksum_error(record, &progress).await?.unwrap_or(e)),
+        };
         let needed = if info.top_level_bytes.is_empty() {
             // An archive without sizes: its compressed size is a lower bound.
             entry.file_size.unwrap_or(0)
@@ -762,6 +748,7 @@ impl Runtime {
                         filter: filter.clone(),
                         restore_owner: is_root(),
                         threads: 0,
+                        expected_sha256: entry.record.sha256.clone(),
                     },
                     progress.clone(),
                     self.cancel.clone(),
@@ -873,6 +860,35 @@ impl Runtime {
             return self.restart_exactly(&journal.stopped, progress).await;
         }
         self.start_services(progress).await.map(|_| ())
+    }
+
+    /// The mismatch between `record`'s archive and the SHA-256 the catalog recorded for it,
+    /// if there is one.
+    async fn checksum_error(
+        &self,
+        record: &BackupRecord,
+        progress: &Progress,
+    ) -> Result<Option<Error>> {
+        let Some(expected) = &record.sha256 else {
+            return Ok(None);
+        };
+        let actual = self
+            .archive(|r| {
+                ArchiveMsg::Checksum(
+                    record.file_path.clone(),
+                    progress.clone(),
+                    self.cancel.clone(),
+                    r,
+                )
+            })
+            .await?;
+        Ok(
+            (!expected.eq_ignore_ascii_case(&actual)).then(|| Error::ChecksumMismatch {
+                path: record.file_path.clone(),
+                expected: expected.clone(),
+                actual,
+            }),
+        )
     }
 
     pub(crate) async fn set_phase<T: Serialize>(

@@ -238,6 +238,7 @@ fn read_back_in(sb: &Sandbox, bytes: &[u8]) -> Result<Outcome, TestCaseError> {
             filter: TopLevelFilter::All,
             restore_owner: false,
             threads: 2,
+            expected_sha256: None,
         },
         &Progress::none(),
         &CancelFlag::default(),

@@ -145,6 +145,10 @@ pub struct ExtractOptions {
     /// Restore numeric uid/gid (only meaningful as root).
     pub restore_owner: bool,
     pub threads: usize,
+    /// The archive file's SHA-256 (hex) as the catalog recorded it. The file is hashed while
+    /// it is extracted, and a difference fails the extraction (before the caller swaps
+    /// anything in) with [`crate::Error::ChecksumMismatch`], whatever else went wrong.
+    pub expected_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone)]
