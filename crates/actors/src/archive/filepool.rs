@@ -421,18 +421,17 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
 /// Writes `data`, the next piece of `file`: directly while `direct` holds (the piece starts
 /// aligned, and every earlier write was a whole number of blocks), then through the page
 /// cache from the first piece that is not a whole number of blocks (the file's tail) or that
-/// the filesystem refuses to write directly; `direct` is cleared then.
+/// a direct write fails on; `direct` is cleared then.
 fn write_piece(file: &mut File, data: &[u8], direct: &mut bool) -> std::io::Result<()> {
     let mut rest = data;
     if *direct {
         let aligned = rest.len() / ALIGN * ALIGN;
         if aligned > 0 && (rest.as_ptr() as usize).is_multiple_of(ALIGN) {
-            match file.write(&rest[..aligned]) {
-                Ok(n) => rest = &rest[n..],
-                // Alignment stricter than ours (or none allowed after all): nothing was
-                // written; go on through the page cache.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(e),
+            // A failed write wrote nothing (alignment stricter than ours, a filesystem that
+            // accepted the flag but not the I/O, or a real error such as a full disk): the
+            // piece is written again through the page cache, which reports real errors.
+            if let Ok(n) = file.write(&rest[..aligned]) {
+                rest = &rest[n..];
             }
         }
         if rest.is_empty() {
@@ -586,7 +585,10 @@ mod tests {
         let mut direct = set_direct(&f, true).is_ok();
         let engaged = direct;
         let mut buf = Piece::new();
-        assert!((buf.as_ptr() as usize).is_multiple_of(ALIGN), "pieces are aligned");
+        assert!(
+            (buf.as_ptr() as usize).is_multiple_of(ALIGN),
+            "pieces are aligned"
+        );
         for chunk in data.chunks(PIECE) {
             buf[..chunk.len()].copy_from_slice(chunk);
             write_piece(&mut f, &buf[..chunk.len()], &mut direct).unwrap();
