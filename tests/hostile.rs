@@ -28,7 +28,7 @@ use crate::archutil::{
     hostile_hardlink, hostile_node, hostile_symlink, index_of, insert_listed, manifest_of,
     nx_members, pack_raw, raw_header, read_raw, register_bytes, set_data, tar_records,
 };
-use crate::util::{BackupRow, Fixture, TestEnv, assert_same_tree, exit, walk};
+use crate::util::{BackupRow, Fixture, TestEnv, assert_no_staging_left, assert_same_tree, exit};
 
 /// One backup of a fixture, then changes to the live tree (a rollback would change things).
 struct Bench {
@@ -168,19 +168,6 @@ fn listing(dir: &Path) -> Vec<String> {
     };
     v.sort();
     v
-}
-
-/// No `.nuwax-*` work or staging dir anywhere under the working dir.
-#[track_caller]
-fn assert_no_staging_left(env: &TestEnv) {
-    let left: Vec<PathBuf> = walk(&env.work)
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".nuwax-"))
-        })
-        .collect();
-    assert!(left.is_empty(), "staging/work dirs left behind: {left:?}");
 }
 
 fn has_all(haystack: &str, needles: &[String]) -> bool {

@@ -1030,6 +1030,19 @@ pub fn except(tree: &Tree, names: &[&str]) -> Tree {
         .collect()
 }
 
+/// No `.nuwax-*` work or staging dir anywhere under the working dir.
+#[track_caller]
+pub fn assert_no_staging_left(env: &TestEnv) {
+    let left: Vec<PathBuf> = walk(&env.work)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".nuwax-"))
+        })
+        .collect();
+    assert!(left.is_empty(), "staging/work dirs left behind: {left:?}");
+}
+
 /// Panics with a readable diff unless both trees are identical (content and metadata).
 #[track_caller]
 pub fn assert_same_tree(what: &str, expected: &Tree, actual: &Tree) {

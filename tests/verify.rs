@@ -129,14 +129,7 @@ fn a_valid_archive_that_is_not_the_recorded_one_is_refused() {
             .assert_stderr_has("catalog says");
     }
     assert_eq!(d.env.list(), rows, "a refused rollback changed the catalog");
-    let left: Vec<PathBuf> = crate::util::walk(&d.env.work)
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".nuwax-"))
-        })
-        .collect();
-    assert!(left.is_empty(), "staging dirs left behind: {left:?}");
+    crate::util::assert_no_staging_left(&d.env);
     // The archive really is a good one: rolling back to the backup it belongs to works.
     d.env
         .run(&["rollback", &other.id.to_string(), "--force", "--no-start"])
