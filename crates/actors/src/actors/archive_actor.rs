@@ -1,19 +1,17 @@
 //! ArchiveActor: builds, verifies and extracts archives. All the work is blocking file I/O
 //! and CPU, so each request runs on `spawn_blocking`; the actor itself only dispatches.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use sha2::{Digest, Sha256};
 
 use super::reply;
 use crate::archive::{
     self, ArchiveInfo, BuildOptions, BuildReport, CancelFlag, ExtractOptions, ExtractReport,
     VerifyReport,
 };
-use crate::error::{Error, IoContext, Result};
-use crate::progress::{Phase, Progress};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
 
 pub(crate) struct ArchiveActor;
 
@@ -88,7 +86,7 @@ impl Actor for ArchiveActor {
             ),
             ArchiveMsg::Checksum(path, progress, cancel, r) => reply(
                 r,
-                blocking(move || sha256_file(&path, &progress, &cancel)).await,
+                blocking(move || archive::sha256_file(&path, &progress, &cancel)).await,
             ),
             ArchiveMsg::Extract(opts, progress, cancel, r) => reply(
                 r,
@@ -108,25 +106,4 @@ impl Actor for ArchiveActor {
         }
         Ok(())
     }
-}
-
-fn sha256_file(path: &Path, progress: &Progress, cancel: &CancelFlag) -> Result<String> {
-    let mut file = std::fs::File::open(path).ctx("cannot open archive", path)?;
-    let total = file.metadata().ctx("cannot stat archive", path)?.len();
-    progress.phase(Phase::Verifying, Some(total), None);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    loop {
-        cancel.check()?;
-        let n = file.read(&mut buf).ctx("cannot read archive", path)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        done += n as u64;
-        progress.advance(done, 0, None);
-    }
-    progress.finish_phase(done, 0);
-    Ok(hex::encode(hasher.finalize()))
 }

@@ -66,7 +66,7 @@ pub fn extract(
     let hash_cancel = cancel.clone();
     let hasher = std::thread::Builder::new()
         .name("archive-sha256".into())
-        .spawn(move || sha256_file(&path, &hash_cancel))
+        .spawn(move || super::sha256_file(&path, &Progress::none(), &hash_cancel))
         .map_err(|e| Error::Internal(format!("cannot start the checksum thread: {e}")))?;
     let result = extract_entries(opts, progress, cancel);
     let actual = hasher
@@ -81,27 +81,6 @@ pub fn extract(
         }),
         Err(e) => result.and(Err(e)),
     }
-}
-
-/// SHA-256 (hex) of the file at `path`.
-pub(crate) fn sha256_file(path: &Path, cancel: &CancelFlag) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut file = File::open(path).ctx("cannot open archive", path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        cancel.check()?;
-        let n = match file.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("cannot read archive", path, e)),
-        };
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 fn extract_entries(

@@ -42,7 +42,7 @@ pub use format::{
     ArchiveInfo, EntryKind, FORMAT_VERSION, ImageRecord, META_DIR, Manifest, ManifestEntry,
     encode_bytes,
 };
-pub use verify::{read_info, verify};
+pub use verify::{read_info, sha256_file, verify};
 
 /// Set from a signal handler; long-running sync work checks it between entries/chunks and
 /// returns [`crate::Error::Interrupted`] after cleaning up.

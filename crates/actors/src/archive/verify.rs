@@ -89,6 +89,18 @@ pub fn verify(
     Ok(report)
 }
 
+/// SHA-256 (lowercase hex) of the archive file at `path`, reported as the `Verifying` phase.
+pub fn sha256_file(path: &Path, progress: &Progress, cancel: &CancelFlag) -> Result<String> {
+    let file = File::open(path).ctx("cannot open archive", path)?;
+    let total = file.metadata().ctx("cannot stat archive", path)?.len();
+    progress.phase(Phase::Verifying, Some(total), None);
+    let (sha, len) = hash_file_contents(file, cancel)
+        .ctx("cannot read archive", path)?
+        .ok_or(Error::Interrupted)?;
+    progress.finish_phase(len, 0);
+    Ok(sha)
+}
+
 /// SHA-256 of the whole file; `None` when cancelled.
 fn hash_file_contents(mut file: File, cancel: &CancelFlag) -> io::Result<Option<(String, u64)>> {
     let mut hasher = Sha256::new();
