@@ -523,12 +523,21 @@ fn upgrade_whose_service_exits_is_rolled_back_code_and_data() {
     }
     .pack(&env, "rel-bad.tar.gz");
 
+    // `restart: unless-stopped` makes the exit a crash loop: it is recognised as a failure
+    // after a few restarts, without waiting for the health timeout.
+    let start = Instant::now();
     let out = upgrade(
         &env,
         &package,
-        &["--version", "3.0.0", "--health-timeout", "15s"],
+        &["--version", "3.0.0", "--health-timeout", "120s"],
     );
+    let took = start.elapsed();
     assert_rolled_back(&env, &before, &config_before, &out);
+    out.assert_stderr_has("crash-looping");
+    assert!(
+        took.as_secs() < 100,
+        "took {took:?}: waited for the health timeout instead of failing fast\n{out}"
+    );
     assert!(out.stdout.is_empty(), "no document without --json\n{out}");
 }
 

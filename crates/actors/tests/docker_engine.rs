@@ -605,6 +605,7 @@ async fn wait_healthy_names_what_failed_or_is_not_ready() {
             ("sick", Some("always")),
             ("slow", Some("always")),
             ("job", Some("no")),
+            ("loop", Some("always")),
         ],
     );
     let wait = |only: Vec<String>, secs: u64| {
@@ -639,6 +640,28 @@ async fn wait_healthy_names_what_failed_or_is_not_ready() {
     assert!(err.contains(&sick), "{err}");
     assert!(err.contains("unhealthy"), "{err}");
     assert!(err.contains("sick-probe-output"), "{err}");
+
+    // A crash loop under `restart: always` fails once it is seen restarting, not at the
+    // timeout (it is "restarting" or briefly "running" all along). Started now: the
+    // engine's restart back-off doubles with every restart.
+    let looping = p.run(
+        "loop",
+        &["--restart", "always"],
+        "echo boom-from-loop >&2; exit 4",
+    );
+    let started = Instant::now();
+    let err = wait(vec!["loop".to_string()], 120)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "fails fast, not at the timeout: {err}"
+    );
+    assert!(err.contains(&looping), "{err}");
+    assert!(err.contains("crash-looping"), "{err}");
+    assert!(err.contains("last exit code 4"), "{err}");
+    assert!(err.contains("boom-from-loop"), "{err}");
 
     // Failing probes inside the start period: not ready, so the timeout names it.
     let started = Instant::now();

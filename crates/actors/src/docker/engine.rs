@@ -51,6 +51,10 @@ const DEFAULT_STOP_TIMEOUT: i64 = 10;
 /// Time allowed beyond a container's stop timeout for the engine to report it stopped.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(500);
+/// How long a container without a healthcheck must have been running to count as ready.
+const SETTLE: Duration = Duration::from_secs(1);
+/// Restarts, while waited for, that make a container crash-looping: a failure, not a wait.
+const CRASH_LOOP_RESTARTS: i64 = 3;
 /// Bollard's per-request timeout; ours (tokio) are tighter and apply first.
 const TRANSPORT_TIMEOUT_SECS: u64 = 3600;
 
@@ -224,6 +228,8 @@ struct Probe {
     start_period: Option<Duration>,
     /// Last non-empty line of the most recent healthcheck output.
     last_health_output: Option<String>,
+    /// How many times the engine restarted it (`RestartCount`).
+    restart_count: i64,
 }
 
 /// Where a container stands while we wait for it.
@@ -238,6 +244,12 @@ impl Probe {
     fn readiness(&self, now: chrono::DateTime<chrono::Utc>) -> Readiness {
         match self.info.state.as_str() {
             "running" => match self.info.health.as_deref() {
+                // Without a healthcheck, "running" is all there is to know; a process that
+                // dies at once (the usual crash loop: bad config, missing file) is caught
+                // by not trusting the first second.
+                None if self.running_for(now).is_some_and(|d| d < SETTLE) => {
+                    Readiness::Pending("just started".into())
+                }
                 None | Some("healthy") => Readiness::Ready,
                 Some("unhealthy") if !self.in_start_period(now) => Readiness::Failed {
                     reason: format!("is unhealthy{}", self.health_suffix()),
@@ -266,14 +278,18 @@ impl Probe {
     }
 
     fn in_start_period(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
-        let (Some(period), Some(started)) = (self.start_period, self.started_at.as_deref()) else {
+        let Some(period) = self.start_period else {
             return false;
         };
-        let Ok(started) = chrono::DateTime::parse_from_rfc3339(started) else {
-            return false;
-        };
+        self.running_for(now).is_some_and(|e| e < period)
+    }
+
+    /// Time since the container (last) started: `None` if unknown, zero if the engine's clock
+    /// is ahead of ours.
+    fn running_for(&self, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+        let started = chrono::DateTime::parse_from_rfc3339(self.started_at.as_deref()?).ok()?;
         let elapsed = now.signed_duration_since(started.with_timezone(&chrono::Utc));
-        elapsed.to_std().map_or(true, |e| e < period)
+        Some(elapsed.to_std().unwrap_or(Duration::ZERO))
     }
 
     fn health_suffix(&self) -> String {
@@ -438,8 +454,11 @@ impl Engine {
     /// Waits until every persistent container of the project (or, when `only` is not empty,
     /// those matching a container name, id or service in `only`) is running, and healthy
     /// where it has a healthcheck. A container that exits, or is unhealthy after its start
-    /// period, fails at once, named with its last output; the timeout fails listing what is
-    /// not ready. One-shot containers are not waited for.
+    /// period, fails at once, named with its last output; so does one that the engine
+    /// restarted [`CRASH_LOOP_RESTARTS`] times while waited for (a crash loop under a restart
+    /// policy, which would otherwise look "restarting" or briefly "running" until the
+    /// timeout). The timeout fails listing what is not ready. One-shot containers are not
+    /// waited for.
     pub async fn wait_healthy(
         &self,
         compose: &ComposeProject,
@@ -449,6 +468,8 @@ impl Engine {
     ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut ready_seen: BTreeSet<String> = BTreeSet::new();
+        // Restart count of each container when first seen.
+        let mut restarts_at_start: HashMap<String, i64> = HashMap::new();
         let mut phase_sent = false;
         loop {
             let probes = self.project_probes(&compose.name).await?;
@@ -486,7 +507,26 @@ impl Engine {
                     pending.push(format!("{name} (no container)"));
                     continue;
                 };
-                match probe.readiness(now) {
+                let restarts = probe.restart_count
+                    - *restarts_at_start
+                        .entry(probe.info.id.clone())
+                        .or_insert(probe.restart_count);
+                let readiness = if restarts >= CRASH_LOOP_RESTARTS {
+                    Readiness::Failed {
+                        reason: format!(
+                            "is crash-looping: restarted {restarts} times in {}s, last exit code {}",
+                            (timeout - deadline.saturating_duration_since(Instant::now()))
+                                .as_secs(),
+                            probe
+                                .exit_code
+                                .map_or_else(|| "?".to_string(), |c| c.to_string())
+                        ),
+                        exited: true,
+                    }
+                } else {
+                    probe.readiness(now)
+                };
+                match readiness {
                     Readiness::Ready => {
                         ready += 1;
                         if ready_seen.insert(probe.info.id.clone()) {
@@ -915,6 +955,7 @@ fn probe_from(response: ContainerInspectResponse) -> Probe {
         started_at: state.started_at,
         start_period,
         last_health_output,
+        restart_count: response.restart_count.unwrap_or(0),
     }
 }
 
@@ -1081,6 +1122,7 @@ mod tests {
             started_at: Some("2024-01-01T00:00:00.123456789Z".into()),
             start_period: None,
             last_health_output: Some("db not ready".into()),
+            restart_count: 0,
         }
     }
 
@@ -1090,6 +1132,19 @@ mod tests {
             .unwrap()
             .with_timezone(&chrono::Utc);
         assert_eq!(probe("running", None).readiness(now), Readiness::Ready);
+        // Started half a second ago, no healthcheck: not trusted yet.
+        let just = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00.623456789Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert!(matches!(
+            probe("running", None).readiness(just),
+            Readiness::Pending(_)
+        ));
+        // A healthcheck decides by itself.
+        assert_eq!(
+            probe("running", Some("healthy")).readiness(just),
+            Readiness::Ready
+        );
         assert_eq!(
             probe("running", Some("healthy")).readiness(now),
             Readiness::Ready
