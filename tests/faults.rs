@@ -222,17 +222,18 @@ fn random_kills_during_backup_and_rollback() {
     let good = env.backup();
     let backup_time = started.elapsed();
     let id = good.id.to_string();
-    // Time a full rollback too (of the unchanged tree: a no-op in content).
-    let started = Instant::now();
-    env.run(&[
+    let backup_args = vec!["-q", "backup"];
+    let rollback_args = vec![
         "-q",
         "rollback",
         &id,
         "--force",
         "--no-start",
         "--rollback-data",
-    ])
-    .assert_ok();
+    ];
+    // Time a full rollback too (of the unchanged tree: a no-op in content).
+    let started = Instant::now();
+    env.run(&rollback_args).assert_ok();
     let rollback_time = started.elapsed();
     env.mutate();
     let mut seed: u64 = 0x5eed;
@@ -250,22 +251,15 @@ fn random_kills_during_backup_and_rollback() {
         let delay = full.mul_f64(fraction);
         let before = env.snapshot_compose();
         let outside = env.snapshot_outside();
-        let args: Vec<&str> = if round % 2 == 0 {
-            vec!["-q", "backup"]
+        let args = if round % 2 == 0 {
+            &backup_args
         } else {
-            vec![
-                "-q",
-                "rollback",
-                &id,
-                "--force",
-                "--no-start",
-                "--rollback-data",
-            ]
+            &rollback_args
         };
         let mut child = Command::new(BIN)
             .arg("-C")
             .arg(&env.work)
-            .args(&args)
+            .args(args)
             .current_dir(&env.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

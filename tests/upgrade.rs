@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::archutil::{flip_middle_byte, hostile_file, read_entry, write_raw};
 use crate::dockerutil::{ensure_test_image, inspect, project_containers, service_container};
@@ -509,30 +509,38 @@ fn assert_rolled_back(env: &TestEnv, before: &Tree, config_before: &str, out: &O
     assert!(h.finished_at.is_some() && h.error.is_some(), "{h:?}");
 }
 
-#[test]
-fn upgrade_whose_service_exits_is_rolled_back_code_and_data() {
+/// Packs `release` as `package_name`, runs `upgrade ARGS` with it on a running stack, and
+/// asserts that the upgrade failed and was rolled back ([`assert_rolled_back`]). Returns the
+/// output and how long the upgrade took.
+#[track_caller]
+fn failed_upgrade(release: Release<'_>, package_name: &str, args: &[&str]) -> (Output, Duration) {
     let env = running_stack();
     let before = env.snapshot_compose();
     let config_before = config_text(&env);
+    let (package, _) = release.pack(&env, package_name);
+    let start = Instant::now();
+    let out = upgrade(&env, &package, args);
+    let took = start.elapsed();
+    assert_rolled_back(&env, &before, &config_before, &out);
+    (out, took)
+}
+
+#[test]
+fn upgrade_whose_service_exits_is_rolled_back_code_and_data() {
     // The release ships its own .env (it replaces the live one until the rollback).
     let command = format!(r#"["sh", "-c", "{DAMAGE}; exit 3"]"#);
-    let (package, _) = Release {
+    let release = Release {
         version: "3.0.0",
         compose: db_yaml("3.0.0", &command, HEALTHY, ""),
         env_file: Some("APP_PORT=1\n"),
-    }
-    .pack(&env, "rel-bad.tar.gz");
-
+    };
     // `restart: unless-stopped` makes the exit a crash loop: it is recognised as a failure
     // after a few restarts, without waiting for the health timeout.
-    let start = Instant::now();
-    let out = upgrade(
-        &env,
-        &package,
+    let (out, took) = failed_upgrade(
+        release,
+        "rel-bad.tar.gz",
         &["--version", "3.0.0", "--health-timeout", "120s"],
     );
-    let took = start.elapsed();
-    assert_rolled_back(&env, &before, &config_before, &out);
     out.assert_stderr_has("crash-looping");
     assert!(
         took.as_secs() < 100,
@@ -545,23 +553,17 @@ fn upgrade_whose_service_exits_is_rolled_back_code_and_data() {
 /// without waiting for the rest of the timeout.
 #[test]
 fn upgrade_whose_service_turns_unhealthy_is_rolled_back() {
-    let env = running_stack();
-    let before = env.snapshot_compose();
-    let config_before = config_text(&env);
     let command = format!(r#"["sh", "-c", "{DAMAGE}; exec sleep 3600"]"#);
-    let (package, _) = Release {
+    let release = Release {
         version: "3.0.0",
         compose: db_yaml("3.0.0", &command, NEVER_HEALTHY, ""),
         env_file: None,
-    }
-    .pack(&env, "rel-unhealthy.tar.gz");
-
-    let out = upgrade(
-        &env,
-        &package,
+    };
+    let (out, _) = failed_upgrade(
+        release,
+        "rel-unhealthy.tar.gz",
         &["--version", "3.0.0", "--health-timeout", "20s", "--json"],
     );
-    assert_rolled_back(&env, &before, &config_before, &out);
     out.assert_stderr_has("unhealthy");
     let doc = out.json();
     assert_keys(&doc, &["success", "error"]);
@@ -578,25 +580,17 @@ fn upgrade_whose_service_turns_unhealthy_is_rolled_back() {
 /// stays `starting`. The tool waits exactly the health timeout, then rolls back.
 #[test]
 fn upgrade_that_never_becomes_healthy_is_rolled_back_after_the_timeout() {
-    let env = running_stack();
-    let before = env.snapshot_compose();
-    let config_before = config_text(&env);
     let command = format!(r#"["sh", "-c", "{DAMAGE}; exec sleep 3600"]"#);
-    let (package, _) = Release {
+    let release = Release {
         version: "3.0.0",
         compose: db_yaml_with("3.0.0", &command, NEVER_HEALTHY, "300s", ""),
         env_file: None,
-    }
-    .pack(&env, "rel-starting.tar.gz");
-
-    let start = Instant::now();
-    let out = upgrade(
-        &env,
-        &package,
+    };
+    let (out, took) = failed_upgrade(
+        release,
+        "rel-starting.tar.gz",
         &["--version", "3.0.0", "--health-timeout", "8s"],
     );
-    let took = start.elapsed();
-    assert_rolled_back(&env, &before, &config_before, &out);
     assert!(
         took.as_secs() >= 8,
         "gave up after {took:?}, before the 8 s health timeout\n{out}"
@@ -612,23 +606,17 @@ fn upgrade_that_never_becomes_healthy_is_rolled_back_after_the_timeout() {
 /// start count as failed.
 #[test]
 fn failed_upgrade_that_adds_a_service_is_rolled_back_without_it() {
-    let env = running_stack();
-    let before = env.snapshot_compose();
-    let config_before = config_text(&env);
     let command = format!(r#"["sh", "-c", "{DAMAGE}; exec sleep 3600"]"#);
-    let (package, _) = Release {
+    let release = Release {
         version: "3.0.0",
         compose: db_yaml("3.0.0", &command, NEVER_HEALTHY, WEB),
         env_file: None,
-    }
-    .pack(&env, "rel-unhealthy-with-web.tar.gz");
-
-    let out = upgrade(
-        &env,
-        &package,
+    };
+    failed_upgrade(
+        release,
+        "rel-unhealthy-with-web.tar.gz",
         &["--version", "3.0.0", "--health-timeout", "20s"],
     );
-    assert_rolled_back(&env, &before, &config_before, &out);
 }
 
 // ---------------------------------------------------------------------------------------------
