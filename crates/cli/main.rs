@@ -72,6 +72,9 @@ enum Command {
     Reindex(commands::reindex::Args),
     /// Verify an archive and add it to the catalog.
     Import(commands::reindex::ImportArgs),
+    /// Show an interrupted operation that could not be undone by itself, and resolve it
+    /// (--keep-live or --restore-saved; nothing is deleted).
+    Recover(commands::recover::Args),
 }
 
 impl Command {
@@ -87,6 +90,7 @@ impl Command {
             }
             Command::Upgrade(_) | Command::Reindex(_) | Command::Import(_) => true,
             Command::Prune(a) => !a.dry_run,
+            Command::Recover(a) => a.resolves(),
         }
     }
 }
@@ -141,6 +145,7 @@ async fn dispatch(cli: Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let opts = nuwax_actors::RuntimeOptions {
         command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         mutating: cli.command.mutating(),
+        resolving: matches!(cli.command, Command::Recover(_)),
     };
     let rt = nuwax_actors::Runtime::start(settings, opts).await?;
     for note in rt.recovery_notes() {
@@ -167,6 +172,7 @@ async fn dispatch(cli: Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
         Command::Prune(args) => commands::prune::run(args, &rt, printer).await,
         Command::Reindex(args) => commands::reindex::run(args, &rt, printer).await,
         Command::Import(args) => commands::reindex::run_import(args, &rt, printer).await,
+        Command::Recover(args) => commands::recover::run(args, &rt, printer).await,
     };
     rt.shutdown().await;
     result

@@ -3,11 +3,12 @@
 //! Every path resolves against the working directory, never against the process's cwd. A
 //! missing `config.toml` means defaults and is never created silently.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::relpath::{RelPath, TopName};
 
 /// Top-level items of the compose dir that are always excluded: our own staging dirs.
 pub const INTERNAL_PREFIX: &str = ".nuwax-";
@@ -57,8 +58,10 @@ impl Default for DockerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
     pub storage_dir: PathBuf,
-    pub exclude: Vec<String>,
-    pub data_paths: Vec<String>,
+    /// Paths never archived and never touched by a rollback, at any depth.
+    pub exclude: Vec<RelPath>,
+    /// Top-level names of the data scope.
+    pub data_paths: Vec<TopName>,
     pub compression_level: u32,
     pub retention: RetentionConfig,
 }
@@ -67,7 +70,10 @@ impl Default for BackupConfig {
     fn default() -> Self {
         Self {
             storage_dir: PathBuf::from("backups"),
-            exclude: vec!["logs".into(), "uv_cache".into()],
+            exclude: ["logs", "uv_cache"]
+                .into_iter()
+                .map(|s| RelPath::parse(s).expect("default excludes are clean"))
+                .collect(),
             data_paths: [
                 "data",
                 "upload",
@@ -77,7 +83,7 @@ impl Default for BackupConfig {
                 "project_init",
             ]
             .into_iter()
-            .map(String::from)
+            .map(|s| TopName::parse(s).expect("default data paths are clean"))
             .collect(),
             compression_level: 3,
             retention: RetentionConfig::default(),
@@ -161,25 +167,35 @@ impl Settings {
             Err(e) => return Err(Error::io("cannot read config file", &config_file, e)),
         };
         config.validate(&config_file)?;
-        let compose_file = absolute(&config.docker.compose_file, &work_dir);
+        let bad = |message: String| Error::Config {
+            path: config_file.clone(),
+            message,
+        };
+        let compose_file = config_path(&config.docker.compose_file, &work_dir)
+            .map_err(|m| bad(format!("docker.compose_file {m}")))?;
         let compose_dir = compose_file
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| work_dir.clone());
         let env_file = match &config.docker.env_file {
-            Some(p) => absolute(p, &work_dir),
+            Some(p) => {
+                config_path(p, &work_dir).map_err(|m| bad(format!("docker.env_file {m}")))?
+            }
             None => compose_dir.join(".env"),
         };
+        let storage_dir = config_path(&config.backup.storage_dir, &work_dir)
+            .map_err(|m| bad(format!("backup.storage_dir {m}")))?;
         let paths = Paths {
-            storage_dir: absolute(&config.backup.storage_dir, &work_dir),
+            storage_dir,
             db_file: work_dir.join("data").join("nuwax.db"),
             lock_file: work_dir.join("data").join("nuwax.lock"),
-            config_file,
+            config_file: config_file.clone(),
             compose_file,
             compose_dir,
             env_file,
             work_dir,
         };
+        paths.check_own_state_outside_compose_dir(&config_file)?;
         Ok(Settings {
             config,
             paths,
@@ -203,25 +219,6 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
-        for (key, list) in [
-            ("backup.exclude", &self.backup.exclude),
-            ("backup.data_paths", &self.backup.data_paths),
-        ] {
-            for item in list {
-                if !is_clean_relative(item) {
-                    return Err(bad(format!(
-                        "{key} entry {item:?} must be a relative path inside the compose dir without '..'"
-                    )));
-                }
-            }
-        }
-        for item in &self.backup.data_paths {
-            if item.contains('/') {
-                return Err(bad(format!(
-                    "backup.data_paths entry {item:?} must be a top-level name of the compose dir"
-                )));
-            }
-        }
         if !(1..=9).contains(&self.backup.compression_level) {
             return Err(bad(format!(
                 "backup.compression_level must be 1..=9, got {}",
@@ -232,32 +229,120 @@ impl Config {
     }
 }
 
-/// `true` for a non-empty relative path made only of normal components.
-pub fn is_clean_relative(p: &str) -> bool {
-    let path = Path::new(p);
-    !p.is_empty()
-        && path
+/// A path named in `config.toml`: relative to the working dir and clean (see [`RelPath`]), or
+/// absolute without `.` or `..` components. Returns the absolute path, or what is wrong.
+fn config_path(p: &Path, work_dir: &Path) -> std::result::Result<PathBuf, String> {
+    if p.is_absolute() {
+        let clean = p
             .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)))
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !clean {
+            return Err(format!(
+                "{} must not contain '.' or '..' components",
+                p.display()
+            ));
+        }
+        return Ok(p.to_path_buf());
+    }
+    match RelPath::parse(p) {
+        Ok(rel) => Ok(rel.under(work_dir)),
+        Err(e) => Err(format!(
+            "{e}; name a path inside the working dir, or an absolute path"
+        )),
+    }
 }
 
+/// Makes `p` absolute against `base` without touching the filesystem.
 fn absolute(p: &Path, base: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        let joined = base.join(p);
-        // Normalise `./x` and `a/../b` lexically so stored paths are clean.
-        let mut out = PathBuf::new();
-        for c in joined.components() {
+        let mut out = base.to_path_buf();
+        for c in p.components() {
             match c {
-                std::path::Component::CurDir => {}
-                std::path::Component::ParentDir => {
+                Component::CurDir => {}
+                Component::ParentDir => {
                     out.pop();
                 }
                 other => out.push(other),
             }
         }
         out
+    }
+}
+
+/// `path` with symlinks of its longest existing ancestor resolved (the rest appended as is):
+/// what the path will be once created.
+fn canonical_prefix(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut cur = path.to_path_buf();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(&cur) {
+            let mut out = c;
+            for r in rest.iter().rev() {
+                out.push(r);
+            }
+            return out;
+        }
+        match (cur.file_name().map(|n| n.to_os_string()), cur.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                cur = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+impl Paths {
+    /// The tool's own state (archives, catalog, lock, config) must never be inside what a
+    /// backup archives and a rollback swaps: the compose dir.
+    fn check_own_state_outside_compose_dir(&self, config_file: &Path) -> Result<()> {
+        let compose = canonical_prefix(&self.compose_dir);
+        let inside = |p: &Path| canonical_prefix(p).starts_with(&compose);
+        let work = canonical_prefix(&self.work_dir);
+        let bad = |message: String| Error::Config {
+            path: config_file.to_path_buf(),
+            message,
+        };
+        if work.starts_with(&compose) {
+            return Err(bad(format!(
+                "the compose dir {} is the working dir {} or contains it; the catalog and the backups would be archived and swapped with the service. Put the compose file in a subdirectory (default: docker/docker-compose.yml) and set [docker] compose_file",
+                self.compose_dir.display(),
+                self.work_dir.display()
+            )));
+        }
+        for (what, key, p) in [
+            (
+                "the backup storage dir",
+                "set [backup] storage_dir to a path outside it (default: backups)",
+                &self.storage_dir,
+            ),
+            (
+                "the catalog",
+                "move the working dir's data/ out of it",
+                &self.db_file,
+            ),
+            (
+                "the operation lock",
+                "move the working dir's data/ out of it",
+                &self.lock_file,
+            ),
+            (
+                "the config file",
+                "keep config.toml outside the compose dir",
+                &self.config_file,
+            ),
+        ] {
+            if inside(p) {
+                return Err(bad(format!(
+                    "{what} {} is inside the compose dir {}; backups would archive it and a rollback would swap it: {key}",
+                    p.display(),
+                    self.compose_dir.display()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -296,6 +381,78 @@ mod tests {
         .unwrap();
         let err = Settings::load(dir.path(), None).unwrap_err();
         assert!(matches!(err, Error::Config { .. }), "{err}");
+    }
+
+    fn load_with(text: &str) -> Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        Settings::load(dir.path(), None)
+    }
+
+    #[test]
+    fn config_paths_are_parsed_once_into_one_spelling() {
+        let s = load_with("[backup]\nexclude = [\"logs/\", \"./app/cache\", \"a//b/.\"]\ndata_paths = [\"./data/\"]\n").unwrap();
+        let ex: Vec<String> = s
+            .config
+            .backup
+            .exclude
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(ex, ["logs", "app/cache", "a/b"]);
+        assert_eq!(s.config.backup.data_paths[0].to_string(), "data");
+        for bad in [
+            "[backup]\nexclude = [\"../x\"]",
+            "[backup]\nexclude = [\"/etc\"]",
+            "[backup]\nexclude = [\"\"]",
+            "[backup]\nexclude = [\".\"]",
+            "[backup]\ndata_paths = [\"data/mysql\"]",
+            "[backup]\nstorage_dir = \"../backups\"",
+            "[backup]\nstorage_dir = \"/srv/../etc\"",
+            "[docker]\ncompose_file = \"../docker-compose.yml\"",
+            "[docker]\nenv_file = \"docker/../../.env\"",
+        ] {
+            let err = load_with(bad).unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn own_state_inside_the_compose_dir_is_refused() {
+        for (text, needle) in [
+            ("[backup]\nstorage_dir = \"docker/backups\"", "storage dir"),
+            (
+                "[docker]\ncompose_file = \"docker-compose.yml\"",
+                "working dir",
+            ),
+            (
+                "[docker]\ncompose_file = \"./docker-compose.yml\"",
+                "working dir",
+            ),
+            (
+                "[docker]\ncompose_file = \"data/docker-compose.yml\"",
+                "catalog",
+            ),
+        ] {
+            let err = load_with(text).unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{text}: {err}");
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+        // Through a symlink too.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("docker")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("docker"), dir.path().join("alias")).unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[backup]\nstorage_dir = \"alias/backups\"",
+        )
+        .unwrap();
+        let err = Settings::load(dir.path(), None).unwrap_err();
+        assert!(err.to_string().contains("storage dir"), "{err}");
+        // An absolute storage dir elsewhere is fine.
+        let other = tempfile::tempdir().unwrap();
+        let text = format!("[backup]\nstorage_dir = \"{}\"", other.path().display());
+        assert_eq!(load_with(&text).unwrap().paths.storage_dir, other.path());
     }
 
     #[test]

@@ -82,6 +82,23 @@ pub enum Error {
     },
     #[error("{path} changed while it was being read ({detail}); stop the services and retry")]
     SourceChanged { path: PathBuf, detail: String },
+    /// A revert found a unit whose live item and saved copy both exist.
+    #[error(
+        "an interrupted operation cannot be undone by itself: {}. Nothing was changed. Look at both, then run `nuwax-cli recover --keep-live` (keep what is live now; the saved copy is set aside, not deleted) or `nuwax-cli recover --restore-saved` (put the saved copy back; the live one is set aside). `nuwax-cli recover` shows the state",
+        describe_conflicts(conflicts)
+    )]
+    SwapConflict {
+        work_dir: PathBuf,
+        /// (live item, its saved copy) pairs.
+        conflicts: Vec<(PathBuf, PathBuf)>,
+    },
+    /// A path from the catalog or a journal points where it must not.
+    #[error("{what} {path} refused: {reason}")]
+    UnsafePath {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("interrupted; partial work was removed and live data is as it was")]
     Interrupted,
     #[error("internal error: {0}")]
@@ -118,18 +135,34 @@ impl Error {
             | Error::Config { .. }
             | Error::Store(nuwax_store::Error::BackupNotFound(_)) => ErrorKind::Usage,
             Error::Refused(_)
+            | Error::SwapConflict { .. }
             | Error::NoSpace { .. }
             | Error::Locked { .. }
             | Error::DockerUnreachable { .. } => ErrorKind::Refused,
-            Error::Corrupt { .. } | Error::UnsafeEntry { .. } | Error::ChecksumMismatch { .. } => {
-                ErrorKind::Integrity
-            }
+            Error::Corrupt { .. }
+            | Error::UnsafeEntry { .. }
+            | Error::ChecksumMismatch { .. }
+            | Error::UnsafePath { .. } => ErrorKind::Integrity,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::UpgradeRolledBack(_) => ErrorKind::UpgradeRolledBack,
             Error::UpgradeRollbackFailed(_) => ErrorKind::UpgradeRollbackFailed,
             _ => ErrorKind::Failed,
         }
     }
+}
+
+fn describe_conflicts(conflicts: &[(PathBuf, PathBuf)]) -> String {
+    conflicts
+        .iter()
+        .map(|(live, saved)| {
+            format!(
+                "{} exists again and its saved copy is {}",
+                live.display(),
+                saved.display()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,11 +13,13 @@ pub mod config_edit;
 pub mod docker;
 pub mod error;
 pub mod faults;
+pub mod fsutil;
 pub mod lock;
 mod maintenance;
 pub mod package;
 pub mod progress;
 mod recovery;
+pub mod relpath;
 pub mod restore;
 pub mod retention;
 mod runtime;
@@ -31,6 +33,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use maintenance::ReindexReport;
 pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 pub use progress::{Phase, Progress, ProgressEvent};
+pub use recovery::{BlockedInfo, Keep};
 pub use runtime::{
     BackupEntry, BackupRequest, RollbackReport, RollbackRequest, RollbackScope, Runtime,
     RuntimeOptions,

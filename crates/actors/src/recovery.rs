@@ -10,10 +10,21 @@
 //! - any kind: containers the operation stopped are started again.
 //!
 //! Every step is idempotent, so a crash during recovery is recovered by the next run.
+//!
+//! A recovery that cannot finish *blocks*: when an operation's files cannot be reverted or
+//! finished (a unit's live item and its saved copy both exist, a journal that names paths
+//! outside the compose dir, an I/O error), the operation stays `running` in the journal and
+//! [`Blocked`] is returned; `Runtime::start` then refuses every mutating command (exit 3)
+//! until `nuwax-cli recover` resolves it, and read-only commands warn. Only a failure to
+//! restart containers (Docker) is soft: noted, and retried by the next run.
+//!
+//! Every path a journal holds is checked before use (`SwapPlan::checked`,
+//! `restore::checked_work_dir`, `storage_archive_path`): the catalog is input like any other.
 
 use chrono::Utc;
 use nuwax_store::{BackupCompletion, BackupStatus, Operation, OperationKind, OperationState};
 
+use crate::Error;
 use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::store_actor::StoreMsg;
 use crate::archive::CancelFlag;
@@ -23,10 +34,146 @@ use crate::progress::Progress;
 use crate::restore;
 use crate::runtime::{BackupJournal, RollbackJournal, Runtime};
 
+/// An interrupted operation that recovery could not finish or revert.
+#[derive(Debug)]
+pub struct Blocked {
+    pub op_id: i64,
+    pub kind: OperationKind,
+    pub pid: u32,
+    pub phase: String,
+    pub error: Error,
+}
+
+impl Blocked {
+    /// The refusal every mutating command gets while this operation is blocked (exit 3).
+    pub(crate) fn refusal(&self) -> Error {
+        match &self.error {
+            Error::SwapConflict {
+                work_dir,
+                conflicts,
+            } => Error::SwapConflict {
+                work_dir: work_dir.clone(),
+                conflicts: conflicts.clone(),
+            },
+            e => Error::Refused(format!(
+                "an interrupted {} operation ({}, pid {}, phase '{}') could not be finished or undone: {e}. Nothing else is done until it is: fix the cause and run any nuwax-cli command again, or run `nuwax-cli recover` to see the state",
+                self.kind.as_str(),
+                self.op_id,
+                self.pid,
+                self.phase
+            )),
+        }
+    }
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Default)]
+pub struct RecoveryOutcome {
+    pub notes: Vec<String>,
+    pub blocked: Vec<Blocked>,
+}
+
+/// Docker failures (restarting containers) are retried by the next run without blocking.
+fn is_soft(e: &Error) -> bool {
+    matches!(e, Error::Docker(_) | Error::DockerUnreachable { .. })
+}
+
+/// A blocked operation as the `recover` command shows it.
+#[derive(Debug, Clone)]
+pub struct BlockedInfo {
+    pub operation_id: i64,
+    pub kind: String,
+    pub pid: u32,
+    pub phase: String,
+    /// Why recovery could not finish it, and what to do.
+    pub message: String,
+    /// (live item, saved copy) pairs that a revert cannot choose between.
+    pub conflicts: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Which copy `recover` keeps where a unit's live item and its saved copy both exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Keep what is live now; the saved copy is set aside.
+    Live,
+    /// Put the saved copy back; the live item is set aside.
+    Saved,
+}
+
 impl Runtime {
-    /// Finishes or reverts what dead processes left; returns notes for the operator.
-    pub(crate) async fn recover(&self) -> Result<Vec<String>> {
+    /// Interrupted operations that start-up recovery could not finish or revert.
+    pub fn blocked_operations(&self) -> Vec<BlockedInfo> {
+        self.blocked
+            .iter()
+            .map(|b| BlockedInfo {
+                operation_id: b.op_id,
+                kind: b.kind.as_str().to_owned(),
+                pid: b.pid,
+                phase: b.phase.clone(),
+                message: b.refusal().to_string(),
+                conflicts: match &b.error {
+                    Error::SwapConflict { conflicts, .. } => conflicts.clone(),
+                    _ => Vec::new(),
+                },
+            })
+            .collect()
+    }
+
+    /// Resolves blocked operations: where a live item and its saved copy both exist, the one
+    /// not kept is moved (never deleted) into `<compose dir>/.nuwax-kept-<op>/`, then recovery
+    /// runs again. Returns what was done; an operation still blocked is an error.
+    pub async fn resolve_blocked(&self, keep: Keep) -> Result<Vec<String>> {
+        let compose_dir = self.settings.paths.compose_dir.clone();
         let mut notes = Vec::new();
+        let unfinished = self.store(StoreMsg::UnfinishedOperations).await?;
+        for b in &self.blocked {
+            if !matches!(b.error, Error::SwapConflict { .. }) {
+                continue;
+            }
+            let Some(op) = unfinished.iter().find(|o| o.id == b.op_id) else {
+                continue;
+            };
+            let plan: restore::SwapPlan = op
+                .details
+                .get("plan")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .ok_or_else(|| {
+                    Error::Refused(format!(
+                        "operation {} has no readable swap plan in its journal; rebuild the catalog with `nuwax-cli reindex` after checking {}",
+                        op.id,
+                        compose_dir.display()
+                    ))
+                })?;
+            let plan = plan.checked(&compose_dir)?;
+            let mut keep_dir = compose_dir.join(format!(".nuwax-kept-{}", op.id));
+            let mut n = 1;
+            while std::fs::symlink_metadata(&keep_dir).is_ok() {
+                n += 1;
+                keep_dir = compose_dir.join(format!(".nuwax-kept-{}-{n}", op.id));
+            }
+            let set_aside = plan.resolve(keep == Keep::Live, &keep_dir)?;
+            for p in set_aside {
+                notes.push(format!(
+                    "operation {}: {} copy set aside as {} (not deleted: look at it, then remove it yourself)",
+                    op.id,
+                    if keep == Keep::Live { "the saved" } else { "the live" },
+                    p.display()
+                ));
+            }
+        }
+        let outcome = self.recover().await?;
+        notes.extend(outcome.notes);
+        if let Some(b) = outcome.blocked.first() {
+            return Err(b.refusal());
+        }
+        Ok(notes)
+    }
+
+    /// Finishes or reverts what dead processes left; returns notes for the operator.
+    pub(crate) async fn recover(&self) -> Result<RecoveryOutcome> {
+        let mut out = RecoveryOutcome::default();
+        let notes = &mut out.notes;
         let ops = self.store(StoreMsg::UnfinishedOperations).await?;
         for op in ops {
             if op.pid != std::process::id() && pid_alive(op.pid, &op.boot_id) && self.lock.is_none()
@@ -52,12 +199,19 @@ impl Runtime {
                     .await?;
                     notes.push(n);
                 }
-                Err(e) => notes.push(format!(
+                Err(e) if is_soft(&e) => notes.push(format!(
                     "could not recover interrupted {} operation {} (pid {}): {e}; will retry on the next run",
                     op.kind.as_str(),
                     op.id,
                     op.pid
                 )),
+                Err(error) => out.blocked.push(Blocked {
+                    op_id: op.id,
+                    kind: op.kind,
+                    pid: op.pid,
+                    phase: op.phase.clone(),
+                    error,
+                }),
             }
         }
         // Rows still Running whose owner is dead and that no journal explains.
@@ -70,7 +224,9 @@ impl Runtime {
                     rec.owner_pid.unwrap_or(0)
                 );
                 self.store(|r| StoreMsg::FailBackup(rec.id, msg, r)).await?;
-                let _ = restore::remove_path(&crate::runtime::partial_path(&rec.file_path));
+                if let Ok(dest) = self.storage_archive_path(&rec.file_path) {
+                    let _ = restore::remove_path(&crate::runtime::partial_path(&dest));
+                }
                 notes.push(format!(
                     "backup {} was left running by a dead process; marked Failed",
                     rec.id
@@ -80,7 +236,9 @@ impl Runtime {
         // Partial archives no journal row explains (should not exist; be thorough).
         if let Ok(rd) = std::fs::read_dir(&self.settings.paths.storage_dir) {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".tar.gz.partial") {
+                if e.file_name().to_string_lossy().ends_with(".tar.gz.partial")
+                    && e.file_type().is_ok_and(|t| t.is_file())
+                {
                     let _ = std::fs::remove_file(e.path());
                     notes.push(format!(
                         "removed an incomplete archive left behind: {}",
@@ -89,7 +247,7 @@ impl Runtime {
                 }
             }
         }
-        Ok(notes)
+        Ok(out)
     }
 
     pub(crate) async fn restart_stopped(
@@ -110,7 +268,16 @@ impl Runtime {
         let j: BackupJournal = serde_json::from_value(op.details.clone()).map_err(|e| {
             crate::Error::Internal(format!("unreadable journal of operation {}: {e}", op.id))
         })?;
-        restore::remove_path(&j.partial)?;
+        let dest = self.storage_archive_path(&j.dest)?;
+        let partial = crate::runtime::partial_path(&dest);
+        if j.partial != partial {
+            return Err(Error::UnsafePath {
+                what: "journaled partial archive",
+                path: j.partial.clone(),
+                reason: format!("it is not {}", partial.display()),
+            });
+        }
+        restore::remove_path(&partial)?;
         let mut what = format!(
             "backup interrupted (pid {} died in phase '{}')",
             op.pid, op.phase
@@ -119,11 +286,11 @@ impl Runtime {
             let rec = self.store(|r| StoreMsg::GetBackup(id, r)).await?;
             if let Some(rec) = rec.filter(|r| r.status == BackupStatus::Running) {
                 let mut completed = false;
-                if j.dest.exists() {
+                if dest.exists() {
                     // Renamed before the catalog was updated: keep it only if it verifies.
                     let report = self
                         .archive(|r| ArchiveMsg::Verify {
-                            path: j.dest.clone(),
+                            path: dest.clone(),
                             expected_sha256: None,
                             progress: Progress::none(),
                             cancel: CancelFlag::default(),
@@ -150,7 +317,7 @@ impl Runtime {
                                 "; its archive was complete and verified: backup {id} kept"
                             ));
                         }
-                        _ => restore::remove_path(&j.dest)?,
+                        _ => restore::remove_path(&dest)?,
                     }
                 }
                 if !completed {
@@ -174,16 +341,19 @@ impl Runtime {
         let j: RollbackJournal = serde_json::from_value(op.details.clone()).map_err(|e| {
             crate::Error::Internal(format!("unreadable journal of operation {}: {e}", op.id))
         })?;
-        let mut what = match (op.phase.as_str(), &j.plan) {
+        let compose_dir = &self.settings.paths.compose_dir;
+        let plan = j.plan.clone().map(|p| p.checked(compose_dir)).transpose()?;
+        let committed = op.phase == "committed";
+        let mut what = match (op.phase.as_str(), &plan) {
             ("swapping", Some(plan)) => {
-                restore::revert(plan)?;
+                plan.revert()?;
                 format!(
                     "rollback to backup {} was interrupted (pid {} died while swapping); the swap was undone, the live files are as before",
                     j.backup_id, op.pid
                 )
             }
             ("committed", Some(plan)) => {
-                restore::cleanup(plan)?;
+                plan.commit()?;
                 format!(
                     "rollback to backup {} had completed when pid {} died; cleaned up",
                     j.backup_id, op.pid
@@ -191,7 +361,7 @@ impl Runtime {
             }
             _ => {
                 if !j.work_dir.as_os_str().is_empty() {
-                    restore::remove_path(&j.work_dir)?;
+                    restore::remove_path(&restore::checked_work_dir(compose_dir, &j.work_dir)?)?;
                 }
                 format!(
                     "rollback to backup {} was interrupted before changing anything (pid {} died in phase '{}'); its staging dir was removed",
@@ -199,7 +369,17 @@ impl Runtime {
                 )
             }
         };
-        what.push_str(&self.restart_stopped(&j.stopped).await?);
+        if committed {
+            // The restored files are live: the containers must match them (recreated when the
+            // compose file, .env or an env_file changed), exactly as the rollback would have.
+            if !j.stopped.is_empty() {
+                self.start_after_rollback(&j, &Progress::none()).await?;
+                let names: Vec<_> = j.stopped.iter().map(|c| c.name.as_str()).collect();
+                what.push_str(&format!("; started {} again", names.join(", ")));
+            }
+        } else {
+            what.push_str(&self.restart_stopped(&j.stopped).await?);
+        }
         Ok(what)
     }
 

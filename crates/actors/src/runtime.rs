@@ -46,6 +46,8 @@ pub struct RuntimeOptions {
     pub command: String,
     /// Takes the operation lock for the whole process (backup, rollback, delete...).
     pub mutating: bool,
+    /// The `recover` command: starts even when an interrupted operation is blocked.
+    pub resolving: bool,
 }
 
 /// A catalog row plus what the file system says about its archive.
@@ -161,6 +163,8 @@ pub struct Runtime {
     pub(crate) lock: Option<OperationLock>,
     cancel: CancelFlag,
     notes: Vec<String>,
+    /// Interrupted operations recovery could not finish (see `recovery.rs`).
+    pub(crate) blocked: Vec<crate::recovery::Blocked>,
 }
 
 impl Runtime {
@@ -199,6 +203,7 @@ impl Runtime {
             lock,
             cancel: CancelFlag::default(),
             notes: Vec::new(),
+            blocked: Vec::new(),
         };
         if let Some(lock) = &rt.lock
             && let Some(prev) = &lock.taken_over_from
@@ -209,8 +214,21 @@ impl Runtime {
             ));
         }
         if rt.lock.is_some() {
-            let notes = rt.recover().await?;
-            rt.notes.extend(notes);
+            let outcome = rt.recover().await?;
+            rt.notes.extend(outcome.notes);
+            rt.blocked = outcome.blocked;
+        }
+        if let Some(b) = rt.blocked.first()
+            && !opts.resolving
+        {
+            if opts.mutating {
+                let err = b.refusal();
+                rt.shutdown().await;
+                return Err(err);
+            }
+            for b in &rt.blocked {
+                rt.notes.push(format!("warning: {}", b.refusal()));
+            }
         }
         if !opts.mutating {
             rt.lock = None;
@@ -296,15 +314,41 @@ impl Runtime {
                 entry.record.owner_pid.unwrap_or(0)
             )));
         }
-        if entry.file_exists {
-            std::fs::remove_file(&entry.record.file_path)
-                .ctx("cannot delete archive", &entry.record.file_path)?;
-            if let Some(dir) = entry.record.file_path.parent() {
-                restore::sync_dir(dir)?;
-            }
+        // The catalog is input like any other: only a file of the storage dir is deleted.
+        let path = self.storage_archive_path(&entry.record.file_path)?;
+        if std::fs::symlink_metadata(&path).is_ok() {
+            std::fs::remove_file(&path).ctx("cannot delete archive", &path)?;
+            restore::sync_dir(&self.settings.paths.storage_dir)?;
         }
         self.store(|r| StoreMsg::DeleteBackup(id, r)).await?;
         Ok(entry)
+    }
+
+    /// A catalog or journal path checked to name an archive directly inside the storage
+    /// dir (`backup_*.tar.gz`): the only files this tool deletes there.
+    pub(crate) fn storage_archive_path(&self, path: &Path) -> Result<PathBuf> {
+        let dir = &self.settings.paths.storage_dir;
+        let refuse = |reason: String| Error::UnsafePath {
+            what: "catalog archive path",
+            path: path.to_path_buf(),
+            reason,
+        };
+        let name = path.file_name().unwrap_or_default();
+        if crate::relpath::RelPath::from_name(name).is_err()
+            || !name.to_string_lossy().ends_with(".tar.gz")
+        {
+            return Err(refuse(
+                "it does not name a .tar.gz archive; nothing was deleted. Rebuild the catalog with `nuwax-cli reindex`".into(),
+            ));
+        }
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if crate::fsutil::canonical(parent) != crate::fsutil::canonical(dir) {
+            return Err(refuse(format!(
+                "it is not in the storage dir {}; nothing was deleted. If [backup] storage_dir was changed, move the archives there and run `nuwax-cli reindex`",
+                dir.display()
+            )));
+        }
+        Ok(dir.join(name))
     }
 
     // ----------------------------------------------------------------------------- backup
@@ -500,7 +544,10 @@ impl Runtime {
                 data_paths: cfg.backup.data_paths.clone(),
                 excluded: cfg.backup.exclude.clone(),
                 images,
-                top_level_bytes: sizes,
+                top_level_bytes: sizes
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((crate::relpath::TopName::parse(&k).ok()?, v)))
+                    .collect(),
             },
         };
         let built = self
@@ -578,7 +625,7 @@ impl Runtime {
     // ----------------------------------------------------------------------------- rollback
 
     /// Restores a scope of a backup: checksum, staged extraction with per-file verification,
-    /// stop, swap with undo. Leaves the services stopped.
+    /// stop, swap with undo (the swap engine in `restore.rs`).
     pub async fn rollback(
         &self,
         req: RollbackRequest,
@@ -624,13 +671,7 @@ impl Runtime {
         // 1. The archive's SHA-256 is checked against the catalog while it is extracted into
         //    the staging dir (one read of the archive, not two), and before anything live is
         //    touched: `extract` fails on a mismatch, and nothing is swapped in then.
-        let cfg = &self.settings.config;
-        let data: Vec<std::ffi::OsString> = cfg.backup.data_paths.iter().map(Into::into).collect();
-        let filter = match req.scope {
-            RollbackScope::App => TopLevelFilter::AllExcept(data),
-            RollbackScope::All => TopLevelFilter::All,
-            RollbackScope::DataOnly => TopLevelFilter::Only(data),
-        };
+        let filter = self.scope_filter(req.scope);
         // Staging needs the scope's size on the compose dir's filesystem (the old content
         // stays until the swap is done, so nothing is freed before).
         let info = match self
@@ -647,9 +688,12 @@ impl Runtime {
         } else {
             info.top_level_bytes
                 .iter()
-                .filter(|(name, _)| filter.includes(std::ffi::OsStr::new(name.as_str())))
-                .map(|(_, b)| *b)
-                .sum()
+                .filter(|(name, _)| filter.includes(name.as_os_str()))
+                .try_fold(0u64, |sum, (_, b)| sum.checked_add(*b))
+                .ok_or_else(|| Error::Corrupt {
+                    path: record.file_path.clone(),
+                    detail: "its info.json claims more bytes than a disk can hold".into(),
+                })?
         };
         crate::space::ensure(&paths.compose_dir, needed)?;
         let mut journal = RollbackJournal {
@@ -669,8 +713,6 @@ impl Runtime {
                 )
             })
             .await?;
-        journal.work_dir = restore::work_dir(&paths.compose_dir, op);
-        self.set_phase(op, "extracting", &journal).await?;
         let result = self
             .rollback_inner(op, &mut journal, &entry, filter, containers, &progress)
             .await;
@@ -691,10 +733,12 @@ impl Runtime {
                 // Undo whatever was done; the live tree is as before.
                 let mut cleanup_err = None;
                 if let Some(plan) = &journal.plan {
-                    if let Err(re) = restore::revert(plan) {
+                    if let Err(re) = plan.revert() {
                         cleanup_err = Some(re);
                     }
-                } else if let Err(re) = restore::remove_path(&journal.work_dir) {
+                } else if !journal.work_dir.as_os_str().is_empty()
+                    && let Err(re) = restore::remove_path(&journal.work_dir)
+                {
                     cleanup_err = Some(re);
                 }
                 if !journal.stopped.is_empty() {
@@ -718,12 +762,30 @@ impl Runtime {
                 self.store(|r| StoreMsg::FinishOperation(op, state, Some(msg), r))
                     .await?;
                 match cleanup_err {
+                    Some(ce @ Error::SwapConflict { .. }) => Err(ce),
                     Some(ce) => Err(Error::Internal(format!(
                         "{e}; undoing the rollback failed too: {ce}. The next nuwax-cli command will retry the undo"
                     ))),
                     None => Err(e),
                 }
             }
+        }
+    }
+
+    /// The top-level filter of a rollback scope.
+    pub(crate) fn scope_filter(&self, scope: RollbackScope) -> TopLevelFilter {
+        let data: Vec<std::ffi::OsString> = self
+            .settings
+            .config
+            .backup
+            .data_paths
+            .iter()
+            .map(|d| d.as_os_str().to_owned())
+            .collect();
+        match scope {
+            RollbackScope::App => TopLevelFilter::AllExcept(data),
+            RollbackScope::All => TopLevelFilter::All,
+            RollbackScope::DataOnly => TopLevelFilter::Only(data),
         }
     }
 
@@ -737,7 +799,9 @@ impl Runtime {
         progress: &Progress,
     ) -> Result<RollbackReport> {
         let paths = &self.settings.paths;
-        let staged = restore::prepare_work_dir(&journal.work_dir)?;
+        journal.work_dir = restore::create_work_dir(&paths.compose_dir, restore::WORK_PREFIX, op)?;
+        self.set_phase(op, "extracting", journal).await?;
+        let staged = journal.work_dir.join("staged");
         crate::faults::point("rollback.after_work_dir");
         let extracted = self
             .archive(|r| {
@@ -758,6 +822,7 @@ impl Runtime {
             .await?;
         restore::sync_filesystem(&staged)?;
         crate::faults::point("rollback.after_extract");
+        self.cancel.check()?;
 
         // 3. Stop what runs now (extraction may have taken minutes: ask the engine again).
         let containers = match containers {
@@ -778,40 +843,31 @@ impl Runtime {
             crate::faults::point("rollback.after_stop");
         }
 
-        // 4. Swap.
+        // 4. Swap: the configured excludes and the archive's own are never touched.
         let mut excludes = self.settings.config.backup.exclude.clone();
         for e in &extracted.info.excluded {
             if !excludes.contains(e) {
                 excludes.push(e.clone());
             }
         }
-        journal.compose_before = std::fs::read(&paths.compose_file)
-            .ok()
-            .map(|b| sha256_hex(&b));
-        let plan = restore::plan(
-            &paths.compose_dir,
-            &journal.work_dir,
-            &extracted.top_level,
-            &filter,
-            &excludes,
-        )?;
-        restore::check_same_filesystem(&plan)?;
-        restore::carry_nested_excludes(&plan, &excludes)?;
+        journal.compose_before = self.definitions_fingerprint();
+        let plan = restore::prepare(&paths.compose_dir, &journal.work_dir, &filter, &excludes)?;
         progress.phase(crate::Phase::Swapping, None, Some(plan.items.len() as u64));
         journal.plan = Some(plan.clone());
         self.set_phase(op, "swapping", journal).await?;
         crate::faults::point("rollback.before_swap");
-        restore::apply(&plan)?;
+        // The last moment an interrupt can abort without changing live data.
+        self.cancel.check()?;
+        plan.apply()?;
         crate::faults::point("rollback.after_swap");
         self.set_phase(op, "committed", journal).await?;
         crate::faults::point("rollback.after_commit");
         journal.plan = None; // committed: failures from here on must not revert
-        if let Err(e) = restore::cleanup(&plan) {
+        if let Err(e) = plan.commit() {
             progress.notice(format!(
                 "warning: the rollback is complete but the old content could not be removed: {e}"
             ));
         }
-        let name = |i: &restore::SwapItem| i.os_name().to_string_lossy().into_owned();
         Ok(RollbackReport {
             backup: entry.clone(),
             scope: RollbackScope::All,
@@ -819,13 +875,13 @@ impl Runtime {
                 .items
                 .iter()
                 .filter(|i| i.has_staged)
-                .map(name)
+                .map(restore::SwapItem::display_name)
                 .collect(),
             removed: plan
                 .items
                 .iter()
                 .filter(|i| !i.has_staged)
-                .map(name)
+                .map(restore::SwapItem::display_name)
                 .collect(),
             stopped: journal.stopped.clone(),
             files: extracted.files,
@@ -835,23 +891,51 @@ impl Runtime {
         })
     }
 
-    /// After a committed swap: a changed compose file means containers must be recreated
-    /// from the restored definitions (`compose up -d`: the old images, not the new ones);
-    /// otherwise start exactly what the rollback stopped, or the whole project when nothing
-    /// was running. Then wait for health.
-    async fn start_after_rollback(
+    /// A digest of everything the running containers were created from: the compose file, the
+    /// env file and every `env_file` a service names. `None` without a compose file.
+    pub(crate) fn definitions_fingerprint(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let paths = &self.settings.paths;
+        let compose = std::fs::read(&paths.compose_file).ok()?;
+        let mut h = Sha256::new();
+        let mut add = |label: &str, bytes: Option<Vec<u8>>| {
+            h.update(label.as_bytes());
+            h.update([0]);
+            match bytes {
+                Some(b) => {
+                    h.update((b.len() as u64).to_le_bytes());
+                    h.update(&b);
+                }
+                None => h.update(b"-"),
+            }
+        };
+        add("compose", Some(compose));
+        add("env", std::fs::read(&paths.env_file).ok());
+        if let Ok(project) = self.compose_project() {
+            for (name, service) in &project.services {
+                for f in &service.env_files {
+                    let p = paths.compose_dir.join(f);
+                    add(&format!("{name}:{f}"), std::fs::read(p).ok());
+                }
+            }
+        }
+        Some(hex::encode(h.finalize()))
+    }
+
+    /// After a committed swap (also from recovery): changed definitions (compose file, `.env`,
+    /// a service's `env_file`) mean containers must be recreated from the restored files
+    /// (`compose up -d`: the old images, not the new ones); otherwise start exactly what the
+    /// rollback stopped, or the whole project when nothing was running. Then wait for health.
+    pub(crate) async fn start_after_rollback(
         &self,
         journal: &RollbackJournal,
         progress: &Progress,
     ) -> Result<()> {
-        let paths = &self.settings.paths;
-        let compose_after = std::fs::read(&paths.compose_file)
-            .ok()
-            .map(|b| sha256_hex(&b));
+        let after = self.definitions_fingerprint();
         let compose = self.compose_or_bare();
-        if compose_after.is_some() && compose_after != journal.compose_before {
+        if after.is_some() && after != journal.compose_before {
             progress.notice(
-                "the compose file changed: recreating the containers from the restored definitions",
+                "the compose file, .env or an env_file changed: recreating the containers from the restored definitions",
             );
             self.compose_up(&compose, progress).await?;
             return self.wait_healthy(&compose, Vec::new(), progress).await;
@@ -902,11 +986,6 @@ impl Runtime {
         self.store(|r| StoreMsg::SetOperationPhase(op, phase.to_owned(), Some(value), r))
             .await
     }
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
 }
 
 pub(crate) fn is_root() -> bool {

@@ -58,7 +58,7 @@ pub fn ensure(path: &Path, needed: u64) -> Result<()> {
 /// or nested relative paths) and our own `.nuwax-*` dirs. Symlinks are not followed.
 pub fn tree_bytes(
     dir: &Path,
-    exclude: &[String],
+    exclude: &[crate::relpath::RelPath],
 ) -> Result<std::collections::BTreeMap<String, u64>> {
     use std::os::unix::fs::MetadataExt;
     let mut sizes = std::collections::BTreeMap::new();
@@ -66,7 +66,7 @@ pub fn tree_bytes(
         Ok(rd) => rd,
         Err(e) => return Err(Error::io("cannot list", dir, e)),
     };
-    let excluded: Vec<std::path::PathBuf> = exclude.iter().map(|e| dir.join(e)).collect();
+    let excluded: Vec<std::path::PathBuf> = exclude.iter().map(|e| e.under(dir)).collect();
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("cannot list", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();

@@ -25,11 +25,12 @@ use serde::{Deserialize, Serialize};
 use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::docker_actor::DockerMsg;
 use crate::actors::store_actor::StoreMsg;
-use crate::archive::{ImageRecord, TopLevelFilter};
+use crate::archive::ImageRecord;
 use crate::docker::ContainerInfo;
 use crate::error::{Error, IoContext, Result};
 use crate::package::PackageInfo;
 use crate::progress::{Phase, Progress};
+use crate::relpath::RelPath;
 use crate::restore::{self, SwapPlan};
 use crate::runtime::{BackupEntry, RollbackRequest, RollbackScope, Runtime};
 
@@ -98,7 +99,12 @@ impl Runtime {
             .unwrap_or_else(|| "docker-compose.yml".into());
         progress.phase(Phase::Checking, None, None);
         let package = req.package.clone();
-        let data_paths = cfg.backup.data_paths.clone();
+        let data_paths: Vec<String> = cfg
+            .backup
+            .data_paths
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
         let info = self
             .archive(|r| ArchiveMsg::ValidatePackage(package, compose_name, data_paths, r))
             .await?;
@@ -242,32 +248,28 @@ impl Runtime {
     ) -> Result<()> {
         let paths = &self.settings.paths;
         let cfg = &self.settings.config;
-        let work = paths.compose_dir.join(format!("{UPGRADE_PREFIX}{op}"));
+        let work = restore::create_work_dir(&paths.compose_dir, UPGRADE_PREFIX, op)?;
         journal.work_dir = work.clone();
         self.set_phase(op, "unpacking", journal).await?;
-        let staged = restore::prepare_work_dir(&work)?;
+        let staged = work.join("staged");
         let (pkg, st) = (package.to_path_buf(), staged.clone());
-        let items = self
-            .archive(|r| ArchiveMsg::UnpackPackage(pkg, st, r))
+        self.archive(|r| ArchiveMsg::UnpackPackage(pkg, st, r))
             .await?;
         restore::sync_filesystem(&staged)?;
-        let data: Vec<OsString> = cfg.backup.data_paths.iter().map(Into::into).collect();
-        let filter = TopLevelFilter::AllExcept(data);
+        let filter = self.scope_filter(RollbackScope::App);
         let mut excludes = cfg.backup.exclude.clone();
         if !info.top_level.iter().any(|t| t == ".env") {
-            excludes.push(".env".into());
+            excludes.push(RelPath::parse(".env").expect("a clean name"));
         }
-        let plan = restore::plan(&paths.compose_dir, &work, &items, &filter, &excludes)?;
-        restore::check_same_filesystem(&plan)?;
-        restore::carry_nested_excludes(&plan, &excludes)?;
+        let plan = restore::prepare(&paths.compose_dir, &work, &filter, &excludes)?;
         progress.phase(Phase::Swapping, None, Some(plan.items.len() as u64));
         journal.plan = Some(plan.clone());
         self.set_phase(op, "swapping", journal).await?;
-        restore::apply(&plan)?;
+        plan.apply()?;
         self.set_phase(op, "applied", journal).await?;
         crate::faults::point("upgrade.after_swap");
         journal.plan = None;
-        if let Err(e) = restore::cleanup(&plan) {
+        if let Err(e) = plan.commit() {
             progress.notice(format!("warning: could not remove {}: {e}", work.display()));
         }
         crate::config_edit::set_service_version(&paths.config_file, to)?;
@@ -290,11 +292,20 @@ impl Runtime {
         progress: &Progress,
     ) -> Result<UpgradeReport> {
         let paths = &self.settings.paths;
-        // An unfinished swap is reverted first so the rollback starts from a whole tree.
-        if let Some(plan) = &journal.plan {
-            let _ = restore::revert(plan);
+        // An unfinished swap is reverted first so the rollback starts from a whole tree. If it
+        // cannot be (a conflict), its work dir is left as it is: the restore below brings
+        // back everything from the pre-upgrade backup either way, and nothing is deleted.
+        match &journal.plan {
+            Some(plan) => {
+                if let Err(e) = plan.revert() {
+                    progress.notice(format!("warning: could not undo the swap first: {e}"));
+                }
+            }
+            None if !journal.work_dir.as_os_str().is_empty() => {
+                let _ = restore::remove_path(&journal.work_dir);
+            }
+            None => {}
         }
-        let _ = restore::remove_path(&journal.work_dir);
         let restored = self
             .rollback(
                 RollbackRequest {
@@ -396,9 +407,14 @@ impl Runtime {
         match op.phase.as_str() {
             "swapping" | "applied" | "starting" => {
                 if let (Some(plan), "swapping") = (&j.plan, op.phase.as_str()) {
-                    restore::revert(plan)?;
+                    plan.clone()
+                        .checked(&self.settings.paths.compose_dir)?
+                        .revert()?;
+                } else if !j.work_dir.as_os_str().is_empty() {
+                    let work =
+                        restore::checked_work_dir(&self.settings.paths.compose_dir, &j.work_dir)?;
+                    let _ = restore::remove_path(&work);
                 }
-                let _ = restore::remove_path(&j.work_dir);
                 let Some(backup_id) = j.backup_id else {
                     return Err(Error::Internal("upgrade journal without its backup".into()));
                 };
@@ -423,7 +439,9 @@ impl Runtime {
             }
             _ => {
                 if !j.work_dir.as_os_str().is_empty() {
-                    restore::remove_path(&j.work_dir)?;
+                    let work =
+                        restore::checked_work_dir(&self.settings.paths.compose_dir, &j.work_dir)?;
+                    restore::remove_path(&work)?;
                 }
                 what.push_str(&self.restart_stopped(&j.stopped).await?);
                 outcome = UpgradeOutcome::Failed;

@@ -6,6 +6,7 @@ pub(crate) mod delete;
 pub(crate) mod docker_service;
 pub(crate) mod list;
 pub(crate) mod prune;
+pub(crate) mod recover;
 pub(crate) mod reindex;
 pub(crate) mod rollback;
 pub(crate) mod upgrade;
@@ -28,5 +29,6 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::Prune(a) => a.json,
         Command::Reindex(a) => a.json,
         Command::Import(a) => a.json,
+        Command::Recover(a) => a.json,
     }
 }

@@ -203,3 +203,76 @@ pub(crate) fn table(entries: &[&BackupEntry]) -> String {
     }
     out
 }
+
+/// Result of `recover --json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct RecoverDocument {
+    pub success: bool,
+    /// Interrupted operations that could not be finished or undone by themselves (after a
+    /// `--keep-live`/`--restore-saved` run: those still blocked, normally none).
+    pub blocked: Vec<BlockedJson>,
+    /// What this run did, one sentence each.
+    pub resolved: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// One blocked operation.
+#[derive(Debug, Serialize)]
+pub(crate) struct BlockedJson {
+    pub operation_id: i64,
+    /// `backup`, `rollback`, `upgrade`...
+    pub kind: String,
+    /// The process that died.
+    pub pid: u32,
+    /// The journal phase it died in.
+    pub phase: String,
+    /// Why it is blocked and what to do.
+    pub message: String,
+    /// Units whose live item and saved copy both exist.
+    pub conflicts: Vec<ConflictJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ConflictJson {
+    /// The live path (absolute).
+    pub live: String,
+    /// Its saved copy (absolute).
+    pub saved: String,
+}
+
+impl From<&nuwax_actors::BlockedInfo> for BlockedJson {
+    fn from(b: &nuwax_actors::BlockedInfo) -> Self {
+        BlockedJson {
+            operation_id: b.operation_id,
+            kind: b.kind.clone(),
+            pid: b.pid,
+            phase: b.phase.clone(),
+            message: b.message.clone(),
+            conflicts: b
+                .conflicts
+                .iter()
+                .map(|(live, saved)| ConflictJson {
+                    live: live.display().to_string(),
+                    saved: saved.display().to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A name for a table cell: control characters escaped so a hostile file name cannot forge
+/// rows or terminal escapes (JSON keeps the exact text).
+pub(crate) fn escape_for_table(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}

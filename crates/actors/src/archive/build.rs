@@ -17,12 +17,12 @@
 //! `Builder::append_data` cannot store a long path whose first byte is not UTF-8.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -185,27 +185,11 @@ struct Excludes {
 
 impl Excludes {
     fn new(opts: &BuildOptions, partial: &Path) -> Result<Self> {
-        let mut prefixes = Vec::new();
-        for e in &opts.exclude {
-            let mut comps = Vec::new();
-            for c in Path::new(e).components() {
-                match c {
-                    Component::Normal(n) => comps.push(n.to_owned()),
-                    Component::CurDir => {}
-                    _ => {
-                        return Err(Error::Usage(format!(
-                            "exclude entry {e:?} must be a relative path inside the compose dir"
-                        )));
-                    }
-                }
-            }
-            if comps.is_empty() {
-                return Err(Error::Usage(format!(
-                    "exclude entry {e:?} names no path (it would exclude everything)"
-                )));
-            }
-            prefixes.push(comps);
-        }
+        let mut prefixes: Vec<Vec<OsString>> = opts
+            .exclude
+            .iter()
+            .map(|e| e.names().map(OsStr::to_owned).collect())
+            .collect();
         // An archive written inside the source tree must not archive itself.
         if let (Ok(src), Some(parent), Some(pname), Some(dname)) = (
             fs::canonicalize(&opts.source_dir),
@@ -931,10 +915,10 @@ mod tests {
             service_version: "1.2.3".into(),
             created_at: "2026-01-02T03:04:05Z".into(),
             compose_project: "p\"q".into(),
-            data_paths: vec!["data".into()],
+            data_paths: vec!["data".parse().unwrap()],
             excluded: vec![],
             images: vec![],
-            top_level_bytes: [("data".to_string(), 7u64)].into_iter().collect(),
+            top_level_bytes: [("data".parse().unwrap(), 7u64)].into_iter().collect(),
         };
         let entry = |i: u64| {
             let (path, path_hex) = encode_bytes(format!("a/\u{e9}{i}").as_bytes());

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::relpath::{RelPath, TopName};
+
 /// Directory inside the archive that holds our metadata entries.
 pub const META_DIR: &str = ".nuwax-backup";
 pub const INFO_PATH: &str = ".nuwax-backup/info.json";
@@ -21,16 +23,19 @@ pub struct ArchiveInfo {
     /// RFC 3339, UTC.
     pub created_at: String,
     pub compose_project: String,
-    /// Top-level names of the data scope at backup time.
-    pub data_paths: Vec<String>,
+    /// Top-level names of the data scope at backup time. Parsed as [`TopName`]s: an archive
+    /// naming anything else is refused as corrupt.
+    pub data_paths: Vec<TopName>,
     /// Paths left out of the archive (config `exclude`): a restore never touches them.
-    pub excluded: Vec<String>,
+    /// Parsed as [`RelPath`]s (no `..`, not absolute): an archive naming anything else is
+    /// refused as corrupt.
+    pub excluded: Vec<RelPath>,
     /// Images of the project's containers at backup time.
     #[serde(default)]
     pub images: Vec<ImageRecord>,
     /// Bytes of file content per top-level item (what a restore of that item needs).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub top_level_bytes: std::collections::BTreeMap<String, u64>,
+    pub top_level_bytes: std::collections::BTreeMap<TopName, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

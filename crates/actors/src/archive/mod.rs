@@ -74,7 +74,7 @@ pub struct BuildOptions {
     pub dest: PathBuf,
     /// Relative paths (top-level names or nested like `app/cache`) to leave out. Top-level
     /// names starting with `.nuwax-` are always left out.
-    pub exclude: Vec<String>,
+    pub exclude: Vec<crate::relpath::RelPath>,
     /// gzip level 1..=9.
     pub level: u32,
     /// Compression threads; 0 = available parallelism.

@@ -212,9 +212,27 @@ fn read_service(body: &Mapping, vars: &Vars<'_>) -> ComposeService {
         }
     }
 
+    // `env_file:` as a string, a list of strings, or a list of `{path: ...}` maps.
+    let mut env_files = Vec::new();
+    let mut add_env = |v: &Value| {
+        let path = match v {
+            Value::Mapping(m) => m.get("path").and_then(scalar_string),
+            other => scalar_string(other),
+        };
+        if let Some(p) = path {
+            env_files.push(vars.interpolate(&p));
+        }
+    };
+    match body.get("env_file") {
+        Some(Value::Sequence(list)) => list.iter().for_each(&mut add_env),
+        Some(v) => add_env(v),
+        None => {}
+    }
+
     ComposeService {
         restart,
         depends_on: deps,
+        env_files,
         has_healthcheck: body
             .get("healthcheck")
             .is_some_and(|h| healthcheck_enabled(h, vars)),
@@ -557,6 +575,19 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(vars.interpolate(input), want, "{input}");
         }
+    }
+
+    #[test]
+    fn service_env_files_in_every_form() {
+        let p = load_str(
+            "services:\n  a:\n    image: x\n    env_file: a.env\n  b:\n    image: x\n    env_file: [b1.env, b2.env]\n  c:\n    image: x\n    env_file:\n      - path: c.env\n        required: false\n",
+        );
+        assert_eq!(p.services["a"].env_files, vec!["a.env".to_string()]);
+        assert_eq!(
+            p.services["b"].env_files,
+            vec!["b1.env".to_string(), "b2.env".into()]
+        );
+        assert_eq!(p.services["c"].env_files, vec!["c.env".to_string()]);
     }
 
     #[test]

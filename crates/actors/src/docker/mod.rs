@@ -22,6 +22,8 @@ pub struct ComposeService {
     pub depends_on: Vec<String>,
     /// The service defines a healthcheck that is not disabled.
     pub has_healthcheck: bool,
+    /// `env_file:` entries as written (relative to the compose dir unless absolute).
+    pub env_files: Vec<String>,
 }
 
 /// The parsed compose project.
