@@ -765,3 +765,79 @@ fn rollback_with_a_changed_unstartable_compose_file_keeps_the_restore_and_exits_
 fn rollback_of_a_project_without_containers_that_cannot_start_exits_1() {
     restore_succeeds_but_start_fails(false);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Running containers match the files on disk after a rollback (issue 10, item 6)
+
+/// The stack, with `app` taking `MODE` from `.env` (interpolation) and `FLAVOUR` from its
+/// `env_file: app.env`; both files hold `old`.
+fn env_stack() -> TestEnv {
+    let env = stack_env();
+    let yaml = compose_yaml("nuwax-test-busybox:latest").replace(
+        "    depends_on:\n",
+        "    environment:\n      MODE: ${MODE:-unset}\n    env_file: app.env\n    depends_on:\n",
+    );
+    write_compose(&env, &yaml);
+    fs::write(env.path(".env"), "MODE=old\n").unwrap();
+    fs::write(env.path("app.env"), "FLAVOUR=old\n").unwrap();
+    env
+}
+
+fn app_env(env: &TestEnv) -> String {
+    inspect(&id(env, "app"), "{{json .Config.Env}}")
+}
+
+/// Backs up with `old`, then changes only `file` to `new` and creates the running stack from
+/// it, so the containers run with settings the rollback must take back.
+fn env_changed_after_backup(file: &str) -> (TestEnv, i64, String) {
+    let env = env_stack();
+    let row = env.backup();
+    let (var, _) = if file == ".env" {
+        ("MODE", fs::write(env.path(".env"), "MODE=new\n"))
+    } else {
+        ("FLAVOUR", fs::write(env.path("app.env"), "FLAVOUR=new\n"))
+    };
+    env.run(&["docker-service", "start"]).assert_ok();
+    assert!(
+        app_env(&env).contains(&format!("{var}=new")),
+        "setup: {}",
+        app_env(&env)
+    );
+    (env, row.id, var.to_owned())
+}
+
+#[test]
+fn a_rollback_that_changes_only_env_files_recreates_the_containers() {
+    for file in [".env", "app.env"] {
+        let (env, id, var) = env_changed_after_backup(file);
+        let out = env.run(&["rollback", &id.to_string(), "--force"]);
+        out.assert_ok();
+        assert!(out.stderr.contains("recreating"), "{file}\n{out}");
+        assert!(
+            app_env(&env).contains(&format!("{var}=old")),
+            "{file}: the running app still has the new settings: {}\n{out}",
+            app_env(&env)
+        );
+        assert_eq!(state(&env, "app"), "running", "{out}");
+    }
+}
+
+#[test]
+fn a_crash_after_a_committed_rollback_converges_to_recreated_containers() {
+    let (env, id, var) = env_changed_after_backup(".env");
+    let out = env.run_env(
+        &["rollback", &id.to_string(), "--force"],
+        &[("NUWAX_TEST_CRASH_AT", OsStr::new("rollback.after_commit"))],
+    );
+    assert_eq!(out.code, None, "not killed\n{out}");
+    // Any next command recovers: the restored files are live, so the containers must be
+    // recreated from them, not merely restarted.
+    let out = env.run(&["docker-service", "status"]);
+    out.assert_ok();
+    assert!(
+        app_env(&env).contains(&format!("{var}=old")),
+        "recovery restarted the containers with stale settings: {}\n{out}",
+        app_env(&env)
+    );
+    assert_eq!(state(&env, "app"), "running", "{out}");
+}

@@ -211,6 +211,7 @@ impl SwapPlan {
                     std::fs::rename(&live, undo.join(item.parked_name()?))
                         .ctx("cannot move aside", &live)?;
                     crate::faults::point(&format!("rollback.swap.{i}.parked"));
+                    crate::faults::point(&format!("rollback.swap.parked.{rel}"));
                 }
                 if i == self.items.len() / 2 {
                     crate::faults::point("rollback.mid_swap");

@@ -287,7 +287,7 @@ fn info() -> ArchiveInfo {
         service_version: "1.2.3".into(),
         created_at: "2024-05-06T07:08:09Z".into(),
         compose_project: "fuzz".into(),
-        data_paths: vec!["data".into()],
+        data_paths: vec!["data".parse().unwrap()],
         excluded: vec![],
         images: vec![],
         top_level_bytes: Default::default(),
