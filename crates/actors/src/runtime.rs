@@ -46,6 +46,9 @@ pub struct RuntimeOptions {
     pub command: String,
     /// Takes the operation lock for the whole process (backup, rollback, delete...).
     pub mutating: bool,
+    /// Move an unusable catalog aside to `<db>.broken-<time>` and start a fresh one (only
+    /// `reindex --move-broken-catalog`; never done silently).
+    pub move_broken_catalog: bool,
 }
 
 /// A catalog row plus what the file system says about its archive.
@@ -188,6 +191,7 @@ impl Runtime {
             Supervisor,
             SupervisorArgs {
                 db_file: settings.paths.db_file.clone(),
+                move_broken_catalog: opts.mutating && opts.move_broken_catalog,
             },
         )
         .await

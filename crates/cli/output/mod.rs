@@ -151,6 +151,84 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A name or path as a table or message shows it: every control character is escaped (`\n`,
+/// `\r`, `\t`, `\x1b`, other C0/C1 controls as `\xNN` / `\u{NN}`), a backslash is doubled
+/// (names that are not UTF-8 arrive here with U+FFFD in place of the bad bytes), so a hostile file name can neither forge a
+/// table row nor send a terminal escape. JSON never uses this: it carries the exact name.
+pub(crate) fn escape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    push_escaped(&mut out, name, true);
+    out
+}
+
+/// Names joined with `, ` for a status line, each escaped with [`escape_name`].
+pub(crate) fn escape_names<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| escape_name(n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A message for stderr: control characters other than the line breaks and tabs the message
+/// itself is made of are escaped, so a name quoted in it cannot reach the terminal as an
+/// escape sequence.
+pub(crate) fn escape_message(msg: &str) -> String {
+    if !msg
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return msg.to_owned();
+    }
+    let mut out = String::with_capacity(msg.len());
+    push_escaped(&mut out, msg, false);
+    out
+}
+
+fn push_escaped(out: &mut String, s: &str, all: bool) {
+    for c in s.chars() {
+        match c {
+            '\n' if all => out.push_str("\\n"),
+            '\t' if all => out.push_str("\\t"),
+            '\n' | '\t' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\\' if all => out.push_str("\\\\"),
+            c if c.is_control() && c.is_ascii() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Lays out a text table: every cell is escaped with [`escape_name`], columns are padded to
+/// their widest cell, except the last one (a file name that may be long).
+pub(crate) fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape_name(c)).collect())
+        .collect();
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == N {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// The text table of `list-backups` (and the interactive picker).
 pub(crate) fn table(entries: &[&BackupEntry]) -> String {
     let mut rows = vec![[
@@ -182,24 +260,5 @@ pub(crate) fn table(entries: &[&BackupEntry]) -> String {
                 .unwrap_or_default(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i == 6 {
-                    c.clone()
-                } else {
-                    format!("{c:<w$}", w = widths[i])
-                }
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    render_table(&rows)
 }
