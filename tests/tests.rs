@@ -14,6 +14,7 @@ mod delete;
 mod demo;
 mod faults;
 mod gate;
+mod hardening;
 mod hostile;
 mod interactive;
 mod interop;
