@@ -18,7 +18,9 @@
 //! no eviction of the running services' cache by a multi-gigabyte restore. The sub-block
 //! tail of such a file, and any file on a filesystem that refuses `O_DIRECT` (tmpfs, some
 //! FUSE and network filesystems), are written through the page cache as usual. Either way
-//! the caller's `syncfs` makes them durable. The first error of any worker is kept; the workers then skip all further work,
+//! the caller's `syncfs` makes them durable. Aligned blocks of zeros are not written at all
+//! (see `write_piece`): they stay holes, so a sparse file is restored sparse.
+//! The first error of any worker is kept; the workers then skip all further work,
 //! and the reader sees the error at its next call (or from [`FilePool::finish`]). A panic in a
 //! worker becomes an error. Dropping the pool without `finish` stops and joins the workers.
 
