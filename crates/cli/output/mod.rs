@@ -262,3 +262,35 @@ pub(crate) fn table(entries: &[&BackupEntry]) -> String {
     }
     render_table(&rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_so_they_cannot_forge_rows_or_escapes() {
+        assert_eq!(escape_name("plain name.tar.gz"), "plain name.tar.gz");
+        assert_eq!(
+            escape_name("a\nb\tc\r\u{1b}[31m\u{7}\u{7f}\u{9b}é\\"),
+            "a\\nb\\tc\\r\\x1b[31m\\x07\\x7f\\u{9b}é\\\\"
+        );
+        assert_eq!(escape_names(&["x\ny", "z"]), "x\\ny, z");
+        // Messages keep their own line breaks and tabs, but no escape reaches the terminal.
+        assert_eq!(escape_message("one\n\ttwo"), "one\n\ttwo");
+        assert_eq!(escape_message("a \u{1b}[2J b\\c"), "a \\x1b[2J b\\c");
+    }
+
+    #[test]
+    fn a_table_escapes_every_cell_and_keeps_one_line_per_row() {
+        let rows = [
+            ["ID".to_string(), "NAME".to_string()],
+            ["1".to_string(), "evil\n2  forged".to_string()],
+            ["\u{1b}[31m".to_string(), "x".to_string()],
+        ];
+        let t = render_table(&rows);
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(!t.contains('\u{1b}'), "{t}");
+        assert!(t.contains("evil\\n2  forged"), "{t}");
+        assert_eq!(t.lines().next(), Some("ID        NAME"), "{t}");
+    }
+}
