@@ -14,7 +14,7 @@ mod delete;
 mod demo;
 mod faults;
 mod gate;
-mod hardening;
+mod hardening_inputs;
 mod hostile;
 mod interactive;
 mod interop;
