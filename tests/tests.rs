@@ -15,6 +15,7 @@ mod demo;
 mod faults;
 mod gate;
 mod hardening;
+mod hardening_inputs;
 mod hostile;
 mod interactive;
 mod interop;

@@ -12,12 +12,12 @@ mod prompt;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 
 use crate::exit::ExitStatus;
 use crate::printer::Printer;
 
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(
     name = "nuwax-cli",
     version,
@@ -96,7 +96,18 @@ impl Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = match Cli::try_parse() {
+    // Colour only on a terminal without NO_COLOR (printer::color_allowed); help goes to
+    // stdout, errors to stderr, so both must be terminals for clap to colour.
+    let color = if printer::stdout_color() && printer::stderr_color() {
+        clap::ColorChoice::Auto
+    } else {
+        clap::ColorChoice::Never
+    };
+    let parsed = Cli::command()
+        .color(color)
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -143,9 +154,10 @@ async fn run(cli: Cli, printer: &Printer) -> ExitStatus {
 async fn dispatch(cli: Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let settings = nuwax_actors::Settings::load(&cli.work_dir, cli.config.as_deref())?;
     let opts = nuwax_actors::RuntimeOptions {
-        command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        command: command_line(),
         mutating: cli.command.mutating(),
         resolving: matches!(cli.command, Command::Recover(_)),
+        move_broken_catalog: matches!(&cli.command, Command::Reindex(a) if a.move_broken_catalog),
     };
     let rt = nuwax_actors::Runtime::start(settings, opts).await?;
     for note in rt.recovery_notes() {
@@ -178,6 +190,17 @@ async fn dispatch(cli: Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
     result
 }
 
+/// The command line as recorded in the catalog's operations: `std::env::args()` panics on an
+/// argument that is not UTF-8 (a legal path), so read the OS strings and show such bytes as
+/// U+FFFD; the recorded line is for people, the arguments themselves were parsed by clap.
+fn command_line() -> String {
+    std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "error",
@@ -189,6 +212,7 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(printer::stderr_color())
         .with_target(false)
         .without_time()
         .try_init();

@@ -9,6 +9,25 @@ use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
 
+use crate::output::escape_message;
+
+/// Whether text written to a stream may carry ANSI colour: only when that stream is a terminal
+/// and `NO_COLOR` is unset or empty (<https://no-color.org>). Everything that could colour its
+/// output (clap's messages, the `-v` log lines, progress bars) asks this one function.
+pub(crate) fn color_allowed(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// [`color_allowed`] for stderr.
+pub(crate) fn stderr_color() -> bool {
+    color_allowed(std::io::stderr().is_terminal())
+}
+
+/// [`color_allowed`] for stdout.
+pub(crate) fn stdout_color() -> bool {
+    color_allowed(std::io::stdout().is_terminal())
+}
+
 pub(crate) struct Printer {
     quiet: bool,
     stderr_tty: bool,
@@ -61,18 +80,18 @@ impl Printer {
     /// A status line on stderr.
     pub fn info(&self, msg: &str) {
         if !self.quiet {
-            eprintln!("{msg}");
+            eprintln!("{}", escape_message(msg));
         }
     }
 
     pub fn warn(&self, msg: &str) {
         if !self.quiet {
-            eprintln!("warning: {msg}");
+            eprintln!("warning: {}", escape_message(msg));
         }
     }
 
     pub fn error(&self, msg: &str) {
-        eprintln!("error: {msg}");
+        eprintln!("error: {}", escape_message(msg));
     }
 
     /// A prompt on stderr (no newline).

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nuwax_actors::{Phase, Progress, ProgressEvent};
 use tokio::sync::mpsc;
 
-use crate::output::human_bytes;
+use crate::output::{escape_message, escape_name, human_bytes};
 
 pub(crate) struct Renderer {
     task: tokio::task::JoinHandle<()>,
@@ -97,7 +97,7 @@ async fn render(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, quiet: bool, ter
                         b.set_position(entries);
                     }
                     if let Some(p) = current {
-                        b.set_message(p.display().to_string());
+                        b.set_message(escape_name(&p.to_string_lossy()));
                     }
                 } else if let Some(s) = &state
                     && last_line.elapsed() >= Duration::from_secs(5)
@@ -107,6 +107,7 @@ async fn render(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, quiet: bool, ter
                 }
             }
             ProgressEvent::Notice(msg) => {
+                let msg = escape_message(&msg);
                 if let Some(b) = &bar {
                     b.suspend(|| eprintln!("{msg}"));
                 } else {

@@ -30,6 +30,8 @@ pub struct ReindexReport {
     pub invalid: Vec<(PathBuf, String)>,
     /// Catalog rows whose archive file is gone.
     pub missing: Vec<BackupEntry>,
+    /// Where an unusable catalog was moved before this rebuild (`--move-broken-catalog`).
+    pub moved_aside: Option<PathBuf>,
 }
 
 impl Runtime {
@@ -55,12 +57,19 @@ impl Runtime {
             Ok(rd) => rd
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.to_string_lossy().ends_with(".tar.gz") && p.is_file())
+                .filter(|p| {
+                    p.to_string_lossy().ends_with(".tar.gz")
+                        && refuse_partial(p).is_ok()
+                        && p.is_file()
+                })
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("cannot list storage dir", &dir, e)),
         };
-        let mut report = ReindexReport::default();
+        let mut report = ReindexReport {
+            moved_aside: self.store(StoreMsg::MovedAside).await?,
+            ..ReindexReport::default()
+        };
         let mut candidates = Vec::new();
         for f in files.drain(..) {
             let p = f.clone();
@@ -97,6 +106,7 @@ impl Runtime {
     /// copied in first (atomically), the original left alone.
     pub async fn import(&self, file: &Path, progress: Progress) -> Result<BackupEntry> {
         let file = std::path::absolute(file).ctx("cannot resolve", file)?;
+        refuse_partial(&file)?;
         if !file.is_file() {
             return Err(Error::Usage(format!("{} is not a file", file.display())));
         }
@@ -148,6 +158,7 @@ impl Runtime {
 
     /// Verifies an archive in the storage dir and inserts its catalog row from its metadata.
     async fn adopt(&self, path: &Path, progress: Progress) -> Result<BackupEntry> {
+        refuse_partial(path)?;
         let report = self
             .archive(|r| ArchiveMsg::Verify {
                 path: path.to_path_buf(),
@@ -195,6 +206,22 @@ impl Runtime {
             .await?;
         self.get_backup(id).await
     }
+}
+
+/// A `*.partial` file is an archive still being written (or left by a crash): never a backup,
+/// whatever its content. `import` refuses it (exit 2), `reindex` skips it, and nothing adopts
+/// it into the catalog.
+pub(crate) fn refuse_partial(path: &Path) -> Result<()> {
+    let partial = path
+        .file_name()
+        .is_some_and(|n| n.as_encoded_bytes().ends_with(b".partial"));
+    if partial {
+        return Err(Error::Usage(format!(
+            "{} is a .partial file: an archive that was never finished (a backup still running, or one interrupted), not a backup; import only complete .tar.gz archives",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn copy_atomically(from: &Path, to: &Path) -> Result<()> {

@@ -48,6 +48,9 @@ pub struct RuntimeOptions {
     pub mutating: bool,
     /// The `recover` command: starts even when an interrupted operation is blocked.
     pub resolving: bool,
+    /// Move an unusable catalog aside to `<db>.broken-<time>` and start a fresh one (only
+    /// `reindex --move-broken-catalog`; never done silently).
+    pub move_broken_catalog: bool,
 }
 
 /// A catalog row plus what the file system says about its archive.
@@ -192,6 +195,7 @@ impl Runtime {
             Supervisor,
             SupervisorArgs {
                 db_file: settings.paths.db_file.clone(),
+                move_broken_catalog: opts.mutating && opts.move_broken_catalog,
             },
         )
         .await

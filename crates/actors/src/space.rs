@@ -91,13 +91,21 @@ pub fn tree_bytes(
             if e.file_type().is_file()
                 && let Ok(m) = std::fs::symlink_metadata(e.path())
             {
-                // Allocated size: sparse files need no more than they take.
-                total += m.len().min(m.blocks() * 512).max(m.len().min(4096));
+                total = total.saturating_add(restore_bytes(m.len(), m.blocks()));
             }
         }
         sizes.insert(name, total);
     }
     Ok(sizes)
+}
+
+/// The bytes a restore of a file of `len` bytes with `blocks` 512-byte blocks allocated
+/// really writes: its allocated size, not its length, since the restore leaves aligned zero
+/// blocks as holes (`archive/filepool.rs`); a 1 GiB sparse file of a few KiB needs a few KiB.
+/// At most the length (blocks are rounded up) and at least one block for a non-empty file
+/// (a file whose data sits inline in its inode reports no blocks).
+pub fn restore_bytes(len: u64, blocks: u64) -> u64 {
+    len.min(blocks.saturating_mul(512)).max(len.min(4096))
 }
 
 #[cfg(test)]
@@ -112,5 +120,23 @@ mod tests {
         let err = ensure(dir.path(), u64::MAX / 4).unwrap_err();
         assert!(matches!(err, Error::NoSpace { .. }), "{err}");
         ensure(dir.path(), 1).unwrap();
+    }
+
+    #[test]
+    fn a_sparse_file_counts_its_allocated_bytes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let f = std::fs::File::create(dir.path().join("data/sparse")).unwrap();
+        f.set_len(1 << 30).unwrap();
+        drop(f);
+        std::fs::write(dir.path().join("data/small"), b"abc").unwrap();
+        let sizes = tree_bytes(dir.path(), &[]).unwrap();
+        let m = std::fs::metadata(dir.path().join("data/sparse")).unwrap();
+        assert!(sizes["data"] < 1 << 20, "{sizes:?} (blocks {})", m.blocks());
+        assert_eq!(restore_bytes(1 << 30, 0), 4096);
+        assert_eq!(restore_bytes(3, 8), 3);
+        assert_eq!(restore_bytes(10_000, 24), 10_000);
+        assert_eq!(restore_bytes(u64::MAX, u64::MAX), u64::MAX);
     }
 }

@@ -4,6 +4,7 @@ use nuwax_actors::Runtime;
 use serde::Serialize;
 
 use crate::exit::ExitStatus;
+use crate::output::escape_names;
 use crate::printer::Printer;
 use crate::progress::Renderer;
 
@@ -120,7 +121,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     result?;
     match doc.action {
         "stop" if doc.stopped.is_empty() => printer.info("nothing was running"),
-        "stop" => printer.info(&format!("stopped: {}", doc.stopped.join(", "))),
+        "stop" => printer.info(&format!("stopped: {}", escape_names(&doc.stopped))),
         _ => printer.info("the services are running and healthy"),
     }
     if json {
@@ -186,19 +187,7 @@ async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<E
             s.image.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let out = crate::output::render_table(&rows);
     printer.data(&out);
     Ok(ExitStatus::Success)
 }

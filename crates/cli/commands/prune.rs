@@ -86,7 +86,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                     "drop"
                 },
                 d.id,
-                d.reasons.join(", ")
+                crate::output::escape_name(&d.reasons.join(", "))
             ));
         }
         printer.data(&out);

@@ -50,8 +50,8 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                 printer.data(&format!(
                     "operation {}\tlive {}\tsaved {}",
                     b.operation_id,
-                    crate::output::escape_for_table(&live.display().to_string()),
-                    crate::output::escape_for_table(&saved.display().to_string())
+                    crate::output::escape_name(&live.display().to_string()),
+                    crate::output::escape_name(&saved.display().to_string())
                 ));
             }
         }

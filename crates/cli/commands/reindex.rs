@@ -15,6 +15,10 @@ pub(crate) struct Args {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// When the catalog is unusable (damaged, not SQLite, a newer schema), move it aside to
+    /// `nuwax.db.broken-<time>` and rebuild a fresh one from the archives.
+    #[arg(long)]
+    pub move_broken_catalog: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -37,6 +41,9 @@ struct ReindexDocument {
     invalid: Vec<InvalidJson>,
     /// Catalog entries whose archive file is gone.
     missing: Vec<BackupJson>,
+    /// Where the unusable catalog was moved (only with `--move-broken-catalog`, when it was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    moved_aside: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +63,12 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     let result = rt.reindex(progress.clone()).await;
     renderer.finish(progress).await;
     let r = result?;
+    if let Some(moved) = &r.moved_aside {
+        printer.warn(&format!(
+            "the catalog was unusable; it was moved to {} and a fresh one was built from the archives",
+            moved.display()
+        ));
+    }
     for a in &r.added {
         printer.info(&format!(
             "added backup {} from {}",
@@ -95,6 +108,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                 })
                 .collect(),
             missing: r.missing.iter().map(BackupJson::from).collect(),
+            moved_aside: r.moved_aside.as_ref().map(|p| p.display().to_string()),
         });
     }
     Ok(ExitStatus::Success)

@@ -3,7 +3,7 @@
 use nuwax_actors::{RollbackReport, RollbackRequest, RollbackScope, Runtime};
 
 use crate::exit::ExitStatus;
-use crate::output::RollbackDocument;
+use crate::output::{RollbackDocument, escape_names};
 use crate::printer::Printer;
 use crate::progress::Renderer;
 use crate::prompt;
@@ -175,18 +175,21 @@ fn print_report(printer: &Printer, r: &RollbackReport, start: bool) {
         if r.restored.is_empty() {
             "-".to_string()
         } else {
-            r.restored.join(", ")
+            escape_names(&r.restored)
         }
     ));
     if !r.removed.is_empty() {
         printer.info(&format!(
             "removed (not in the backup): {}",
-            r.removed.join(", ")
+            escape_names(&r.removed)
         ));
     }
     if !r.stopped.is_empty() {
-        let names: Vec<_> = r.stopped.iter().map(|c| c.name.as_str()).collect();
-        printer.info(&format!("stopped for the restore: {}", names.join(", ")));
+        let names: Vec<_> = r.stopped.iter().map(|c| c.name.clone()).collect();
+        printer.info(&format!(
+            "stopped for the restore: {}",
+            escape_names(&names)
+        ));
     }
     if r.services_started {
         printer.info("the services are running and healthy");

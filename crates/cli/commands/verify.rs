@@ -34,7 +34,9 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
         (None, false) => return Err(usage("give a backup ID to verify, or --all")),
     };
     let mut results = Vec::new();
-    let mut all_ok = true;
+    // One verdict for both output forms: the exit code is decided here from the outcomes, never
+    // from `--json` (which only chooses how the same outcomes are shown).
+    let mut verdict = Verdict::default();
     for id in ids {
         let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
         let outcome = rt.verify(id, progress.clone()).await;
@@ -59,6 +61,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                         report.entries, report.files_checked
                     ));
                 } else {
+                    verdict.record(ExitStatus::Integrity);
                     printer.error(&format!(
                         "backup {id}: FAILED verification ({}):\n  {}",
                         entry.record.file_path.display(),
@@ -75,33 +78,77 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                     problems,
                 }
             }
-            Err(e) if args.all || args.json => {
-                printer.error(&format!("backup {id}: {e}"));
-                VerifyJson {
+            Err(e) => {
+                let err = anyhow::Error::new(e);
+                let status = crate::exit::status_of(&err);
+                verdict.record(status);
+                let msg = crate::exit::render(&err);
+                printer.error(&format!("backup {id}: {msg}"));
+                let json = VerifyJson {
                     id,
                     file_path: String::new(),
                     ok: false,
                     checksum_matches: None,
                     entries: 0,
                     files_checked: 0,
-                    problems: vec![e.to_string()],
+                    problems: vec![msg],
+                };
+                if status == ExitStatus::Interrupted {
+                    results.push(json);
+                    break;
                 }
+                json
             }
-            Err(e) => return Err(e.into()),
         };
-        all_ok &= json.ok;
         results.push(json);
     }
+    let status = verdict.status();
     if args.json {
+        let success = status == ExitStatus::Success;
         printer.json(&VerifyDocument {
-            success: all_ok,
+            success,
             results,
-            error: (!all_ok).then(|| "verification failed".to_string()),
+            error: (!success).then(|| match status {
+                ExitStatus::Integrity => "verification failed".to_string(),
+                ExitStatus::Interrupted => "verification interrupted".to_string(),
+                _ => "verification could not run".to_string(),
+            }),
         });
     }
-    Ok(if all_ok {
-        ExitStatus::Success
-    } else {
-        ExitStatus::Integrity
-    })
+    Ok(status)
+}
+
+/// The exit code of a `verify` run over one or more backups, the same with and without
+/// `--json`: an interruption wins (130), then an error that kept a backup from being checked
+/// (its own code: 2 for an unknown ID, 1 for an I/O failure...), then a failed check (4).
+#[derive(Default)]
+struct Verdict {
+    interrupted: bool,
+    error: Option<ExitStatus>,
+    corrupt: bool,
+}
+
+impl Verdict {
+    fn record(&mut self, status: ExitStatus) {
+        match status {
+            ExitStatus::Success => {}
+            ExitStatus::Interrupted => self.interrupted = true,
+            ExitStatus::Integrity => self.corrupt = true,
+            other => {
+                self.error.get_or_insert(other);
+            }
+        }
+    }
+
+    fn status(&self) -> ExitStatus {
+        if self.interrupted {
+            ExitStatus::Interrupted
+        } else if let Some(s) = self.error {
+            s
+        } else if self.corrupt {
+            ExitStatus::Integrity
+        } else {
+            ExitStatus::Success
+        }
+    }
 }

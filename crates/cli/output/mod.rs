@@ -151,6 +151,84 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A name or path as a table or message shows it: every control character is escaped (`\n`,
+/// `\r`, `\t`, `\x1b`, other C0/C1 controls as `\xNN` / `\u{NN}`), a backslash is doubled
+/// (names that are not UTF-8 arrive here with U+FFFD in place of the bad bytes), so a hostile file name can neither forge a
+/// table row nor send a terminal escape. JSON never uses this: it carries the exact name.
+pub(crate) fn escape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    push_escaped(&mut out, name, true);
+    out
+}
+
+/// Names joined with `, ` for a status line, each escaped with [`escape_name`].
+pub(crate) fn escape_names<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| escape_name(n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A message for stderr: control characters other than the line breaks and tabs the message
+/// itself is made of are escaped, so a name quoted in it cannot reach the terminal as an
+/// escape sequence.
+pub(crate) fn escape_message(msg: &str) -> String {
+    if !msg
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return msg.to_owned();
+    }
+    let mut out = String::with_capacity(msg.len());
+    push_escaped(&mut out, msg, false);
+    out
+}
+
+fn push_escaped(out: &mut String, s: &str, all: bool) {
+    for c in s.chars() {
+        match c {
+            '\n' if all => out.push_str("\\n"),
+            '\t' if all => out.push_str("\\t"),
+            '\n' | '\t' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\\' if all => out.push_str("\\\\"),
+            c if c.is_control() && c.is_ascii() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Lays out a text table: every cell is escaped with [`escape_name`], columns are padded to
+/// their widest cell, except the last one (a file name that may be long).
+pub(crate) fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape_name(c)).collect())
+        .collect();
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == N {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// The text table of `list-backups` (and the interactive picker).
 pub(crate) fn table(entries: &[&BackupEntry]) -> String {
     let mut rows = vec![[
@@ -182,26 +260,39 @@ pub(crate) fn table(entries: &[&BackupEntry]) -> String {
                 .unwrap_or_default(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i == 6 {
-                    c.clone()
-                } else {
-                    format!("{c:<w$}", w = widths[i])
-                }
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
+    render_table(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_so_they_cannot_forge_rows_or_escapes() {
+        assert_eq!(escape_name("plain name.tar.gz"), "plain name.tar.gz");
+        assert_eq!(
+            escape_name("a\nb\tc\r\u{1b}[31m\u{7}\u{7f}\u{9b}é\\"),
+            "a\\nb\\tc\\r\\x1b[31m\\x07\\x7f\\u{9b}é\\\\"
+        );
+        assert_eq!(escape_names(&["x\ny", "z"]), "x\\ny, z");
+        // Messages keep their own line breaks and tabs, but no escape reaches the terminal.
+        assert_eq!(escape_message("one\n\ttwo"), "one\n\ttwo");
+        assert_eq!(escape_message("a \u{1b}[2J b\\c"), "a \\x1b[2J b\\c");
     }
-    out
+
+    #[test]
+    fn a_table_escapes_every_cell_and_keeps_one_line_per_row() {
+        let rows = [
+            ["ID".to_string(), "NAME".to_string()],
+            ["1".to_string(), "evil\n2  forged".to_string()],
+            ["\u{1b}[31m".to_string(), "x".to_string()],
+        ];
+        let t = render_table(&rows);
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(!t.contains('\u{1b}'), "{t}");
+        assert!(t.contains("evil\\n2  forged"), "{t}");
+        assert_eq!(t.lines().next(), Some("ID        NAME"), "{t}");
+    }
 }
 
 /// Result of `recover --json`.
@@ -258,21 +349,4 @@ impl From<&nuwax_actors::BlockedInfo> for BlockedJson {
                 .collect(),
         }
     }
-}
-
-/// A name for a table cell: control characters escaped so a hostile file name cannot forge
-/// rows or terminal escapes (JSON keeps the exact text).
-pub(crate) fn escape_for_table(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
 }

@@ -23,6 +23,16 @@ pub enum Error {
     #[error("migrating catalog {} schema: {}", .0.display(), describe_migration(.1))]
     Migration(PathBuf, #[source] rusqlite_migration::Error),
 
+    /// The file at this path is not a catalog this build can use: not an SQLite database,
+    /// damaged, written by a newer version, or missing tables or columns. Nothing in it was
+    /// changed; the archives are the source of truth, so the catalog can be rebuilt.
+    #[error(
+        "catalog {} is unusable: {reason}; rebuild it from the archives with `nuwax-cli reindex --move-broken-catalog` (it moves the file aside to {}.broken-<time> first), or move it aside yourself and run `nuwax-cli reindex`",
+        path.display(),
+        path.display()
+    )]
+    Unusable { path: PathBuf, reason: String },
+
     /// A row that cannot be decoded, e.g. unknown enum text or a malformed timestamp.
     #[error("corrupt catalog row: {0}")]
     Corrupt(String),

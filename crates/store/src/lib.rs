@@ -56,7 +56,50 @@ pub struct Store {
 impl Store {
     /// Opens (creating the file, not its parent directory) and migrates the catalog at `path`.
     /// Opening an up-to-date catalog changes nothing.
+    ///
+    /// A file that is not a catalog this build can use (not SQLite, damaged, a newer schema,
+    /// tables or columns missing) is [`Error::Unusable`], with advice on rebuilding it.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_inner(path).map_err(|e| unusable(path, e))
+    }
+
+    /// Moves an unusable catalog (and its `-wal`/`-shm` files) aside to
+    /// `<path>.broken-<UTC time>`, so that [`Store::open`] creates a fresh one. Returns the
+    /// new name of the database file. Only on request (`reindex --move-broken-catalog`):
+    /// a catalog is never moved silently.
+    pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let with_suffix = |p: &Path, n: u32| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(format!(".broken-{stamp}"));
+            if n > 0 {
+                s.push(format!("-{n}"));
+            }
+            PathBuf::from(s)
+        };
+        let mut n = 0;
+        while with_suffix(path, n).exists() {
+            n += 1;
+        }
+        let dest = with_suffix(path, n);
+        std::fs::rename(path, &dest)?;
+        for ext in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(ext);
+            let side = PathBuf::from(side);
+            if side.exists() {
+                let mut to = dest.as_os_str().to_owned();
+                to.push(ext);
+                std::fs::rename(&side, PathBuf::from(to))?;
+            }
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(dest)
+    }
+
+    fn open_inner(path: &Path) -> Result<Store> {
         let open_err = |source| Error::Open {
             path: path.to_path_buf(),
             source,
@@ -100,8 +143,137 @@ impl Store {
             }
             tracing::debug!("catalog was migrated concurrently by another process");
         }
+        check_schema(&conn)?;
         Ok(Store { conn, path })
     }
+}
+
+/// Every column each table must have, as the queries of this build read them. A catalog whose
+/// `user_version` claims an up-to-date schema but whose tables lack a column (edited by hand,
+/// or by another tool) is refused at open instead of failing in the middle of an operation.
+const SCHEMA: &[(&str, &[&str])] = &[
+    (
+        "backups",
+        &[
+            "id",
+            "file_path",
+            "backup_type",
+            "service_version",
+            "status",
+            "size",
+            "sha256",
+            "entry_count",
+            "error",
+            "created_at",
+            "finished_at",
+            "owner_pid",
+            "verified_at",
+            "compose_project",
+        ],
+    ),
+    (
+        "operations",
+        &[
+            "id",
+            "kind",
+            "state",
+            "phase",
+            "pid",
+            "boot_id",
+            "started_at",
+            "updated_at",
+            "finished_at",
+            "backup_id",
+            "details",
+            "error",
+        ],
+    ),
+    ("settings", &["key", "value"]),
+    (
+        "upgrades",
+        &[
+            "id",
+            "from_version",
+            "to_version",
+            "backup_id",
+            "outcome",
+            "started_at",
+            "finished_at",
+            "error",
+        ],
+    ),
+];
+
+fn check_schema(conn: &Connection) -> Result<()> {
+    for (table, columns) in SCHEMA {
+        let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+        let present: Vec<String> = stmt
+            .query_map([table], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if present.is_empty() {
+            return Err(Error::Corrupt(format!("table {table} is missing")));
+        }
+        let missing: Vec<&str> = columns
+            .iter()
+            .copied()
+            .filter(|c| !present.iter().any(|p| p == c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Corrupt(format!(
+                "table {table} lacks column(s) {}",
+                missing.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an SQLite failure says the file itself is bad (as opposed to the disk being full,
+/// read-only, locked by another process, or not permitted).
+pub fn is_damage(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::NotADatabase | C::DatabaseCorrupt) => true,
+        // A statement of this build that does not fit the schema it found.
+        Some(C::Unknown) | None => matches!(e, rusqlite::Error::SqliteFailure(..)),
+        _ => false,
+    }
+}
+
+/// Classifies an error of [`Store::open`]: damage, a newer schema and a schema that does not
+/// fit become [`Error::Unusable`]; anything else (permissions, a full disk, a lock) is kept.
+fn unusable(path: &Path, e: Error) -> Error {
+    use rusqlite_migration::{Error as ME, MigrationDefinitionError as D};
+    let reason = match &e {
+        Error::Open { source, .. } | Error::Sqlite(source) if is_damage(source) => {
+            format!("not a usable SQLite database ({source})")
+        }
+        Error::Migration(_, ME::MigrationDefinition(D::DatabaseTooFarAhead)) => format!(
+            "it was written by a newer version of nuwax-cli (schema version {}, this build knows {}; that version can still use it)",
+            read_user_version(path).map_or_else(|| "?".to_string(), |v| v.to_string()),
+            migrations::LATEST
+        ),
+        Error::Migration(_, ME::RusqliteError { err, .. }) if is_damage(err) => {
+            format!("its schema cannot be brought up to date ({err})")
+        }
+        Error::Corrupt(detail) => format!("its schema does not match this build: {detail}"),
+        _ => return e,
+    };
+    Error::Unusable {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// `PRAGMA user_version` of the file, read-only, for the message about a newer schema.
+fn read_user_version(path: &Path) -> Option<i64> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .ok()
 }
 
 fn configure(conn: &Connection, on_disk: bool) -> rusqlite::Result<()> {

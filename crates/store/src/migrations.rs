@@ -19,6 +19,9 @@ use rusqlite_migration::{M, Migrations};
 /// The applied schema history, oldest first. Append only.
 pub(crate) static MIGRATIONS: Migrations<'static> = Migrations::from_slice(HISTORY);
 
+/// The schema version this build migrates to (the length of the history).
+pub(crate) const LATEST: usize = HISTORY.len();
+
 const HISTORY: &[M<'static>] = &[
     // 1: initial schema.
     M::up(

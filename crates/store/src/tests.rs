@@ -105,13 +105,87 @@ fn open_rejects_a_newer_catalog() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = Store::open(&path).unwrap_err();
-    assert!(matches!(err, Error::Migration(..)), "{err:?}");
+    assert!(matches!(err, Error::Unusable { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(
+            "written by a newer version of nuwax-cli (schema version 99, this build knows 1"
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("reindex --move-broken-catalog"), "{msg}");
+    // Nothing was changed in the file.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 99);
+}
+
+#[test]
+fn open_rejects_random_bytes_and_move_aside_lets_a_fresh_catalog_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nuwax.db");
+    let junk: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &junk).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, Error::Unusable { .. }), "{err:?}");
+    assert!(err.to_string().contains("is unusable"), "{err}");
     assert_eq!(
-        err.to_string(),
-        format!(
-            "migrating catalog {} schema: it was written by a newer version of nuwax-cli",
-            path.display()
-        )
+        std::fs::read(&path).unwrap(),
+        junk,
+        "open must not touch a broken file"
+    );
+
+    let moved = Store::move_aside(&path).unwrap();
+    assert!(!path.exists());
+    assert!(
+        moved
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("nuwax.db.broken-"),
+        "{moved:?}"
+    );
+    assert_eq!(std::fs::read(&moved).unwrap(), junk);
+    let store = Store::open(&path).unwrap();
+    assert!(store.list_backups().unwrap().is_empty());
+    // A second move on the same second does not overwrite the first.
+    drop(store);
+    std::fs::write(&path, &junk).unwrap();
+    let again = Store::move_aside(&path).unwrap();
+    assert_ne!(again, moved);
+    assert!(moved.exists() && again.exists());
+}
+
+#[test]
+fn open_rejects_tables_missing_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nuwax.db");
+    drop(Store::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("ALTER TABLE upgrades DROP COLUMN error;")
+        .unwrap();
+    drop(conn);
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, Error::Unusable { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("table upgrades lacks column(s) error"),
+        "{err}"
+    );
+
+    let path2 = dir.path().join("other.db");
+    let conn = rusqlite::Connection::open(&path2).unwrap();
+    conn.execute_batch("DROP TABLE IF EXISTS x; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let err = Store::open(&path2).unwrap_err();
+    assert!(
+        err.to_string().contains("table backups is missing"),
+        "{err}"
     );
 }
 
@@ -153,8 +227,8 @@ fn open_rejects_a_file_that_is_not_a_catalog() {
     let path = dir.path().join("nuwax.db");
     std::fs::write(&path, vec![0x5a; 4096]).unwrap();
     let err = Store::open(&path).unwrap_err();
-    assert!(matches!(err, Error::Open { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("opening catalog /"), "{err}");
+    assert!(matches!(err, Error::Unusable { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("catalog /"), "{err}");
 }
 
 #[test]

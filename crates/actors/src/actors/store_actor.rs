@@ -20,6 +20,74 @@ pub(crate) struct StoreActor;
 
 pub(crate) struct StoreState {
     store: Option<Store>,
+    db_file: PathBuf,
+    /// Why the catalog could not be opened: every request answers with it (exit 1 and advice
+    /// on rebuilding), instead of the actor failing to start ("actor panicked").
+    open_error: Option<OpenFailure>,
+    /// Where `reindex --move-broken-catalog` moved an unusable catalog.
+    moved_aside: Option<PathBuf>,
+}
+
+/// What the store actor is started with.
+pub(crate) struct StoreArgs {
+    pub db_file: PathBuf,
+    /// Move an unusable catalog aside and start a fresh one (only `reindex` asks).
+    pub move_broken: bool,
+}
+
+/// A failed open, kept so that every request can report it (store errors are not `Clone`).
+enum OpenFailure {
+    Unusable { reason: String },
+    Other { message: String },
+}
+
+impl OpenFailure {
+    fn of(e: nuwax_store::Error) -> OpenFailure {
+        match e {
+            nuwax_store::Error::Unusable { reason, .. } => OpenFailure::Unusable { reason },
+            other => OpenFailure::Other {
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn error(&self, db_file: &std::path::Path) -> Error {
+        match self {
+            OpenFailure::Unusable { reason } => Error::Store(nuwax_store::Error::Unusable {
+                path: db_file.to_path_buf(),
+                reason: reason.clone(),
+            }),
+            OpenFailure::Other { message } => Error::Io {
+                context: "cannot open the catalog",
+                path: db_file.to_path_buf(),
+                source: std::io::Error::other(message.clone()),
+            },
+        }
+    }
+}
+
+/// Opens the catalog; with `move_broken`, an unusable one is moved aside first.
+fn open_store(
+    db_file: &std::path::Path,
+    move_broken: bool,
+) -> (Result<Store, OpenFailure>, Option<PathBuf>) {
+    match Store::open(db_file) {
+        Ok(store) => (Ok(store), None),
+        Err(nuwax_store::Error::Unusable { reason, .. }) if move_broken => {
+            match Store::move_aside(db_file) {
+                Ok(moved) => (Store::open(db_file).map_err(OpenFailure::of), Some(moved)),
+                Err(e) => (
+                    Err(OpenFailure::Other {
+                        message: format!(
+                            "the catalog is unusable ({reason}) and cannot be moved aside: {e}"
+                        ),
+                    }),
+                    None,
+                ),
+            }
+        }
+        Err(e) => (Err(OpenFailure::of(e)), None),
+    }
 }
 
 type Reply<T> = RpcReplyPort<Result<T>>;
@@ -45,6 +113,8 @@ pub(crate) enum StoreMsg {
     FinishUpgrade(i64, UpgradeOutcome, Option<String>, Reply<()>),
     ListUpgrades(Reply<Vec<UpgradeRecord>>),
     SetSetting(String, String, Reply<()>),
+    /// Where an unusable catalog was moved aside at start-up, if it was.
+    MovedAside(Reply<Option<PathBuf>>),
 }
 
 impl StoreState {
@@ -53,6 +123,9 @@ impl StoreState {
         &mut self,
         f: impl FnOnce(&Store) -> nuwax_store::Result<T> + Send + 'static,
     ) -> Result<T> {
+        if let Some(failure) = &self.open_error {
+            return Err(failure.error(&self.db_file));
+        }
         let store = self
             .store
             .take()
@@ -64,22 +137,43 @@ impl StoreState {
         .await
         .map_err(|e| Error::Internal(format!("catalog task failed: {e}")))?;
         self.store = Some(store);
-        result.map_err(Error::from)
+        result.map_err(|e| match e {
+            // A file damaged under a running catalog: same advice as at open.
+            nuwax_store::Error::Sqlite(err) if nuwax_store::is_damage(&err) => {
+                Error::Store(nuwax_store::Error::Unusable {
+                    path: self.db_file.clone(),
+                    reason: format!("not a usable SQLite database ({err})"),
+                })
+            }
+            other => Error::from(other),
+        })
     }
 }
 
 impl Actor for StoreActor {
     type Msg = StoreMsg;
     type State = StoreState;
-    type Arguments = PathBuf;
+    type Arguments = StoreArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        db_file: PathBuf,
+        args: StoreArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let store = tokio::task::spawn_blocking(move || Store::open(&db_file)).await??;
-        Ok(StoreState { store: Some(store) })
+        let db_file = args.db_file.clone();
+        let (store, moved_aside) =
+            tokio::task::spawn_blocking(move || open_store(&args.db_file, args.move_broken))
+                .await?;
+        let (store, open_error) = match store {
+            Ok(s) => (Some(s), None),
+            Err(f) => (None, Some(f)),
+        };
+        Ok(StoreState {
+            store,
+            db_file,
+            open_error,
+            moved_aside,
+        })
     }
 
     async fn handle(
@@ -151,8 +245,9 @@ impl Actor for StoreActor {
             ),
             StoreMsg::ListUpgrades(r) => reply(r, st.run(|s| s.list_upgrades()).await),
             StoreMsg::SetSetting(k, v, r) => reply(r, st.run(move |s| s.set_setting(&k, &v)).await),
+            StoreMsg::MovedAside(r) => reply(r, Ok(st.moved_aside.clone())),
         }
-        if st.store.is_none() {
+        if st.store.is_none() && st.open_error.is_none() {
             // The connection was lost with a panicking task: fail so the supervisor reopens it.
             return Err("catalog connection lost".into());
         }

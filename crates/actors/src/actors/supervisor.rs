@@ -8,12 +8,15 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 
 use super::archive_actor::{ArchiveActor, ArchiveMsg};
 use super::docker_actor::{DockerActor, DockerMsg};
-use super::store_actor::{StoreActor, StoreMsg};
+use super::store_actor::{StoreActor, StoreArgs, StoreMsg};
 
 pub(crate) struct Supervisor;
 
 pub(crate) struct SupervisorArgs {
     pub db_file: PathBuf,
+    /// Move an unusable catalog aside at start-up (`reindex --move-broken-catalog`); a
+    /// restarted store actor never does.
+    pub move_broken_catalog: bool,
 }
 
 pub(crate) struct SupervisorState {
@@ -43,8 +46,11 @@ impl Actor for Supervisor {
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let cell = myself.get_cell();
-        let (store, _) =
-            Actor::spawn_linked(None, StoreActor, args.db_file.clone(), cell.clone()).await?;
+        let store_args = StoreArgs {
+            db_file: args.db_file.clone(),
+            move_broken: args.move_broken_catalog,
+        };
+        let (store, _) = Actor::spawn_linked(None, StoreActor, store_args, cell.clone()).await?;
         let (docker, _) = Actor::spawn_linked(None, DockerActor, (), cell.clone()).await?;
         let (archive, _) = Actor::spawn_linked(None, ArchiveActor, (), cell).await?;
         Ok(SupervisorState {
@@ -92,8 +98,11 @@ impl Actor for Supervisor {
             let parent = myself.get_cell();
             let id = cell.get_id();
             if id == state.refs.store.get_id() {
-                let (r, _) =
-                    Actor::spawn_linked(None, StoreActor, state.db_file.clone(), parent).await?;
+                let args = StoreArgs {
+                    db_file: state.db_file.clone(),
+                    move_broken: false,
+                };
+                let (r, _) = Actor::spawn_linked(None, StoreActor, args, parent).await?;
                 state.refs.store = r;
             } else if id == state.refs.docker.get_id() {
                 let (r, _) = Actor::spawn_linked(None, DockerActor, (), parent).await?;

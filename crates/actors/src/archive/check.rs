@@ -508,6 +508,7 @@ impl Meta {
                 let bytes = read_capped(data, e.size, MAX_INFO_BYTES, INFO_PATH)?;
                 let info: ArchiveInfo = serde_json::from_slice(&bytes)
                     .map_err(|err| Refusal::Corrupt(format!("{INFO_PATH} is invalid: {err}")))?;
+                check_info_numbers(&info)?;
                 self.info = Some(info);
                 self.phase = MetaPhase::InfoSeen;
             }
@@ -555,6 +556,23 @@ impl Meta {
         }
         Ok((info, manifest))
     }
+}
+
+/// The numbers of `info.json` that code adds up: `top_level_bytes` is summed by the rollback's
+/// space preflight (any subset of it), so its total must fit a `u64`; an archive claiming
+/// sizes near `u64::MAX` is corrupt (exit 4), never an overflow (a panic, or a wrapped sum
+/// that would let a too-large restore pass the preflight).
+pub(super) fn check_info_numbers(info: &ArchiveInfo) -> Result<(), Refusal> {
+    info.top_level_bytes
+        .values()
+        .try_fold(0u64, |sum, &b| sum.checked_add(b))
+        .map(|_| ())
+        .ok_or_else(|| {
+            Refusal::Corrupt(format!(
+                "{INFO_PATH}: top_level_bytes add up to more than {} bytes",
+                u64::MAX
+            ))
+        })
 }
 
 /// Parses `manifest.json` (`size` bytes of `data`) from the stream, comparing each entry with
@@ -630,7 +648,7 @@ struct CountRead<R> {
 impl<R: Read> Read for CountRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let k = self.inner.read(buf)?;
-        self.n += k as u64;
+        self.n = self.n.saturating_add(k as u64);
         Ok(k)
     }
 }
@@ -950,8 +968,8 @@ impl ProgressMap {
             .and_then(|&(offset, len)| {
                 let mut isize = [0u8; 4];
                 use std::os::unix::fs::FileExt;
-                file.read_exact_at(&mut isize, offset + u64::from(len).checked_sub(4)?)
-                    .ok()?;
+                let at = offset.checked_add(u64::from(len).checked_sub(4)?)?;
+                file.read_exact_at(&mut isize, at).ok()?;
                 Some(u64::from(u32::from_le_bytes(isize)))
             })
             .filter(|&c| c > 0)
@@ -996,7 +1014,7 @@ impl ProgressMap {
         match members.get(i) {
             Some(&(offset, len)) => {
                 let within = (done % chunk) as u128 * u128::from(len) / u128::from(chunk);
-                (offset + within as u64).min(self.total)
+                offset.saturating_add(within as u64).min(self.total)
             }
             None => self.total,
         }

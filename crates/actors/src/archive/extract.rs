@@ -193,7 +193,13 @@ fn extract_entries(
                 pool.end()?;
                 if included {
                     files += 1;
-                    bytes += parsed.size;
+                    bytes = bytes.checked_add(parsed.size).ok_or_else(|| {
+                        refuse(Refusal::Corrupt(format!(
+                            "entry {:?}: the sizes of the entries add up to more than {} bytes",
+                            display_bytes(&parsed.path),
+                            u64::MAX
+                        )))
+                    })?;
                 }
             }
             EntryKind::Dir => {

@@ -18,7 +18,9 @@
 //! no eviction of the running services' cache by a multi-gigabyte restore. The sub-block
 //! tail of such a file, and any file on a filesystem that refuses `O_DIRECT` (tmpfs, some
 //! FUSE and network filesystems), are written through the page cache as usual. Either way
-//! the caller's `syncfs` makes them durable. The first error of any worker is kept; the workers then skip all further work,
+//! the caller's `syncfs` makes them durable. Aligned blocks of zeros are not written at all
+//! (see `write_piece`): they stay holes, so a sparse file is restored sparse.
+//! The first error of any worker is kept; the workers then skip all further work,
 //! and the reader sees the error at its next call (or from [`FilePool::finish`]). A panic in a
 //! worker becomes an error. Dropping the pool without `finish` stops and joins the workers.
 
@@ -328,6 +330,8 @@ struct Open {
     unflushed: u64,
     /// The file is open with `O_DIRECT` (everything so far was written directly).
     direct: bool,
+    /// Zero blocks were skipped (left as holes): the length is set at the end.
+    holes: bool,
 }
 
 fn worker(jobs: &Receiver<Job>, free: &Sender<Piece>, shared: &Shared) -> Sums {
@@ -374,6 +378,7 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
                 written: 0,
                 unflushed: 0,
                 direct,
+                holes: false,
             });
         }
         Job::Data { buf, len } => {
@@ -382,7 +387,8 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
                     open.hasher.update(&buf[..len]);
                     match &mut open.file {
                         Some((f, t)) => {
-                            let r = write_piece(f, &buf[..len], &mut open.direct)
+                            let r = write_piece(f, &buf[..len], open.written, &mut open.direct)
+                                .map(|holes| open.holes |= holes)
                                 .ctx("cannot write", &t.full);
                             open.written += len as u64;
                             if open.direct {
@@ -406,6 +412,12 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
                 .take()
                 .ok_or_else(|| Error::Internal("file writer: end without a file".into()))?;
             if let Some((f, t)) = &open.file {
+                if open.holes {
+                    // Skipped zeros at the end left the file short: its length makes them a
+                    // hole (and is a no-op otherwise).
+                    f.set_len(open.written)
+                        .ctx("cannot set the length of", &t.full)?;
+                }
                 apply_meta(f, &t.full, t.owner, t.mode, t.mtime)?;
                 if open.written >= WRITEBACK && open.written > open.unflushed {
                     start_writeback(f, open.unflushed, open.written);
@@ -418,11 +430,61 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
     Ok(())
 }
 
-/// Writes `data`, the next piece of `file`: directly while `direct` holds (the piece starts
-/// aligned, and every earlier write was a whole number of blocks), then through the page
-/// cache from the first piece that is not a whole number of blocks (the file's tail) or that
-/// a direct write fails on; `direct` is cleared then.
-fn write_piece(file: &mut File, data: &[u8], direct: &mut bool) -> std::io::Result<()> {
+/// Writes `data`, the next piece of `file`, which starts at file offset `offset`.
+///
+/// Holes: every [`ALIGN`]-sized block at an aligned file offset that is all zeros is not
+/// written; the file position moves past it instead, and [`Job::End`] sets the file's length,
+/// so the skipped ranges stay holes. A sparse file is restored sparse (a 1 GiB file of a few
+/// KiB on disk costs a few KiB again) and a restore never writes gigabytes of zeros. The file
+/// was just created empty (`O_EXCL`), so an unwritten range reads as zeros: the content is
+/// the same, and the hash is taken over the data as received. Returns whether a hole was left.
+fn write_piece(
+    file: &mut File,
+    data: &[u8],
+    offset: u64,
+    direct: &mut bool,
+) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let mut rest = data;
+    let mut holes = false;
+    if offset.is_multiple_of(ALIGN as u64) {
+        while rest.len() >= ALIGN {
+            let blocks = rest.len() / ALIGN;
+            let block = |i: usize| &rest[i * ALIGN..(i + 1) * ALIGN];
+            let zero = is_zero(block(0));
+            let run = 1
+                + (1..blocks)
+                    .take_while(|&i| is_zero(block(i)) == zero)
+                    .count();
+            let (head, tail) = rest.split_at(run * ALIGN);
+            if zero {
+                file.seek(SeekFrom::Current(head.len() as i64))?;
+                holes = true;
+            } else {
+                write_run(file, head, direct)?;
+            }
+            rest = tail;
+        }
+    }
+    if !rest.is_empty() {
+        write_run(file, rest, direct)?;
+    }
+    Ok(holes)
+}
+
+/// Whether a block holds only zeros (word by word; a block of data fails on its first word).
+fn is_zero(block: &[u8]) -> bool {
+    block
+        .chunks_exact(16)
+        .all(|w| u128::from_ne_bytes(w.try_into().unwrap_or([1; 16])) == 0)
+        && block.chunks_exact(16).remainder().iter().all(|&b| b == 0)
+}
+
+/// Writes `data` at the file position: directly while `direct` holds (the data starts
+/// aligned, and every earlier write or skip was a whole number of blocks), then through the
+/// page cache from the first run that is not a whole number of blocks (the file's tail) or
+/// that a direct write fails on; `direct` is cleared then.
+fn write_run(file: &mut File, data: &[u8], direct: &mut bool) -> std::io::Result<()> {
     let mut rest = data;
     if *direct {
         let aligned = rest.len() / ALIGN * ALIGN;
@@ -589,9 +651,10 @@ mod tests {
             (buf.as_ptr() as usize).is_multiple_of(ALIGN),
             "pieces are aligned"
         );
-        for chunk in data.chunks(PIECE) {
+        for (i, chunk) in data.chunks(PIECE).enumerate() {
             buf[..chunk.len()].copy_from_slice(chunk);
-            write_piece(&mut f, &buf[..chunk.len()], &mut direct).unwrap();
+            let at = (i * PIECE) as u64;
+            write_piece(&mut f, &buf[..chunk.len()], at, &mut direct).unwrap();
             if chunk.len() == PIECE {
                 assert_eq!(direct, engaged, "whole pieces stay direct");
             }
@@ -604,7 +667,7 @@ mod tests {
         let path = dir.path().join("odd");
         let mut f = create(&path).unwrap();
         let mut direct = set_direct(&f, true).is_ok();
-        write_piece(&mut f, &buf[1..1 + 2 * ALIGN], &mut direct).unwrap();
+        write_piece(&mut f, &buf[1..1 + 2 * ALIGN], 0, &mut direct).unwrap();
         assert!(!direct);
         drop(f);
         assert!(std::fs::read(&path).unwrap() == buf[1..1 + 2 * ALIGN]);
@@ -649,6 +712,75 @@ mod tests {
             let m = std::fs::metadata(full).unwrap();
             assert_eq!(m.len(), data.len() as u64);
             assert_eq!(m.permissions().mode() & 0o7777, 0o644);
+        }
+    }
+
+    /// Zero blocks are skipped as holes, whichever path (direct or page cache) writes the
+    /// data around them, also at the end of the file and in pieces that are not whole blocks:
+    /// the content is exact and a mostly-zero file takes a few blocks on disk.
+    #[test]
+    fn zero_blocks_become_holes_and_the_content_stays_exact() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = FilePool::new(2).unwrap();
+        let big = 16 * PIECE + 3;
+        let mut sparse = vec![0u8; big];
+        sparse[5] = 1; // data in the first block
+        sparse[7 * PIECE + ALIGN + 9] = 2; // one block in the middle
+        sparse[big - 1] = 3; // the tail
+        let mut trailing = vec![0u8; 4 * PIECE];
+        trailing[..100].fill(7); // ends in a hole: the length must still be right
+        let odd: Vec<u8> = (0..3 * ALIGN + 5)
+            .map(|i| if i < ALIGN { 0 } else { i as u8 })
+            .collect();
+        let cases = [
+            ("sparse", sparse, PIECE),
+            ("trailing", trailing, PIECE),
+            ("odd", odd, 1000),
+        ];
+        for (id, (name, data, piece_len)) in cases.iter().enumerate() {
+            let full = dir.path().join(name);
+            pool.begin(
+                id,
+                Some(Target {
+                    full,
+                    owner: None,
+                    mode: 0o600,
+                    mtime: 1_600_000_000,
+                }),
+                b"",
+                data.len() as u64,
+            )
+            .unwrap();
+            for piece in data.chunks(*piece_len) {
+                let mut buf = pool.buffer().unwrap();
+                buf[..piece.len()].copy_from_slice(piece);
+                pool.data(buf, piece.len()).unwrap();
+            }
+            pool.end().unwrap();
+        }
+        let mut sums = pool.finish().unwrap();
+        sums.sort();
+        for ((id, sum), (name, data, _)) in sums.iter().zip(&cases) {
+            let full = dir.path().join(name);
+            assert_eq!(*sum, sha(data), "{name}");
+            assert!(
+                std::fs::read(&full).unwrap() == *data,
+                "content of {name} ({id})"
+            );
+            let m = std::fs::metadata(&full).unwrap();
+            assert_eq!(m.len(), data.len() as u64, "{name}");
+        }
+        // The mostly-zero files take far less than their length (holes are supported by
+        // every filesystem a test dir lives on: ext4, xfs, btrfs, tmpfs, overlayfs).
+        for name in ["sparse", "trailing"] {
+            let m = std::fs::metadata(dir.path().join(name)).unwrap();
+            assert!(
+                m.blocks() * 512 <= 64 * 1024,
+                "{name}: {} bytes allocated for {} bytes",
+                m.blocks() * 512,
+                m.len()
+            );
         }
     }
 
