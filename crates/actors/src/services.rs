@@ -112,11 +112,42 @@ impl Runtime {
         Duration::from_secs(self.settings.config.docker.start_timeout)
     }
 
-    /// The compose project when the compose file parses, else a bare one with the name.
+    /// The compose project when the compose file parses, else a bare one with the name (and
+    /// every spelling of it, and the compose file's place, to find its containers by).
     pub(crate) fn compose_or_bare(&self) -> ComposeProject {
-        self.compose_project().unwrap_or_else(|_| ComposeProject {
-            name: self.project_name(),
-            services: Default::default(),
+        self.compose_project().unwrap_or_else(|_| {
+            let name = self.project_name();
+            let configured = self
+                .settings
+                .config
+                .docker
+                .project
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty());
+            let dir = self
+                .settings
+                .paths
+                .compose_dir
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let raw = configured.unwrap_or(&dir);
+            let mut identity = crate::docker::compose::identity(
+                &[raw],
+                configured.is_some(),
+                &self.settings.paths.compose_file,
+            );
+            if identity.primary() != name {
+                // `name` is what compose -p gets: it must come first.
+                identity.names.retain(|n| n != &name);
+                identity.names.insert(0, name.clone());
+            }
+            ComposeProject {
+                name,
+                services: Default::default(),
+                identity,
+            }
         })
     }
 
@@ -126,8 +157,8 @@ impl Runtime {
         &self,
         compose: &ComposeProject,
     ) -> Result<Option<Vec<ContainerInfo>>> {
-        let name = compose.name.clone();
-        let mut list = self.docker(|r| DockerMsg::Containers(name, r)).await?;
+        let identity = compose.discovery();
+        let mut list = self.docker(|r| DockerMsg::Find(identity, r)).await?;
         if let Some(list) = &mut list {
             policy::fill_missing_dependencies(list, compose);
         }
