@@ -990,6 +990,7 @@ fn probe_from(response: ContainerInspectResponse) -> Probe {
             .map(|v| parse_depends_on_label(v))
             .unwrap_or_default(),
         stop_timeout: config.stop_timeout,
+        project: labels.get(PROJECT_LABEL).cloned(),
     };
     Probe {
         info,
@@ -1159,6 +1160,7 @@ mod tests {
                 image_id: "sha256:1".into(),
                 depends_on: vec![],
                 stop_timeout: None,
+                project: Some("p".into()),
             },
             exit_code: Some(3),
             started_at: Some("2024-01-01T00:00:00.123456789Z".into()),

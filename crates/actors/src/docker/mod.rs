@@ -102,6 +102,10 @@ pub struct ContainerInfo {
     pub depends_on: Vec<String>,
     /// `Config.StopTimeout` when set.
     pub stop_timeout: Option<i64>,
+    /// `com.docker.compose.project` label: the name the compose implementation that made the
+    /// container gave the project. Absent in journals written before it was recorded.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Why a container blocks (or does not block) a cold backup.
