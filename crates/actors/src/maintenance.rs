@@ -16,7 +16,7 @@ use crate::actors::store_actor::StoreMsg;
 use crate::archive::CancelFlag;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::retention::{Decision, KeepRules};
+use crate::retention::{Decision, KeepRules, REASON_MISSING};
 use crate::runtime::{BackupEntry, Runtime, partial_path};
 
 /// What `reindex` did.
@@ -47,9 +47,8 @@ impl Runtime {
             return Ok(decisions);
         }
         for d in decisions.iter().filter(|d| !d.keep) {
-            let planned_missing = backups
-                .iter()
-                .any(|b| b.id == d.id && b.status == BackupStatus::Completed && !present(b));
+            // What the plan saw, not what the disk says now.
+            let planned_missing = d.reasons.iter().any(|r| r == REASON_MISSING);
             if planned_missing {
                 let path = backups
                     .iter()

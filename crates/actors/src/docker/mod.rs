@@ -1,6 +1,6 @@
 //! Docker: compose-file reading, the cold-backup gate policy, and the engine client.
 //!
-//! `compose` and `policy` are pure and unit-tested; `engine` wraps bollard and is only
+//! `compose`, `discovery` and `policy` are pure and unit-tested; `engine` wraps bollard and is only
 //! called from the DockerActor.
 
 pub mod compose;
