@@ -1,7 +1,7 @@
 //! Docker: compose-file reading, the cold-backup gate policy, and the engine client.
 //!
-//! `compose`, `discovery` and `policy` are pure and unit-tested; `engine` wraps bollard and is only
-//! called from the DockerActor.
+//! `compose`, `discovery` (which containers are the project's) and `policy` are synchronous
+//! and unit-tested; `engine` wraps bollard and is only called from the DockerActor.
 
 pub mod compose;
 pub mod discovery;
