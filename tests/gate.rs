@@ -3,9 +3,12 @@
 
 use std::ffi::OsStr;
 
-use crate::dockerutil::{SERVE, docker_ok, ensure_test_image, run_container, test_image};
+use crate::dockerutil::{
+    Container, SERVE, docker_ok, ensure_test_image, run_container, test_image,
+};
 use crate::util::{
-    BackupDoc, DATA_SCOPE, EXCLUDED, TestEnv, assert_same_tree, except, exit, unique_project,
+    BackupDoc, DATA_SCOPE, EXCLUDED, TestEnv, VERSION, assert_same_tree, except, exit,
+    unique_project,
 };
 
 /// The locally imported image has what the fixture's services and these tests run.
@@ -254,4 +257,163 @@ fn rollback_starts_the_services_again_by_default() {
         vec!["app", "worker"],
         "running after rollback\n{out}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Project naming cannot blind the gate (issue 10, item 9)
+
+/// A running container of the test image carrying exactly these compose labels (plus service
+/// `app`, restart `unless-stopped`); removed on drop.
+#[track_caller]
+fn run_labelled(name: &str, labels: &[(&str, String)]) -> Container {
+    ensure_test_image();
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain([
+            "com.docker.compose.service=app".to_string(),
+            "nuwax-test=1".to_string(),
+        ])
+        .collect();
+    let mut args = vec!["run", "-d", "--name", name, "--network", "none"];
+    args.extend(["--stop-timeout", "5", "--restart", "unless-stopped"]);
+    for l in &labels {
+        args.extend(["--label", l.as_str()]);
+    }
+    args.push(test_image());
+    args.extend(SERVE);
+    let id = docker_ok(&args);
+    let container = Container {
+        id,
+        name: name.to_string(),
+    };
+    assert!(container.is_running(), "{name} is {}", container.state());
+    container
+}
+
+/// The project name comes from the env file (`COMPOSE_PROJECT_NAME=_<project>`), as compose
+/// derives it; config.toml does not set `[docker] project`.
+fn name_from_env_file(env: &TestEnv) -> String {
+    let v1 = format!("_{}", env.project);
+    std::fs::write(
+        env.work.join("config.toml"),
+        format!("[versions]\ndocker_service = \"{VERSION}\"\n"),
+    )
+    .unwrap();
+    let dotenv = env.compose_dir().join(".env");
+    let mut text = std::fs::read_to_string(&dotenv).unwrap();
+    text.push_str(&format!("COMPOSE_PROJECT_NAME={v1}\n"));
+    std::fs::write(&dotenv, text).unwrap();
+    v1
+}
+
+/// docker-compose v1 keeps the leading `_` that compose v2 (and our project name) strips: its
+/// running container blocks the backup, and `docker-service stop` (the same listing) stops it.
+#[test]
+fn container_under_the_v1_spelling_of_the_project_blocks() {
+    let env = TestEnv::new();
+    let v1 = name_from_env_file(&env);
+    let app = run_labelled(
+        &format!("v1{v1}_app_1"),
+        &[("com.docker.compose.project", v1.clone())],
+    );
+    let out = env.run(&["backup"]);
+    out.assert_code(exit::REFUSED).assert_stderr_has(&app.name);
+    assert!(env.list().is_empty() && env.backup_files().is_empty());
+
+    // The status lists it, and stop finds it the same way.
+    let out = env.run(&["docker-service", "status", "--json"]);
+    out.assert_ok();
+    assert!(out.stdout.contains(&app.name), "{out}");
+    env.run(&["docker-service", "stop"]).assert_ok();
+    assert!(!app.is_running(), "state {}", app.state());
+    let row = env.backup();
+
+    // A rollback stops it before it swaps anything.
+    docker_ok(&["start", &app.id]);
+    env.run(&["rollback", &row.id.to_string(), "--force", "--no-start"])
+        .assert_ok();
+    assert!(!app.is_running(), "state {}", app.state());
+}
+
+/// A container whose compose labels name our compose dir or compose file blocks whatever its
+/// project label says (a project renamed since, or `-p` given by hand), also when the label
+/// spells the path through a symlink.
+#[test]
+fn container_labelled_with_our_working_dir_or_compose_file_blocks() {
+    let env = TestEnv::new();
+    let link = env.root.join("link-to-compose-dir");
+    std::os::unix::fs::symlink(env.compose_dir(), &link).unwrap();
+    let cases = [
+        (
+            "com.docker.compose.project.working_dir",
+            env.compose_dir().display().to_string(),
+        ),
+        (
+            "com.docker.compose.project.config_files",
+            format!(
+                "/nonexistent/base.yml,{}",
+                link.join("docker-compose.yml").display()
+            ),
+        ),
+    ];
+    for (i, (label, value)) in cases.into_iter().enumerate() {
+        let other_name = unique_project();
+        let app = run_labelled(
+            &format!("{other_name}-app-{i}"),
+            &[
+                ("com.docker.compose.project", other_name.clone()),
+                (label, value),
+            ],
+        );
+        env.run(&["backup"])
+            .assert_code(exit::REFUSED)
+            .assert_stderr_has(&app.name);
+        assert!(env.list().is_empty(), "{label}");
+    }
+    // Gone: the backup passes.
+    env.backup();
+}
+
+/// Another spelling of our name, recorded by compose for another directory that exists here:
+/// ours reached another way, or another deployment? Refused (fail closed) until
+/// `[docker] project` says which name is ours.
+#[test]
+fn ambiguous_spelling_refuses_until_the_project_is_set() {
+    let env = TestEnv::new();
+    let v1 = name_from_env_file(&env);
+    let elsewhere = env.root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let app = run_labelled(
+        &format!("v1{v1}_app_7"),
+        &[
+            ("com.docker.compose.project", v1.clone()),
+            (
+                "com.docker.compose.project.working_dir",
+                elsewhere.display().to_string(),
+            ),
+        ],
+    );
+    let out = env.run(&["backup"]);
+    out.assert_code(exit::REFUSED)
+        .assert_stderr_has(&app.name)
+        .assert_stderr_has("[docker] project")
+        .assert_stderr_has(&elsewhere.display().to_string());
+    assert!(env.list().is_empty());
+    // Stopping services must not guess either.
+    env.run(&["docker-service", "stop"])
+        .assert_code(exit::REFUSED);
+    assert!(app.is_running());
+
+    // The operator names the project: the other spelling elsewhere is another project.
+    std::fs::write(
+        env.work.join("config.toml"),
+        format!(
+            "[versions]\ndocker_service = \"{VERSION}\"\n\n[docker]\nproject = \"{}\"\n",
+            env.project
+        ),
+    )
+    .unwrap();
+    env.backup();
+    assert!(app.is_running(), "never touched");
 }

@@ -16,7 +16,7 @@ use crate::actors::store_actor::StoreMsg;
 use crate::archive::CancelFlag;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::retention::{Decision, KeepRules};
+use crate::retention::{Decision, KeepRules, REASON_MISSING};
 use crate::runtime::{BackupEntry, Runtime, partial_path};
 
 /// What `reindex` did.
@@ -36,14 +36,34 @@ pub struct ReindexReport {
 
 impl Runtime {
     /// Applies retention rules. With `dry_run`, only says what it would do.
+    ///
+    /// A backup planned as "archive missing" loses only its catalog row, and only while its
+    /// file is still missing: an archive that reappeared (storage remounted) is never deleted
+    /// on the strength of a plan that did not count it.
     pub async fn prune(&self, rules: &KeepRules, dry_run: bool) -> Result<Vec<Decision>> {
         let backups = self.store(StoreMsg::ListBackups).await?;
         let upgrades = self.store(StoreMsg::ListUpgrades).await?;
-        let decisions = crate::retention::plan(&backups, rules, &upgrades, Utc::now())?;
+        let present = |b: &BackupRecord| archive_present(&b.file_path);
+        let decisions = crate::retention::plan(&backups, present, rules, &upgrades, Utc::now())?;
         if dry_run {
             return Ok(decisions);
         }
         for d in decisions.iter().filter(|d| !d.keep) {
+            // What the plan saw, not what the disk says now.
+            let planned_missing = d.reasons.iter().any(|r| r == REASON_MISSING);
+            if planned_missing {
+                let path = backups
+                    .iter()
+                    .find(|b| b.id == d.id)
+                    .map(|b| b.file_path.clone());
+                if path.is_some_and(|p| archive_present(&p)) {
+                    tracing::warn!(id = d.id, "archive reappeared during prune: kept");
+                    continue;
+                }
+                let id = d.id;
+                self.store(|r| StoreMsg::DeleteBackup(id, r)).await?;
+                continue;
+            }
             self.delete_backup(d.id).await?;
         }
         Ok(decisions)
@@ -222,6 +242,11 @@ pub(crate) fn refuse_partial(path: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The archive file exists (as a regular file), as `BackupEntry::file_exists` says it.
+fn archive_present(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 fn copy_atomically(from: &Path, to: &Path) -> Result<()> {

@@ -93,6 +93,13 @@ pub(crate) fn running_persistent(
         .collect()
 }
 
+/// The one compose project label all of `containers` carry, if they agree on one.
+fn name_in_use(containers: &[ContainerInfo]) -> Option<String> {
+    let mut names = containers.iter().filter_map(|c| c.project.as_deref());
+    let first = names.next()?;
+    names.all(|n| n == first).then(|| first.to_string())
+}
+
 /// Bookkeeping of the last `auto-backup run`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AutoBackupStatus {
@@ -112,11 +119,42 @@ impl Runtime {
         Duration::from_secs(self.settings.config.docker.start_timeout)
     }
 
-    /// The compose project when the compose file parses, else a bare one with the name.
+    /// The compose project when the compose file parses, else a bare one with the name (and
+    /// every spelling of it, and the compose file's place, to find its containers by).
     pub(crate) fn compose_or_bare(&self) -> ComposeProject {
-        self.compose_project().unwrap_or_else(|_| ComposeProject {
-            name: self.project_name(),
-            services: Default::default(),
+        self.compose_project().unwrap_or_else(|_| {
+            let name = self.project_name();
+            let configured = self
+                .settings
+                .config
+                .docker
+                .project
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty());
+            let dir = self
+                .settings
+                .paths
+                .compose_dir
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let raw = configured.unwrap_or(&dir);
+            let mut identity = crate::docker::compose::identity(
+                &[raw],
+                configured.is_some(),
+                &self.settings.paths.compose_file,
+            );
+            if identity.primary() != name {
+                // `name` is what compose -p gets: it must come first.
+                identity.names.retain(|n| n != &name);
+                identity.names.insert(0, name.clone());
+            }
+            ComposeProject {
+                name,
+                services: Default::default(),
+                identity,
+            }
         })
     }
 
@@ -126,8 +164,8 @@ impl Runtime {
         &self,
         compose: &ComposeProject,
     ) -> Result<Option<Vec<ContainerInfo>>> {
-        let name = compose.name.clone();
-        let mut list = self.docker(|r| DockerMsg::Containers(name, r)).await?;
+        let identity = compose.discovery();
+        let mut list = self.docker(|r| DockerMsg::Find(identity, r)).await?;
         if let Some(list) = &mut list {
             policy::fill_missing_dependencies(list, compose);
         }
@@ -218,14 +256,17 @@ impl Runtime {
                 p.compose_file.display()
             )));
         }
+        // The name the existing containers carry (docker-compose v1 keeps a leading `_` that
+        // our name drops): `up` under another name would make a second set of containers next
+        // to the first.
+        let existing = self.containers(compose).await?.unwrap_or_default();
+        let project = name_in_use(&existing).unwrap_or_else(|| compose.name.clone());
         progress.phase(Phase::Starting, None, None);
         progress.notice(format!(
-            "creating the project's containers: docker compose -p {} up -d",
-            compose.name
+            "creating the project's containers: docker compose -p {project} up -d"
         ));
         let compose_file = p.compose_file.clone();
         let env_file = p.env_file.exists().then(|| p.env_file.clone());
-        let project = compose.name.clone();
         self.docker(|r| DockerMsg::ComposeUp {
             compose_file,
             env_file,
@@ -388,5 +429,42 @@ impl Runtime {
         Ok(text
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labelled(project: Option<&str>) -> ContainerInfo {
+        ContainerInfo {
+            id: "id".into(),
+            name: "n".into(),
+            service: None,
+            state: "exited".into(),
+            health: None,
+            restart_policy: "no".into(),
+            image: "i".into(),
+            image_id: "sha256:0".into(),
+            depends_on: Vec::new(),
+            stop_timeout: None,
+            project: project.map(String::from),
+        }
+    }
+
+    #[test]
+    fn compose_up_reuses_the_name_the_containers_carry() {
+        assert_eq!(name_in_use(&[]), None);
+        let v1 = [
+            labelled(Some("_app")),
+            labelled(Some("_app")),
+            labelled(None),
+        ];
+        assert_eq!(name_in_use(&v1).as_deref(), Some("_app"));
+        // Two sets under two names: no single name in use, ours is used.
+        assert_eq!(
+            name_in_use(&[labelled(Some("_app")), labelled(Some("app"))]),
+            None
+        );
     }
 }

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nuwax_actors::docker::engine::{self, Engine};
-use nuwax_actors::docker::{ComposeProject, ComposeService, ContainerInfo, compose, policy};
+use nuwax_actors::docker::{
+    ComposeProject, ComposeService, ContainerInfo, ProjectIdentity, compose, policy,
+};
 use nuwax_actors::{Error, Progress, ProgressEvent};
 
 const IMAGE: &str = "nuwax-test-busybox:latest";
@@ -148,8 +150,10 @@ impl Project {
 impl Drop for Project {
     fn drop(&mut self) {
         let filter = format!("label={}", self.label());
+        let owned = format!("label=nuwax-test-owner={}", self.name);
         for (list, remove) in [
             (vec!["ps", "-aq", "--filter", &filter], vec!["rm", "-f"]),
+            (vec!["ps", "-aq", "--filter", &owned], vec!["rm", "-f"]),
             (
                 vec!["network", "ls", "-q", "--filter", &filter],
                 vec!["network", "rm"],
@@ -164,6 +168,23 @@ impl Drop for Project {
                 let _ = Command::new("docker").args(&remove).args(&ids).output();
             }
         }
+    }
+}
+
+impl Project {
+    /// `docker run -d` a serving container named `name` with exactly these labels (no project
+    /// label unless given); removed with the project.
+    fn run_labelled(&self, name: &str, labels: &[(&str, &str)]) -> String {
+        let owner = format!("nuwax-test-owner={}", self.name);
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args = vec!["run", "-d", "--name", name, "--network", "none"];
+        args.extend(["--label", "nuwax-test=1", "--label", &owner]);
+        for l in &labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        args.extend([IMAGE, "sh", "-c", SERVE]);
+        docker_ok(&args);
+        name.to_string()
     }
 }
 
@@ -215,6 +236,7 @@ fn compose_of(project: &Project, services: &[(&str, Option<&str>)]) -> ComposePr
                 )
             })
             .collect(),
+        identity: ProjectIdentity::named(&project.name),
     }
 }
 
@@ -249,7 +271,7 @@ async fn connect_fails_closed_unless_there_is_no_socket_at_all() {
     assert_eq!(explicit.endpoint(), "unix:///var/run/docker.sock");
     assert!(
         explicit
-            .project_containers("nuwax-no-such-project")
+            .project_containers(&ProjectIdentity::named("nuwax-no-such-project"))
             .await
             .unwrap()
             .is_empty()
@@ -322,7 +344,10 @@ async fn gate_blocks_on_persistent_containers_of_its_own_project_only() {
     let compose = compose::load(&file, None, Some(&a.name)).unwrap();
     assert_eq!(compose.name, a.name);
 
-    let containers = engine.project_containers(&a.name).await.unwrap();
+    let containers = engine
+        .project_containers(&ProjectIdentity::named(&a.name))
+        .await
+        .unwrap();
     let listed: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
     let mut expected = vec![db.as_str(), done.as_str(), ghost.as_str(), job.as_str()];
     expected.sort();
@@ -351,7 +376,10 @@ async fn gate_blocks_on_persistent_containers_of_its_own_project_only() {
 
     // Paused still blocks.
     docker_ok(&["pause", &db]);
-    let containers = engine.project_containers(&a.name).await.unwrap();
+    let containers = engine
+        .project_containers(&ProjectIdentity::named(&a.name))
+        .await
+        .unwrap();
     assert_eq!(by_name(&containers, &db).state, "paused");
     let report = policy::gate(&a.name, &compose, &containers);
     assert_eq!(names(&report.blocking), [db.clone(), ghost.clone()]);
@@ -365,7 +393,10 @@ async fn gate_blocks_on_persistent_containers_of_its_own_project_only() {
         .collect();
     let stopped = engine.stop_containers(&blocking).await.unwrap();
     assert_eq!(stopped, [db.clone(), ghost.clone()]);
-    let containers = engine.project_status(&a.name).await.unwrap();
+    let containers = engine
+        .project_status(&ProjectIdentity::named(&a.name))
+        .await
+        .unwrap();
     let report = policy::gate(&a.name, &compose, &containers);
     assert!(report.passes(), "{report:?}");
     assert_eq!(names(&report.warnings), [job]);
@@ -405,7 +436,10 @@ async fn stop_and_start_follow_dependencies_and_own_stop_timeouts() {
         "sleep 3600",
     );
 
-    let containers = engine.project_containers(&p.name).await.unwrap();
+    let containers = engine
+        .project_containers(&ProjectIdentity::named(&p.name))
+        .await
+        .unwrap();
     assert_eq!(by_name(&containers, &web).depends_on, ["app"]);
     assert_eq!(by_name(&containers, &app).depends_on, ["db"]);
     assert_eq!(by_name(&containers, &stubborn).stop_timeout, Some(2));
@@ -507,7 +541,10 @@ async fn compose_up_then_wait_healthy() {
         "{notices:?}"
     );
 
-    let mut containers = engine.project_containers(&p.name).await.unwrap();
+    let mut containers = engine
+        .project_containers(&ProjectIdentity::named(&p.name))
+        .await
+        .unwrap();
     let db = containers
         .iter()
         .find(|c| c.service.as_deref() == Some("db"))
@@ -710,7 +747,10 @@ async fn start_waits_for_healthy_or_completed_dependencies() {
         SERVE,
     );
     wait_for_state(&init, "exited");
-    let containers = engine.project_containers(&p.name).await.unwrap();
+    let containers = engine
+        .project_containers(&ProjectIdentity::named(&p.name))
+        .await
+        .unwrap();
     let stopped = engine.stop_containers(&containers).await.unwrap();
     assert_eq!(stopped, [app.clone(), db.clone()]);
 
@@ -723,4 +763,96 @@ async fn start_waits_for_healthy_or_completed_dependencies() {
         gap >= chrono::TimeDelta::seconds(2),
         "app started {gap} after db"
     );
+}
+
+/// Discovery finds the project under every spelling compose implementations give its name and
+/// by compose's working-dir / config-file labels, de-duplicated; an ambiguous running
+/// container refuses unless the name is explicit.
+#[tokio::test]
+async fn project_containers_by_every_spelling_and_by_compose_labels() {
+    let p = Project::new("disc");
+    let engine = engine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let compose_dir = root.join(format!("_{}", p.name));
+    let elsewhere = root.join("elsewhere");
+    std::fs::create_dir(&compose_dir).unwrap();
+    std::fs::create_dir(&elsewhere).unwrap();
+    let file = compose_dir.join("docker-compose.yml");
+    std::fs::write(&file, format!("services:\n  db:\n    image: {IMAGE}\n")).unwrap();
+    let compose = compose::load(&file, None, None).unwrap();
+    assert_eq!(compose.name, p.name, "compose v2 strips the leading _");
+    let v1 = format!("_{}", p.name);
+    let wd = compose_dir.display().to_string();
+    let cfg = file.display().to_string();
+    let other_wd = elsewhere.display().to_string();
+    let renamed = format!("{}renamed", p.name);
+
+    let v2c = p.run_labelled(&format!("{}-v2", p.name), &[(discovery_label(), &p.name)]);
+    let v1c = p.run_labelled(&format!("v1{}", p.name), &[(discovery_label(), &v1)]);
+    let by_wd = p.run_labelled(
+        &format!("{}-wd", p.name),
+        &[
+            (discovery_label(), &renamed),
+            ("com.docker.compose.project.working_dir", &wd),
+        ],
+    );
+    // Both a spelling and the labels: listed once.
+    let both = p.run_labelled(
+        &format!("{}-both", p.name),
+        &[
+            (discovery_label(), &v1),
+            ("com.docker.compose.project.config_files", &cfg),
+            ("com.docker.compose.project.working_dir", &wd),
+        ],
+    );
+    let foreign = p.run_labelled(
+        &format!("{}-foreign", p.name),
+        &[
+            (discovery_label(), &renamed),
+            ("com.docker.compose.project.working_dir", &other_wd),
+        ],
+    );
+    let containers = engine.project_containers(&compose.identity).await.unwrap();
+    let listed: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+    let mut expected = vec![v2c.as_str(), v1c.as_str(), by_wd.as_str(), both.as_str()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(!listed.contains(&foreign.as_str()));
+    // The gate blocks on all of them; the health wait sees them too.
+    let report = policy::gate(&compose.name, &compose, &containers);
+    assert_eq!(report.blocking.len(), 4, "{report:?}");
+
+    // Another spelling recorded for another existing dir: refused while it runs...
+    let odd = p.run_labelled(
+        &format!("{}-odd", p.name),
+        &[
+            (discovery_label(), &v1),
+            ("com.docker.compose.project.working_dir", &other_wd),
+        ],
+    );
+    let err = engine
+        .project_containers(&compose.identity)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), nuwax_actors::ErrorKind::Refused, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&odd) && msg.contains("[docker] project"),
+        "{msg}"
+    );
+    // ... not when the name is explicit ...
+    let explicit = compose::load(&file, None, Some(&v1)).unwrap();
+    assert!(explicit.identity.explicit);
+    let listed = engine.project_containers(&explicit.identity).await.unwrap();
+    assert!(!listed.iter().any(|c| c.name == odd), "{listed:?}");
+    assert_eq!(listed.len(), 4);
+    // ... and not once it is stopped (it hides nothing running).
+    docker_ok(&["stop", "-t", "1", &odd]);
+    let listed = engine.project_containers(&compose.identity).await.unwrap();
+    assert_eq!(listed.len(), 4);
+}
+
+fn discovery_label() -> &'static str {
+    nuwax_actors::docker::discovery::PROJECT_LABEL
 }

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::reply;
 use crate::docker::engine::{self, Engine};
-use crate::docker::{ComposeProject, ContainerInfo, GateReport, policy};
+use crate::docker::{ComposeProject, ContainerInfo, GateReport, ProjectIdentity, policy};
 use crate::error::Result;
 use crate::progress::Progress;
 
@@ -23,8 +23,13 @@ pub(crate) struct DockerState {
 type Reply<T> = RpcReplyPort<Result<T>>;
 
 pub(crate) enum DockerMsg {
-    /// The project's containers; `None` when there is no engine on this machine.
+    /// The containers under the spellings of a project name only; `None` when there is no
+    /// engine on this machine. Prefer [`DockerMsg::Find`], which also matches compose's
+    /// working-dir and config-file labels.
     Containers(String, Reply<Option<Vec<ContainerInfo>>>),
+    /// The project's containers (every spelling of its name, and compose's working-dir and
+    /// config-file labels); `None` when there is no engine on this machine.
+    Find(ProjectIdentity, Reply<Option<Vec<ContainerInfo>>>),
     /// The cold-backup gate.
     Gate(ComposeProject, Reply<GateReport>),
     /// Stops the given containers (reverse dependency order); returns the names stopped.
@@ -77,7 +82,20 @@ impl Actor for DockerActor {
                 let result = async {
                     match st.engine().await? {
                         None => Ok(None),
-                        Some(engine) => engine.project_containers(&project).await.map(Some),
+                        Some(engine) => engine
+                            .project_containers(&ProjectIdentity::named(&project))
+                            .await
+                            .map(Some),
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::Find(identity, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(None),
+                        Some(engine) => engine.project_containers(&identity).await.map(Some),
                     }
                 }
                 .await;
@@ -92,7 +110,8 @@ impl Actor for DockerActor {
                             ..GateReport::default()
                         }),
                         Some(engine) => {
-                            let containers = engine.project_containers(&compose.name).await?;
+                            let containers =
+                                engine.project_containers(&compose.discovery()).await?;
                             Ok(policy::gate(&compose.name, &compose, &containers))
                         }
                     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
-use super::{ComposeProject, ComposeService};
+use super::{ComposeProject, ComposeService, ProjectIdentity, discovery};
 use crate::error::{Error, IoContext, Result};
 
 /// Loads `compose_file`. `env_file` defaults to `.env` next to the compose file; a missing env
@@ -44,7 +44,7 @@ pub fn load(
         .map_err(|e| config_error(compose_file, e))?;
     let vars = Vars { env: &env };
 
-    let name = project_name(
+    let (name, raw_names) = project_name(
         compose_file,
         &compose_dir,
         &doc,
@@ -52,6 +52,13 @@ pub fn load(
         &vars,
         project_override,
     )?;
+    let raw_refs: Vec<&str> = raw_names.iter().map(String::as_str).collect();
+    let identity = identity(
+        &raw_refs,
+        project_override.is_some_and(|p| !p.trim().is_empty()),
+        compose_file,
+    );
+    debug_assert_eq!(identity.primary(), name);
 
     let mut services = BTreeMap::new();
     match doc.get("services") {
@@ -82,7 +89,25 @@ pub fn load(
             });
         }
     }
-    Ok(ComposeProject { name, services })
+    Ok(ComposeProject {
+        name,
+        services,
+        identity,
+    })
+}
+
+/// The [`ProjectIdentity`] of a project whose name comes from `raw_names` (the first is the
+/// one in use, the others what other compose implementations would use instead) and whose
+/// compose file is `compose_file`. Works when the compose file does not exist (yet).
+pub fn identity(raw_names: &[&str], explicit: bool, compose_file: &Path) -> ProjectIdentity {
+    let absolute = std::path::absolute(compose_file).unwrap_or_else(|_| compose_file.to_path_buf());
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    ProjectIdentity {
+        names: discovery::name_variants(raw_names),
+        explicit,
+        compose_file: Some(canonical(&absolute)),
+        compose_dir: absolute.parent().map(canonical),
+    }
 }
 
 /// Normalises a project name as compose does: lowercase, only `[a-z0-9_-]`, starting with a
@@ -114,7 +139,9 @@ fn compose_dir(compose_file: &Path) -> PathBuf {
 }
 
 /// Config `[docker] project`, else `COMPOSE_PROJECT_NAME` from the env file, else top-level
-/// `name:`, else the compose dir's name.
+/// `name:`, else the compose dir's name. Returns the normalised name and the raw names other
+/// compose implementations may have used (the chosen one first; docker-compose v1 ignores a
+/// top-level `name:` and uses the directory's name).
 fn project_name(
     compose_file: &Path,
     compose_dir: &Path,
@@ -122,11 +149,15 @@ fn project_name(
     env: &BTreeMap<String, String>,
     vars: &Vars<'_>,
     project_override: Option<&str>,
-) -> Result<String> {
+) -> Result<(String, Vec<String>)> {
     let non_empty = |s: &str| -> Option<String> {
         let s = s.trim();
         (!s.is_empty()).then(|| s.to_string())
     };
+    let dir = compose_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let (raw, source) = if let Some(p) = project_override.and_then(non_empty) {
         (p, "[docker] project in config.toml")
     } else if let Some(p) = env.get("COMPOSE_PROJECT_NAME").and_then(|s| non_empty(s)) {
@@ -138,19 +169,20 @@ fn project_name(
     {
         (p, "the compose file's top-level name")
     } else {
-        let dir = compose_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        (dir, "the compose directory's name")
+        (dir.clone(), "the compose directory's name")
     };
-    normalize_project_name(&raw).ok_or_else(|| Error::Config {
+    let mut raws = vec![raw.clone()];
+    if source == "the compose file's top-level name" {
+        raws.push(dir);
+    }
+    let name = normalize_project_name(&raw).ok_or_else(|| Error::Config {
         path: compose_file.to_path_buf(),
         message: format!(
             "project name {raw:?} (from {source}) has no usable characters [a-z0-9_-]; \
              set [docker] project in config.toml"
         ),
-    })
+    })?;
+    Ok((name, raws))
 }
 
 fn read_service(body: &Mapping, vars: &Vars<'_>) -> ComposeService {
@@ -637,6 +669,43 @@ mod tests {
         assert_eq!(normalize_project_name("..."), None);
         let err = load(&file, None, Some("!!!")).unwrap_err();
         assert!(matches!(err, Error::Config { .. }), "{err}");
+    }
+
+    #[test]
+    fn identity_has_every_spelling_and_the_compose_place() {
+        // The directory name: v2 strips the leading `_`, v1 keeps it.
+        let (tmp, p) = project_in("_My.App", "services: {}\n", None);
+        let p = p.unwrap();
+        assert_eq!(p.name, "myapp");
+        assert_eq!(p.identity.names, ["myapp", "_myapp"]);
+        assert!(!p.identity.explicit);
+        let dir = std::fs::canonicalize(tmp.path().join("_My.App")).unwrap();
+        assert_eq!(p.identity.compose_dir.as_deref(), Some(dir.as_path()));
+        assert_eq!(
+            p.identity.compose_file,
+            Some(dir.join("docker-compose.yml"))
+        );
+        // docker-compose v1 ignores a top-level `name:`: the directory's names come too.
+        let (_t, p) = project_in("_docker", "name: Stack_1\nservices: {}\n", None);
+        assert_eq!(
+            p.unwrap().identity.names,
+            ["stack_1", "stack1", "docker", "_docker"]
+        );
+        // COMPOSE_PROJECT_NAME is read by both: only its spellings.
+        let (tmp, p) = project_in("dir", "services: {}\n", Some("COMPOSE_PROJECT_NAME=_env\n"));
+        assert_eq!(p.unwrap().identity.names, ["env", "_env"]);
+        // `[docker] project` is explicit.
+        let file = tmp.path().join("dir/docker-compose.yml");
+        let p = load(&file, None, Some("_Over")).unwrap();
+        assert_eq!(p.identity.names, ["over", "_over"]);
+        assert!(p.identity.explicit);
+        assert_eq!(p.discovery(), p.identity);
+        // Without a filled identity (a hand-made project), the name's spellings.
+        let bare = ComposeProject {
+            name: "a_b".into(),
+            ..ComposeProject::default()
+        };
+        assert_eq!(bare.discovery().names, ["a_b", "ab"]);
     }
 
     #[test]

@@ -28,7 +28,8 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use sha2::Digest;
 
-use super::{ComposeProject, ContainerInfo, policy};
+use super::discovery::{self, Membership};
+use super::{ComposeProject, ContainerInfo, ProjectIdentity, policy};
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress};
 
@@ -40,7 +41,7 @@ pub const DEPENDENCY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Bound on `docker compose up -d` (image pulls included).
 pub const COMPOSE_UP_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
-const PROJECT_LABEL: &str = "com.docker.compose.project";
+const PROJECT_LABEL: &str = discovery::PROJECT_LABEL;
 const SERVICE_LABEL: &str = "com.docker.compose.service";
 const DEPENDS_ON_LABEL: &str = "com.docker.compose.depends_on";
 
@@ -379,9 +380,14 @@ impl Engine {
         &self.endpoint
     }
 
-    /// Every container (any state) labelled `com.docker.compose.project=<project>`, sorted by
-    /// name. Containers of other projects never appear.
-    pub async fn project_containers(&self, project: &str) -> Result<Vec<ContainerInfo>> {
+    /// Every container (any state) of the project, sorted by name: the one listing behind the
+    /// gate, stop/start/status, the health wait and the rollback ([`discovery`]: every
+    /// spelling of the project's name, and compose's working-dir and config-file labels).
+    /// Refuses ([`Error::Refused`]) when a running container may or may not be the project's.
+    pub async fn project_containers(
+        &self,
+        project: &ProjectIdentity,
+    ) -> Result<Vec<ContainerInfo>> {
         Ok(self
             .project_probes(project)
             .await?
@@ -391,7 +397,7 @@ impl Engine {
     }
 
     /// Same as [`Engine::project_containers`]: the current state of the project.
-    pub async fn project_status(&self, project: &str) -> Result<Vec<ContainerInfo>> {
+    pub async fn project_status(&self, project: &ProjectIdentity) -> Result<Vec<ContainerInfo>> {
         self.project_containers(project).await
     }
 
@@ -467,12 +473,13 @@ impl Engine {
         progress: &Progress,
     ) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let identity = compose.discovery();
         let mut ready_seen: BTreeSet<String> = BTreeSet::new();
         // Restart count of each container when first seen.
         let mut restarts_at_start: HashMap<String, i64> = HashMap::new();
         let mut phase_sent = false;
         loop {
-            let probes = self.project_probes(&compose.name).await?;
+            let probes = self.project_probes(&identity).await?;
             let mut targets: Vec<(String, Option<&Probe>)> = Vec::new();
             for probe in &probes {
                 let selected =
@@ -560,28 +567,63 @@ impl Engine {
         }
     }
 
-    async fn project_probes(&self, project: &str) -> Result<Vec<Probe>> {
-        let filters = HashMap::from([("label", vec![format!("{PROJECT_LABEL}={project}")])]);
+    /// Lists every compose-made container once (one engine call: merged and de-duplicated
+    /// by construction) and keeps those [`discovery::classify`] says are the project's.
+    async fn project_probes(&self, project: &ProjectIdentity) -> Result<Vec<Probe>> {
+        let primary = project.primary();
+        // Every container compose made, whatever its project: the name alone is not enough.
+        let filters = HashMap::from([("label", vec![PROJECT_LABEL.to_string()])]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
             .build();
         let summaries = self
             .call(
-                || format!("cannot list the containers of project {project}"),
+                || format!("cannot list the containers of project {primary}"),
                 API_TIMEOUT,
                 self.docker.list_containers(Some(options)),
             )
             .await?;
-        let mut probes = Vec::with_capacity(summaries.len());
+        let mut ambiguous = Vec::new();
+        let mut ids = BTreeSet::new();
         for summary in summaries {
-            // The engine filters already; checking again costs nothing and keeps other
-            // projects out whatever the engine version does with the filter.
             let labels = summary.labels.unwrap_or_default();
-            if labels.get(PROJECT_LABEL).map(String::as_str) != Some(project) {
-                continue;
-            }
             let Some(id) = summary.id else { continue };
+            match discovery::classify(project, &labels) {
+                Membership::Ours => {
+                    ids.insert(id);
+                }
+                Membership::Foreign => {}
+                Membership::Ambiguous(why) => {
+                    let state = summary
+                        .state
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "unknown".into());
+                    let name = summary
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_else(|| id.clone());
+                    // Stopped, it hides nothing a cold backup must know about.
+                    if policy::is_active(&state) {
+                        ambiguous.push(format!("  {name} ({state}): {why}"));
+                    } else {
+                        tracing::debug!(container = %name, %why, "ambiguous stopped container left out");
+                    }
+                }
+            }
+        }
+        if !ambiguous.is_empty() {
+            return Err(Error::Refused(format!(
+                "cannot tell whether these running containers belong to project {primary}:\n{}\n\
+                 they could be this deployment's services running hot. Set [docker] project in \
+                 config.toml to this deployment's compose project name (its containers' \
+                 com.docker.compose.project label), or stop those containers, then retry",
+                ambiguous.join("\n")
+            )));
+        }
+        let mut probes = Vec::with_capacity(ids.len());
+        for id in ids {
             if let Some(probe) = self.inspect(&id).await? {
                 probes.push(probe);
             }
@@ -948,6 +990,7 @@ fn probe_from(response: ContainerInspectResponse) -> Probe {
             .map(|v| parse_depends_on_label(v))
             .unwrap_or_default(),
         stop_timeout: config.stop_timeout,
+        project: labels.get(PROJECT_LABEL).cloned(),
     };
     Probe {
         info,
@@ -1117,6 +1160,7 @@ mod tests {
                 image_id: "sha256:1".into(),
                 depends_on: vec![],
                 stop_timeout: None,
+                project: Some("p".into()),
             },
             exit_code: Some(3),
             started_at: Some("2024-01-01T00:00:00.123456789Z".into()),

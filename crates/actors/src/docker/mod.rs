@@ -1,13 +1,15 @@
 //! Docker: compose-file reading, the cold-backup gate policy, and the engine client.
 //!
-//! `compose` and `policy` are pure and unit-tested; `engine` wraps bollard and is only
-//! called from the DockerActor.
+//! `compose`, `discovery` (which containers are the project's) and `policy` are synchronous
+//! and unit-tested; `engine` wraps bollard and is only called from the DockerActor.
 
 pub mod compose;
+pub mod discovery;
 pub mod engine;
 pub mod policy;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,52 @@ pub struct ComposeProject {
     /// (lowercase, only `[a-z0-9_-]`).
     pub name: String,
     pub services: BTreeMap<String, ComposeService>,
+    /// How the project's containers are recognised on the engine ([`discovery`]).
+    pub identity: ProjectIdentity,
+}
+
+impl ComposeProject {
+    /// [`ComposeProject::identity`], or only the spellings of `name` when it was left empty.
+    pub fn discovery(&self) -> ProjectIdentity {
+        if self.identity.names.is_empty() {
+            ProjectIdentity::named(&self.name)
+        } else {
+            self.identity.clone()
+        }
+    }
+}
+
+/// Everything that identifies the project's containers on the engine: every name a compose
+/// implementation in use would give the project, and the compose file and dir that compose
+/// records in its labels. See [`discovery`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectIdentity {
+    /// Project names, the one we pass to `compose -p` (compose v2's) first, then the other
+    /// spellings (docker-compose v1 keeps a leading `_`, old v1 drops `_` and `-`, v1 ignores
+    /// a top-level `name:`). No duplicates.
+    pub names: Vec<String>,
+    /// The name comes from `[docker] project`: a container under another spelling of it whose
+    /// labels point at another directory is another project, not an ambiguity.
+    pub explicit: bool,
+    /// The compose file, canonicalised when it exists.
+    pub compose_file: Option<PathBuf>,
+    /// The compose dir, canonicalised when it exists.
+    pub compose_dir: Option<PathBuf>,
+}
+
+impl ProjectIdentity {
+    /// Only the spellings of `name` (no paths): for callers that know nothing else.
+    pub fn named(name: &str) -> ProjectIdentity {
+        ProjectIdentity {
+            names: discovery::name_variants(&[name]),
+            ..ProjectIdentity::default()
+        }
+    }
+
+    /// The name given to `compose -p`.
+    pub fn primary(&self) -> &str {
+        self.names.first().map(String::as_str).unwrap_or_default()
+    }
 }
 
 /// One container of the project as the engine reports it.
@@ -56,6 +104,10 @@ pub struct ContainerInfo {
     pub depends_on: Vec<String>,
     /// `Config.StopTimeout` when set.
     pub stop_timeout: Option<i64>,
+    /// `com.docker.compose.project` label: the name the compose implementation that made the
+    /// container gave the project. Absent in journals written before it was recorded.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Why a container blocks (or does not block) a cold backup.

@@ -208,6 +208,7 @@ mod tests {
             image_id: "sha256:0".into(),
             depends_on: Vec::new(),
             stop_timeout: None,
+            project: Some("p".into()),
         }
     }
 
