@@ -50,6 +50,8 @@ struct RunDocument {
     stopped: Vec<String>,
     backup_error: Option<String>,
     restart_error: Option<String>,
+    /// Everything that went wrong, in one line (null on success).
+    error: Option<String>,
 }
 
 /// `auto-backup status --json`.
@@ -79,7 +81,7 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
     let result = rt.auto_backup(progress.clone()).await;
     renderer.finish(progress).await;
     let report = result?;
-    let ok = report.backup_error.is_none() && report.restart_error.is_none();
+    let ok = report.ok();
     if let Some(b) = &report.backup {
         printer.info(&format!(
             "auto backup {} created: {}",
@@ -111,15 +113,16 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
             success: ok,
             backup: report.backup.as_ref().map(BackupJson::from),
             stopped: report.stopped.clone(),
-            backup_error: report.backup_error.clone(),
-            restart_error: report.restart_error.clone(),
+            backup_error: report.backup_error.as_ref().map(ToString::to_string),
+            restart_error: report.restart_error.as_ref().map(ToString::to_string),
+            error: (!ok).then(|| report.error_text()),
         });
     }
-    Ok(if ok {
-        ExitStatus::Success
-    } else {
-        ExitStatus::Failed
-    })
+    // The exit code of the error itself: 3 for no space, 130/143/129 when interrupted, as
+    // `backup` would exit.
+    Ok(report
+        .error()
+        .map_or(ExitStatus::Success, crate::exit::status_of_error))
 }
 
 async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<ExitStatus> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::reply;
+use crate::archive::CancelFlag;
 use crate::docker::engine::{self, Engine};
 use crate::docker::{ComposeProject, ContainerInfo, GateReport, policy};
 use crate::error::Result;
@@ -32,8 +33,15 @@ pub(crate) enum DockerMsg {
     /// Starts the given containers (dependency order).
     Start(Vec<ContainerInfo>, Progress, Reply<()>),
     /// Waits until the project's persistent containers (or those named in the list) run and
-    /// are healthy.
-    WaitHealthy(ComposeProject, Vec<String>, Duration, Progress, Reply<()>),
+    /// are healthy; ends at once with `Error::Interrupted` when the flag is set.
+    WaitHealthy(
+        ComposeProject,
+        Vec<String>,
+        Duration,
+        Progress,
+        CancelFlag,
+        Reply<()>,
+    ),
     /// `docker compose up -d` for the project (creates containers that do not exist yet).
     ComposeUp {
         compose_file: PathBuf,
@@ -120,13 +128,15 @@ impl Actor for DockerActor {
                 .await;
                 reply(r, result);
             }
-            DockerMsg::WaitHealthy(compose, only, timeout, progress, r) => {
+            DockerMsg::WaitHealthy(compose, only, timeout, progress, cancel, r) => {
                 let result = async {
                     match st.engine().await? {
                         None => Ok(()),
                         Some(engine) => {
                             engine
-                                .wait_healthy(&compose, &only, timeout, &progress)
+                                .wait_healthy_cancellable(
+                                    &compose, &only, timeout, &progress, &cancel,
+                                )
                                 .await
                         }
                     }

@@ -34,7 +34,7 @@ mod verify;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 pub use build::build;
 pub use extract::extract;
@@ -44,23 +44,64 @@ pub use format::{
 };
 pub use verify::{read_info, sha256_file, verify};
 
-/// Set from a signal handler; long-running sync work checks it between entries/chunks and
-/// returns [`crate::Error::Interrupted`] after cleaning up.
+/// Set from a signal handler (SIGINT, SIGTERM, SIGHUP); long-running work checks it between
+/// entries, chunks and polls and returns [`crate::Error::Interrupted`] after cleaning up.
+///
+/// It records which signal arrived (the first one wins), so the CLI can exit with
+/// 128 + that signal (130, 143, 129).
 #[derive(Clone, Default, Debug)]
-pub struct CancelFlag(Arc<AtomicBool>);
+pub struct CancelFlag(Arc<AtomicI32>);
 
 impl CancelFlag {
+    /// Cancels as Ctrl-C (SIGINT) does.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.cancel_with(libc::SIGINT);
     }
+
+    /// Cancels because `signal` arrived. A later signal does not overwrite the first.
+    pub fn cancel_with(&self, signal: i32) {
+        let signal = if signal > 0 { signal } else { libc::SIGINT };
+        let _ = self
+            .0
+            .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.load(Ordering::SeqCst) != 0
     }
+
+    /// The signal that cancelled the operation, if any.
+    pub fn signal(&self) -> Option<i32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// `Err(Error::Interrupted)` once cancelled. Call it at every point after which work
+    /// would change something that cannot be undone cheaply: between entries, before a swap
+    /// (a rollback calls it after extraction and before the first rename, so a Ctrl-C there
+    /// leaves live data as it was), before stopping services.
     pub fn check(&self) -> crate::Result<()> {
         if self.is_cancelled() {
             Err(crate::Error::Interrupted)
         } else {
             Ok(())
+        }
+    }
+
+    /// Sleeps `duration`, waking early with `Err(Error::Interrupted)` when cancelled (checked
+    /// every 50 ms), so long waits (health, dependencies) end at once on Ctrl-C.
+    pub async fn sleep(&self, duration: std::time::Duration) -> crate::Result<()> {
+        const SLICE: std::time::Duration = std::time::Duration::from_millis(50);
+        let deadline = tokio::time::Instant::now() + duration;
+        loop {
+            self.check()?;
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(SLICE.min(deadline - now)).await;
         }
     }
 }

@@ -29,6 +29,7 @@ use futures_util::future::join_all;
 use sha2::Digest;
 
 use super::{ComposeProject, ContainerInfo, policy};
+use crate::archive::CancelFlag;
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress};
 
@@ -466,12 +467,27 @@ impl Engine {
         timeout: Duration,
         progress: &Progress,
     ) -> Result<()> {
+        self.wait_healthy_cancellable(compose, only, timeout, progress, &CancelFlag::default())
+            .await
+    }
+
+    /// [`Engine::wait_healthy`] that ends at once with [`Error::Interrupted`] when `cancel`
+    /// is set (Ctrl-C, SIGTERM, SIGHUP), instead of waiting out a timeout of maybe an hour.
+    pub async fn wait_healthy_cancellable(
+        &self,
+        compose: &ComposeProject,
+        only: &[String],
+        timeout: Duration,
+        progress: &Progress,
+        cancel: &CancelFlag,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut ready_seen: BTreeSet<String> = BTreeSet::new();
         // Restart count of each container when first seen.
         let mut restarts_at_start: HashMap<String, i64> = HashMap::new();
         let mut phase_sent = false;
         loop {
+            cancel.check()?;
             let probes = self.project_probes(&compose.name).await?;
             let mut targets: Vec<(String, Option<&Probe>)> = Vec::new();
             for probe in &probes {
@@ -556,7 +572,9 @@ impl Engine {
                     pending.join(", ")
                 )));
             }
-            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+            cancel
+                .sleep(POLL.min(deadline.saturating_duration_since(Instant::now())))
+                .await?;
         }
     }
 
