@@ -20,5 +20,6 @@ mod interop;
 mod list;
 mod rollback;
 mod services;
+mod signals;
 mod upgrade;
 mod verify;

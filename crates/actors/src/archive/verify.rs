@@ -69,6 +69,7 @@ pub fn verify(
         info: None,
         problems: Vec::new(),
     };
+    crate::faults::point("verify.before_scan");
     let scanned = scan(file, path, threads, progress, cancel, &mut report);
     let hashed = hasher
         .join()
