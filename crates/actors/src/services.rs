@@ -211,8 +211,11 @@ impl Runtime {
             report.started = to_start.iter().map(|c| c.name.clone()).collect();
             if !to_start.is_empty() {
                 progress.phase(Phase::Starting, None, Some(to_start.len() as u64));
-                self.docker(|r| DockerMsg::Start(to_start, progress.clone(), r))
-                    .await?;
+                let cancel = self.cancel_flag();
+                self.docker(|r| {
+                    DockerMsg::StartInterruptible(to_start, progress.clone(), cancel, r)
+                })
+                .await?;
             }
         }
         self.wait_healthy(&compose, Vec::new(), progress).await?;

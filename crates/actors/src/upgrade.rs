@@ -176,7 +176,16 @@ impl Runtime {
         // Unpacked (and re-hashed) before anything live is touched: a package that is not
         // byte for byte the one validated is refused here, and the upgrade ends as if it had
         // not started (services started again, the pre-upgrade backup kept).
-        let items = match self.stage_package(op, &mut journal, &package, &info).await {
+        let staged = async {
+            let items = self
+                .stage_package(op, &mut journal, &package, &info)
+                .await?;
+            // Ctrl-C during unpacking: stop here, before the swap, with nothing changed.
+            self.cancel_flag().check()?;
+            Ok(items)
+        }
+        .await;
+        let items = match staged {
             Ok(items) => items,
             Err(e) => {
                 let _ = restore::remove_path(&journal.work_dir);

@@ -30,8 +30,12 @@ pub(crate) enum DockerMsg {
     Gate(ComposeProject, Reply<GateReport>),
     /// Stops the given containers (reverse dependency order); returns the names stopped.
     Stop(Vec<ContainerInfo>, Progress, Reply<Vec<String>>),
-    /// Starts the given containers (dependency order).
+    /// Starts the given containers (dependency order). Not cancellable: this is how what was
+    /// stopped is put back, also after Ctrl-C.
     Start(Vec<ContainerInfo>, Progress, Reply<()>),
+    /// Starts the given containers on request (`docker-service start`): waits for
+    /// dependencies end at once when the flag is set.
+    StartInterruptible(Vec<ContainerInfo>, Progress, CancelFlag, Reply<()>),
     /// Waits until the project's persistent containers (or those named in the list) run and
     /// are healthy; ends at once with `Error::Interrupted` when the flag is set.
     WaitHealthy(
@@ -123,6 +127,20 @@ impl Actor for DockerActor {
                     match st.engine().await? {
                         None => Ok(()),
                         Some(engine) => engine.start_containers(&containers).await,
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::StartInterruptible(containers, _progress, cancel, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(()),
+                        Some(engine) => {
+                            engine
+                                .start_containers_cancellable(&containers, &cancel)
+                                .await
+                        }
                     }
                 }
                 .await;

@@ -429,6 +429,18 @@ impl Engine {
     /// container starts, those of its dependencies that are in `containers` must run and, when
     /// they have a healthcheck, be healthy (bounded by [`DEPENDENCY_TIMEOUT`]).
     pub async fn start_containers(&self, containers: &[ContainerInfo]) -> Result<()> {
+        self.start_containers_cancellable(containers, &CancelFlag::default())
+            .await
+    }
+
+    /// [`Engine::start_containers`] whose waits for dependencies end at once with
+    /// [`Error::Interrupted`] when `cancel` is set. Starting again what this process stopped
+    /// uses the plain one: that start must happen, above all after Ctrl-C.
+    pub async fn start_containers_cancellable(
+        &self,
+        containers: &[ContainerInfo],
+        cancel: &CancelFlag,
+    ) -> Result<()> {
         let mut started: Vec<&ContainerInfo> = Vec::new();
         for wave in policy::start_waves(containers) {
             let needed: BTreeSet<&str> = wave
@@ -441,7 +453,7 @@ impl Engine {
                 .filter(|d| d.service.as_deref().is_some_and(|s| needed.contains(s)))
                 .collect();
             if !dependencies.is_empty() {
-                self.wait_dependencies(&dependencies).await?;
+                self.wait_dependencies(&dependencies, cancel).await?;
             }
             let results = join_all(wave.iter().map(|c| self.start_one(c))).await;
             if let Some(e) = results.into_iter().find_map(Result::err) {
@@ -720,9 +732,14 @@ impl Engine {
 
     /// Waits until `dependencies` run and are healthy where they have a healthcheck, or have
     /// exited with code 0 (a completed job).
-    async fn wait_dependencies(&self, dependencies: &[&ContainerInfo]) -> Result<()> {
+    async fn wait_dependencies(
+        &self,
+        dependencies: &[&ContainerInfo],
+        cancel: &CancelFlag,
+    ) -> Result<()> {
         let deadline = Instant::now() + DEPENDENCY_TIMEOUT;
         loop {
+            cancel.check()?;
             let now = chrono::Utc::now();
             let mut pending = Vec::new();
             for dep in dependencies {
@@ -756,7 +773,7 @@ impl Engine {
                     pending.join(", ")
                 )));
             }
-            tokio::time::sleep(POLL).await;
+            cancel.sleep(POLL).await?;
         }
     }
 
