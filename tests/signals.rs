@@ -565,3 +565,105 @@ fn upgrade_refuses_a_package_changed_after_validation() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Packs `dir` as an operator would: `tar czf <package> -C <dir> .`.
+fn tar_czf(package: &Path, dir: &Path) {
+    let st = Command::new("tar")
+        .arg("czf")
+        .arg(package)
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar czf {}", package.display());
+}
+
+/// An upgrade interrupted while taking its pre-upgrade backup, or after unpacking the package
+/// but before the swap: exit 128 + signal, nothing live changed (files, config.toml), the
+/// container it stopped is running again when it exits, no `.partial`, no work dir left.
+#[test]
+fn upgrade_interrupted_before_the_swap_changes_nothing_and_restarts_what_it_stopped() {
+    let env = one_service_env("", Fixture::default());
+    env.run(&["docker-service", "start"]).assert_ok();
+    let db = db_container(&env);
+    let release = env.root.join("release");
+    write(
+        &release.join("docker-compose.yml"),
+        b"services:\n  db:\n    image: nuwax-test-busybox:latest\n    command: [\"sleep\", \"3600\"]\n",
+        0o644,
+    );
+    write(&release.join("app/VERSION"), b"9.9.9\n", 0o644);
+    let package = env.root.join("release-9.9.9.tar.gz");
+    tar_czf(&package, &release);
+    let config_before = fs::read_to_string(env.work.join("config.toml")).unwrap();
+    let before = env.snapshot_compose();
+    for (point, (signal, code, name)) in [
+        ("backup.after_journal", SIGNALS[1]),
+        ("upgrade.before_unpack", SIGNALS[0]),
+        ("upgrade.before_unpack", SIGNALS[2]),
+    ] {
+        let args = [
+            "upgrade",
+            "--package",
+            package.to_str().unwrap(),
+            "--version",
+            "9.9.9",
+        ];
+        let rows_before = catalog_rows(&env).len();
+        let child = spawn(
+            &env,
+            &args,
+            &[
+                ("NUWAX_TEST_PAUSE_AT", point),
+                ("NUWAX_TEST_PAUSE_SECS", "3"),
+            ],
+        );
+        wait_until(point, Duration::from_secs(90), || {
+            let rows = catalog_rows(&env);
+            match point {
+                "backup.after_journal" => rows.len() > rows_before,
+                _ => rows.len() > rows_before && rows.last().unwrap().0 == "Completed",
+            }
+        });
+        if point == "upgrade.before_unpack" {
+            // The backup is complete; give it the moment to reach the pause.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_ne!(
+            state(&db),
+            "running",
+            "{name} at {point}: stopped for the upgrade"
+        );
+        send(&child, signal);
+        let out = finish(child, &args, Duration::from_secs(90));
+        assert_eq!(
+            state(&db),
+            "running",
+            "{name} at {point}: restarted by the interrupted run\n{out}"
+        );
+        assert_interrupted(&out, code, &format!("{name} at {point}"));
+        assert_same_tree(point, &before, &env.snapshot_compose());
+        assert_eq!(
+            fs::read_to_string(env.work.join("config.toml")).unwrap(),
+            config_before,
+            "{point}"
+        );
+        assert!(
+            partials(&env.backups_dir()).is_empty(),
+            "{:?}",
+            env.backup_files()
+        );
+        let rows = catalog_rows(&env);
+        assert!(
+            rows.iter().all(|(s, _)| s != "Running"),
+            "{point}: {rows:?}"
+        );
+        let leftovers: Vec<_> = fs::read_dir(env.compose_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".nuwax-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+    }
+}
