@@ -97,3 +97,29 @@ pub(crate) fn render(err: &anyhow::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interruptions_exit_with_128_plus_the_signal() {
+        let code = |s| ExitStatus::interrupted_by(s) as u8;
+        assert_eq!(code(Some(libc::SIGINT)), 130);
+        assert_eq!(code(Some(libc::SIGTERM)), 143);
+        assert_eq!(code(Some(libc::SIGHUP)), 129);
+        assert_eq!(code(None), 130);
+        assert_eq!(
+            status_of_error(&Error::Interrupted),
+            ExitStatus::Interrupted
+        );
+        assert_eq!(
+            status_of_error(&Error::NoSpace {
+                path: "/x".into(),
+                needed: 2,
+                available: 1
+            }),
+            ExitStatus::Refused
+        );
+    }
+}

@@ -1,8 +1,11 @@
 //! `auto-backup run|status`: the cron-safe backup.
 //!
-//! `run` stops what runs, backs up (type Auto), and starts exactly what ran, also when the
-//! backup fails or the tool was killed (the next invocation restarts them). With `--quiet`
-//! it prints nothing on success, so cron mails only failures.
+//! `run` checks the storage dir and free space, stops what runs, backs up (type Auto), and
+//! starts exactly what ran, also when the backup fails, when it is interrupted (Ctrl-C,
+//! SIGTERM, SIGHUP: started again by this process before it exits) or when the tool was
+//! killed (the next invocation restarts them). It exits with the code `backup` would (3 for
+//! no space, 1 for a failed backup, 128 + the signal when interrupted); `--json` failures
+//! carry `error`. With `--quiet` it prints nothing on success, so cron mails only failures.
 
 use nuwax_actors::Runtime;
 use serde::Serialize;

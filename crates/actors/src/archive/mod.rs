@@ -203,3 +203,44 @@ pub struct ExtractReport {
     /// are not kept).
     pub info: ArchiveInfo,
 }
+
+#[cfg(test)]
+mod cancel_flag_tests {
+    use super::CancelFlag;
+
+    #[test]
+    fn records_the_first_signal_and_every_clone_sees_it() {
+        let flag = CancelFlag::default();
+        let other = flag.clone();
+        assert_eq!(flag.signal(), None);
+        assert!(flag.check().is_ok());
+        other.cancel_with(libc::SIGTERM);
+        flag.cancel_with(libc::SIGHUP);
+        assert!(flag.is_cancelled());
+        assert_eq!(flag.signal(), Some(libc::SIGTERM), "the first signal wins");
+        assert!(matches!(flag.check(), Err(crate::Error::Interrupted)));
+        let ctrl_c = CancelFlag::default();
+        ctrl_c.cancel();
+        assert_eq!(ctrl_c.signal(), Some(libc::SIGINT));
+    }
+
+    #[tokio::test]
+    async fn sleep_ends_early_when_cancelled() {
+        let flag = CancelFlag::default();
+        let other = flag.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            other.cancel();
+        });
+        let start = std::time::Instant::now();
+        let r = flag.sleep(std::time::Duration::from_secs(30)).await;
+        assert!(matches!(r, Err(crate::Error::Interrupted)), "{r:?}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            CancelFlag::default()
+                .sleep(std::time::Duration::from_millis(10))
+                .await
+                .is_ok()
+        );
+    }
+}
