@@ -1,8 +1,10 @@
 //! The upgrade runner: an upgrade that goes wrong leaves the operator exactly where they were.
 //!
-//! Design note: lock -> validate the release package (safe paths, a parseable compose file,
-//! nothing in the data scope) -> stop the services -> PreUpgrade backup of everything (no
-//! backup, no upgrade) -> unpack the package into a staging dir and swap it in like a
+//! Design note: lock -> open the release package once and validate it (safe paths, a
+//! parseable compose file, nothing in the data scope; its SHA-256 taken while reading) -> stop
+//! the services -> PreUpgrade backup of everything (no backup, no upgrade) -> unpack the same
+//! open file into a staging dir, re-hashing it: bytes that differ from the validated ones, or
+//! a Ctrl-C, end the upgrade here with nothing live changed -> swap it in like a
 //! rollback (everything outside the data scope replaced; the data scope kept) -> write the new
 //! version to `config.toml` atomically -> `compose up -d` -> wait for health. If anything after
 //! the backup fails, or health does not come within the timeout, the pre-upgrade backup is
@@ -188,7 +190,9 @@ impl Runtime {
         let items = match staged {
             Ok(items) => items,
             Err(e) => {
-                let _ = restore::remove_path(&journal.work_dir);
+                if !journal.work_dir.as_os_str().is_empty() {
+                    let _ = restore::remove_path(&journal.work_dir);
+                }
                 progress.notice(format!(
                     "the release package could not be staged; nothing was changed, pre-upgrade backup {} is kept",
                     backup.record.id

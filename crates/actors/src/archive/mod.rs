@@ -50,7 +50,15 @@ pub use verify::{read_info, sha256_file, verify};
 /// It records which signal arrived (the first one wins), so the CLI can exit with
 /// 128 + that signal (130, 143, 129).
 #[derive(Clone, Default, Debug)]
-pub struct CancelFlag(Arc<AtomicI32>);
+pub struct CancelFlag(Arc<CancelState>);
+
+#[derive(Default, Debug)]
+struct CancelState {
+    /// The signal number; 0 while not cancelled.
+    signal: AtomicI32,
+    /// Wakes async waits ([`CancelFlag::sleep`]) at once.
+    wake: tokio::sync::Notify,
+}
 
 impl CancelFlag {
     /// Cancels as Ctrl-C (SIGINT) does.
@@ -63,16 +71,18 @@ impl CancelFlag {
         let signal = if signal > 0 { signal } else { libc::SIGINT };
         let _ = self
             .0
+            .signal
             .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        self.0.wake.notify_waiters();
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst) != 0
+        self.0.signal.load(Ordering::SeqCst) != 0
     }
 
     /// The signal that cancelled the operation, if any.
     pub fn signal(&self) -> Option<i32> {
-        match self.0.load(Ordering::SeqCst) {
+        match self.0.signal.load(Ordering::SeqCst) {
             0 => None,
             s => Some(s),
         }
@@ -90,18 +100,18 @@ impl CancelFlag {
         }
     }
 
-    /// Sleeps `duration`, waking early with `Err(Error::Interrupted)` when cancelled (checked
-    /// every 50 ms), so long waits (health, dependencies) end at once on Ctrl-C.
+    /// Sleeps `duration`, ending early with `Err(Error::Interrupted)` the moment the flag is
+    /// set, so long waits (health, dependencies) end at once on Ctrl-C. Uncancelled, it wakes
+    /// exactly when a plain sleep would.
     pub async fn sleep(&self, duration: std::time::Duration) -> crate::Result<()> {
-        const SLICE: std::time::Duration = std::time::Duration::from_millis(50);
-        let deadline = tokio::time::Instant::now() + duration;
-        loop {
-            self.check()?;
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(());
-            }
-            tokio::time::sleep(SLICE.min(deadline - now)).await;
+        let woken = self.0.wake.notified();
+        tokio::pin!(woken);
+        // Registered before the check: a cancel between the two still wakes us.
+        woken.as_mut().enable();
+        self.check()?;
+        tokio::select! {
+            () = tokio::time::sleep(duration) => Ok(()),
+            () = woken => Err(crate::Error::Interrupted),
         }
     }
 }
