@@ -23,5 +23,6 @@ mod list;
 mod retention;
 mod rollback;
 mod services;
+mod signals;
 mod upgrade;
 mod verify;

@@ -17,8 +17,23 @@ pub(crate) enum ExitStatus {
     UpgradeRolledBack = 5,
     /// The upgrade failed and the automatic rollback failed too.
     UpgradeRollbackFailed = 6,
-    /// Interrupted (Ctrl-C).
+    /// Interrupted by SIGINT (Ctrl-C): 128 + 2.
     Interrupted = 130,
+    /// Interrupted by SIGHUP (the terminal went away): 128 + 1.
+    HungUp = 129,
+    /// Interrupted by SIGTERM (`kill`, systemd, docker stop): 128 + 15.
+    Terminated = 143,
+}
+
+impl ExitStatus {
+    /// The exit code of an interruption by `signal` (128 + the signal; SIGINT's when unknown).
+    pub(crate) fn interrupted_by(signal: Option<i32>) -> ExitStatus {
+        match signal {
+            Some(libc::SIGHUP) => ExitStatus::HungUp,
+            Some(libc::SIGTERM) => ExitStatus::Terminated,
+            _ => ExitStatus::Interrupted,
+        }
+    }
 }
 
 impl From<ExitStatus> for std::process::ExitCode {
@@ -49,19 +64,25 @@ pub(crate) fn status_of(err: &anyhow::Error) -> ExitStatus {
             return ExitStatus::Usage;
         }
         if let Some(e) = cause.downcast_ref::<Error>() {
-            return match e.kind() {
-                ErrorKind::Failed => ExitStatus::Failed,
-                ErrorKind::Usage => ExitStatus::Usage,
-                ErrorKind::Refused => ExitStatus::Refused,
-                ErrorKind::Integrity => ExitStatus::Integrity,
-                ErrorKind::Interrupted => ExitStatus::Interrupted,
-                ErrorKind::UpgradeRolledBack => ExitStatus::UpgradeRolledBack,
-                ErrorKind::UpgradeRollbackFailed => ExitStatus::UpgradeRollbackFailed,
-                _ => ExitStatus::Failed,
-            };
+            return status_of_error(e);
         }
     }
     ExitStatus::Failed
+}
+
+/// The exit code of a library error. An interruption maps to 130 here; `main` turns it into
+/// 128 + the signal that actually arrived.
+pub(crate) fn status_of_error(e: &Error) -> ExitStatus {
+    match e.kind() {
+        ErrorKind::Failed => ExitStatus::Failed,
+        ErrorKind::Usage => ExitStatus::Usage,
+        ErrorKind::Refused => ExitStatus::Refused,
+        ErrorKind::Integrity => ExitStatus::Integrity,
+        ErrorKind::Interrupted => ExitStatus::Interrupted,
+        ErrorKind::UpgradeRolledBack => ExitStatus::UpgradeRolledBack,
+        ErrorKind::UpgradeRollbackFailed => ExitStatus::UpgradeRollbackFailed,
+        _ => ExitStatus::Failed,
+    }
 }
 
 /// `error: outer: inner: root`, one line per cause when they differ.
@@ -75,4 +96,30 @@ pub(crate) fn render(err: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interruptions_exit_with_128_plus_the_signal() {
+        let code = |s| ExitStatus::interrupted_by(s) as u8;
+        assert_eq!(code(Some(libc::SIGINT)), 130);
+        assert_eq!(code(Some(libc::SIGTERM)), 143);
+        assert_eq!(code(Some(libc::SIGHUP)), 129);
+        assert_eq!(code(None), 130);
+        assert_eq!(
+            status_of_error(&Error::Interrupted),
+            ExitStatus::Interrupted
+        );
+        assert_eq!(
+            status_of_error(&Error::NoSpace {
+                path: "/x".into(),
+                needed: 2,
+                available: 1
+            }),
+            ExitStatus::Refused
+        );
+    }
 }

@@ -13,6 +13,7 @@ mod prompt;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Subcommand};
+use nuwax_actors::archive::CancelFlag;
 
 use crate::exit::ExitStatus;
 use crate::printer::Printer;
@@ -138,7 +139,12 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli, printer: &Printer) -> ExitStatus {
     let json = commands::wants_json(&cli.command);
-    match dispatch(cli, printer).await {
+    let cancel = CancelFlag::default();
+    if let Err(e) = install_signal_handlers(&cancel) {
+        printer.error(&format!("cannot install the signal handlers: {e}"));
+        return ExitStatus::Failed;
+    }
+    let status = match dispatch(cli, printer, cancel.clone()).await {
         Ok(status) => status,
         Err(err) => {
             let status = exit::status_of(&err);
@@ -148,27 +154,52 @@ async fn run(cli: Cli, printer: &Printer) -> ExitStatus {
             printer.error(&exit::render(&err));
             status
         }
+    };
+    if status == ExitStatus::Interrupted {
+        ExitStatus::interrupted_by(cancel.signal())
+    } else {
+        status
     }
 }
 
-async fn dispatch(cli: Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
+/// SIGINT, SIGTERM and SIGHUP all cancel the running operation the same way: the flag is set
+/// (recording which signal), the operation stops at its next check, removes its partial work,
+/// starts again what it stopped, and the process exits with 128 + the signal. The default
+/// action (die on the spot, services left stopped, a `.partial` left behind) never runs.
+fn install_signal_handlers(cancel: &CancelFlag) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    for (kind, number) in [
+        (SignalKind::interrupt(), libc::SIGINT),
+        (SignalKind::terminate(), libc::SIGTERM),
+        (SignalKind::hangup(), libc::SIGHUP),
+    ] {
+        let mut stream = signal(kind)?;
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if !cancel.is_cancelled() {
+                    tracing::warn!("signal {number} received: interrupting");
+                }
+                cancel.cancel_with(number);
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Result<ExitStatus> {
     let settings = nuwax_actors::Settings::load(&cli.work_dir, cli.config.as_deref())?;
     let opts = nuwax_actors::RuntimeOptions {
         command: command_line(),
         mutating: cli.command.mutating(),
         resolving: matches!(cli.command, Command::Recover(_)),
         move_broken_catalog: matches!(&cli.command, Command::Reindex(a) if a.move_broken_catalog),
+        cancel,
     };
     let rt = nuwax_actors::Runtime::start(settings, opts).await?;
     for note in rt.recovery_notes() {
         printer.warn(&format!("recovery: {note}"));
     }
-    let cancel = rt.cancel_flag();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            cancel.cancel();
-        }
-    });
     let result = match cli.command {
         Command::Backup(args) => commands::backup::run(args, &rt, printer).await,
         Command::ListBackups(args) => commands::list::run(args, &rt, printer).await,

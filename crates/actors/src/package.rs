@@ -16,13 +16,25 @@
 //!
 //! A single leading `./` is tolerated (what `tar -C dir .` writes), as is the `./` entry for
 //! the root itself and a pax global header (what `git archive` writes first).
+//!
+//! # What is validated is what is applied
+//! The package path is opened once ([`OpenedPackage::open`]); validation and unpacking both
+//! read that one open file (positioned reads from offset 0, never the path again) and hash
+//! every byte they read. Replacing the path after validation changes nothing (the open file
+//! is still the old inode); rewriting the file in place changes its SHA-256, which unpacking
+//! compares with the one validation saw before it returns, so the caller refuses before the
+//! swap ([`Error::Corrupt`], exit 4).
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
+use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use crate::error::{Error, IoContext, Result};
@@ -43,6 +55,69 @@ pub struct PackageInfo {
     pub bytes: u64,
     /// Service names of the compose file, in file order.
     pub services: Vec<String>,
+    /// SHA-256 (lowercase hex) of the package file's bytes as validated.
+    pub sha256: String,
+}
+
+/// A release package opened once: everything that reads it reads this open file.
+#[derive(Debug, Clone)]
+pub struct OpenedPackage {
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+impl OpenedPackage {
+    /// Opens `path` (a regular file) for validation and unpacking.
+    pub fn open(path: &Path) -> Result<OpenedPackage> {
+        let file = File::open(path).ctx("cannot open release package", path)?;
+        let meta = file.metadata().ctx("cannot stat release package", path)?;
+        if !meta.is_file() {
+            return Err(Error::Usage(format!(
+                "release package {} is not a regular file",
+                path.display()
+            )));
+        }
+        Ok(OpenedPackage {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A reader over the whole file from offset 0 that hashes what it reads.
+    fn reader(&self) -> HashingReader {
+        HashingReader {
+            file: Arc::clone(&self.file),
+            offset: 0,
+            hasher: Sha256::new(),
+        }
+    }
+}
+
+/// Positioned reads (`pread`) of the shared open file, hashed.
+struct HashingReader {
+    file: Arc<File>,
+    offset: u64,
+    hasher: Sha256,
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.hasher.update(&buf[..n]);
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads what is left of the package to its end and returns the SHA-256 of the whole file
+/// (bytes already in the buffer were hashed when they were read).
+fn hash_to_end(mut buffered: BufReader<HashingReader>) -> std::io::Result<String> {
+    std::io::copy(&mut buffered, &mut std::io::sink())?;
+    Ok(hex::encode(buffered.into_inner().hasher.finalize()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +136,21 @@ pub fn validate(
     compose_file_name: &str,
     data_paths: &[String],
 ) -> Result<PackageInfo> {
-    let file = File::open(package).ctx("cannot open release package", package)?;
+    validate_opened(
+        &OpenedPackage::open(package)?,
+        compose_file_name,
+        data_paths,
+    )
+}
+
+/// [`validate`] of an opened package; the returned info carries the SHA-256 of the bytes
+/// validated, for [`unpack`] to compare.
+pub fn validate_opened(
+    opened: &OpenedPackage,
+    compose_file_name: &str,
+    data_paths: &[String],
+) -> Result<PackageInfo> {
+    let package = opened.path();
     let corrupt = |detail: String| Error::Corrupt {
         path: package.to_path_buf(),
         detail,
@@ -72,7 +161,7 @@ pub fn validate(
         reason,
     };
 
-    let mut archive = tar::Archive::new(MultiGzDecoder::new(BufReader::new(file)));
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(BufReader::new(opened.reader())));
     let mut seen: HashMap<Vec<u8>, Kind> = HashMap::new();
     let mut top_level: BTreeSet<String> = BTreeSet::new();
     let mut entries = 0u64;
@@ -187,6 +276,7 @@ pub fn validate(
     let mut rest = archive.into_inner();
     std::io::copy(&mut rest, &mut std::io::sink())
         .map_err(|e| corrupt(format!("cannot read gzip stream: {e}")))?;
+    let sha256 = hash_to_end(rest.into_inner()).ctx("cannot read release package", package)?;
 
     let Some(compose) = compose else {
         let hint = match nested_compose.as_slice() {
@@ -213,7 +303,82 @@ pub fn validate(
         entries,
         bytes,
         services,
+        sha256,
     })
+}
+
+/// Unpacks a validated release package into `staging` (tar's `unpack_in`, which refuses
+/// `..` and writes nothing outside), reading the same open file validation read and hashing
+/// it to its end. Bytes that differ from what validation saw (`validated_sha256`) fail with
+/// [`Error::Corrupt`] before this returns, so nothing unvalidated reaches the swap. Returns the
+/// top-level names.
+pub fn unpack(
+    opened: &OpenedPackage,
+    staging: &Path,
+    validated_sha256: &str,
+) -> Result<Vec<OsString>> {
+    let package = opened.path();
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(BufReader::new(opened.reader())));
+    let unpacked = unpack_entries(&mut archive, package, staging);
+    // Read the gzip stream and the file to their end, hashing all of it, whatever happened:
+    // a failure caused by changed bytes is reported as the change it is.
+    let mut gz = archive.into_inner();
+    let drained = std::io::copy(&mut gz, &mut std::io::sink());
+    let sha = hash_to_end(gz.into_inner()).ctx("cannot read release package", package)?;
+    if !sha.eq_ignore_ascii_case(validated_sha256) {
+        return Err(Error::Corrupt {
+            path: package.to_path_buf(),
+            detail: format!(
+                "the release package changed after it was validated (SHA-256 {validated_sha256} when validated, {sha} when unpacked); nothing was applied: put the original package back, or run the upgrade again so the new one is validated"
+            ),
+        });
+    }
+    let items = unpacked?;
+    drained.map_err(|e| Error::Corrupt {
+        path: package.to_path_buf(),
+        detail: format!("cannot read gzip stream: {e}"),
+    })?;
+    Ok(items)
+}
+
+fn unpack_entries<R: Read>(
+    archive: &mut tar::Archive<R>,
+    package: &Path,
+    staging: &Path,
+) -> Result<Vec<OsString>> {
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(false);
+    let mut top = BTreeSet::new();
+    for entry in archive
+        .entries()
+        .ctx("cannot read release package", package)?
+    {
+        let mut entry = entry.ctx("cannot read release package", package)?;
+        let path = entry
+            .path()
+            .ctx("cannot read release package", package)?
+            .into_owned();
+        let rel: PathBuf = path
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        let Some(first) = rel.components().next() else {
+            continue;
+        };
+        top.insert(first.as_os_str().to_owned());
+        let unpacked = entry
+            .unpack_in(staging)
+            .ctx("cannot unpack release package entry", staging.join(&rel))?;
+        if !unpacked {
+            return Err(Error::UnsafeEntry {
+                path: package.to_path_buf(),
+                entry: rel.display().to_string(),
+                reason: "would land outside the staging dir".into(),
+            });
+        }
+    }
+    Ok(top.into_iter().collect())
 }
 
 /// The canonical form of an entry path: no leading `./`, no trailing `/` on a directory.
@@ -415,7 +580,13 @@ mod tests {
 
     #[test]
     fn good_package() {
-        let info = check(&good()).unwrap();
+        let mut info = check(&good()).unwrap();
+        let expected_sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(gzip(&tar_bytes(&good()))))
+        };
+        assert_eq!(info.sha256, expected_sha, "the SHA-256 of the whole file");
+        info.sha256.clear();
         assert_eq!(
             info,
             PackageInfo {
@@ -429,8 +600,102 @@ mod tests {
                 entries: 8,
                 bytes: (COMPOSE.len() + 4 + 4) as u64,
                 services: vec!["mysql".into(), "app".into()],
+                sha256: String::new(),
             }
         );
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut out: Vec<String> = walk(dir)
+            .into_iter()
+            .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    /// Validated, then the path is replaced (a new file renamed over it, another one shipping
+    /// data): what is unpacked is the validated package, never the replacement.
+    #[test]
+    fn unpack_reads_the_validated_file_not_the_path_replaced_after_validation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = write_pkg(&tmp, &gzip(&tar_bytes(&good())));
+        let opened = OpenedPackage::open(&p).unwrap();
+        let info = validate_opened(&opened, "docker-compose.yml", &data_paths()).unwrap();
+
+        let mut evil = good();
+        evil.push(dir("./data/"));
+        evil.push(file("./data/evil", "replaced\n"));
+        let replacement = tmp.path().join("replacement.tar.gz");
+        std::fs::write(&replacement, gzip(&tar_bytes(&evil))).unwrap();
+        std::fs::rename(&replacement, &p).unwrap();
+
+        let staging = tmp.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let items = unpack(&opened, &staging, &info.sha256).unwrap();
+        assert!(!items.iter().any(|i| i == "data"), "{items:?}");
+        assert!(!staging.join("data").exists(), "{:?}", listing(&staging));
+        assert_eq!(
+            std::fs::read_to_string(staging.join("docker-compose.yml")).unwrap(),
+            COMPOSE
+        );
+    }
+
+    /// Validated, then rewritten in place (same inode) with other bytes: refused as an
+    /// integrity failure, whatever the new bytes are (valid, shorter, longer, garbage).
+    #[test]
+    fn unpack_refuses_a_package_rewritten_in_place_after_validation() {
+        let mut evil = good();
+        evil.push(dir("./data/"));
+        evil.push(file("./data/evil", "replaced\n"));
+        let good_bytes = gzip(&tar_bytes(&good()));
+        let mut flipped = good_bytes.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x55;
+        let mut longer = good_bytes.clone();
+        longer.extend_from_slice(&gzip(b"trailing member"));
+        for (what, bytes) in [
+            ("a valid package shipping data", gzip(&tar_bytes(&evil))),
+            ("one byte flipped", flipped),
+            ("truncated", good_bytes[..good_bytes.len() / 3].to_vec()),
+            ("a member appended", longer),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let p = write_pkg(&tmp, &good_bytes);
+            let opened = OpenedPackage::open(&p).unwrap();
+            let info = validate_opened(&opened, "docker-compose.yml", &data_paths()).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&p)
+                .unwrap();
+            std::io::Write::write_all(&mut f, &bytes).unwrap();
+            drop(f);
+            let staging = tmp.path().join("staging");
+            std::fs::create_dir(&staging).unwrap();
+            match unpack(&opened, &staging, &info.sha256) {
+                Err(e @ Error::Corrupt { .. }) => {
+                    assert!(
+                        e.to_string().contains("changed after it was validated"),
+                        "{what}: {e}"
+                    );
+                    assert_eq!(e.kind(), crate::ErrorKind::Integrity);
+                }
+                other => panic!("{what}: expected a refusal, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct RuntimeOptions {
     /// Move an unusable catalog aside to `<db>.broken-<time>` and start a fresh one (only
     /// `reindex --move-broken-catalog`; never done silently).
     pub move_broken_catalog: bool,
+    /// The flag the CLI's signal handlers set (installed before the runtime starts, so a
+    /// signal during start-up recovery is not lost either).
+    pub cancel: CancelFlag,
 }
 
 /// A catalog row plus what the file system says about its archive.
@@ -205,7 +208,7 @@ impl Runtime {
             supervisor,
             supervisor_task,
             lock,
-            cancel: CancelFlag::default(),
+            cancel: opts.cancel.clone(),
             notes: Vec::new(),
             blocked: Vec::new(),
         };
@@ -455,6 +458,42 @@ impl Runtime {
             .await
     }
 
+    /// What a backup checks before it writes anything, and what `auto-backup run` checks
+    /// before it stops anything: the storage dir can be created and written to, and the
+    /// estimated archive (source bytes x the last compression ratio, plus a margin) fits
+    /// ([`Error::NoSpace`], exit 3). Returns the top-level sizes of the source.
+    pub(crate) async fn backup_preflight(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let paths = &self.settings.paths;
+        let cfg = &self.settings.config;
+        let storage = &paths.storage_dir;
+        let unusable = |what: &str, e: std::io::Error| {
+            Error::Refused(format!(
+                "the backup storage dir {} {what}: {e}; fix its permissions or set [backup] storage_dir to a writable directory",
+                storage.display()
+            ))
+        };
+        std::fs::create_dir_all(storage).map_err(|e| unusable("cannot be created", e))?;
+        let probe = storage.join(format!(".nuwax-write-test-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&probe)
+            .map_err(|e| unusable("is not writable", e))?;
+        let _ = std::fs::remove_file(&probe);
+        // Free-space preflight: source bytes x the last compression ratio, plus a margin.
+        let sizes = crate::space::tree_bytes(&paths.compose_dir, &cfg.backup.exclude)?;
+        let source: u64 = sizes.values().sum();
+        let ratio = self
+            .store(|r| StoreMsg::GetSetting(RATIO_KEY.into(), r))
+            .await?
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map_or(1.0, |r| r.min(1.0) * 1.1);
+        crate::space::ensure(storage, (source as f64 * ratio) as u64)?;
+        Ok(sizes)
+    }
+
     /// [`Runtime::backup_locked`] with an optional compression level overriding the config.
     async fn backup_at_level(
         &self,
@@ -466,18 +505,7 @@ impl Runtime {
     ) -> Result<BackupEntry> {
         let paths = &self.settings.paths;
         let cfg = &self.settings.config;
-        std::fs::create_dir_all(&paths.storage_dir)
-            .ctx("cannot create backup storage dir", &paths.storage_dir)?;
-        // Free-space preflight: source bytes x the last compression ratio, plus a margin.
-        let sizes = crate::space::tree_bytes(&paths.compose_dir, &cfg.backup.exclude)?;
-        let source: u64 = sizes.values().sum();
-        let ratio = self
-            .store(|r| StoreMsg::GetSetting(RATIO_KEY.into(), r))
-            .await?
-            .and_then(|s| s.parse::<f64>().ok())
-            .filter(|r| r.is_finite() && *r > 0.0)
-            .map_or(1.0, |r| r.min(1.0) * 1.1);
-        crate::space::ensure(&paths.storage_dir, (source as f64 * ratio) as u64)?;
+        let sizes = self.backup_preflight().await?;
         let created_at = Utc::now();
         let version = self.settings.service_version();
         let dest = unique_archive_path(&paths.storage_dir, backup_type, &version, created_at);

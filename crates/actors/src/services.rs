@@ -50,14 +50,15 @@ pub(crate) struct AutoBackupJournal {
     pub stopped: Vec<ContainerInfo>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AutoBackupReport {
     pub backup: Option<BackupEntry>,
-    /// Why the backup failed (the services were restarted anyway).
-    pub backup_error: Option<String>,
+    /// Why the backup failed (the services were restarted anyway). Typed, so the CLI keeps
+    /// `backup`'s exit codes (3 for no space, 130 for Ctrl-C...).
+    pub backup_error: Option<Error>,
     pub stopped: Vec<String>,
     /// Why restarting failed, if it did.
-    pub restart_error: Option<String>,
+    pub restart_error: Option<Error>,
     /// Backups deleted by `[backup.retention]` afterwards.
     pub pruned: usize,
 }
@@ -68,12 +69,24 @@ impl AutoBackupReport {
         self.backup_error.is_none() && self.restart_error.is_none()
     }
 
+    /// The error that decides the exit code: an interruption first (the operator asked to
+    /// stop), then the backup's own error, then the restart's.
+    pub fn error(&self) -> Option<&Error> {
+        let interrupted = |e: &&Error| matches!(e, Error::Interrupted);
+        self.backup_error
+            .iter()
+            .chain(&self.restart_error)
+            .find(interrupted)
+            .or(self.backup_error.as_ref())
+            .or(self.restart_error.as_ref())
+    }
+
     /// Both errors, joined.
     pub fn error_text(&self) -> String {
         self.backup_error
             .iter()
             .chain(&self.restart_error)
-            .cloned()
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -236,8 +249,11 @@ impl Runtime {
             report.started = to_start.iter().map(|c| c.name.clone()).collect();
             if !to_start.is_empty() {
                 progress.phase(Phase::Starting, None, Some(to_start.len() as u64));
-                self.docker(|r| DockerMsg::Start(to_start, progress.clone(), r))
-                    .await?;
+                let cancel = self.cancel_flag();
+                self.docker(|r| {
+                    DockerMsg::StartInterruptible(to_start, progress.clone(), cancel, r)
+                })
+                .await?;
             }
         }
         self.wait_healthy(&compose, Vec::new(), progress).await?;
@@ -293,11 +309,18 @@ impl Runtime {
         timeout: Duration,
         progress: &Progress,
     ) -> Result<()> {
-        self.docker(|r| DockerMsg::WaitHealthy(compose.clone(), only, timeout, progress.clone(), r))
-            .await
+        let cancel = self.cancel_flag();
+        self.docker(|r| {
+            DockerMsg::WaitHealthy(compose.clone(), only, timeout, progress.clone(), cancel, r)
+        })
+        .await
     }
 
     /// Starts exactly `containers` again (dependency order) and waits for them.
+    ///
+    /// The start itself is not cancellable: this is what puts back what this process stopped,
+    /// also (above all) after Ctrl-C, SIGTERM or SIGHUP. Once cancelled, it starts them and
+    /// returns without the health wait.
     pub(crate) async fn restart_exactly(
         &self,
         containers: &[ContainerInfo],
@@ -311,6 +334,10 @@ impl Runtime {
         let list = containers.to_vec();
         self.docker(|r| DockerMsg::Start(list, progress.clone(), r))
             .await?;
+        if self.cancel_flag().is_cancelled() {
+            progress.notice("interrupted: the stopped services were started again; not waiting for their health");
+            return Ok(());
+        }
         let names = containers.iter().map(|c| c.name.clone()).collect();
         self.wait_healthy(&compose, names, progress).await
     }
@@ -319,23 +346,25 @@ impl Runtime {
     /// when the backup fails; then record the result and apply `[backup.retention]`.
     pub async fn auto_backup(&self, progress: Progress) -> Result<AutoBackupReport> {
         let started_at = Utc::now();
-        let mut report = self
+        let run = self
             .stopped_backup(BackupType::Auto, progress.clone())
-            .await?;
-        let (ok, err) = (report.ok(), report.error_text());
+            .await;
+        let (ok, err) = match &run {
+            Ok(report) => (report.ok(), report.error_text()),
+            Err(e) => (false, e.to_string()),
+        };
+        let backup = run.as_ref().ok().and_then(|r| r.backup.as_ref());
         let status = AutoBackupStatus {
             last_run: Some(started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             last_result: Some(if ok { "success" } else { "failed" }.into()),
-            last_backup_id: report.backup.as_ref().map(|b| b.record.id),
-            last_archive: report
-                .backup
-                .as_ref()
-                .map(|b| b.record.file_path.display().to_string()),
+            last_backup_id: backup.map(|b| b.record.id),
+            last_archive: backup.map(|b| b.record.file_path.display().to_string()),
             last_error: (!ok).then_some(err),
         };
         let text = serde_json::to_string(&status).unwrap_or_default();
         self.store(|r| StoreMsg::SetSetting(AUTO_STATUS_KEY.into(), text, r))
             .await?;
+        let mut report = run?;
         let rules = crate::retention::KeepRules::from(&self.settings.config.backup.retention);
         if ok && !rules.is_empty() {
             match self.prune(&rules, false).await {
@@ -361,6 +390,9 @@ impl Runtime {
             );
         }
         let running = running_persistent(&compose, containers.as_deref());
+        // Whatever would make the backup fail for sure is checked before anything is stopped.
+        self.backup_preflight().await?;
+        self.cancel_flag().check()?;
         // Journal first: if we die after stopping, the next run starts them again.
         let op = self
             .store(|r| {
@@ -389,6 +421,7 @@ impl Runtime {
                     .await?;
             }
             crate::faults::point("auto_backup.after_stop");
+            self.cancel_flag().check()?;
             // The gate must pass now; it also records the images.
             let images = self
                 .images_after_gate(&compose, containers.is_some(), &progress)
@@ -399,11 +432,11 @@ impl Runtime {
         .await;
         match backup_result {
             Ok(entry) => report.backup = Some(entry),
-            Err(e) => report.backup_error = Some(e.to_string()),
+            Err(e) => report.backup_error = Some(e),
         }
         crate::faults::point("auto_backup.before_restart");
         if let Err(e) = self.restart_exactly(&running, &progress).await {
-            report.restart_error = Some(e.to_string());
+            report.restart_error = Some(e);
         }
         let (ok, err) = (report.ok(), report.error_text());
         self.store(|r| {

@@ -1,8 +1,10 @@
 //! The upgrade runner: an upgrade that goes wrong leaves the operator exactly where they were.
 //!
-//! Design note: lock -> validate the release package (safe paths, a parseable compose file,
-//! nothing in the data scope) -> stop the services -> PreUpgrade backup of everything (no
-//! backup, no upgrade) -> unpack the package into a staging dir and swap it in like a
+//! Design note: lock -> open the release package once and validate it (safe paths, a
+//! parseable compose file, nothing in the data scope; its SHA-256 taken while reading) -> stop
+//! the services -> PreUpgrade backup of everything (no backup, no upgrade) -> unpack the same
+//! open file into a staging dir, re-hashing it: bytes that differ from the validated ones, or
+//! a Ctrl-C, end the upgrade here with nothing live changed -> swap it in like a
 //! rollback (everything outside the data scope replaced; the data scope kept) -> write the new
 //! version to `config.toml` atomically -> `compose up -d` -> wait for health. If anything after
 //! the backup fails, or health does not come within the timeout, the pre-upgrade backup is
@@ -27,8 +29,8 @@ use crate::actors::docker_actor::DockerMsg;
 use crate::actors::store_actor::StoreMsg;
 use crate::archive::ImageRecord;
 use crate::docker::ContainerInfo;
-use crate::error::{Error, IoContext, Result};
-use crate::package::PackageInfo;
+use crate::error::{Error, Result};
+use crate::package::{OpenedPackage, PackageInfo};
 use crate::progress::{Phase, Progress};
 use crate::relpath::RelPath;
 use crate::restore::{self, SwapPlan};
@@ -81,7 +83,7 @@ impl Runtime {
             .await?;
         match (report.backup, report.backup_error, report.restart_error) {
             (Some(b), None, None) => Ok(b),
-            (_, Some(e), _) => Err(Error::Internal(e)),
+            (_, Some(e), _) => Err(e),
             (_, None, Some(e)) => Err(Error::Docker(format!(
                 "the backup succeeded but restarting the services failed: {e}"
             ))),
@@ -98,15 +100,17 @@ impl Runtime {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "docker-compose.yml".into());
         progress.phase(Phase::Checking, None, None);
-        let package = req.package.clone();
+        // Opened once: validation and unpacking read this same file (see package.rs).
+        let package = OpenedPackage::open(&req.package)?;
         let data_paths: Vec<String> = cfg
             .backup
             .data_paths
             .iter()
             .map(|d| d.to_string())
             .collect();
+        let pkg = package.clone();
         let info = self
-            .archive(|r| ArchiveMsg::ValidatePackage(package, compose_name, data_paths, r))
+            .archive(|r| ArchiveMsg::ValidatePackage(pkg, compose_name, data_paths, r))
             .await?;
         let from = self.settings.service_version();
         let to = req
@@ -177,16 +181,43 @@ impl Runtime {
         self.set_phase(op, "backed-up", &journal).await?;
         crate::faults::point("upgrade.after_backup");
 
+        // Unpacked (and re-hashed) before anything live is touched: a package that is not
+        // byte for byte the one validated is refused here, and the upgrade ends as if it had
+        // not started (services started again, the pre-upgrade backup kept).
+        let staged = async {
+            let items = self
+                .stage_package(op, &mut journal, &package, &info)
+                .await?;
+            // Ctrl-C during unpacking: stop here, before the swap, with nothing changed.
+            self.cancel_flag().check()?;
+            Ok(items)
+        }
+        .await;
+        match staged {
+            Ok(_items) => {}
+            Err(e) => {
+                if !journal.work_dir.as_os_str().is_empty() {
+                    let _ = restore::remove_path(&journal.work_dir);
+                }
+                progress.notice(format!(
+                    "the release package could not be staged; nothing was changed, pre-upgrade backup {} is kept",
+                    backup.record.id
+                ));
+                let restart = self.restart_exactly(&running, &progress).await;
+                let msg = format!("release package refused, nothing was changed: {e}");
+                self.finish_upgrade(op, upgrade_id, UpgradeOutcome::Failed, Some(msg))
+                    .await?;
+                if let Err(re) = restart {
+                    return Err(Error::Docker(format!(
+                        "{e}; and restarting the services that were running failed: {re}"
+                    )));
+                }
+                return Err(e);
+            }
+        }
+
         let applied = self
-            .apply_release(
-                op,
-                &mut journal,
-                &req.package,
-                &info,
-                &to,
-                health_timeout,
-                &progress,
-            )
+            .apply_release(op, &mut journal, &info, &to, health_timeout, &progress)
             .await;
         match applied {
             Ok(()) => {
@@ -235,12 +266,33 @@ impl Runtime {
             .collect())
     }
 
+    /// Unpacks the validated package into the upgrade's work dir (journaled first), from the
+    /// same open file, refusing bytes that differ from the validated ones.
+    async fn stage_package(
+        &self,
+        op: i64,
+        journal: &mut UpgradeJournal,
+        package: &OpenedPackage,
+        info: &PackageInfo,
+    ) -> Result<Vec<OsString>> {
+        let work = restore::create_work_dir(&self.settings.paths.compose_dir, UPGRADE_PREFIX, op)?;
+        journal.work_dir = work.clone();
+        self.set_phase(op, "unpacking", journal).await?;
+        let staged = work.join("staged");
+        crate::faults::point("upgrade.before_unpack");
+        let (pkg, st, sha) = (package.clone(), staged.clone(), info.sha256.clone());
+        let items = self
+            .archive(|r| ArchiveMsg::UnpackPackage(pkg, st, sha, r))
+            .await?;
+        restore::sync_filesystem(&staged)?;
+        Ok(items)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn apply_release(
         &self,
         op: i64,
         journal: &mut UpgradeJournal,
-        package: &Path,
         info: &PackageInfo,
         to: &str,
         health_timeout: Duration,
@@ -248,14 +300,7 @@ impl Runtime {
     ) -> Result<()> {
         let paths = &self.settings.paths;
         let cfg = &self.settings.config;
-        let work = restore::create_work_dir(&paths.compose_dir, UPGRADE_PREFIX, op)?;
-        journal.work_dir = work.clone();
-        self.set_phase(op, "unpacking", journal).await?;
-        let staged = work.join("staged");
-        let (pkg, st) = (package.to_path_buf(), staged.clone());
-        self.archive(|r| ArchiveMsg::UnpackPackage(pkg, st, r))
-            .await?;
-        restore::sync_filesystem(&staged)?;
+        let work = journal.work_dir.clone();
         let filter = self.scope_filter(RollbackScope::App);
         let mut excludes = cfg.backup.exclude.clone();
         if !info.top_level.iter().any(|t| t == ".env") {
@@ -468,46 +513,4 @@ fn version_from_name(package: &Path) -> String {
     } else {
         stem.to_owned()
     }
-}
-
-/// Unpacks a validated release package into `staging` (tar's `unpack_in`, which refuses
-/// `..` and writes nothing outside). Returns the top-level names.
-pub(crate) fn unpack_package(package: &Path, staging: &Path) -> Result<Vec<OsString>> {
-    let file = std::fs::File::open(package).ctx("cannot open release package", package)?;
-    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(
-        std::io::BufReader::new(file),
-    ));
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(false);
-    let mut top = std::collections::BTreeSet::new();
-    for entry in archive
-        .entries()
-        .ctx("cannot read release package", package)?
-    {
-        let mut entry = entry.ctx("cannot read release package", package)?;
-        let path = entry
-            .path()
-            .ctx("cannot read release package", package)?
-            .into_owned();
-        let rel: PathBuf = path
-            .components()
-            .filter(|c| !matches!(c, std::path::Component::CurDir))
-            .collect();
-        let Some(first) = rel.components().next() else {
-            continue;
-        };
-        top.insert(first.as_os_str().to_owned());
-        let unpacked = entry
-            .unpack_in(staging)
-            .ctx("cannot unpack release package entry", staging.join(&rel))?;
-        if !unpacked {
-            return Err(Error::UnsafeEntry {
-                path: package.to_path_buf(),
-                entry: rel.display().to_string(),
-                reason: "would land outside the staging dir".into(),
-            });
-        }
-    }
-    Ok(top.into_iter().collect())
 }

@@ -1,8 +1,11 @@
 //! `auto-backup run|status`: the cron-safe backup.
 //!
-//! `run` stops what runs, backs up (type Auto), and starts exactly what ran, also when the
-//! backup fails or the tool was killed (the next invocation restarts them). With `--quiet`
-//! it prints nothing on success, so cron mails only failures.
+//! `run` checks the storage dir and free space, stops what runs, backs up (type Auto), and
+//! starts exactly what ran, also when the backup fails, when it is interrupted (Ctrl-C,
+//! SIGTERM, SIGHUP: started again by this process before it exits) or when the tool was
+//! killed (the next invocation restarts them). It exits with the code `backup` would (3 for
+//! no space, 1 for a failed backup, 128 + the signal when interrupted); `--json` failures
+//! carry `error`. With `--quiet` it prints nothing on success, so cron mails only failures.
 
 use nuwax_actors::Runtime;
 use serde::Serialize;
@@ -50,6 +53,8 @@ struct RunDocument {
     stopped: Vec<String>,
     backup_error: Option<String>,
     restart_error: Option<String>,
+    /// Everything that went wrong, in one line (null on success).
+    error: Option<String>,
 }
 
 /// `auto-backup status --json`.
@@ -79,7 +84,7 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
     let result = rt.auto_backup(progress.clone()).await;
     renderer.finish(progress).await;
     let report = result?;
-    let ok = report.backup_error.is_none() && report.restart_error.is_none();
+    let ok = report.ok();
     if let Some(b) = &report.backup {
         printer.info(&format!(
             "auto backup {} created: {}",
@@ -111,15 +116,16 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
             success: ok,
             backup: report.backup.as_ref().map(BackupJson::from),
             stopped: report.stopped.clone(),
-            backup_error: report.backup_error.clone(),
-            restart_error: report.restart_error.clone(),
+            backup_error: report.backup_error.as_ref().map(ToString::to_string),
+            restart_error: report.restart_error.as_ref().map(ToString::to_string),
+            error: (!ok).then(|| report.error_text()),
         });
     }
-    Ok(if ok {
-        ExitStatus::Success
-    } else {
-        ExitStatus::Failed
-    })
+    // The exit code of the error itself: 3 for no space, 130/143/129 when interrupted, as
+    // `backup` would exit.
+    Ok(report
+        .error()
+        .map_or(ExitStatus::Success, crate::exit::status_of_error))
 }
 
 async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<ExitStatus> {

@@ -1,7 +1,7 @@
 //! `verify`: read archives completely and check them. Findings are values; this decides the
 //! exit code (4 when any archive has a problem).
 
-use nuwax_actors::{BackupStatus, Runtime};
+use nuwax_actors::{BackupStatus, ErrorKind, Runtime};
 
 use crate::exit::{ExitStatus, usage};
 use crate::output::{VerifyDocument, VerifyJson};
@@ -78,6 +78,8 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                     problems,
                 }
             }
+            // An interruption is no verdict: never "FAILED", never exit 4 (whatever --json).
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e.into()),
             Err(e) => {
                 let err = anyhow::Error::new(e);
                 let status = crate::exit::status_of(&err);

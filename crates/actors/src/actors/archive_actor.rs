@@ -30,15 +30,22 @@ pub(crate) enum ArchiveMsg {
     Checksum(PathBuf, Progress, CancelFlag, Reply<String>),
     Extract(ExtractOptions, Progress, CancelFlag, Reply<ExtractReport>),
     ReadInfo(PathBuf, Reply<ArchiveInfo>),
-    /// Checks a release package (safe paths, compose file, no data scope).
+    /// Checks a release package (safe paths, compose file, no data scope); the info carries
+    /// the SHA-256 of the bytes checked.
     ValidatePackage(
-        PathBuf,
+        crate::package::OpenedPackage,
         String,
         Vec<String>,
         Reply<crate::package::PackageInfo>,
     ),
-    /// Unpacks a validated release package into a staging dir; returns its top-level names.
-    UnpackPackage(PathBuf, PathBuf, Reply<Vec<std::ffi::OsString>>),
+    /// Unpacks a validated release package (the same open file) into a staging dir, failing
+    /// when its bytes differ from the validated SHA-256; returns its top-level names.
+    UnpackPackage(
+        crate::package::OpenedPackage,
+        PathBuf,
+        String,
+        Reply<Vec<std::ffi::OsString>>,
+    ),
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -95,13 +102,13 @@ impl Actor for ArchiveActor {
             ArchiveMsg::ReadInfo(path, r) => {
                 reply(r, blocking(move || archive::read_info(&path)).await)
             }
-            ArchiveMsg::ValidatePackage(path, compose, data, r) => reply(
+            ArchiveMsg::ValidatePackage(package, compose, data, r) => reply(
                 r,
-                blocking(move || crate::package::validate(&path, &compose, &data)).await,
+                blocking(move || crate::package::validate_opened(&package, &compose, &data)).await,
             ),
-            ArchiveMsg::UnpackPackage(path, staging, r) => reply(
+            ArchiveMsg::UnpackPackage(package, staging, sha256, r) => reply(
                 r,
-                blocking(move || crate::upgrade::unpack_package(&path, &staging)).await,
+                blocking(move || crate::package::unpack(&package, &staging, &sha256)).await,
             ),
         }
         Ok(())

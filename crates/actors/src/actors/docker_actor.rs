@@ -8,6 +8,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::reply;
+use crate::archive::CancelFlag;
 use crate::docker::engine::{self, Engine};
 use crate::docker::{ComposeProject, ContainerInfo, GateReport, ProjectIdentity, policy};
 use crate::error::Result;
@@ -34,11 +35,22 @@ pub(crate) enum DockerMsg {
     Gate(ComposeProject, Reply<GateReport>),
     /// Stops the given containers (reverse dependency order); returns the names stopped.
     Stop(Vec<ContainerInfo>, Progress, Reply<Vec<String>>),
-    /// Starts the given containers (dependency order).
+    /// Starts the given containers (dependency order). Not cancellable: this is how what was
+    /// stopped is put back, also after Ctrl-C.
     Start(Vec<ContainerInfo>, Progress, Reply<()>),
+    /// Starts the given containers on request (`docker-service start`): waits for
+    /// dependencies end at once when the flag is set.
+    StartInterruptible(Vec<ContainerInfo>, Progress, CancelFlag, Reply<()>),
     /// Waits until the project's persistent containers (or those named in the list) run and
-    /// are healthy.
-    WaitHealthy(ComposeProject, Vec<String>, Duration, Progress, Reply<()>),
+    /// are healthy; ends at once with `Error::Interrupted` when the flag is set.
+    WaitHealthy(
+        ComposeProject,
+        Vec<String>,
+        Duration,
+        Progress,
+        CancelFlag,
+        Reply<()>,
+    ),
     /// `docker compose up -d` for the project (creates containers that do not exist yet).
     ComposeUp {
         compose_file: PathBuf,
@@ -139,13 +151,29 @@ impl Actor for DockerActor {
                 .await;
                 reply(r, result);
             }
-            DockerMsg::WaitHealthy(compose, only, timeout, progress, r) => {
+            DockerMsg::StartInterruptible(containers, _progress, cancel, r) => {
                 let result = async {
                     match st.engine().await? {
                         None => Ok(()),
                         Some(engine) => {
                             engine
-                                .wait_healthy(&compose, &only, timeout, &progress)
+                                .start_containers_cancellable(&containers, &cancel)
+                                .await
+                        }
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::WaitHealthy(compose, only, timeout, progress, cancel, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(()),
+                        Some(engine) => {
+                            engine
+                                .wait_healthy_cancellable(
+                                    &compose, &only, timeout, &progress, &cancel,
+                                )
                                 .await
                         }
                     }

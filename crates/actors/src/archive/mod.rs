@@ -34,7 +34,7 @@ mod verify;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 pub use build::build;
 pub use extract::extract;
@@ -44,23 +44,74 @@ pub use format::{
 };
 pub use verify::{read_info, sha256_file, verify};
 
-/// Set from a signal handler; long-running sync work checks it between entries/chunks and
-/// returns [`crate::Error::Interrupted`] after cleaning up.
+/// Set from a signal handler (SIGINT, SIGTERM, SIGHUP); long-running work checks it between
+/// entries, chunks and polls and returns [`crate::Error::Interrupted`] after cleaning up.
+///
+/// It records which signal arrived (the first one wins), so the CLI can exit with
+/// 128 + that signal (130, 143, 129).
 #[derive(Clone, Default, Debug)]
-pub struct CancelFlag(Arc<AtomicBool>);
+pub struct CancelFlag(Arc<CancelState>);
+
+#[derive(Default, Debug)]
+struct CancelState {
+    /// The signal number; 0 while not cancelled.
+    signal: AtomicI32,
+    /// Wakes async waits ([`CancelFlag::sleep`]) at once.
+    wake: tokio::sync::Notify,
+}
 
 impl CancelFlag {
+    /// Cancels as Ctrl-C (SIGINT) does.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.cancel_with(libc::SIGINT);
     }
+
+    /// Cancels because `signal` arrived. A later signal does not overwrite the first.
+    pub fn cancel_with(&self, signal: i32) {
+        let signal = if signal > 0 { signal } else { libc::SIGINT };
+        let _ = self
+            .0
+            .signal
+            .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        self.0.wake.notify_waiters();
+    }
+
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.signal.load(Ordering::SeqCst) != 0
     }
+
+    /// The signal that cancelled the operation, if any.
+    pub fn signal(&self) -> Option<i32> {
+        match self.0.signal.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// `Err(Error::Interrupted)` once cancelled. Call it at every point after which work
+    /// would change something that cannot be undone cheaply: between entries, before a swap
+    /// (a rollback calls it after extraction and before the first rename, so a Ctrl-C there
+    /// leaves live data as it was), before stopping services.
     pub fn check(&self) -> crate::Result<()> {
         if self.is_cancelled() {
             Err(crate::Error::Interrupted)
         } else {
             Ok(())
+        }
+    }
+
+    /// Sleeps `duration`, ending early with `Err(Error::Interrupted)` the moment the flag is
+    /// set, so long waits (health, dependencies) end at once on Ctrl-C. Uncancelled, it wakes
+    /// exactly when a plain sleep would.
+    pub async fn sleep(&self, duration: std::time::Duration) -> crate::Result<()> {
+        let woken = self.0.wake.notified();
+        tokio::pin!(woken);
+        // Registered before the check: a cancel between the two still wakes us.
+        woken.as_mut().enable();
+        self.check()?;
+        tokio::select! {
+            () = tokio::time::sleep(duration) => Ok(()),
+            () = woken => Err(crate::Error::Interrupted),
         }
     }
 }
@@ -161,4 +212,45 @@ pub struct ExtractReport {
     /// The archive's info (as in its manifest, which was checked entry by entry; its entries
     /// are not kept).
     pub info: ArchiveInfo,
+}
+
+#[cfg(test)]
+mod cancel_flag_tests {
+    use super::CancelFlag;
+
+    #[test]
+    fn records_the_first_signal_and_every_clone_sees_it() {
+        let flag = CancelFlag::default();
+        let other = flag.clone();
+        assert_eq!(flag.signal(), None);
+        assert!(flag.check().is_ok());
+        other.cancel_with(libc::SIGTERM);
+        flag.cancel_with(libc::SIGHUP);
+        assert!(flag.is_cancelled());
+        assert_eq!(flag.signal(), Some(libc::SIGTERM), "the first signal wins");
+        assert!(matches!(flag.check(), Err(crate::Error::Interrupted)));
+        let ctrl_c = CancelFlag::default();
+        ctrl_c.cancel();
+        assert_eq!(ctrl_c.signal(), Some(libc::SIGINT));
+    }
+
+    #[tokio::test]
+    async fn sleep_ends_early_when_cancelled() {
+        let flag = CancelFlag::default();
+        let other = flag.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            other.cancel();
+        });
+        let start = std::time::Instant::now();
+        let r = flag.sleep(std::time::Duration::from_secs(30)).await;
+        assert!(matches!(r, Err(crate::Error::Interrupted)), "{r:?}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            CancelFlag::default()
+                .sleep(std::time::Duration::from_millis(10))
+                .await
+                .is_ok()
+        );
+    }
 }

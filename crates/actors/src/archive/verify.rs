@@ -69,10 +69,14 @@ pub fn verify(
         info: None,
         problems: Vec::new(),
     };
+    crate::faults::point("verify.before_scan");
     let scanned = scan(file, path, threads, progress, cancel, &mut report);
     let hashed = hasher
         .join()
         .map_err(|_| Error::Internal("the hashing thread panicked".into()))?;
+    // A cancelled verification has no verdict: whatever the scan saw after the flag was set
+    // (a read cut short on purpose) is not a finding about the archive.
+    cancel.check()?;
     scanned?;
     let (sha, hashed_len) = match hashed.ctx("cannot read archive", path)? {
         Some(h) => h,
@@ -146,6 +150,10 @@ fn scan(
     let reader = match pgzip::open_reader(file, resolve_threads(threads)) {
         Ok(r) => r,
         Err(e) => return note(stream_error(e, "not a valid gzip file"), report),
+    };
+    let reader = CancelRead {
+        inner: reader,
+        cancel: cancel.clone(),
     };
     let (position, reader) = ProgressMap::new(&index, size, reader);
     drop(index);
@@ -269,4 +277,20 @@ pub fn read_info(path: &Path) -> Result<ArchiveInfo> {
         path: path.to_path_buf(),
         detail: format!("{INFO_PATH} is missing (not a nuwax-cli archive?)"),
     })
+}
+
+/// Fails reads once cancelled, so a Ctrl-C in the middle of a large entry ends the scan at
+/// once (the caller then reports [`Error::Interrupted`], not the cut-short read).
+struct CancelRead<R> {
+    inner: R,
+    cancel: CancelFlag,
+}
+
+impl<R: Read> Read for CancelRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::other("interrupted"));
+        }
+        self.inner.read(buf)
+    }
 }

@@ -30,6 +30,7 @@ use sha2::Digest;
 
 use super::discovery::{self, Membership};
 use super::{ComposeProject, ContainerInfo, ProjectIdentity, policy};
+use crate::archive::CancelFlag;
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress};
 
@@ -434,6 +435,18 @@ impl Engine {
     /// container starts, those of its dependencies that are in `containers` must run and, when
     /// they have a healthcheck, be healthy (bounded by [`DEPENDENCY_TIMEOUT`]).
     pub async fn start_containers(&self, containers: &[ContainerInfo]) -> Result<()> {
+        self.start_containers_cancellable(containers, &CancelFlag::default())
+            .await
+    }
+
+    /// [`Engine::start_containers`] whose waits for dependencies end at once with
+    /// [`Error::Interrupted`] when `cancel` is set. Starting again what this process stopped
+    /// uses the plain one: that start must happen, above all after Ctrl-C.
+    pub async fn start_containers_cancellable(
+        &self,
+        containers: &[ContainerInfo],
+        cancel: &CancelFlag,
+    ) -> Result<()> {
         let mut started: Vec<&ContainerInfo> = Vec::new();
         for wave in policy::start_waves(containers) {
             let needed: BTreeSet<&str> = wave
@@ -446,7 +459,7 @@ impl Engine {
                 .filter(|d| d.service.as_deref().is_some_and(|s| needed.contains(s)))
                 .collect();
             if !dependencies.is_empty() {
-                self.wait_dependencies(&dependencies).await?;
+                self.wait_dependencies(&dependencies, cancel).await?;
             }
             let results = join_all(wave.iter().map(|c| self.start_one(c))).await;
             if let Some(e) = results.into_iter().find_map(Result::err) {
@@ -472,6 +485,20 @@ impl Engine {
         timeout: Duration,
         progress: &Progress,
     ) -> Result<()> {
+        self.wait_healthy_cancellable(compose, only, timeout, progress, &CancelFlag::default())
+            .await
+    }
+
+    /// [`Engine::wait_healthy`] that ends at once with [`Error::Interrupted`] when `cancel`
+    /// is set (Ctrl-C, SIGTERM, SIGHUP), instead of waiting out a timeout of maybe an hour.
+    pub async fn wait_healthy_cancellable(
+        &self,
+        compose: &ComposeProject,
+        only: &[String],
+        timeout: Duration,
+        progress: &Progress,
+        cancel: &CancelFlag,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let identity = compose.discovery();
         let mut ready_seen: BTreeSet<String> = BTreeSet::new();
@@ -479,6 +506,7 @@ impl Engine {
         let mut restarts_at_start: HashMap<String, i64> = HashMap::new();
         let mut phase_sent = false;
         loop {
+            cancel.check()?;
             let probes = self.project_probes(&identity).await?;
             let mut targets: Vec<(String, Option<&Probe>)> = Vec::new();
             for probe in &probes {
@@ -563,7 +591,9 @@ impl Engine {
                     pending.join(", ")
                 )));
             }
-            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+            cancel
+                .sleep(POLL.min(deadline.saturating_duration_since(Instant::now())))
+                .await?;
         }
     }
 
@@ -744,9 +774,14 @@ impl Engine {
 
     /// Waits until `dependencies` run and are healthy where they have a healthcheck, or have
     /// exited with code 0 (a completed job).
-    async fn wait_dependencies(&self, dependencies: &[&ContainerInfo]) -> Result<()> {
+    async fn wait_dependencies(
+        &self,
+        dependencies: &[&ContainerInfo],
+        cancel: &CancelFlag,
+    ) -> Result<()> {
         let deadline = Instant::now() + DEPENDENCY_TIMEOUT;
         loop {
+            cancel.check()?;
             let now = chrono::Utc::now();
             let mut pending = Vec::new();
             for dep in dependencies {
@@ -780,7 +815,7 @@ impl Engine {
                     pending.join(", ")
                 )));
             }
-            tokio::time::sleep(POLL).await;
+            cancel.sleep(POLL).await?;
         }
     }
 
