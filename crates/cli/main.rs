@@ -3,6 +3,25 @@
 //! This file only parses arguments, builds the printer and the runtime, dispatches to one
 //! `commands::*::run`, and maps errors to exit codes (DESIGN.md section 7).
 
+/// `eprintln!` that never panics: stderr may be a terminal that went away (SIGHUP) or a closed
+/// pipe; losing a message must not turn a clean exit into a panic (exit 101).
+macro_rules! eprintln_safe {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`eprintln_safe`]).
+macro_rules! eprint_safe {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut err = std::io::stderr();
+        let _ = write!(err, $($t)*);
+        let _ = err.flush();
+    }};
+}
+
 mod commands;
 mod exit;
 mod output;

@@ -57,7 +57,7 @@ impl Printer {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 std::process::exit(0);
             }
-            eprintln!("error: cannot write to stdout: {e}");
+            eprintln_safe!("error: cannot write to stdout: {e}");
             std::process::exit(1);
         }
     }
@@ -80,23 +80,23 @@ impl Printer {
     /// A status line on stderr.
     pub fn info(&self, msg: &str) {
         if !self.quiet {
-            eprintln!("{}", escape_message(msg));
+            eprintln_safe!("{}", escape_message(msg));
         }
     }
 
     pub fn warn(&self, msg: &str) {
         if !self.quiet {
-            eprintln!("warning: {}", escape_message(msg));
+            eprintln_safe!("warning: {}", escape_message(msg));
         }
     }
 
     pub fn error(&self, msg: &str) {
-        eprintln!("error: {}", escape_message(msg));
+        eprintln_safe!("error: {}", escape_message(msg));
     }
 
     /// A prompt on stderr (no newline).
     pub fn prompt(&self, msg: &str) {
-        eprint!("{msg}");
+        eprint_safe!("{msg}");
         let _ = std::io::stderr().flush();
     }
 }

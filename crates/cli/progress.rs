@@ -58,7 +58,7 @@ async fn render(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, quiet: bool, ter
                 if let Some(s) = state.take()
                     && !terminal
                 {
-                    eprintln!("{}", summary(&s));
+                    eprintln_safe!("{}", summary(&s));
                 }
                 state = Some(PhaseState {
                     phase,
@@ -71,7 +71,7 @@ async fn render(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, quiet: bool, ter
                 if terminal {
                     bar = Some(make_bar(phase, total_bytes));
                 } else {
-                    eprintln!(
+                    eprintln_safe!(
                         "{}...{}",
                         phase.label(),
                         total_bytes
@@ -102,16 +102,16 @@ async fn render(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, quiet: bool, ter
                 } else if let Some(s) = &state
                     && last_line.elapsed() >= Duration::from_secs(5)
                 {
-                    eprintln!("  {}", line(s));
+                    eprintln_safe!("  {}", line(s));
                     last_line = Instant::now();
                 }
             }
             ProgressEvent::Notice(msg) => {
                 let msg = escape_message(&msg);
                 if let Some(b) = &bar {
-                    b.suspend(|| eprintln!("{msg}"));
+                    b.suspend(|| eprintln_safe!("{msg}"));
                 } else {
-                    eprintln!("{msg}");
+                    eprintln_safe!("{msg}");
                 }
             }
         }
@@ -123,7 +123,7 @@ async fn render(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, quiet: bool, ter
         && !terminal
         && !quiet
     {
-        eprintln!("{}", summary(&s));
+        eprintln_safe!("{}", summary(&s));
     }
 }
 
