@@ -132,6 +132,15 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("cannot sync directory", dir)
 }
 
+/// `true` when this process runs as root (ownership is then restored).
+pub fn is_root() -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe {
+        libc::geteuid() == 0
+    }
+}
+
 /// `true` when `name` (a file name) starts with `prefix` (bytes, any encoding).
 pub fn name_starts_with(name: &std::ffi::OsStr, prefix: &str) -> bool {
     name.as_bytes().starts_with(prefix.as_bytes())

@@ -15,28 +15,26 @@ pub mod error;
 pub mod faults;
 pub mod fsutil;
 pub mod lock;
-mod maintenance;
+mod ops;
 pub mod package;
 pub mod progress;
-mod recovery;
 pub mod relpath;
 pub mod restore;
 pub mod retention;
 mod runtime;
-mod services;
 pub mod space;
-pub mod upgrade;
 
 pub use config::Settings;
 pub use docker::ContainerInfo;
 pub use error::{Error, ErrorKind, Result};
-pub use maintenance::ReindexReport;
 pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
+pub use ops::BackupEntry;
+pub use ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
+pub use ops::backup::BackupRequest;
+pub use ops::maintenance::ReindexReport;
+pub use ops::recovery::{BlockedInfo, Keep};
+pub use ops::rollback::{RollbackReport, RollbackRequest, RollbackScope};
+pub use ops::services::{ServiceState, ServiceStatus, StartReport};
+pub use ops::upgrade::{UpgradeReport, UpgradeRequest};
 pub use progress::{Phase, Progress, ProgressEvent};
-pub use recovery::{BlockedInfo, Keep};
-pub use runtime::{
-    BackupEntry, BackupRequest, RollbackReport, RollbackRequest, RollbackScope, Runtime,
-    RuntimeOptions,
-};
-pub use services::{AutoBackupReport, AutoBackupStatus, ServiceState, ServiceStatus, StartReport};
-pub use upgrade::{UpgradeReport, UpgradeRequest};
+pub use runtime::{Runtime, RuntimeOptions};

@@ -112,7 +112,7 @@ impl DirMeta {
 
     fn apply_to(&self, path: &Path) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        if crate::runtime::is_root() {
+        if crate::fsutil::is_root() {
             std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
                 .ctx("cannot set owner of", path)?;
         }

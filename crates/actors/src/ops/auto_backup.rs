@@ -1,0 +1,197 @@
+//! `auto-backup run|status`: the cron-safe backup. Checks the storage dir and free space, stops
+//! the project, backs up, and starts exactly what was running (also when the backup fails, and
+//! after a kill, through recovery), then applies `[backup.retention]`.
+
+use chrono::Utc;
+use nuwax_store::{BackupType, OperationKind, OperationState};
+use serde::{Deserialize, Serialize};
+
+use super::services::running_persistent;
+use super::{BackupEntry, backup, maintenance, services};
+use crate::docker::ContainerInfo;
+
+use super::Ctx;
+use crate::actors::docker_actor::DockerMsg;
+use crate::actors::store_actor::StoreMsg;
+use crate::error::{Error, Result};
+use crate::progress::{Phase, Progress};
+
+/// Journal details of an auto-backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AutoBackupJournal {
+    pub stopped: Vec<ContainerInfo>,
+}
+
+#[derive(Debug)]
+pub struct AutoBackupReport {
+    pub backup: Option<BackupEntry>,
+    /// Why the backup failed (the services were restarted anyway). Typed, so the CLI keeps
+    /// `backup`'s exit codes (3 for no space, 130 for Ctrl-C...).
+    pub backup_error: Option<Error>,
+    pub stopped: Vec<String>,
+    /// Why restarting failed, if it did.
+    pub restart_error: Option<Error>,
+    /// Backups deleted by `[backup.retention]` afterwards.
+    pub pruned: usize,
+}
+
+impl AutoBackupReport {
+    /// The backup was taken and everything that ran runs again.
+    pub fn ok(&self) -> bool {
+        self.backup_error.is_none() && self.restart_error.is_none()
+    }
+
+    /// The error that decides the exit code: an interruption first (the operator asked to
+    /// stop), then the backup's own error, then the restart's.
+    pub fn error(&self) -> Option<&Error> {
+        let interrupted = |e: &&Error| matches!(e, Error::Interrupted);
+        self.backup_error
+            .iter()
+            .chain(&self.restart_error)
+            .find(interrupted)
+            .or(self.backup_error.as_ref())
+            .or(self.restart_error.as_ref())
+    }
+
+    /// Both errors, joined.
+    pub fn error_text(&self) -> String {
+        self.backup_error
+            .iter()
+            .chain(&self.restart_error)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Bookkeeping of the last `auto-backup run`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AutoBackupStatus {
+    /// RFC 3339 UTC start of the last run.
+    pub last_run: Option<String>,
+    /// `success` or `failed`.
+    pub last_result: Option<String>,
+    pub last_backup_id: Option<i64>,
+    pub last_archive: Option<String>,
+    pub last_error: Option<String>,
+}
+
+const AUTO_STATUS_KEY: &str = "auto_backup.status";
+
+/// `auto-backup run`: stop what runs, back up (type Auto), start exactly what ran, also
+/// when the backup fails; then record the result and apply `[backup.retention]`.
+pub(crate) async fn auto_backup(ctx: &Ctx, progress: Progress) -> Result<AutoBackupReport> {
+    let started_at = Utc::now();
+    let run = stopped_backup(ctx, BackupType::Auto, progress.clone()).await;
+    let (ok, err) = match &run {
+        Ok(report) => (report.ok(), report.error_text()),
+        Err(e) => (false, e.to_string()),
+    };
+    let backup = run.as_ref().ok().and_then(|r| r.backup.as_ref());
+    let status = AutoBackupStatus {
+        last_run: Some(started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        last_result: Some(if ok { "success" } else { "failed" }.into()),
+        last_backup_id: backup.map(|b| b.record.id),
+        last_archive: backup.map(|b| b.record.file_path.display().to_string()),
+        last_error: (!ok).then_some(err),
+    };
+    let text = serde_json::to_string(&status).unwrap_or_default();
+    ctx.store(|r| StoreMsg::SetSetting(AUTO_STATUS_KEY.into(), text, r))
+        .await?;
+    let mut report = run?;
+    let rules = crate::retention::KeepRules::from(&ctx.settings.config.backup.retention);
+    if ok && !rules.is_empty() {
+        match maintenance::prune(ctx, &rules, false).await {
+            Ok(decisions) => report.pruned = decisions.iter().filter(|d| !d.keep).count(),
+            Err(e) => progress.notice(format!("warning: retention was not applied: {e}")),
+        }
+    }
+    Ok(report)
+}
+
+/// Stops what runs, takes a backup of `kind`, and starts exactly what ran, also when the
+/// backup fails.
+pub(crate) async fn stopped_backup(
+    ctx: &Ctx,
+    kind: BackupType,
+    progress: Progress,
+) -> Result<AutoBackupReport> {
+    let compose = ctx.compose_project()?;
+    let containers = ctx.containers(&compose).await?;
+    if containers.is_none() {
+        progress.notice(
+            "warning: no Docker engine socket found on this machine; backing up without stopping anything",
+        );
+    }
+    let running = running_persistent(&compose, containers.as_deref());
+    // Whatever would make the backup fail for sure is checked before anything is stopped.
+    backup::backup_preflight(ctx).await?;
+    ctx.cancel.clone().check()?;
+    // Journal first: if we die after stopping, the next run starts them again.
+    let op = ctx
+        .store(|r| {
+            StoreMsg::BeginOperation(
+                OperationKind::AutoBackup,
+                serde_json::to_value(AutoBackupJournal {
+                    stopped: running.clone(),
+                })
+                .unwrap_or_default(),
+                r,
+            )
+        })
+        .await?;
+    let mut report = AutoBackupReport {
+        backup: None,
+        backup_error: None,
+        stopped: running.iter().map(|c| c.name.clone()).collect(),
+        restart_error: None,
+        pruned: 0,
+    };
+    let backup_result = async {
+        if !running.is_empty() {
+            progress.phase(Phase::Stopping, None, Some(running.len() as u64));
+            let list = running.clone();
+            ctx.docker(|r| DockerMsg::Stop(list, progress.clone(), r))
+                .await?;
+        }
+        crate::faults::point("auto_backup.after_stop");
+        ctx.cancel.clone().check()?;
+        // The gate must pass now; it also records the images.
+        let images =
+            backup::images_after_gate(ctx, &compose, containers.is_some(), &progress).await?;
+        backup::backup_locked(ctx, kind, compose.clone(), images, &progress).await
+    }
+    .await;
+    match backup_result {
+        Ok(entry) => report.backup = Some(entry),
+        Err(e) => report.backup_error = Some(e),
+    }
+    crate::faults::point("auto_backup.before_restart");
+    if let Err(e) = services::restart_exactly(ctx, &running, &progress).await {
+        report.restart_error = Some(e);
+    }
+    let (ok, err) = (report.ok(), report.error_text());
+    ctx.store(|r| {
+        StoreMsg::FinishOperation(
+            op,
+            if ok {
+                OperationState::Succeeded
+            } else {
+                OperationState::Failed
+            },
+            (!ok).then(|| err.clone()),
+            r,
+        )
+    })
+    .await?;
+    Ok(report)
+}
+
+pub(crate) async fn auto_backup_status(ctx: &Ctx) -> Result<AutoBackupStatus> {
+    let text = ctx
+        .store(|r| StoreMsg::GetSetting(AUTO_STATUS_KEY.into(), r))
+        .await?;
+    Ok(text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}

@@ -1,0 +1,381 @@
+//! `backup`: the cold-backup gate, the free-space preflight, and the archive build with its
+//! catalog row and journal (DESIGN.md section 4).
+
+use chrono::{DateTime, Utc};
+use nuwax_store::{BackupCompletion, BackupType, NewBackup, OperationKind, OperationState};
+use serde::{Deserialize, Serialize};
+
+use super::BackupEntry;
+use crate::archive::{ArchiveInfo, BuildOptions, ImageRecord};
+use crate::docker::{ComposeProject, ContainerInfo, GateReport};
+use std::path::{Path, PathBuf};
+
+use super::Ctx;
+use crate::actors::archive_actor::ArchiveMsg;
+use crate::actors::docker_actor::DockerMsg;
+use crate::actors::store_actor::StoreMsg;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+/// Settings key: archive size / source bytes of the last backup (for the space preflight).
+const RATIO_KEY: &str = "backup.last_ratio";
+
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub backup_type: BackupType,
+    /// Skip the cold-backup gate (explicit operator override).
+    pub skip_docker_check: bool,
+    /// gzip level 1..=9 for this backup; `None` = config `backup.compression_level`.
+    pub compression_level: Option<u32>,
+}
+
+/// Journal details of a backup operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BackupJournal {
+    pub backup_id: Option<i64>,
+    pub partial: PathBuf,
+    pub dest: PathBuf,
+    #[serde(default)]
+    pub stopped: Vec<ContainerInfo>,
+}
+
+/// The cold-backup gate: refuses while a persistent container of the project runs.
+pub(crate) async fn gate(
+    ctx: &Ctx,
+    compose: &ComposeProject,
+    progress: &Progress,
+) -> Result<GateReport> {
+    let report = ctx.docker(|r| DockerMsg::Gate(compose.clone(), r)).await?;
+    if report.engine_absent {
+        progress.notice(
+            "warning: no Docker engine socket found on this machine; cannot check that the services are stopped",
+        );
+    }
+    for w in &report.warnings {
+        progress.notice(format!(
+            "warning: one-shot container {} is running (restart policy {}); it does not block the backup",
+            w.container.name, w.container.restart_policy
+        ));
+    }
+    if !report.passes() {
+        let list = report
+            .blocking
+            .iter()
+            .map(|b| {
+                format!(
+                    "  {} (service {}, state {}, restart policy {})",
+                    b.container.name,
+                    b.container.service.as_deref().unwrap_or("?"),
+                    b.container.state,
+                    b.container.restart_policy
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(Error::Refused(format!(
+            "a cold backup needs the services of project '{}' stopped, but these persistent containers are running:\n{list}\nstop them first: `nuwax-cli docker-service stop` (or use `nuwax-cli auto-backup run`, which stops and restarts them)",
+            report.project
+        )));
+    }
+    Ok(report)
+}
+
+/// Takes a cold backup of the compose dir.
+pub(crate) async fn backup(
+    ctx: &Ctx,
+    req: BackupRequest,
+    progress: Progress,
+) -> Result<BackupEntry> {
+    let compose = ctx.compose_project()?;
+    let images = if req.skip_docker_check {
+        progress.notice("warning: --skip-docker-check: not checking that the services are stopped");
+        Vec::new()
+    } else {
+        images_after_gate(ctx, &compose, true, &progress).await?
+    };
+    backup_at_level(
+        ctx,
+        req.backup_type,
+        compose,
+        images,
+        req.compression_level,
+        &progress,
+    )
+    .await
+}
+
+/// The backup itself, after the gate (also used by auto-backup and upgrade), at the
+/// configured compression level.
+pub(crate) async fn backup_locked(
+    ctx: &Ctx,
+    backup_type: BackupType,
+    compose: ComposeProject,
+    images: Vec<ImageRecord>,
+    progress: &Progress,
+) -> Result<BackupEntry> {
+    backup_at_level(ctx, backup_type, compose, images, None, progress).await
+}
+
+/// What a backup checks before it writes anything, and what `auto-backup run` checks
+/// before it stops anything: the storage dir can be created and written to, and the
+/// estimated archive (source bytes x the last compression ratio, plus a margin) fits
+/// ([`Error::NoSpace`], exit 3). Returns the top-level sizes of the source.
+pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<std::collections::BTreeMap<String, u64>> {
+    let paths = &ctx.settings.paths;
+    let cfg = &ctx.settings.config;
+    let storage = &paths.storage_dir;
+    let unusable = |what: &str, e: std::io::Error| {
+        Error::Refused(format!(
+            "the backup storage dir {} {what}: {e}; fix its permissions or set [backup] storage_dir to a writable directory",
+            storage.display()
+        ))
+    };
+    std::fs::create_dir_all(storage).map_err(|e| unusable("cannot be created", e))?;
+    let probe = storage.join(format!(".nuwax-write-test-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|e| unusable("is not writable", e))?;
+    let _ = std::fs::remove_file(&probe);
+    // Free-space preflight: source bytes x the last compression ratio, plus a margin.
+    let sizes = crate::space::tree_bytes(&paths.compose_dir, &cfg.backup.exclude)?;
+    let source: u64 = sizes.values().sum();
+    let ratio = ctx
+        .store(|r| StoreMsg::GetSetting(RATIO_KEY.into(), r))
+        .await?
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map_or(1.0, |r| r.min(1.0) * 1.1);
+    crate::space::ensure(storage, (source as f64 * ratio) as u64)?;
+    Ok(sizes)
+}
+
+/// [`Runtime::backup_locked`] with an optional compression level overriding the config.
+pub(crate) async fn backup_at_level(
+    ctx: &Ctx,
+    backup_type: BackupType,
+    compose: ComposeProject,
+    images: Vec<ImageRecord>,
+    level: Option<u32>,
+    progress: &Progress,
+) -> Result<BackupEntry> {
+    let paths = &ctx.settings.paths;
+    let cfg = &ctx.settings.config;
+    let sizes = backup_preflight(ctx).await?;
+    let created_at = Utc::now();
+    let version = ctx.settings.service_version();
+    let dest = unique_archive_path(&paths.storage_dir, backup_type, &version, created_at);
+    let partial = partial_path(&dest);
+    let op = ctx
+        .store(|r| {
+            StoreMsg::BeginOperation(
+                OperationKind::Backup,
+                serde_json::to_value(BackupJournal {
+                    backup_id: None,
+                    partial: partial.clone(),
+                    dest: dest.clone(),
+                    stopped: Vec::new(),
+                })
+                .unwrap_or_default(),
+                r,
+            )
+        })
+        .await?;
+    let id = ctx
+        .store(|r| {
+            StoreMsg::InsertBackup(
+                NewBackup {
+                    file_path: dest.clone(),
+                    backup_type,
+                    service_version: version.clone(),
+                    created_at,
+                    owner_pid: std::process::id(),
+                    compose_project: Some(compose.name.clone()),
+                },
+                r,
+            )
+        })
+        .await?;
+    ctx.store(|r| StoreMsg::SetOperationBackup(op, id, r))
+        .await?;
+    crate::faults::point("backup.after_catalog_insert");
+    let journal = BackupJournal {
+        backup_id: Some(id),
+        partial: partial.clone(),
+        dest: dest.clone(),
+        stopped: Vec::new(),
+    };
+    ctx.store(|r| {
+        StoreMsg::SetOperationPhase(
+            op,
+            "archiving".into(),
+            Some(serde_json::to_value(&journal).unwrap_or_default()),
+            r,
+        )
+    })
+    .await?;
+    crate::faults::point("backup.after_journal");
+    let opts = BuildOptions {
+        source_dir: paths.compose_dir.clone(),
+        dest: dest.clone(),
+        exclude: cfg.backup.exclude.clone(),
+        level: level.unwrap_or(cfg.backup.compression_level),
+        threads: 0,
+        info: ArchiveInfo {
+            format: crate::archive::FORMAT_VERSION,
+            tool: format!("nuwax-cli {}", env!("CARGO_PKG_VERSION")),
+            backup_type: backup_type.as_str().to_owned(),
+            service_version: version.clone(),
+            // Microseconds, as in the catalog: a rebuilt catalog keeps the exact order.
+            created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            compose_project: compose.name.clone(),
+            data_paths: cfg.backup.data_paths.clone(),
+            excluded: cfg.backup.exclude.clone(),
+            images,
+            top_level_bytes: sizes
+                .into_iter()
+                .filter_map(|(k, v)| Some((crate::relpath::TopName::parse(&k).ok()?, v)))
+                .collect(),
+        },
+    };
+    let built = ctx
+        .archive(|r| ArchiveMsg::Build(Box::new(opts), progress.clone(), ctx.cancel.clone(), r))
+        .await;
+    match built {
+        Ok(report) => {
+            crate::faults::point("backup.before_catalog_complete");
+            if report.source_bytes > 0 {
+                let ratio = report.size as f64 / report.source_bytes as f64;
+                ctx.store(|r| StoreMsg::SetSetting(RATIO_KEY.into(), ratio.to_string(), r))
+                    .await?;
+            }
+            ctx.store(|r| {
+                StoreMsg::CompleteBackup(
+                    id,
+                    BackupCompletion {
+                        size: report.size,
+                        sha256: report.sha256.clone(),
+                        entry_count: report.entries,
+                        finished_at: Utc::now(),
+                    },
+                    r,
+                )
+            })
+            .await?;
+            ctx.store(|r| StoreMsg::FinishOperation(op, OperationState::Succeeded, None, r))
+                .await?;
+            ctx.get_backup(id).await
+        }
+        Err(e) => {
+            // build() removed its .partial; make sure, then record why.
+            let _ = std::fs::remove_file(&partial);
+            let msg = e.to_string();
+            ctx.store(|r| StoreMsg::FailBackup(id, msg.clone(), r))
+                .await?;
+            ctx.store(|r| {
+                StoreMsg::FinishOperation(op, OperationState::Failed, Some(msg.clone()), r)
+            })
+            .await?;
+            Err(e)
+        }
+    }
+}
+
+/// Runs the gate (unless there is no engine) and returns the images it saw.
+pub(crate) async fn images_after_gate(
+    ctx: &Ctx,
+    compose: &crate::docker::ComposeProject,
+    engine: bool,
+    progress: &Progress,
+) -> Result<Vec<ImageRecord>> {
+    if !engine {
+        return Ok(Vec::new());
+    }
+    let gate = gate(ctx, compose, progress).await?;
+    Ok(gate
+        .stopped
+        .iter()
+        .chain(&gate.warnings)
+        .map(|g| ImageRecord {
+            service: g.container.service.clone().unwrap_or_default(),
+            container: g.container.name.clone(),
+            image: g.container.image.clone(),
+            image_id: g.container.image_id.clone(),
+        })
+        .collect())
+}
+
+pub(crate) fn partial_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+/// `backup_{type}_v{version}_{UTC}.tar.gz`, with `_2`, `_3`... when taken.
+pub(crate) fn unique_archive_path(
+    dir: &Path,
+    backup_type: BackupType,
+    version: &str,
+    at: DateTime<Utc>,
+) -> PathBuf {
+    let safe: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let stem = format!(
+        "backup_{}_v{}_{}",
+        backup_type.file_tag(),
+        safe,
+        at.format("%Y-%m-%d_%H-%M-%S")
+    );
+    let mut n = 1;
+    loop {
+        let name = if n == 1 {
+            format!("{stem}.tar.gz")
+        } else {
+            format!("{stem}_{n}.tar.gz")
+        };
+        let p = dir.join(name);
+        if !p.exists() && !partial_path(&p).exists() {
+            return p;
+        }
+        n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_names_are_unique_and_sanitised() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = DateTime::parse_from_rfc3339("2026-11-26T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let a = unique_archive_path(dir.path(), BackupType::Manual, "1.2/3 x", at);
+        assert_eq!(
+            a.file_name().unwrap(),
+            "backup_manual_v1.2_3_x_2026-11-26_03-04-05.tar.gz"
+        );
+        std::fs::write(&a, b"x").unwrap();
+        let b = unique_archive_path(dir.path(), BackupType::Manual, "1.2/3 x", at);
+        assert_eq!(
+            b.file_name().unwrap(),
+            "backup_manual_v1.2_3_x_2026-11-26_03-04-05_2.tar.gz"
+        );
+        std::fs::write(partial_path(&b), b"x").unwrap();
+        let c = unique_archive_path(dir.path(), BackupType::PreUpgrade, "1", at);
+        assert!(c.to_string_lossy().contains("backup_pre-upgrade_v1_"));
+        let d = unique_archive_path(dir.path(), BackupType::Manual, "1.2/3 x", at);
+        assert!(d.to_string_lossy().ends_with("_3.tar.gz"));
+    }
+}

@@ -1,0 +1,317 @@
+//! Catalog maintenance: `prune` (retention), `reindex` (rebuild the catalog from the
+//! archives' own metadata) and `import` (adopt an archive after verifying it).
+//!
+//! Design note: the archive is the source of truth (duplicati#2203 shows what happens when a
+//! local database is the only record): every archive carries `info.json` and a manifest, so a
+//! lost or damaged catalog is rebuilt from the storage dir alone, and an archive copied from
+//! another host is adopted only after a full verification.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use nuwax_store::{BackupRecord, BackupStatus, BackupType};
+
+use super::backup::partial_path;
+use super::{BackupEntry, Ctx};
+use crate::actors::archive_actor::ArchiveMsg;
+use crate::actors::store_actor::StoreMsg;
+use crate::archive::CancelFlag;
+use crate::archive::VerifyReport;
+use crate::error::{Error, IoContext, Result};
+use crate::progress::Progress;
+use crate::restore;
+use crate::retention::{Decision, KeepRules, REASON_MISSING};
+
+/// What `reindex` did.
+#[derive(Debug, Clone, Default)]
+pub struct ReindexReport {
+    /// Archives added to the catalog.
+    pub added: Vec<BackupEntry>,
+    /// Archives already in the catalog.
+    pub known: usize,
+    /// Files in the storage dir that are not valid archives (path, why).
+    pub invalid: Vec<(PathBuf, String)>,
+    /// Catalog rows whose archive file is gone.
+    pub missing: Vec<BackupEntry>,
+    /// Where an unusable catalog was moved before this rebuild (`--move-broken-catalog`).
+    pub moved_aside: Option<PathBuf>,
+}
+
+/// A `*.partial` file is an archive still being written (or left by a crash): never a backup,
+/// whatever its content. `import` refuses it (exit 2), `reindex` skips it, and nothing adopts
+/// it into the catalog.
+pub(crate) fn refuse_partial(path: &Path) -> Result<()> {
+    let partial = path
+        .file_name()
+        .is_some_and(|n| n.as_encoded_bytes().ends_with(b".partial"));
+    if partial {
+        return Err(Error::Usage(format!(
+            "{} is a .partial file: an archive that was never finished (a backup still running, or one interrupted), not a backup; import only complete .tar.gz archives",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The archive file exists (as a regular file), as `BackupEntry::file_exists` says it.
+fn archive_present(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    let partial = partial_path(to);
+    let result = (|| {
+        std::fs::copy(from, &partial).ctx("cannot copy archive", &partial)?;
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .ctx("cannot sync", &partial)?;
+        std::fs::rename(&partial, to).ctx("cannot rename into place", to)?;
+        if let Some(parent) = to.parent() {
+            crate::restore::sync_dir(parent)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// Applies retention rules. With `dry_run`, only says what it would do.
+///
+/// A backup planned as "archive missing" loses only its catalog row, and only while its
+/// file is still missing: an archive that reappeared (storage remounted) is never deleted
+/// on the strength of a plan that did not count it.
+pub(crate) async fn prune(ctx: &Ctx, rules: &KeepRules, dry_run: bool) -> Result<Vec<Decision>> {
+    let backups = ctx.store(StoreMsg::ListBackups).await?;
+    let upgrades = ctx.store(StoreMsg::ListUpgrades).await?;
+    let present = |b: &BackupRecord| archive_present(&b.file_path);
+    let decisions = crate::retention::plan(&backups, present, rules, &upgrades, Utc::now())?;
+    if dry_run {
+        return Ok(decisions);
+    }
+    for d in decisions.iter().filter(|d| !d.keep) {
+        // What the plan saw, not what the disk says now.
+        let planned_missing = d.reasons.iter().any(|r| r == REASON_MISSING);
+        if planned_missing {
+            let path = backups
+                .iter()
+                .find(|b| b.id == d.id)
+                .map(|b| b.file_path.clone());
+            if path.is_some_and(|p| archive_present(&p)) {
+                tracing::warn!(id = d.id, "archive reappeared during prune: kept");
+                continue;
+            }
+            let id = d.id;
+            ctx.store(|r| StoreMsg::DeleteBackup(id, r)).await?;
+            continue;
+        }
+        delete_backup(ctx, d.id).await?;
+    }
+    Ok(decisions)
+}
+
+/// Rebuilds catalog rows from the archives in the storage dir (oldest first, so a fresh
+/// catalog gets the same ids in the same order) and flags rows whose file is gone.
+pub(crate) async fn reindex(ctx: &Ctx, progress: Progress) -> Result<ReindexReport> {
+    let dir = ctx.settings.paths.storage_dir.clone();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.to_string_lossy().ends_with(".tar.gz") && refuse_partial(p).is_ok() && p.is_file()
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io("cannot list storage dir", &dir, e)),
+    };
+    let mut report = ReindexReport {
+        moved_aside: ctx.store(StoreMsg::MovedAside).await?,
+        ..ReindexReport::default()
+    };
+    let mut candidates = Vec::new();
+    for f in files.drain(..) {
+        let p = f.clone();
+        if ctx
+            .store(|r| StoreMsg::FindBackupByPath(p, r))
+            .await?
+            .is_some()
+        {
+            report.known += 1;
+            continue;
+        }
+        let p = f.clone();
+        match ctx.archive(|r| ArchiveMsg::ReadInfo(p, r)).await {
+            Ok(info) => candidates.push((info.created_at.clone(), f)),
+            Err(e) => report.invalid.push((f, e.to_string())),
+        }
+    }
+    candidates.sort();
+    for (_, f) in candidates {
+        match adopt(ctx, &f, progress.clone()).await {
+            Ok(entry) => report.added.push(entry),
+            Err(e) => report.invalid.push((f, e.to_string())),
+        }
+    }
+    for b in ctx.list_backups().await? {
+        if b.record.status == BackupStatus::Completed && !b.file_exists {
+            report.missing.push(b);
+        }
+    }
+    Ok(report)
+}
+
+/// Verifies an archive and adds it to the catalog; an archive outside the storage dir is
+/// copied in first (atomically), the original left alone.
+pub(crate) async fn import(ctx: &Ctx, file: &Path, progress: Progress) -> Result<BackupEntry> {
+    let file = std::path::absolute(file).ctx("cannot resolve", file)?;
+    refuse_partial(&file)?;
+    if !file.is_file() {
+        return Err(Error::Usage(format!("{} is not a file", file.display())));
+    }
+    let dir = &ctx.settings.paths.storage_dir;
+    let dest = if file.parent() == Some(dir.as_path()) {
+        file.clone()
+    } else {
+        let name = file
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("{} has no file name", file.display())))?;
+        dir.join(name)
+    };
+    let p = dest.clone();
+    if let Some(existing) = ctx.store(|r| StoreMsg::FindBackupByPath(p, r)).await? {
+        return Err(Error::Usage(format!(
+            "{} is already in the catalog as backup {}",
+            dest.display(),
+            existing.id
+        )));
+    }
+    // Verify the source before copying anything.
+    let report = ctx
+        .archive(|r| ArchiveMsg::Verify {
+            path: file.clone(),
+            expected_sha256: None,
+            progress: progress.clone(),
+            cancel: ctx.cancel.clone(),
+            reply: r,
+        })
+        .await?;
+    if !report.is_ok() {
+        return Err(Error::Corrupt {
+            path: file.clone(),
+            detail: report.problems.join("; "),
+        });
+    }
+    if dest != file {
+        if dest.exists() {
+            return Err(Error::Refused(format!(
+                "{} already exists in the storage dir; rename the file to import",
+                dest.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).ctx("cannot create storage dir", dir)?;
+        copy_atomically(&file, &dest)?;
+    }
+    adopt(ctx, &dest, progress).await
+}
+
+/// Verifies an archive in the storage dir and inserts its catalog row from its metadata.
+pub(crate) async fn adopt(ctx: &Ctx, path: &Path, progress: Progress) -> Result<BackupEntry> {
+    refuse_partial(path)?;
+    let report = ctx
+        .archive(|r| ArchiveMsg::Verify {
+            path: path.to_path_buf(),
+            expected_sha256: None,
+            progress,
+            cancel: CancelFlag::default(),
+            reply: r,
+        })
+        .await?;
+    if !report.is_ok() {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: report.problems.join("; "),
+        });
+    }
+    let info = report.info.clone().ok_or_else(|| Error::Corrupt {
+        path: path.to_path_buf(),
+        detail: "no info.json".into(),
+    })?;
+    let created_at = DateTime::parse_from_rfc3339(&info.created_at)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("created_at {:?}: {e}", info.created_at),
+        })?;
+    let now = Utc::now();
+    let record = BackupRecord {
+        id: 0,
+        file_path: path.to_path_buf(),
+        backup_type: BackupType::parse(&info.backup_type).unwrap_or(BackupType::Manual),
+        service_version: info.service_version.clone(),
+        status: BackupStatus::Completed,
+        size: Some(report.size),
+        sha256: Some(report.sha256.clone()),
+        entry_count: Some(report.entries),
+        error: None,
+        created_at,
+        finished_at: Some(created_at),
+        owner_pid: None,
+        verified_at: Some(now),
+        compose_project: Some(info.compose_project.clone()),
+    };
+    let id = ctx
+        .store(|r| StoreMsg::InsertCompletedBackup(Box::new(record), r))
+        .await?;
+    ctx.get_backup(id).await
+}
+
+/// Deletes the archive file and its catalog row.
+pub(crate) async fn delete_backup(ctx: &Ctx, id: i64) -> Result<BackupEntry> {
+    let entry = ctx.get_backup(id).await?;
+    if entry.record.status == BackupStatus::Running {
+        return Err(Error::Refused(format!(
+            "backup {id} is still being written (pid {}); wait for it to finish",
+            entry.record.owner_pid.unwrap_or(0)
+        )));
+    }
+    // The catalog is input like any other: only a file of the storage dir is deleted.
+    let path = ctx.storage_archive_path(&entry.record.file_path)?;
+    if std::fs::symlink_metadata(&path).is_ok() {
+        std::fs::remove_file(&path).ctx("cannot delete archive", &path)?;
+        restore::sync_dir(&ctx.settings.paths.storage_dir)?;
+    }
+    ctx.store(|r| StoreMsg::DeleteBackup(id, r)).await?;
+    Ok(entry)
+}
+
+// ----------------------------------------------------------------------------- verify
+/// Re-reads an archive completely: checksum, gzip, tar, manifest, every file's hash.
+pub(crate) async fn verify(
+    ctx: &Ctx,
+    id: i64,
+    progress: Progress,
+) -> Result<(BackupEntry, VerifyReport)> {
+    let entry = ctx.get_backup(id).await?;
+    if !entry.file_exists {
+        return Err(Error::Corrupt {
+            path: entry.record.file_path.clone(),
+            detail: format!("backup {id}'s archive file is missing"),
+        });
+    }
+    let report = ctx
+        .archive(|r| ArchiveMsg::Verify {
+            path: entry.record.file_path.clone(),
+            expected_sha256: entry.record.sha256.clone(),
+            progress,
+            cancel: ctx.cancel.clone(),
+            reply: r,
+        })
+        .await?;
+    if report.is_ok() && entry.record.status == BackupStatus::Completed {
+        ctx.store(|r| StoreMsg::MarkVerified(id, Utc::now(), r))
+            .await?;
+    }
+    Ok((entry, report))
+}

@@ -1,0 +1,385 @@
+//! `rollback` / `rollback-data-only`: checksum while extracting into a staging dir, stop, the
+//! swap (`restore.rs`), start with health (DESIGN.md section 5).
+
+use nuwax_store::{BackupRecord, BackupStatus, OperationKind, OperationState};
+use serde::{Deserialize, Serialize};
+
+use super::{BackupEntry, services};
+use crate::archive::{ExtractOptions, TopLevelFilter};
+use crate::docker::ContainerInfo;
+use crate::restore::{self, SwapPlan};
+use std::path::PathBuf;
+
+use super::Ctx;
+use crate::actors::archive_actor::ArchiveMsg;
+use crate::actors::docker_actor::DockerMsg;
+use crate::actors::store_actor::StoreMsg;
+use crate::error::{Error, IoContext, Result};
+use crate::progress::Progress;
+
+/// What a rollback restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RollbackScope {
+    /// Everything in the archive except the data scope: the app version.
+    App,
+    /// Everything in the archive.
+    All,
+    /// The data scope only.
+    DataOnly,
+}
+
+impl RollbackScope {
+    pub fn describe(self) -> &'static str {
+        match self {
+            RollbackScope::App => "the app version (everything except the data scope)",
+            RollbackScope::All => "everything: app version and data",
+            RollbackScope::DataOnly => "the data scope only",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RollbackRequest {
+    pub id: i64,
+    pub scope: RollbackScope,
+    /// Start the services after the restore and wait for health (default). `false` leaves
+    /// them stopped.
+    pub start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RollbackReport {
+    pub backup: BackupEntry,
+    pub scope: RollbackScope,
+    /// Top-level items replaced by the archive's version.
+    pub restored: Vec<String>,
+    /// Top-level items in scope that the archive does not have (removed).
+    pub removed: Vec<String>,
+    /// Containers this rollback stopped.
+    pub stopped: Vec<ContainerInfo>,
+    pub files: u64,
+    pub bytes: u64,
+    /// The services were started and are healthy.
+    pub services_started: bool,
+    /// The restore succeeded but starting the services failed: why.
+    pub start_error: Option<String>,
+}
+
+/// Journal details of a rollback operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RollbackJournal {
+    pub backup_id: i64,
+    pub work_dir: PathBuf,
+    pub scope: RollbackScope,
+    #[serde(default)]
+    pub plan: Option<SwapPlan>,
+    #[serde(default)]
+    pub stopped: Vec<ContainerInfo>,
+    /// SHA-256 of the compose file before the swap (to know whether containers must be
+    /// recreated from the restored definitions).
+    #[serde(default)]
+    pub compose_before: Option<String>,
+}
+
+// ----------------------------------------------------------------------------- rollback
+/// Restores a scope of a backup: checksum, staged extraction with per-file verification,
+/// stop, swap with undo (the swap engine in `restore.rs`).
+pub(crate) async fn rollback(
+    ctx: &Ctx,
+    req: RollbackRequest,
+    progress: Progress,
+) -> Result<RollbackReport> {
+    let entry = ctx.get_backup(req.id).await?;
+    let record = &entry.record;
+    if record.status != BackupStatus::Completed {
+        return Err(Error::Usage(format!(
+            "backup {} is {:?}{}; only a Completed backup can be restored",
+            req.id,
+            record.status,
+            record
+                .error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )));
+    }
+    if !entry.file_exists {
+        return Err(Error::Corrupt {
+            path: record.file_path.clone(),
+            detail: format!(
+                "backup {}'s archive file is missing; nothing was changed",
+                req.id
+            ),
+        });
+    }
+    let paths = ctx.settings.paths.clone();
+    if !paths.compose_dir.is_dir() {
+        std::fs::create_dir_all(&paths.compose_dir)
+            .ctx("cannot create compose dir", &paths.compose_dir)?;
+    }
+    // Ask the engine first: an unreachable engine refuses before any work.
+    let project = ctx.project_name();
+    let containers = ctx
+        .docker(|r| DockerMsg::Containers(project.clone(), r))
+        .await?;
+    if containers.is_none() {
+        progress.notice("warning: no Docker engine socket found; not stopping any containers");
+    }
+
+    // 1. The archive's SHA-256 is checked against the catalog while it is extracted into
+    //    the staging dir (one read of the archive, not two), and before anything live is
+    //    touched: `extract` fails on a mismatch, and nothing is swapped in then.
+    let filter = ctx.scope_filter(req.scope);
+    // Staging needs the scope's size on the compose dir's filesystem (the old content
+    // stays until the swap is done, so nothing is freed before).
+    let info = match ctx
+        .archive(|r| ArchiveMsg::ReadInfo(record.file_path.clone(), r))
+        .await
+    {
+        Ok(info) => info,
+        // An unreadable head: if the file is not the one the catalog recorded, say that.
+        Err(e) => return Err(checksum_error(ctx, record, &progress).await?.unwrap_or(e)),
+    };
+    let needed = if info.top_level_bytes.is_empty() {
+        // An archive without sizes: its compressed size is a lower bound.
+        entry.file_size.unwrap_or(0)
+    } else {
+        info.top_level_bytes
+            .iter()
+            .filter(|(name, _)| filter.includes(name.as_os_str()))
+            .try_fold(0u64, |sum, (_, b)| sum.checked_add(*b))
+            .ok_or_else(|| Error::Corrupt {
+                path: record.file_path.clone(),
+                detail: "its info.json claims more bytes than a disk can hold".into(),
+            })?
+    };
+    crate::space::ensure(&paths.compose_dir, needed)?;
+    let mut journal = RollbackJournal {
+        backup_id: req.id,
+        work_dir: PathBuf::new(),
+        scope: req.scope,
+        plan: None,
+        stopped: Vec::new(),
+        compose_before: None,
+    };
+    let op = ctx
+        .store(|r| {
+            StoreMsg::BeginOperation(
+                OperationKind::Rollback,
+                serde_json::to_value(&journal).unwrap_or_default(),
+                r,
+            )
+        })
+        .await?;
+    let result = rollback_inner(ctx, op, &mut journal, &entry, filter, containers, &progress).await;
+    match result {
+        Ok(mut report) => {
+            report.scope = req.scope;
+            if req.start {
+                match start_after_rollback(ctx, &journal, &progress).await {
+                    Ok(()) => report.services_started = true,
+                    Err(e) => report.start_error = Some(e.to_string()),
+                }
+            }
+            ctx.store(|r| StoreMsg::FinishOperation(op, OperationState::Succeeded, None, r))
+                .await?;
+            Ok(report)
+        }
+        Err(e) => {
+            // Undo whatever was done; the live tree is as before.
+            let mut cleanup_err = None;
+            if let Some(plan) = &journal.plan {
+                if let Err(re) = plan.revert() {
+                    cleanup_err = Some(re);
+                }
+            } else if !journal.work_dir.as_os_str().is_empty()
+                && let Err(re) = restore::remove_path(&journal.work_dir)
+            {
+                cleanup_err = Some(re);
+            }
+            if !journal.stopped.is_empty() {
+                progress.notice("restarting the containers this rollback stopped");
+                if let Err(se) = ctx
+                    .docker(|r| DockerMsg::Start(journal.stopped.clone(), progress.clone(), r))
+                    .await
+                {
+                    progress.notice(format!("warning: could not restart them: {se}"));
+                }
+            }
+            let msg = match &cleanup_err {
+                Some(ce) => format!("{e}; cleanup also failed: {ce}"),
+                None => e.to_string(),
+            };
+            let state = if cleanup_err.is_some() {
+                OperationState::Running // leave it for recovery on the next run
+            } else {
+                OperationState::Failed
+            };
+            ctx.store(|r| StoreMsg::FinishOperation(op, state, Some(msg), r))
+                .await?;
+            match cleanup_err {
+                Some(ce @ Error::SwapConflict { .. }) => Err(ce),
+                Some(ce) => Err(Error::Internal(format!(
+                    "{e}; undoing the rollback failed too: {ce}. The next nuwax-cli command will retry the undo"
+                ))),
+                None => Err(e),
+            }
+        }
+    }
+}
+
+pub(crate) async fn rollback_inner(
+    ctx: &Ctx,
+    op: i64,
+    journal: &mut RollbackJournal,
+    entry: &BackupEntry,
+    filter: TopLevelFilter,
+    containers: Option<Vec<ContainerInfo>>,
+    progress: &Progress,
+) -> Result<RollbackReport> {
+    let paths = &ctx.settings.paths;
+    journal.work_dir = restore::create_work_dir(&paths.compose_dir, restore::WORK_PREFIX, op)?;
+    ctx.set_phase(op, "extracting", journal).await?;
+    let staged = journal.work_dir.join("staged");
+    crate::faults::point("rollback.after_work_dir");
+    let extracted = ctx
+        .archive(|r| {
+            ArchiveMsg::Extract(
+                ExtractOptions {
+                    archive: entry.record.file_path.clone(),
+                    staging: staged.clone(),
+                    filter: filter.clone(),
+                    restore_owner: crate::fsutil::is_root(),
+                    threads: 0,
+                    expected_sha256: entry.record.sha256.clone(),
+                },
+                progress.clone(),
+                ctx.cancel.clone(),
+                r,
+            )
+        })
+        .await?;
+    restore::sync_filesystem(&staged)?;
+    crate::faults::point("rollback.after_extract");
+    ctx.cancel.check()?;
+
+    // 3. Stop what runs now (extraction may have taken minutes: ask the engine again).
+    let containers = match containers {
+        Some(_) => ctx.containers(&ctx.compose_or_bare()).await?,
+        None => None,
+    };
+    let running: Vec<ContainerInfo> = containers
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| matches!(c.state.as_str(), "running" | "restarting" | "paused"))
+        .collect();
+    if !running.is_empty() {
+        progress.phase(crate::Phase::Stopping, None, Some(running.len() as u64));
+        journal.stopped = running.clone();
+        ctx.set_phase(op, "stopping", journal).await?;
+        ctx.docker(|r| DockerMsg::Stop(running.clone(), progress.clone(), r))
+            .await?;
+        crate::faults::point("rollback.after_stop");
+    }
+
+    // 4. Swap: the configured excludes and the archive's own are never touched.
+    let mut excludes = ctx.settings.config.backup.exclude.clone();
+    for e in &extracted.info.excluded {
+        if !excludes.contains(e) {
+            excludes.push(e.clone());
+        }
+    }
+    journal.compose_before = ctx.definitions_fingerprint();
+    let plan = restore::prepare(&paths.compose_dir, &journal.work_dir, &filter, &excludes)?;
+    progress.phase(crate::Phase::Swapping, None, Some(plan.items.len() as u64));
+    journal.plan = Some(plan.clone());
+    ctx.set_phase(op, "swapping", journal).await?;
+    crate::faults::point("rollback.before_swap");
+    // The last moment an interrupt can abort without changing live data.
+    ctx.cancel.check()?;
+    plan.apply()?;
+    crate::faults::point("rollback.after_swap");
+    ctx.set_phase(op, "committed", journal).await?;
+    crate::faults::point("rollback.after_commit");
+    journal.plan = None; // committed: failures from here on must not revert
+    if let Err(e) = plan.commit() {
+        progress.notice(format!(
+            "warning: the rollback is complete but the old content could not be removed: {e}"
+        ));
+    }
+    Ok(RollbackReport {
+        backup: entry.clone(),
+        scope: RollbackScope::All,
+        restored: plan
+            .items
+            .iter()
+            .filter(|i| i.has_staged)
+            .map(restore::SwapItem::display_name)
+            .collect(),
+        removed: plan
+            .items
+            .iter()
+            .filter(|i| !i.has_staged)
+            .map(restore::SwapItem::display_name)
+            .collect(),
+        stopped: journal.stopped.clone(),
+        files: extracted.files,
+        bytes: extracted.bytes,
+        services_started: false,
+        start_error: None,
+    })
+}
+
+/// After a committed swap (also from recovery): changed definitions (compose file, `.env`,
+/// a service's `env_file`) mean containers must be recreated from the restored files
+/// (`compose up -d`: the old images, not the new ones); otherwise start exactly what the
+/// rollback stopped, or the whole project when nothing was running. Then wait for health.
+pub(crate) async fn start_after_rollback(
+    ctx: &Ctx,
+    journal: &RollbackJournal,
+    progress: &Progress,
+) -> Result<()> {
+    let after = ctx.definitions_fingerprint();
+    let compose = ctx.compose_or_bare();
+    if after.is_some() && after != journal.compose_before {
+        progress.notice(
+            "the compose file, .env or an env_file changed: recreating the containers from the restored definitions",
+        );
+        services::compose_up(ctx, &compose, progress).await?;
+        return services::wait_healthy(ctx, &compose, Vec::new(), progress).await;
+    }
+    if !journal.stopped.is_empty() {
+        return services::restart_exactly(ctx, &journal.stopped, progress).await;
+    }
+    services::start_services(ctx, progress).await.map(|_| ())
+}
+
+/// The mismatch between `record`'s archive and the SHA-256 the catalog recorded for it,
+/// if there is one.
+pub(crate) async fn checksum_error(
+    ctx: &Ctx,
+    record: &BackupRecord,
+    progress: &Progress,
+) -> Result<Option<Error>> {
+    let Some(expected) = &record.sha256 else {
+        return Ok(None);
+    };
+    let actual = ctx
+        .archive(|r| {
+            ArchiveMsg::Checksum(
+                record.file_path.clone(),
+                progress.clone(),
+                ctx.cancel.clone(),
+                r,
+            )
+        })
+        .await?;
+    Ok(
+        (!expected.eq_ignore_ascii_case(&actual)).then(|| Error::ChecksumMismatch {
+            path: record.file_path.clone(),
+            expected: expected.clone(),
+            actual,
+        }),
+    )
+}
