@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::reply;
+use crate::archive::TopLevelFilter;
 use crate::archive::{
     self, ArchiveInfo, BuildOptions, BuildReport, CancelFlag, ExtractOptions, ExtractReport,
     VerifyReport,
 };
 use crate::error::{Error, Result};
 use crate::progress::Progress;
+use crate::relpath::RelPath;
+use crate::restore::{self, SwapPlan};
 
 pub(crate) struct ArchiveActor;
 
@@ -46,6 +49,23 @@ pub(crate) enum ArchiveMsg {
         String,
         Reply<Vec<std::ffi::OsString>>,
     ),
+    /// The swap engine's steps (`restore.rs`): tree walks and renames, on a blocking thread.
+    PrepareSwap {
+        compose_dir: PathBuf,
+        work_dir: PathBuf,
+        filter: TopLevelFilter,
+        excludes: Vec<RelPath>,
+        reply: Reply<SwapPlan>,
+    },
+    ApplySwap(SwapPlan, Reply<()>),
+    RevertSwap(SwapPlan, Reply<()>),
+    CommitSwap(SwapPlan, Reply<()>),
+    /// Sets aside one side of each conflicting unit, then reverts (`recover`).
+    ResolveSwap(SwapPlan, bool, PathBuf, Reply<Vec<PathBuf>>),
+    /// `syncfs(2)` of the filesystem holding the path.
+    SyncFilesystem(PathBuf, Reply<()>),
+    /// Removes a file or tree (never through a mount point).
+    RemoveTree(PathBuf, Reply<()>),
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -110,6 +130,29 @@ impl Actor for ArchiveActor {
                 r,
                 blocking(move || crate::package::unpack(&package, &staging, &sha256)).await,
             ),
+            ArchiveMsg::PrepareSwap {
+                compose_dir,
+                work_dir,
+                filter,
+                excludes,
+                reply: r,
+            } => reply(
+                r,
+                blocking(move || restore::prepare(&compose_dir, &work_dir, &filter, &excludes))
+                    .await,
+            ),
+            ArchiveMsg::ApplySwap(plan, r) => reply(r, blocking(move || plan.apply()).await),
+            ArchiveMsg::RevertSwap(plan, r) => reply(r, blocking(move || plan.revert()).await),
+            ArchiveMsg::CommitSwap(plan, r) => reply(r, blocking(move || plan.commit()).await),
+            ArchiveMsg::ResolveSwap(plan, keep_live, keep, r) => {
+                reply(r, blocking(move || plan.resolve(keep_live, &keep)).await)
+            }
+            ArchiveMsg::SyncFilesystem(path, r) => {
+                reply(r, blocking(move || restore::sync_filesystem(&path)).await)
+            }
+            ArchiveMsg::RemoveTree(path, r) => {
+                reply(r, blocking(move || restore::remove_path(&path)).await)
+            }
         }
         Ok(())
     }

@@ -140,7 +140,8 @@ pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<std::collections::BTre
         .map_err(|e| unusable("is not writable", e))?;
     let _ = std::fs::remove_file(&probe);
     // Free-space preflight: source bytes x the last compression ratio, plus a margin.
-    let sizes = crate::space::tree_bytes(&paths.compose_dir, &cfg.backup.exclude)?;
+    let (dir, exclude) = (paths.compose_dir.clone(), cfg.backup.exclude.clone());
+    let sizes = super::blocking(move || crate::space::tree_bytes(&dir, &exclude)).await?;
     let source: u64 = sizes.values().sum();
     let ratio = ctx
         .store(|r| StoreMsg::GetSetting(RATIO_KEY.into(), r))

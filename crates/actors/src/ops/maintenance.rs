@@ -211,7 +211,8 @@ pub(crate) async fn import(ctx: &Ctx, file: &Path, progress: Progress) -> Result
             )));
         }
         std::fs::create_dir_all(dir).ctx("cannot create storage dir", dir)?;
-        copy_atomically(&file, &dest)?;
+        let (from, to) = (file.clone(), dest.clone());
+        super::blocking(move || copy_atomically(&from, &to)).await?;
     }
     adopt(ctx, &dest, progress).await
 }

@@ -34,6 +34,15 @@ use crate::error::{Error, Result};
 use nuwax_store::BackupRecord;
 use rollback::RollbackScope;
 
+/// Runs blocking work (a tree walk, a file copy) off the async worker threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}
+
 pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const DOCKER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub(crate) const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(48 * 3600);
@@ -99,6 +108,78 @@ impl Ctx {
             supervisor: self.supervisor.clone(),
             cached: Mutex::new(self.cached.lock().ok().and_then(|c| c.clone())),
         }
+    }
+
+    /// Decides and checks the units of a swap (`restore::prepare`) on a blocking thread.
+    pub(crate) async fn swap_prepare(
+        &self,
+        work_dir: &Path,
+        filter: &TopLevelFilter,
+        excludes: &[crate::relpath::RelPath],
+    ) -> Result<crate::restore::SwapPlan> {
+        let (compose_dir, work_dir) = (self.settings.paths.compose_dir.clone(), work_dir.into());
+        let (filter, excludes) = (filter.clone(), excludes.to_vec());
+        self.archive(|reply| ArchiveMsg::PrepareSwap {
+            compose_dir,
+            work_dir,
+            filter,
+            excludes,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn swap_apply(&self, plan: &crate::restore::SwapPlan) -> Result<()> {
+        self.archive(|r| ArchiveMsg::ApplySwap(plan.clone(), r))
+            .await
+    }
+
+    pub(crate) async fn swap_revert(&self, plan: &crate::restore::SwapPlan) -> Result<()> {
+        self.archive(|r| ArchiveMsg::RevertSwap(plan.clone(), r))
+            .await
+    }
+
+    pub(crate) async fn swap_commit(&self, plan: &crate::restore::SwapPlan) -> Result<()> {
+        self.archive(|r| ArchiveMsg::CommitSwap(plan.clone(), r))
+            .await
+    }
+
+    pub(crate) async fn swap_resolve(
+        &self,
+        plan: &crate::restore::SwapPlan,
+        keep_live: bool,
+        keep: &Path,
+    ) -> Result<Vec<PathBuf>> {
+        let keep = keep.to_path_buf();
+        self.archive(|r| ArchiveMsg::ResolveSwap(plan.clone(), keep_live, keep, r))
+            .await
+    }
+
+    pub(crate) async fn sync_filesystem(&self, path: &Path) -> Result<()> {
+        let path = path.to_path_buf();
+        self.archive(|r| ArchiveMsg::SyncFilesystem(path, r)).await
+    }
+
+    /// Removes a file or tree on a blocking thread (never through a mount point).
+    pub(crate) async fn remove_tree(&self, path: &Path) -> Result<()> {
+        let path = path.to_path_buf();
+        self.archive(|r| ArchiveMsg::RemoveTree(path, r)).await
+    }
+
+    /// A request to the Docker actor that may legitimately take `wait` (a health wait of an
+    /// hour): the call's timeout comes from the request, with the usual margin on top.
+    pub(crate) async fn docker_for<T: Send + 'static>(
+        &self,
+        wait: Duration,
+        msg: impl FnOnce(ractor::RpcReplyPort<Result<T>>) -> DockerMsg,
+    ) -> Result<T> {
+        ask(
+            &self.refs().await?.docker,
+            "docker",
+            wait.saturating_add(DOCKER_TIMEOUT),
+            msg,
+        )
+        .await
     }
 
     /// The children's refs: cached, and fetched from the supervisor again only when a child

@@ -157,7 +157,9 @@ pub(crate) async fn resolve_blocked(
             n += 1;
             keep_dir = compose_dir.join(format!(".nuwax-kept-{}-{n}", op.id));
         }
-        let set_aside = plan.resolve(keep == Keep::Live, &keep_dir)?;
+        let set_aside = ctx
+            .swap_resolve(&plan, keep == Keep::Live, &keep_dir)
+            .await?;
         for p in set_aside {
             notes.push(format!(
                 "operation {}: {} copy set aside as {} (not deleted: look at it, then remove it yourself)",
@@ -336,14 +338,14 @@ pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String
     let committed = op.phase == "committed";
     let mut what = match (op.phase.as_str(), &plan) {
         ("swapping", Some(plan)) => {
-            plan.revert()?;
+            ctx.swap_revert(plan).await?;
             format!(
                 "rollback to backup {} was interrupted (pid {} died while swapping); the swap was undone, the live files are as before",
                 j.backup_id, op.pid
             )
         }
         ("committed", Some(plan)) => {
-            plan.commit()?;
+            ctx.swap_commit(plan).await?;
             format!(
                 "rollback to backup {} had completed when pid {} died; cleaned up",
                 j.backup_id, op.pid
@@ -351,7 +353,8 @@ pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String
         }
         _ => {
             if !j.work_dir.as_os_str().is_empty() {
-                restore::remove_path(&restore::checked_work_dir(compose_dir, &j.work_dir)?)?;
+                ctx.remove_tree(&restore::checked_work_dir(compose_dir, &j.work_dir)?)
+                    .await?;
             }
             format!(
                 "rollback to backup {} was interrupted before changing anything (pid {} died in phase '{}'); its staging dir was removed",

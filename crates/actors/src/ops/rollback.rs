@@ -190,18 +190,20 @@ pub(crate) async fn rollback(
             // Undo whatever was done; the live tree is as before.
             let mut cleanup_err = None;
             if let Some(plan) = &journal.plan {
-                if let Err(re) = plan.revert() {
+                if let Err(re) = ctx.swap_revert(plan).await {
                     cleanup_err = Some(re);
                 }
             } else if !journal.work_dir.as_os_str().is_empty()
-                && let Err(re) = restore::remove_path(&journal.work_dir)
+                && let Err(re) = ctx.remove_tree(&journal.work_dir).await
             {
                 cleanup_err = Some(re);
             }
             if !journal.stopped.is_empty() {
                 progress.notice("restarting the containers this rollback stopped");
                 if let Err(se) = ctx
-                    .docker(|r| DockerMsg::Start(journal.stopped.clone(), progress.clone(), r))
+                    .docker_for(ctx.start_timeout(), |r| {
+                        DockerMsg::Start(journal.stopped.clone(), progress.clone(), r)
+                    })
                     .await
                 {
                     progress.notice(format!("warning: could not restart them: {se}"));
@@ -260,7 +262,7 @@ pub(crate) async fn rollback_inner(
             )
         })
         .await?;
-    restore::sync_filesystem(&staged)?;
+    ctx.sync_filesystem(&staged).await?;
     crate::faults::point("rollback.after_extract");
     ctx.cancel.check()?;
 
@@ -291,19 +293,21 @@ pub(crate) async fn rollback_inner(
         }
     }
     journal.compose_before = ctx.definitions_fingerprint();
-    let plan = restore::prepare(&paths.compose_dir, &journal.work_dir, &filter, &excludes)?;
+    let plan = ctx
+        .swap_prepare(&journal.work_dir, &filter, &excludes)
+        .await?;
     progress.phase(crate::Phase::Swapping, None, Some(plan.items.len() as u64));
     journal.plan = Some(plan.clone());
     ctx.set_phase(op, "swapping", journal).await?;
     crate::faults::point("rollback.before_swap");
     // The last moment an interrupt can abort without changing live data.
     ctx.cancel.check()?;
-    plan.apply()?;
+    ctx.swap_apply(&plan).await?;
     crate::faults::point("rollback.after_swap");
     ctx.set_phase(op, "committed", journal).await?;
     crate::faults::point("rollback.after_commit");
     journal.plan = None; // committed: failures from here on must not revert
-    if let Err(e) = plan.commit() {
+    if let Err(e) = ctx.swap_commit(&plan).await {
         progress.notice(format!(
             "warning: the rollback is complete but the old content could not be removed: {e}"
         ));

@@ -128,8 +128,10 @@ pub(crate) async fn start_services(ctx: &Ctx, progress: &Progress) -> Result<Sta
         if !to_start.is_empty() {
             progress.phase(Phase::Starting, None, Some(to_start.len() as u64));
             let cancel = ctx.cancel.clone();
-            ctx.docker(|r| DockerMsg::StartInterruptible(to_start, progress.clone(), cancel, r))
-                .await?;
+            ctx.docker_for(ctx.start_timeout(), |r| {
+                DockerMsg::StartInterruptible(to_start, progress.clone(), cancel, r)
+            })
+            .await?;
         }
     }
     wait_healthy(ctx, &compose, Vec::new(), progress).await?;
@@ -185,7 +187,7 @@ pub(crate) async fn wait_healthy_for(
     progress: &Progress,
 ) -> Result<()> {
     let cancel = ctx.cancel.clone();
-    ctx.docker(|r| {
+    ctx.docker_for(timeout, |r| {
         DockerMsg::WaitHealthy(compose.clone(), only, timeout, progress.clone(), cancel, r)
     })
     .await
@@ -207,8 +209,10 @@ pub(crate) async fn restart_exactly(
     let compose = ctx.compose_or_bare();
     progress.phase(Phase::Starting, None, Some(containers.len() as u64));
     let list = containers.to_vec();
-    ctx.docker(|r| DockerMsg::Start(list, progress.clone(), r))
-        .await?;
+    ctx.docker_for(ctx.start_timeout(), |r| {
+        DockerMsg::Start(list, progress.clone(), r)
+    })
+    .await?;
     if ctx.cancel.clone().is_cancelled() {
         progress.notice(
             "interrupted: the stopped services were started again; not waiting for their health",

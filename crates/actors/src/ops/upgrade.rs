@@ -216,7 +216,7 @@ pub(crate) async fn upgrade(
         Ok(_items) => {}
         Err(e) => {
             if !journal.work_dir.as_os_str().is_empty() {
-                let _ = restore::remove_path(&journal.work_dir);
+                let _ = ctx.remove_tree(&journal.work_dir).await;
             }
             progress.notice(format!(
                 "the release package could not be staged; nothing was changed, pre-upgrade backup {} is kept",
@@ -274,7 +274,7 @@ pub(crate) async fn stage_package(
     let items = ctx
         .archive(|r| ArchiveMsg::UnpackPackage(pkg, st, sha, r))
         .await?;
-    restore::sync_filesystem(&staged)?;
+    ctx.sync_filesystem(&staged).await?;
     Ok(items)
 }
 
@@ -296,15 +296,15 @@ pub(crate) async fn apply_release(
     if !info.top_level.iter().any(|t| t == ".env") {
         excludes.push(RelPath::parse(".env").expect("a clean name"));
     }
-    let plan = restore::prepare(&paths.compose_dir, &work, &filter, &excludes)?;
+    let plan = ctx.swap_prepare(&work, &filter, &excludes).await?;
     progress.phase(Phase::Swapping, None, Some(plan.items.len() as u64));
     journal.plan = Some(plan.clone());
     ctx.set_phase(op, "swapping", journal).await?;
-    plan.apply()?;
+    ctx.swap_apply(&plan).await?;
     ctx.set_phase(op, "applied", journal).await?;
     crate::faults::point("upgrade.after_swap");
     journal.plan = None;
-    if let Err(e) = plan.commit() {
+    if let Err(e) = ctx.swap_commit(&plan).await {
         progress.notice(format!("warning: could not remove {}: {e}", work.display()));
     }
     crate::config_edit::set_service_version(&paths.config_file, to)?;
@@ -331,12 +331,12 @@ pub(crate) async fn roll_back_upgrade(
     // back everything from the pre-upgrade backup either way, and nothing is deleted.
     match &journal.plan {
         Some(plan) => {
-            if let Err(e) = plan.revert() {
+            if let Err(e) = ctx.swap_revert(plan).await {
                 progress.notice(format!("warning: could not undo the swap first: {e}"));
             }
         }
         None if !journal.work_dir.as_os_str().is_empty() => {
-            let _ = restore::remove_path(&journal.work_dir);
+            let _ = ctx.remove_tree(&journal.work_dir).await;
         }
         None => {}
     }
@@ -442,12 +442,11 @@ pub(crate) async fn recover_upgrade(ctx: &Ctx, op: &nuwax_store::Operation) -> R
     match op.phase.as_str() {
         "swapping" | "applied" | "starting" => {
             if let (Some(plan), "swapping") = (&j.plan, op.phase.as_str()) {
-                plan.clone()
-                    .checked(&ctx.settings.paths.compose_dir)?
-                    .revert()?;
+                let plan = plan.clone().checked(&ctx.settings.paths.compose_dir)?;
+                ctx.swap_revert(&plan).await?;
             } else if !j.work_dir.as_os_str().is_empty() {
                 let work = restore::checked_work_dir(&ctx.settings.paths.compose_dir, &j.work_dir)?;
-                let _ = restore::remove_path(&work);
+                let _ = ctx.remove_tree(&work).await;
             }
             let Some(backup_id) = j.backup_id else {
                 return Err(Error::Internal("upgrade journal without its backup".into()));
@@ -475,7 +474,7 @@ pub(crate) async fn recover_upgrade(ctx: &Ctx, op: &nuwax_store::Operation) -> R
         _ => {
             if !j.work_dir.as_os_str().is_empty() {
                 let work = restore::checked_work_dir(&ctx.settings.paths.compose_dir, &j.work_dir)?;
-                restore::remove_path(&work)?;
+                ctx.remove_tree(&work).await?;
             }
             what.push_str(&services::restart_stopped(ctx, &j.stopped).await?);
             outcome = UpgradeOutcome::Failed;
