@@ -26,6 +26,7 @@ mod model;
 mod operations;
 mod settings;
 mod upgrades;
+mod usecases;
 
 #[cfg(test)]
 mod tests;

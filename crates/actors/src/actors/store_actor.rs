@@ -95,14 +95,25 @@ type Reply<T> = RpcReplyPort<Result<T>>;
 pub(crate) enum StoreMsg {
     ListBackups(Reply<Vec<BackupRecord>>),
     GetBackup(i64, Reply<Option<BackupRecord>>),
-    InsertBackup(NewBackup, Reply<i64>),
+    /// Use case: a backup's operation row (journal `details`, phase `archiving`) and catalog
+    /// row, in one transaction; replies (operation id, backup id).
+    BeginBackup(NewBackup, serde_json::Value, Reply<(i64, i64)>),
+    /// Use case: backup and operation completed, and the last compression ratio recorded.
+    CompleteBackupOperation {
+        op: i64,
+        id: i64,
+        completion: BackupCompletion,
+        setting: Option<(String, String)>,
+        reply: Reply<()>,
+    },
+    /// Use case: backup and operation failed with the reason.
+    FailBackupOperation(i64, i64, String, Reply<()>),
     CompleteBackup(i64, BackupCompletion, Reply<()>),
     FailBackup(i64, String, Reply<()>),
     DeleteBackup(i64, Reply<bool>),
     MarkVerified(i64, DateTime<Utc>, Reply<()>),
     BeginOperation(OperationKind, serde_json::Value, Reply<i64>),
     SetOperationPhase(i64, String, Option<serde_json::Value>, Reply<()>),
-    SetOperationBackup(i64, i64, Reply<()>),
     FinishOperation(i64, OperationState, Option<String>, Reply<()>),
     UnfinishedOperations(Reply<Vec<Operation>>),
     GetSetting(String, Reply<Option<String>>),
@@ -186,9 +197,32 @@ impl Actor for StoreActor {
         match msg {
             StoreMsg::ListBackups(r) => reply(r, st.run(|s| s.list_backups()).await),
             StoreMsg::GetBackup(id, r) => reply(r, st.run(move |s| s.get_backup(id)).await),
-            StoreMsg::InsertBackup(new, r) => {
-                reply(r, st.run(move |s| s.insert_backup(&new)).await)
+            StoreMsg::BeginBackup(new, details, r) => {
+                let boot = crate::lock::boot_id();
+                reply(
+                    r,
+                    st.run(move |s| s.begin_backup(&new, pid, &boot, details))
+                        .await,
+                )
             }
+            StoreMsg::CompleteBackupOperation {
+                op,
+                id,
+                completion,
+                setting,
+                reply: r,
+            } => reply(
+                r,
+                st.run(move |s| {
+                    let setting = setting.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
+                    s.complete_backup_operation(op, id, &completion, setting)
+                })
+                .await,
+            ),
+            StoreMsg::FailBackupOperation(op, id, e, r) => reply(
+                r,
+                st.run(move |s| s.fail_backup_operation(op, id, &e)).await,
+            ),
             StoreMsg::CompleteBackup(id, c, r) => {
                 reply(r, st.run(move |s| s.complete_backup(id, &c)).await)
             }
@@ -212,9 +246,6 @@ impl Actor for StoreActor {
                 st.run(move |s| s.set_operation_phase(id, &phase, details.as_ref()))
                     .await,
             ),
-            StoreMsg::SetOperationBackup(id, b, r) => {
-                reply(r, st.run(move |s| s.set_operation_backup(id, b)).await)
-            }
             StoreMsg::FinishOperation(id, state, e, r) => reply(
                 r,
                 st.run(move |s| s.finish_operation(id, state, e.as_deref()))

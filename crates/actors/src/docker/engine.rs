@@ -547,14 +547,13 @@ impl Engine {
                         .entry(probe.info.id.clone())
                         .or_insert(probe.restart_count);
                 let readiness = if restarts >= CRASH_LOOP_RESTARTS {
+                    let exit_code = self.exit_code_between_runs(probe).await;
                     Readiness::Failed {
                         reason: format!(
                             "is crash-looping: restarted {restarts} times in {}s, last exit code {}",
                             (timeout - deadline.saturating_duration_since(Instant::now()))
                                 .as_secs(),
-                            probe
-                                .exit_code
-                                .map_or_else(|| "?".to_string(), |c| c.to_string())
+                            exit_code.map_or_else(|| "?".to_string(), |c| c.to_string())
                         ),
                         exited: true,
                     }
@@ -663,6 +662,22 @@ impl Engine {
     }
 
     /// `Ok(None)` when the container no longer exists.
+    /// The exit code of a crash-looping container's last run. While it is running again the
+    /// engine reports 0 (the code is reset at start), so look for a moment between runs.
+    async fn exit_code_between_runs(&self, probe: &Probe) -> Option<i64> {
+        if probe.info.state != "running" {
+            return probe.exit_code;
+        }
+        for _ in 0..30 {
+            match self.inspect(&probe.info.id).await {
+                Ok(Some(p)) if p.info.state != "running" => return p.exit_code,
+                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => return None,
+            }
+        }
+        None
+    }
+
     async fn inspect(&self, id: &str) -> Result<Option<Probe>> {
         let result =
             tokio::time::timeout(API_TIMEOUT, self.docker.inspect_container(id, None)).await;

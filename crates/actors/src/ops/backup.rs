@@ -2,7 +2,7 @@
 //! catalog row and journal (DESIGN.md section 4).
 
 use chrono::{DateTime, Utc};
-use nuwax_store::{BackupCompletion, BackupType, NewBackup, OperationKind, OperationState};
+use nuwax_store::{BackupCompletion, BackupType, NewBackup};
 use serde::{Deserialize, Serialize};
 
 use super::BackupEntry;
@@ -169,54 +169,27 @@ pub(crate) async fn backup_at_level(
     let version = ctx.settings.service_version();
     let dest = unique_archive_path(&paths.storage_dir, backup_type, &version, created_at);
     let partial = partial_path(&dest);
-    let op = ctx
-        .store(|r| {
-            StoreMsg::BeginOperation(
-                OperationKind::Backup,
-                serde_json::to_value(BackupJournal {
-                    backup_id: None,
-                    partial: partial.clone(),
-                    dest: dest.clone(),
-                    stopped: Vec::new(),
-                })
-                .unwrap_or_default(),
-                r,
-            )
-        })
-        .await?;
-    let id = ctx
-        .store(|r| {
-            StoreMsg::InsertBackup(
-                NewBackup {
-                    file_path: dest.clone(),
-                    backup_type,
-                    service_version: version.clone(),
-                    created_at,
-                    owner_pid: std::process::id(),
-                    compose_project: Some(compose.name.clone()),
-                },
-                r,
-            )
-        })
-        .await?;
-    ctx.store(|r| StoreMsg::SetOperationBackup(op, id, r))
-        .await?;
-    crate::faults::point("backup.after_catalog_insert");
+    // One use case, one transaction: the journal row and the catalog row (`running`).
     let journal = BackupJournal {
-        backup_id: Some(id),
+        backup_id: None,
         partial: partial.clone(),
         dest: dest.clone(),
         stopped: Vec::new(),
     };
-    ctx.store(|r| {
-        StoreMsg::SetOperationPhase(
-            op,
-            "archiving".into(),
-            Some(serde_json::to_value(&journal).unwrap_or_default()),
-            r,
-        )
-    })
-    .await?;
+    let new = NewBackup {
+        file_path: dest.clone(),
+        backup_type,
+        service_version: version.clone(),
+        created_at,
+        owner_pid: std::process::id(),
+        compose_project: Some(compose.name.clone()),
+    };
+    let details = serde_json::to_value(&journal)
+        .map_err(|e| Error::Internal(format!("cannot encode journal: {e}")))?;
+    let (op, id) = ctx
+        .store(|r| StoreMsg::BeginBackup(new, details, r))
+        .await?;
+    crate::faults::point("backup.after_catalog_insert");
     crate::faults::point("backup.after_journal");
     let opts = BuildOptions {
         source_dir: paths.compose_dir.clone(),
@@ -247,38 +220,32 @@ pub(crate) async fn backup_at_level(
     match built {
         Ok(report) => {
             crate::faults::point("backup.before_catalog_complete");
-            if report.source_bytes > 0 {
+            let setting = (report.source_bytes > 0).then(|| {
                 let ratio = report.size as f64 / report.source_bytes as f64;
-                ctx.store(|r| StoreMsg::SetSetting(RATIO_KEY.into(), ratio.to_string(), r))
-                    .await?;
-            }
-            ctx.store(|r| {
-                StoreMsg::CompleteBackup(
-                    id,
-                    BackupCompletion {
-                        size: report.size,
-                        sha256: report.sha256.clone(),
-                        entry_count: report.entries,
-                        finished_at: Utc::now(),
-                    },
-                    r,
-                )
+                (RATIO_KEY.to_owned(), ratio.to_string())
+            });
+            let completion = BackupCompletion {
+                size: report.size,
+                sha256: report.sha256.clone(),
+                entry_count: report.entries,
+                finished_at: Utc::now(),
+            };
+            ctx.store(|reply| StoreMsg::CompleteBackupOperation {
+                op,
+                id,
+                completion,
+                setting,
+                reply,
             })
             .await?;
-            ctx.store(|r| StoreMsg::FinishOperation(op, OperationState::Succeeded, None, r))
-                .await?;
             ctx.get_backup(id).await
         }
         Err(e) => {
             // build() removed its .partial; make sure, then record why.
             let _ = std::fs::remove_file(&partial);
             let msg = e.to_string();
-            ctx.store(|r| StoreMsg::FailBackup(id, msg.clone(), r))
+            ctx.store(|r| StoreMsg::FailBackupOperation(op, id, msg, r))
                 .await?;
-            ctx.store(|r| {
-                StoreMsg::FinishOperation(op, OperationState::Failed, Some(msg.clone()), r)
-            })
-            .await?;
             Err(e)
         }
     }
