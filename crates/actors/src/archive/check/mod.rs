@@ -1,5 +1,5 @@
-//! The rules every archive entry must pass before anything acts on it. [`super::verify`] and
-//! [`super::extract`] share them, so "verify says ok" and "extract accepts" mean the same.
+//! The rules every archive entry must pass before anything acts on it. [`super::verify()`] and
+//! [`super::extract()`] share them, so "verify says ok" and "extract accepts" mean the same.
 //!
 //! Design note: the rules are deliberately stricter than tar's. Paths must be clean relative
 //! paths (no leading `/`, no `.`/`..`/empty components); nothing may live beneath a symlink or

@@ -8,11 +8,14 @@ use std::os::unix::fs::FileExt;
 
 use super::invalid;
 
+/// Length of the header this crate writes (with the `NX` subfield).
 pub(super) const HEADER_LEN: usize = 20;
+/// CRC32 and ISIZE, both u32 LE.
 pub(super) const TRAILER_LEN: usize = 8;
 /// Bytes read to parse a member header when scanning.
 const HEADER_PROBE: usize = 4096;
 
+/// The header's XFL byte for a compression level (RFC 1952: 2 = slowest, 4 = fastest).
 pub(super) fn xfl_for(level: u32) -> u8 {
     match level {
         9 => 2,
@@ -21,6 +24,7 @@ pub(super) fn xfl_for(level: u32) -> u8 {
     }
 }
 
+/// The header of a member; the caller fills in its total length (bytes 16..20) once known.
 pub(super) fn member_header(xfl: u8) -> [u8; HEADER_LEN] {
     // ID1 ID2 CM FLG=FEXTRA | MTIME=0 | XFL OS=255 | XLEN=8 | 'N' 'X' LEN=4 | member length
     [
