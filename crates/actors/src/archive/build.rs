@@ -27,10 +27,10 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::check::resolve_threads;
 use super::filepool::start_writeback;
 use super::format::{INFO_PATH, MANIFEST_PATH, encode_bytes};
 use super::pgzip::{CHUNK_SIZE, ParallelGzWriter};
+use super::threads::resolve_threads;
 use super::{BuildOptions, BuildReport, CancelFlag, EntryKind, META_DIR, ManifestEntry};
 use crate::config::INTERNAL_PREFIX;
 use crate::error::{Error, IoContext, Result};

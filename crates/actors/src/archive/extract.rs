@@ -33,10 +33,11 @@ use filetime::FileTime;
 
 use super::check::{
     Meta, Observed, Parsed, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
-    display_bytes, parse_entry, resolve_threads, stream_error, top_level,
+    display_bytes, parse_entry, stream_error, top_level,
 };
 use super::filepool::{FilePool, PIECE, Target, apply_meta};
 use super::format::MANIFEST_PATH;
+use super::threads::resolve_threads;
 use super::{CancelFlag, EntryKind, ExtractOptions, ExtractReport, pgzip};
 use crate::error::{Error, IoContext, Result};
 use crate::{Phase, Progress};

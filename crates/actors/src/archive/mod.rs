@@ -8,7 +8,7 @@
 //!   trailer) as u32 LE, so a reader can find member boundaries and decompress in parallel
 //!   (BGZF does the same). Header MTIME = 0, OS = 255, no name: same input -> same bytes.
 //!   Random-looking 16 KiB segments of a chunk (JPEG, ZIP, video) are written as deflate
-//!   stored blocks, the rest is deflated (see `pgzip.rs`).
+//!   stored blocks, the rest is deflated (see `pgzip/`).
 //! - tar: GNU format, sorted paths relative to the compose dir, no leading `./`. Directories,
 //!   regular files, symlinks (never followed) and hard links (a link entry for the second and
 //!   later paths of one inode, only when both paths share the same top-level item; otherwise
@@ -29,6 +29,7 @@ mod format;
 pub mod pgzip;
 #[cfg(test)]
 mod tests;
+mod threads;
 mod verify;
 
 use std::ffi::OsString;

@@ -16,9 +16,10 @@ use sha2::{Digest, Sha256};
 
 use super::check::{
     CopyError, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
-    copy_entry_data, parse_entry, resolve_threads, stream_error,
+    copy_entry_data, parse_entry, stream_error,
 };
 use super::format::INFO_PATH;
+use super::threads::resolve_threads;
 use super::{ArchiveInfo, CancelFlag, EntryKind, VerifyReport, pgzip};
 use crate::error::{Error, IoContext, Result};
 use crate::{Phase, Progress};

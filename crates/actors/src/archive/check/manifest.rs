@@ -1,21 +1,14 @@
-//! The rules every archive entry must pass before anything acts on it. [`super::verify`] and
-//! [`super::extract`] share them, so "verify says ok" and "extract accepts" mean the same.
-//!
-//! Design note: the rules are deliberately stricter than tar's. Paths must be clean relative
-//! paths (no leading `/`, no `.`/`..`/empty components); nothing may live beneath a symlink or
-//! a non-directory entry of the same archive; a hard link may only name an earlier regular file
-//! of the same top-level item (the builder never writes anything else); only directories,
-//! regular files, symlinks and hard links exist. The metadata entries must sit where the format
-//! says: `.nuwax-backup/` and `info.json` first, `manifest.json` last.
+//! The manifest stream: the metadata entries (`.nuwax-backup/` and `info.json` first,
+//! `manifest.json` last) and the comparison of the manifest with the entries actually read,
+//! entry by entry while it is parsed, so a large manifest is never held in memory twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, Read};
 
-use sha2::{Digest, Sha256};
-
-use super::format::{INFO_PATH, MANIFEST_PATH, encode_bytes};
-use super::{ArchiveInfo, EntryKind, META_DIR, Manifest, ManifestEntry};
-use crate::config::INTERNAL_PREFIX;
+use super::entry::{Parsed, kind_name, top_level};
+use super::{Refusal, display_bytes, stream_error};
+use crate::archive::format::{INFO_PATH, MANIFEST_PATH, encode_bytes};
+use crate::archive::{ArchiveInfo, EntryKind, META_DIR, Manifest, ManifestEntry};
 
 /// Largest `info.json` we read into memory.
 const MAX_INFO_BYTES: u64 = 1 << 20;
@@ -24,117 +17,11 @@ const MAX_MANIFEST_BYTES: u64 = 1 << 30;
 /// Findings beyond this many are summarised in one line.
 const MAX_PROBLEMS: usize = 50;
 
-/// Why an entry (or the archive) is refused.
-#[derive(Debug)]
-pub(super) enum Refusal {
-    /// The entry could write outside the target or is of a kind we never create.
-    Unsafe { entry: String, reason: String },
-    /// The archive is damaged or does not follow the format.
-    Corrupt(String),
-    /// The stream itself is damaged (gzip error, truncation): nothing after it can be read.
-    Broken(String),
-    /// Reading the archive file failed at the OS level (not a content problem).
-    Io(io::Error),
-}
-
-impl Refusal {
-    fn unsafe_entry(path: &[u8], reason: impl Into<String>) -> Self {
-        Refusal::Unsafe {
-            entry: display_bytes(path),
-            reason: reason.into(),
-        }
-    }
-
-    /// Converts to the crate error for an archive at `archive`.
-    pub(super) fn into_error(self, archive: &std::path::Path) -> crate::Error {
-        match self {
-            Refusal::Unsafe { entry, reason } => crate::Error::UnsafeEntry {
-                path: archive.to_path_buf(),
-                entry,
-                reason,
-            },
-            Refusal::Corrupt(detail) | Refusal::Broken(detail) => crate::Error::Corrupt {
-                path: archive.to_path_buf(),
-                detail,
-            },
-            Refusal::Io(e) => crate::Error::io("cannot read archive", archive, e),
-        }
-    }
-
-    /// Whether reading can go on after this refusal (the stream is still in step).
-    pub(super) fn stream_usable(&self) -> bool {
-        matches!(self, Refusal::Unsafe { .. } | Refusal::Corrupt(_))
-    }
-
-    /// One line for a verify report.
-    pub(super) fn describe(&self) -> String {
-        match self {
-            Refusal::Unsafe { entry, reason } => format!("unsafe entry {entry:?}: {reason}"),
-            Refusal::Corrupt(detail) | Refusal::Broken(detail) => detail.clone(),
-            Refusal::Io(e) => format!("read error: {e}"),
-        }
-    }
-}
-
-/// A read error from the decompressing stream: an errno means the OS failed us; anything else
-/// (bad gzip header, CRC mismatch, truncated member, bad tar header) is damaged content.
-pub(super) fn stream_error(e: io::Error, what: &str) -> Refusal {
-    if e.raw_os_error().is_some() {
-        Refusal::Io(e)
-    } else {
-        Refusal::Broken(format!("{what}: {e}"))
-    }
-}
-
-/// Path bytes for messages: UTF-8 as is, other bytes as `\xNN`.
-pub(super) fn display_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        out.push_str(chunk.valid());
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
-/// The first component of a normalized path.
-pub(super) fn top_level(path: &[u8]) -> &[u8] {
-    match path.iter().position(|&b| b == b'/') {
-        Some(i) => &path[..i],
-        None => path,
-    }
-}
-
-/// One tar entry as we understand it, after validation of its header.
-#[derive(Debug, Clone)]
-pub(super) struct Parsed {
-    /// Normalized: no trailing slash.
-    pub path: Vec<u8>,
-    pub kind: EntryKind,
-    pub size: u64,
-    pub mode: u32,
-    pub uid: u64,
-    pub gid: u64,
-    pub mtime: i64,
-    pub target: Option<Vec<u8>>,
-}
-
-impl Parsed {
-    /// The manifest record this entry corresponds to (`sha256` for regular files).
-    pub(super) fn to_manifest_entry(&self, sha256: Option<String>) -> ManifestEntry {
-        ManifestEntry {
-            sha256,
-            ..Observed::of(self).to_manifest_entry()
-        }
-    }
-}
-
 /// A content entry as read from the stream, kept until the manifest (the last entry) can be
 /// compared with it: the fields of its [`ManifestEntry`] in raw form, a third of the size
 /// (120 000 of them for a 4 GB tree).
 #[derive(Debug, Clone)]
-pub(super) struct Observed {
+pub(in crate::archive) struct Observed {
     path: Box<[u8]>,
     target: Option<Box<[u8]>>,
     /// Content SHA-256 of a regular file, once known.
@@ -148,7 +35,7 @@ pub(super) struct Observed {
 }
 
 impl Observed {
-    pub(super) fn of(e: &Parsed) -> Self {
+    pub(in crate::archive) fn of(e: &Parsed) -> Self {
         Observed {
             path: e.path.clone().into_boxed_slice(),
             target: e.target.clone().map(Vec::into_boxed_slice),
@@ -163,7 +50,7 @@ impl Observed {
     }
 
     /// The manifest record of this entry.
-    pub(super) fn to_manifest_entry(&self) -> ManifestEntry {
+    pub(in crate::archive) fn to_manifest_entry(&self) -> ManifestEntry {
         let (path, path_hex) = encode_bytes(&self.path);
         let (target, target_hex) = match &self.target {
             Some(t) => encode_bytes(t),
@@ -206,222 +93,6 @@ impl Observed {
     }
 }
 
-/// Reads and validates an entry's header: type, path, link target, numeric fields.
-pub(super) fn parse_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Parsed, Refusal> {
-    let raw_path = entry.path_bytes().into_owned();
-    let header = entry.header();
-    let kind = match header.entry_type() {
-        tar::EntryType::Regular => EntryKind::File,
-        tar::EntryType::Directory => EntryKind::Dir,
-        tar::EntryType::Symlink => EntryKind::Symlink,
-        tar::EntryType::Link => EntryKind::Hardlink,
-        other => {
-            return Err(Refusal::unsafe_entry(
-                &raw_path,
-                format!(
-                    "unsupported entry type {} ({:?}); only directories, regular files, \
-                     symlinks and hard links are allowed",
-                    type_name(other),
-                    other.as_byte() as char
-                ),
-            ));
-        }
-    };
-    let path = normalize_path(&raw_path, kind).map_err(|r| Refusal::unsafe_entry(&raw_path, r))?;
-    let corrupt = |what: &str, e: io::Error| {
-        Refusal::Corrupt(format!(
-            "entry {:?}: bad {what} field: {e}",
-            display_bytes(&raw_path)
-        ))
-    };
-    let size = entry.size();
-    if kind != EntryKind::File && size != 0 {
-        return Err(Refusal::Corrupt(format!(
-            "entry {:?}: a {} entry with {size} bytes of data",
-            display_bytes(&raw_path),
-            kind_name(kind)
-        )));
-    }
-    let mode = header.mode().map_err(|e| corrupt("mode", e))?;
-    let uid = header.uid().map_err(|e| corrupt("uid", e))?;
-    let gid = header.gid().map_err(|e| corrupt("gid", e))?;
-    let mtime = header.mtime().map_err(|e| corrupt("mtime", e))?;
-    let mtime = i64::try_from(mtime).map_err(|_| {
-        Refusal::Corrupt(format!(
-            "entry {:?}: mtime {mtime} out of range",
-            display_bytes(&raw_path)
-        ))
-    })?;
-    let target = match kind {
-        EntryKind::Symlink | EntryKind::Hardlink => {
-            let t = entry
-                .link_name_bytes()
-                .map(|t| t.into_owned())
-                .unwrap_or_default();
-            if t.is_empty() {
-                return Err(Refusal::unsafe_entry(
-                    &raw_path,
-                    "link with an empty target",
-                ));
-            }
-            if t.contains(&0) {
-                return Err(Refusal::unsafe_entry(
-                    &raw_path,
-                    "link target contains a NUL byte",
-                ));
-            }
-            Some(t)
-        }
-        _ => None,
-    };
-    Ok(Parsed {
-        path,
-        kind,
-        size,
-        mode,
-        uid,
-        gid,
-        mtime,
-        target,
-    })
-}
-
-fn type_name(t: tar::EntryType) -> &'static str {
-    match t {
-        tar::EntryType::Char => "character device",
-        tar::EntryType::Block => "block device",
-        tar::EntryType::Fifo => "fifo",
-        tar::EntryType::Continuous => "contiguous file",
-        tar::EntryType::GNUSparse => "GNU sparse file",
-        tar::EntryType::XGlobalHeader => "pax global header",
-        _ => "unknown",
-    }
-}
-
-pub(super) fn kind_name(kind: EntryKind) -> &'static str {
-    match kind {
-        EntryKind::Dir => "directory",
-        EntryKind::File => "regular file",
-        EntryKind::Symlink => "symlink",
-        EntryKind::Hardlink => "hard link",
-    }
-}
-
-/// Checks that `raw` is a clean relative path and returns it without a directory's trailing
-/// slash. Refused: empty, absolute, NUL bytes, empty / `.` / `..` components, a trailing slash
-/// on anything but a directory.
-pub(super) fn normalize_path(raw: &[u8], kind: EntryKind) -> Result<Vec<u8>, String> {
-    if raw.is_empty() {
-        return Err("empty path".into());
-    }
-    if raw[0] == b'/' {
-        return Err("absolute path".into());
-    }
-    if raw.contains(&0) {
-        return Err("path contains a NUL byte".into());
-    }
-    let body = match raw.strip_suffix(b"/") {
-        Some(b) if kind == EntryKind::Dir => b,
-        Some(_) => return Err(format!("trailing slash on a {}", kind_name(kind))),
-        None => raw,
-    };
-    for comp in body.split(|&b| b == b'/') {
-        match comp {
-            b"" => return Err("empty path component".into()),
-            b"." => return Err("`.` path component".into()),
-            b".." => return Err("`..` path component".into()),
-            _ => {}
-        }
-    }
-    Ok(body.to_vec())
-}
-
-/// Tracks the entries seen so far and refuses any that could escape the target directory or
-/// clash with an earlier one.
-#[derive(Default)]
-pub(super) struct Tracker {
-    seen: HashMap<Vec<u8>, EntryKind>,
-    implicit_dirs: HashSet<Vec<u8>>,
-}
-
-impl Tracker {
-    /// Admits `e` or says why not. `e.path` must come from [`normalize_path`].
-    pub(super) fn admit(&mut self, e: &Parsed) -> Result<(), Refusal> {
-        let path = &e.path;
-        let top = top_level(path);
-        if top == META_DIR.as_bytes() || top.starts_with(INTERNAL_PREFIX.as_bytes()) {
-            return Err(Refusal::unsafe_entry(
-                path,
-                format!("names beginning with {INTERNAL_PREFIX:?} are reserved for nuwax-cli"),
-            ));
-        }
-        match self.seen.get(path.as_slice()) {
-            Some(_) => return Err(Refusal::unsafe_entry(path, "duplicate entry")),
-            None if self.implicit_dirs.contains(path.as_slice()) && e.kind != EntryKind::Dir => {
-                return Err(Refusal::unsafe_entry(
-                    path,
-                    "an earlier entry needs this path to be a directory",
-                ));
-            }
-            None => {}
-        }
-        // Every ancestor must be a directory (explicit or implied), never a link or a file.
-        let mut new_implicit = Vec::new();
-        for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
-            let ancestor = &path[..i];
-            match self.seen.get(ancestor) {
-                Some(EntryKind::Dir) => {}
-                Some(EntryKind::Symlink) => {
-                    return Err(Refusal::unsafe_entry(
-                        path,
-                        format!("lies beneath the symlink {:?}", display_bytes(ancestor)),
-                    ));
-                }
-                Some(k) => {
-                    return Err(Refusal::unsafe_entry(
-                        path,
-                        format!(
-                            "lies beneath the {} {:?}",
-                            kind_name(*k),
-                            display_bytes(ancestor)
-                        ),
-                    ));
-                }
-                None => new_implicit.push(ancestor.to_vec()),
-            }
-        }
-        if e.kind == EntryKind::Hardlink {
-            let target = e.target.as_deref().unwrap_or_default();
-            let target = normalize_path(target, EntryKind::File)
-                .map_err(|r| Refusal::unsafe_entry(path, format!("hard link target {r}")))?;
-            match self.seen.get(target.as_slice()) {
-                Some(EntryKind::File | EntryKind::Hardlink) => {}
-                _ => {
-                    return Err(Refusal::unsafe_entry(
-                        path,
-                        format!(
-                            "hard link target {:?} is not an earlier regular file of the archive",
-                            display_bytes(&target)
-                        ),
-                    ));
-                }
-            }
-            if top_level(&target) != top {
-                return Err(Refusal::unsafe_entry(
-                    path,
-                    format!(
-                        "hard link target {:?} is in another top-level item",
-                        display_bytes(&target)
-                    ),
-                ));
-            }
-        }
-        self.implicit_dirs.extend(new_implicit);
-        self.seen.insert(path.clone(), e.kind);
-        Ok(())
-    }
-}
-
 /// Where the metadata entries are in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MetaPhase {
@@ -434,7 +105,7 @@ enum MetaPhase {
 }
 
 /// Follows the metadata entries: `.nuwax-backup/` and `info.json` first, `manifest.json` last.
-pub(super) struct Meta {
+pub(in crate::archive) struct Meta {
     phase: MetaPhase,
     pub info: Option<ArchiveInfo>,
     pub manifest: Option<Manifest>,
@@ -445,7 +116,7 @@ pub(super) struct Meta {
 }
 
 impl Meta {
-    pub(super) fn new() -> Self {
+    pub(in crate::archive) fn new() -> Self {
         Self {
             phase: MetaPhase::Start,
             info: None,
@@ -457,7 +128,11 @@ impl Meta {
     /// Handles `e` if it is a metadata entry (reading its data from `data`) and returns
     /// `Ok(true)`; returns `Ok(false)` for a content entry, which is only allowed between
     /// `info.json` and `manifest.json`.
-    pub(super) fn accept(&mut self, e: &Parsed, data: &mut dyn Read) -> Result<bool, Refusal> {
+    pub(in crate::archive) fn accept(
+        &mut self,
+        e: &Parsed,
+        data: &mut dyn Read,
+    ) -> Result<bool, Refusal> {
         self.accept_inner(e, data, None)
     }
 
@@ -466,7 +141,7 @@ impl Meta {
     /// entries in memory: with 120 000 entries the parsed manifest, its text and the observed
     /// list would be three copies of about 30 MB each. The result, in `problems`, is what
     /// [`compare_manifest`] says.
-    pub(super) fn accept_against(
+    pub(in crate::archive) fn accept_against(
         &mut self,
         e: &Parsed,
         data: &mut dyn Read,
@@ -540,7 +215,7 @@ impl Meta {
     }
 
     /// At the end of the tar stream: both metadata entries must have been there and agree.
-    pub(super) fn finish(&self) -> Result<(&ArchiveInfo, &Manifest), Refusal> {
+    pub(in crate::archive) fn finish(&self) -> Result<(&ArchiveInfo, &Manifest), Refusal> {
         let info = self.info.as_ref().ok_or_else(|| {
             Refusal::Corrupt(format!("{INFO_PATH} is missing (not a nuwax-cli archive?)"))
         })?;
@@ -562,7 +237,7 @@ impl Meta {
 /// space preflight (any subset of it), so its total must fit a `u64`; an archive claiming
 /// sizes near `u64::MAX` is corrupt (exit 4), never an overflow (a panic, or a wrapped sum
 /// that would let a too-large restore pass the preflight).
-pub(super) fn check_info_numbers(info: &ArchiveInfo) -> Result<(), Refusal> {
+pub(in crate::archive) fn check_info_numbers(info: &ArchiveInfo) -> Result<(), Refusal> {
     info.top_level_bytes
         .values()
         .try_fold(0u64, |sum, &b| sum.checked_add(b))
@@ -782,90 +457,12 @@ fn read_capped(data: &mut dyn Read, size: u64, cap: u64, what: &str) -> Result<V
     Ok(bytes)
 }
 
-/// Copies exactly `size` bytes of an entry's data from `src` to `dst` (if any) while hashing;
-/// returns the SHA-256 (lowercase hex). Fewer bytes than the header says is corruption.
-pub(super) fn copy_entry_data(
-    src: &mut dyn Read,
-    mut dst: Option<&mut dyn io::Write>,
-    size: u64,
-    buf: &mut [u8],
-    entry: &[u8],
-    on_bytes: &mut dyn FnMut(u64),
-) -> Result<String, CopyError> {
-    let mut hasher = Sha256::new();
-    let mut done = 0u64;
-    while done < size {
-        let want = buf
-            .len()
-            .min((size - done).try_into().unwrap_or(usize::MAX));
-        let n = match src.read(&mut buf[..want]) {
-            Ok(0) => {
-                return Err(CopyError::Read(Refusal::Broken(format!(
-                    "entry {:?} is truncated ({done} of {size} bytes)",
-                    display_bytes(entry)
-                ))));
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(CopyError::Read(stream_error(
-                    e,
-                    &format!("reading entry {:?}", display_bytes(entry)),
-                )));
-            }
-        };
-        hasher.update(&buf[..n]);
-        if let Some(d) = dst.as_mut() {
-            d.write_all(&buf[..n]).map_err(CopyError::Write)?;
-        }
-        done += n as u64;
-        on_bytes(n as u64);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-#[derive(Debug)]
-pub(super) enum CopyError {
-    /// Reading the archive failed or its data is short.
-    Read(Refusal),
-    /// Writing the destination failed.
-    Write(io::Error),
-}
-
-/// After the tar end marker only zero padding may follow, and the gzip stream must end
-/// cleanly (this also surfaces a bad CRC or garbage after the last member). The tar reader
-/// stops at the first zero block *or* at a clean end of input, so the second zero block of
-/// the end marker (the builder writes two) must still be here: a stream cut at a gzip member
-/// boundary is caught this way too.
-pub(super) fn check_trailing(rest: &mut dyn Read) -> Result<(), Refusal> {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut zeros = 0u64;
-    loop {
-        match rest.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if buf[..n].iter().any(|&b| b != 0) {
-                    return Err(Refusal::Corrupt(
-                        "data after the end of the tar archive".into(),
-                    ));
-                }
-                zeros += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(stream_error(e, "after the end of the tar archive")),
-        }
-    }
-    if zeros < 512 {
-        return Err(Refusal::Broken(
-            "the tar end-of-archive marker is missing (the archive is truncated)".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Compares the entries read from the tar stream with the manifest, one to one. Returns the
 /// differences, each naming the entry (at most [`MAX_PROBLEMS`] lines plus a summary).
-pub(super) fn compare_manifest(manifest: &Manifest, observed: &[ManifestEntry]) -> Vec<String> {
+pub(in crate::archive) fn compare_manifest(
+    manifest: &Manifest,
+    observed: &[ManifestEntry],
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut expected: HashMap<Vec<u8>, &ManifestEntry> = HashMap::new();
     for m in &manifest.entries {
@@ -928,144 +525,9 @@ pub(super) fn compare_manifest(manifest: &Manifest, observed: &[ManifestEntry]) 
     problems
 }
 
-/// Counts the decompressed bytes handed to the tar reader.
-pub(super) struct Counting<R> {
-    inner: R,
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-/// Maps "decompressed bytes consumed" to "position in the archive file" for progress.
-///
-/// The parallel reader uses `pread`, so the file offset says nothing; instead the member
-/// index (one small read per member header) and the builder's fixed chunk size give the
-/// member a decompressed offset falls into. For a gzip without the index the position is
-/// unknown and progress counts decompressed bytes against no total.
-pub(super) struct ProgressMap {
-    members: Option<Vec<(u64, u32)>>,
-    /// Uncompressed bytes per member (all but the last have the same size).
-    chunk: u64,
-    total: u64,
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl ProgressMap {
-    /// Wraps `reader`; `file` is the archive (only its member headers are read).
-    pub(super) fn new<R: Read>(file: &std::fs::File, total: u64, reader: R) -> (Self, Counting<R>) {
-        let members = super::pgzip::member_offsets(file).ok().flatten();
-        // The chunk size is the writer's choice: read it from the first member's ISIZE.
-        let chunk = members
-            .as_ref()
-            .and_then(|m| m.first())
-            .and_then(|&(offset, len)| {
-                let mut isize = [0u8; 4];
-                use std::os::unix::fs::FileExt;
-                let at = offset.checked_add(u64::from(len).checked_sub(4)?)?;
-                file.read_exact_at(&mut isize, at).ok()?;
-                Some(u64::from(u32::from_le_bytes(isize)))
-            })
-            .filter(|&c| c > 0)
-            .unwrap_or(super::pgzip::CHUNK_SIZE as u64);
-        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counting = Counting {
-            inner: reader,
-            count: std::sync::Arc::clone(&count),
-        };
-        (
-            Self {
-                members,
-                chunk,
-                total,
-                count,
-            },
-            counting,
-        )
-    }
-
-    /// The phase total: the archive size when positions can be mapped.
-    pub(super) fn total(&self) -> Option<u64> {
-        self.members.as_ref().map(|_| self.total)
-    }
-
-    /// The final position: the whole archive when mapped.
-    pub(super) fn end(&self) -> u64 {
-        match self.members {
-            Some(_) => self.total,
-            None => self.count.load(std::sync::atomic::Ordering::Relaxed),
-        }
-    }
-
-    /// Current position (archive bytes when mapped, else decompressed bytes).
-    pub(super) fn position(&self) -> u64 {
-        let done = self.count.load(std::sync::atomic::Ordering::Relaxed);
-        let Some(members) = &self.members else {
-            return done;
-        };
-        let chunk = self.chunk;
-        let i = (done / chunk) as usize;
-        match members.get(i) {
-            Some(&(offset, len)) => {
-                let within = (done % chunk) as u128 * u128::from(len) / u128::from(chunk);
-                offset.saturating_add(within as u64).min(self.total)
-            }
-            None => self.total,
-        }
-    }
-}
-
-/// 0 means "available parallelism".
-pub(super) fn resolve_threads(threads: usize) -> usize {
-    if threads > 0 {
-        threads
-    } else {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalize_refuses_unclean_paths() {
-        let f = EntryKind::File;
-        assert_eq!(normalize_path(b"a/b", f).unwrap(), b"a/b");
-        assert_eq!(normalize_path(b"a/b/", EntryKind::Dir).unwrap(), b"a/b");
-        for bad in [
-            &b""[..],
-            b"/abs",
-            b"../x",
-            b"a/../x",
-            b"a/..",
-            b"./a",
-            b"a/./b",
-            b"a//b",
-            b"a/",
-            b".",
-            b"a\0b",
-        ] {
-            assert!(normalize_path(bad, f).is_err(), "{bad:?} accepted");
-        }
-        assert!(normalize_path(b"a//", EntryKind::Dir).is_err());
-        assert!(normalize_path(b"/", EntryKind::Dir).is_err());
-        // Odd but harmless names stay.
-        assert!(normalize_path(b"...", f).is_ok());
-        assert!(normalize_path(b"a\\..\\b", f).is_ok());
-    }
-
-    #[test]
-    fn display_escapes_invalid_utf8_only() {
-        assert_eq!(display_bytes("数据/a".as_bytes()), "数据/a");
-        assert_eq!(display_bytes(b"x\xffy"), "x\\xffy");
-    }
 
     fn sample_info() -> ArchiveInfo {
         ArchiveInfo {
