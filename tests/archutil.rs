@@ -13,6 +13,11 @@ use flate2::read::MultiGzDecoder;
 
 use crate::util::{BackupRow, TestEnv, sha256_file};
 
+/// The one crafting module of every archive test (shared with crates/actors' own tests):
+/// verbatim headers, GNU long-name records, gzip members.
+#[path = "../crates/actors/tests/support/craft.rs"]
+mod craft;
+
 /// One raw tar record: header plus data, with GNU long-name records as entries of their own,
 /// so writing them back reproduces the stream.
 pub struct RawEntry {
@@ -97,17 +102,8 @@ pub fn index_of(entries: &[RawEntry], name: &str) -> usize {
 /// A header with `name` written verbatim (the tar crate refuses `..` and absolute paths, which
 /// is exactly what a hostile archive has).
 pub fn raw_header(name: &[u8], kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_size(size);
-    h.set_mode(mode);
-    h.set_mtime(1_600_000_000);
-    h.set_uid(0);
-    h.set_gid(0);
     assert!(name.len() < 100, "raw_header: short names only");
-    h.as_old_mut().name[..name.len()].copy_from_slice(name);
-    h.set_cksum();
-    h
+    craft::header(name, kind.as_byte(), size, mode, 1_600_000_000, None)
 }
 
 /// A regular-file record with a verbatim path.
@@ -303,13 +299,15 @@ pub fn register_bytes(env: &TestEnv, row: &BackupRow, bytes: &[u8]) {
     );
 }
 
-/// One ordinary gzip member of `data` (what `gzip -c` writes).
-pub fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(data).unwrap();
-    gz.finish().unwrap()
+/// `bytes` with the lowest bit of the byte at `at` flipped.
+pub fn flipped(bytes: &[u8], at: usize) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v[at] ^= 0x01;
+    v
 }
+
+/// One ordinary gzip member of `data` (what `gzip -c` writes).
+pub use craft::gzip;
 
 /// Size of the gzip header of the member starting at `bytes[0]` (FEXTRA/FNAME/FCOMMENT/FHCRC).
 pub fn gzip_header_len(bytes: &[u8]) -> usize {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::archutil::{
-    Member, RawEntry, fix_member_trailer, fix_tar_cksum, gunzip_all, gzip, hostile_file,
+    Member, RawEntry, fix_member_trailer, fix_tar_cksum, flipped, gunzip_all, gzip, hostile_file,
     hostile_hardlink, hostile_node, hostile_symlink, index_of, insert_listed, manifest_of,
     nx_members, pack_raw, raw_header, read_raw, register_bytes, set_data, tar_records,
 };
@@ -288,12 +288,6 @@ fn run_cases(b: &Bench, cases: &[Case]) {
         cases.len(),
         failed.join("\n")
     );
-}
-
-fn flipped(bytes: &[u8], at: usize) -> Vec<u8> {
-    let mut v = bytes.to_vec();
-    v[at] ^= 0x01;
-    v
 }
 
 fn member_at(members: &[Member], at: usize) -> Member {

@@ -449,15 +449,19 @@ fn compose_services(text: &[u8]) -> Result<Vec<String>, String> {
         .collect()
 }
 
+// The one archive-crafting module of the crate's tests (verbatim names, gzip members). Also
+// included by archive/tests.rs: a second copy of the module in the test build, one source.
+#[cfg(test)]
+#[path = "../tests/support/craft.rs"]
+#[allow(clippy::duplicate_mod)]
+mod craft;
+
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
     use std::path::PathBuf;
 
-    use flate2::Compression;
-    use flate2::write::GzEncoder;
-
     use super::*;
+    use crate::package::craft::{self, gzip};
 
     const COMPOSE: &str =
         "name: nuwax\nservices:\n  mysql:\n    image: mysql:8\n  app:\n    image: app:2\n";
@@ -495,34 +499,21 @@ mod tests {
         }
     }
 
+    /// The entries, names and link targets written verbatim, as a tar stream.
     fn tar_bytes(entries: &[E]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for e in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(e.kind);
-            h.set_size(e.data.len() as u64);
-            h.set_mode(if e.kind == EntryType::Directory {
-                0o755
-            } else {
-                0o644
-            });
-            h.set_mtime(1_700_000_000);
-            // Written raw: `set_path` refuses exactly the hostile names these tests need.
-            let name = &mut h.as_old_mut().name;
-            name[..e.name.len()].copy_from_slice(e.name.as_bytes());
-            if !e.link.is_empty() {
-                h.as_old_mut().linkname[..e.link.len()].copy_from_slice(e.link.as_bytes());
-            }
-            h.set_cksum();
-            b.append(&h, e.data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-        gz.write_all(bytes).unwrap();
-        gz.finish().unwrap()
+        let raw: Vec<craft::RawEntry> = entries
+            .iter()
+            .map(|e| craft::RawEntry {
+                mtime: 1_700_000_000,
+                ..craft::RawEntry::new(
+                    e.name.as_bytes(),
+                    e.kind,
+                    e.data,
+                    (!e.link.is_empty()).then_some(e.link.as_bytes()),
+                )
+            })
+            .collect();
+        craft::tar_of(&raw)
     }
 
     fn write_pkg(dir: &tempfile::TempDir, bytes: &[u8]) -> PathBuf {

@@ -37,9 +37,10 @@ fn statvfs_available(path: &Path) -> std::io::Result<u64> {
 }
 
 /// Refuses with [`Error::NoSpace`] unless `needed` plus the margin fits at `path`.
-/// `NUWAX_TEST_SKIP_SPACE_CHECK=1` disables it, so tests can reach a real ENOSPC mid-write.
+/// A test build can turn it off ([`crate::faults::skip_space_check`]), so tests can reach a
+/// real ENOSPC mid-write.
 pub fn ensure(path: &Path, needed: u64) -> Result<()> {
-    if std::env::var_os("NUWAX_TEST_SKIP_SPACE_CHECK").is_some() {
+    if crate::faults::skip_space_check() {
         return Ok(());
     }
     let available = available(path)?;

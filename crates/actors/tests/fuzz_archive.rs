@@ -28,7 +28,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -42,6 +41,11 @@ use nuwax_actors::{ErrorKind, Progress};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use sha2::{Digest, Sha256};
+
+// The one archive-crafting module of the crate's tests (also included by src/archive/tests.rs).
+#[path = "support/craft.rs"]
+mod craft;
+use craft::gzip;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -595,15 +599,8 @@ fn gen_target() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-#[derive(Debug, Clone)]
-struct GenEntry {
-    path: Vec<u8>,
-    typeflag: u8,
-    data: Vec<u8>,
-    link: Option<Vec<u8>>,
-    mode: u32,
-    mtime: u64,
-}
+/// A generated entry: the shared crafting module's raw entry (written verbatim).
+type GenEntry = craft::RawEntry;
 
 fn gen_entry() -> impl Strategy<Value = GenEntry> {
     let typeflag = prop_oneof![
@@ -683,55 +680,8 @@ fn subst_abs(bytes: &[u8], abs: &Path) -> Vec<u8> {
     out
 }
 
-fn long_record(b: &mut tar::Builder<Vec<u8>>, kind: u8, value: &[u8]) {
-    let mut h = tar::Header::new_gnu();
-    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
-    h.set_entry_type(tar::EntryType::new(kind));
-    h.set_size(value.len() as u64 + 1);
-    h.set_cksum();
-    let mut data = value.to_vec();
-    data.push(0);
-    b.append(&h, &data[..]).unwrap();
-}
-
-/// Appends one raw entry: names written verbatim (GNU long-name records when long).
-fn append_raw(b: &mut tar::Builder<Vec<u8>>, e: &GenEntry) {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::new(e.typeflag));
-    h.set_size(e.data.len() as u64);
-    h.set_mode(e.mode);
-    h.set_mtime(e.mtime);
-    h.set_uid(0);
-    h.set_gid(0);
-    if matches!(e.typeflag, b'3' | b'4') {
-        h.set_device_major(1).unwrap();
-        h.set_device_minor(3).unwrap();
-    }
-    if let Some(link) = &e.link {
-        if link.len() >= 100 {
-            long_record(b, b'K', link);
-        } else {
-            h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
-        }
-    }
-    if e.path.len() >= 100 {
-        long_record(b, b'L', &e.path);
-    } else {
-        h.as_old_mut().name[..e.path.len()].copy_from_slice(&e.path);
-    }
-    h.set_cksum();
-    b.append(&h, &e.data[..]).unwrap();
-}
-
 fn file_entry(path: &[u8], data: &[u8]) -> GenEntry {
-    GenEntry {
-        path: path.to_vec(),
-        typeflag: b'0',
-        data: data.to_vec(),
-        link: None,
-        mode: 0o644,
-        mtime: 0,
-    }
+    GenEntry::file(path, data)
 }
 
 fn head() -> Vec<GenEntry> {
@@ -788,19 +738,9 @@ fn manifest_for(entries: &[GenEntry]) -> Manifest {
     m
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(data).unwrap();
-    gz.finish().unwrap()
-}
-
 /// A tar stream of `entries`, gzipped as one member or split in two at `split`.
 fn pack(entries: &[GenEntry], split: Option<Index>) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for e in entries {
-        append_raw(&mut b, e);
-    }
-    let tar = b.into_inner().unwrap();
+    let tar = craft::tar_of(entries);
     match split {
         None => gzip(&tar),
         Some(i) => {

@@ -614,30 +614,20 @@ fn damaged_archives_are_reported() {
 
 // ---- crafted archives -------------------------------------------------------------------
 
-struct Raw {
-    path: Vec<u8>,
-    kind: tar::EntryType,
-    data: Vec<u8>,
-    link: Option<Vec<u8>>,
-    mode: u32,
-}
+// One crafting module for every archive test (also included by package.rs's tests,
+// tests/fuzz_archive.rs and the root tests' archutil).
+#[path = "../../tests/support/craft.rs"]
+#[allow(clippy::duplicate_mod)]
+mod craft;
+
+use craft::RawEntry as Raw;
 
 fn raw(path: &[u8], kind: tar::EntryType, data: &[u8], link: Option<&[u8]>) -> Raw {
-    Raw {
-        path: path.to_vec(),
-        kind,
-        data: data.to_vec(),
-        link: link.map(<[u8]>::to_vec),
-        mode: if kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        },
-    }
+    Raw::new(path, kind, data, link)
 }
 
 fn file(path: &[u8], data: &[u8]) -> Raw {
-    raw(path, tar::EntryType::Regular, data, None)
+    Raw::file(path, data)
 }
 
 fn head() -> Vec<Raw> {
@@ -657,7 +647,7 @@ fn manifest_for(entries: &[Raw]) -> Raw {
         .iter()
         .filter(|e| !e.path.starts_with(b".nuwax-backup"))
     {
-        let kind = match e.kind {
+        let kind = match e.kind() {
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => EntryKind::Symlink,
             tar::EntryType::Link => EntryKind::Hardlink,
@@ -683,53 +673,10 @@ fn manifest_for(entries: &[Raw]) -> Raw {
     file(MANIFEST_PATH.as_bytes(), &serde_json::to_vec(&m).unwrap())
 }
 
-fn long_record(b: &mut tar::Builder<Vec<u8>>, kind: u8, value: &[u8]) {
-    let mut h = tar::Header::new_gnu();
-    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
-    h.set_entry_type(tar::EntryType::new(kind));
-    h.set_size(value.len() as u64 + 1);
-    h.set_cksum();
-    let mut data = value.to_vec();
-    data.push(0);
-    b.append(&h, &data[..]).unwrap();
-}
-
-/// A `.tar.gz` (one ordinary gzip member) with exactly these raw entries.
-fn craft(entries: &[Raw]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for e in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(e.kind);
-        h.set_size(e.data.len() as u64);
-        h.set_mode(e.mode);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        if let Some(link) = &e.link {
-            if link.len() >= 100 {
-                long_record(&mut b, b'K', link);
-            } else {
-                h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
-            }
-        }
-        if e.path.len() >= 100 {
-            long_record(&mut b, b'L', &e.path);
-        } else {
-            h.as_old_mut().name[..e.path.len()].copy_from_slice(&e.path);
-        }
-        h.set_cksum();
-        b.append(&h, &e.data[..]).unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar).unwrap();
-    gz.finish().unwrap()
-}
-
 fn with_manifest(mut entries: Vec<Raw>) -> Vec<u8> {
     let m = manifest_for(&entries);
     entries.push(m);
-    craft(&entries)
+    craft::pack(&entries)
 }
 
 #[test]
@@ -764,7 +711,7 @@ fn missing_or_wrong_manifest_is_corruption() {
     let tmp = tempfile::tempdir().unwrap();
     let mut e = head();
     e.push(file(b"f", b"content"));
-    let no_manifest = craft(&e);
+    let no_manifest = craft::pack(&e);
     let r = verify_bytes(tmp.path(), "nm.tar.gz", &no_manifest);
     assert!(
         r.problems
@@ -783,7 +730,7 @@ fn missing_or_wrong_manifest_is_corruption() {
     m.data = serde_json::to_vec(&man).unwrap();
     let mut bad = e;
     bad.push(m);
-    let bytes = craft(&bad);
+    let bytes = craft::pack(&bad);
     let r = verify_bytes(tmp.path(), "mm.tar.gz", &bytes);
     assert!(
         r.problems
@@ -802,7 +749,7 @@ fn missing_or_wrong_manifest_is_corruption() {
     let m = manifest_for(&e);
     e[2] = file(b"g", b"content");
     e.push(m);
-    let r = verify_bytes(tmp.path(), "mx.tar.gz", &craft(&e));
+    let r = verify_bytes(tmp.path(), "mx.tar.gz", &craft::pack(&e));
     assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
 
     // No info.json first.
@@ -1059,7 +1006,7 @@ fn read_info_reads_only_the_head() {
     let mut e = head();
     e.push(file(b"f", &noise(1 << 20, 3)));
     // No manifest and a damaged tail: read_info does not care.
-    let mut bytes = craft(&e);
+    let mut bytes = craft::pack(&e);
     let n = bytes.len();
     bytes.truncate(n - 100);
     let p = tmp.path().join("a.tar.gz");
