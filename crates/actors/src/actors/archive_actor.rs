@@ -66,6 +66,9 @@ pub(crate) enum ArchiveMsg {
     SyncFilesystem(PathBuf, Reply<()>),
     /// Removes a file or tree (never through a mount point).
     RemoveTree(PathBuf, Reply<()>),
+    /// A handler that panics: proves the supervisor restarts a failed child.
+    #[cfg(test)]
+    Panic,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -153,6 +156,8 @@ impl Actor for ArchiveActor {
             ArchiveMsg::RemoveTree(path, r) => {
                 reply(r, blocking(move || restore::remove_path(&path)).await)
             }
+            #[cfg(test)]
+            ArchiveMsg::Panic => panic!("test: a handler that panics"),
         }
         Ok(())
     }

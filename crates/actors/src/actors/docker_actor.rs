@@ -131,33 +131,45 @@ impl Actor for DockerActor {
                 .await;
                 reply(r, result);
             }
-            DockerMsg::Stop(containers, _progress, r) => {
+            DockerMsg::Stop(containers, progress, r) => {
                 let result = async {
                     match st.engine().await? {
                         None => Ok(Vec::new()),
-                        Some(engine) => engine.stop_containers(&containers).await,
+                        Some(engine) => {
+                            engine
+                                .stop_containers_reporting(&containers, &progress)
+                                .await
+                        }
                     }
                 }
                 .await;
                 reply(r, result);
             }
-            DockerMsg::Start(containers, _progress, r) => {
-                let result = async {
-                    match st.engine().await? {
-                        None => Ok(()),
-                        Some(engine) => engine.start_containers(&containers).await,
-                    }
-                }
-                .await;
-                reply(r, result);
-            }
-            DockerMsg::StartInterruptible(containers, _progress, cancel, r) => {
+            DockerMsg::Start(containers, progress, r) => {
                 let result = async {
                     match st.engine().await? {
                         None => Ok(()),
                         Some(engine) => {
                             engine
-                                .start_containers_cancellable(&containers, &cancel)
+                                .start_containers_reporting(
+                                    &containers,
+                                    &CancelFlag::default(),
+                                    &progress,
+                                )
+                                .await
+                        }
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::StartInterruptible(containers, progress, cancel, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(()),
+                        Some(engine) => {
+                            engine
+                                .start_containers_reporting(&containers, &cancel, &progress)
                                 .await
                         }
                     }

@@ -43,3 +43,6 @@ where
 pub(crate) fn reply<T: Send + 'static>(port: RpcReplyPort<T>, value: T) {
     let _ = port.send(value);
 }
+
+#[cfg(test)]
+mod tests;

@@ -408,11 +408,25 @@ impl Engine {
     /// Stops at the first wave with a failure so a dependency never stops before a dependent
     /// that would not.
     pub async fn stop_containers(&self, containers: &[ContainerInfo]) -> Result<Vec<String>> {
+        self.stop_containers_reporting(containers, &Progress::none())
+            .await
+    }
+
+    /// [`Engine::stop_containers`], reporting each container as it is stopped (an `Advance`
+    /// event per container: the count so far and its name).
+    pub async fn stop_containers_reporting(
+        &self,
+        containers: &[ContainerInfo],
+        progress: &Progress,
+    ) -> Result<Vec<String>> {
         let mut stopped = Vec::new();
+        let mut done = 0u64;
         for wave in policy::stop_waves(containers) {
             let results = join_all(wave.iter().map(|c| self.stop_one(c))).await;
             let mut first_error = None;
             for (container, result) in wave.iter().zip(results) {
+                done += 1;
+                progress.advance(0, done, Some(std::path::Path::new(&container.name)));
                 match result {
                     Ok(true) => stopped.push(container.name.clone()),
                     Ok(false) => {}
@@ -447,7 +461,19 @@ impl Engine {
         containers: &[ContainerInfo],
         cancel: &CancelFlag,
     ) -> Result<()> {
+        self.start_containers_reporting(containers, cancel, &Progress::none())
+            .await
+    }
+
+    /// [`Engine::start_containers_cancellable`], reporting each container as it is started.
+    pub async fn start_containers_reporting(
+        &self,
+        containers: &[ContainerInfo],
+        cancel: &CancelFlag,
+        progress: &Progress,
+    ) -> Result<()> {
         let mut started: Vec<&ContainerInfo> = Vec::new();
+        let mut done = 0u64;
         for wave in policy::start_waves(containers) {
             let needed: BTreeSet<&str> = wave
                 .iter()
@@ -464,6 +490,10 @@ impl Engine {
             let results = join_all(wave.iter().map(|c| self.start_one(c))).await;
             if let Some(e) = results.into_iter().find_map(Result::err) {
                 return Err(e);
+            }
+            for c in &wave {
+                done += 1;
+                progress.advance(0, done, Some(std::path::Path::new(&c.name)));
             }
             started.extend(wave);
         }

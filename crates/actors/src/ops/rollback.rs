@@ -274,7 +274,7 @@ pub(crate) async fn rollback_inner(
     let running: Vec<ContainerInfo> = containers
         .unwrap_or_default()
         .into_iter()
-        .filter(|c| matches!(c.state.as_str(), "running" | "restarting" | "paused"))
+        .filter(|c| crate::docker::policy::is_active(&c.state))
         .collect();
     if !running.is_empty() {
         progress.phase(crate::Phase::Stopping, None, Some(running.len() as u64));
