@@ -32,7 +32,7 @@ mod prompt;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Subcommand};
-use nuwax_actors::archive::CancelFlag;
+use nuwax_actors::CancelFlag;
 
 use crate::exit::ExitStatus;
 use crate::printer::Printer;

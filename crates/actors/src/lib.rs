@@ -7,25 +7,35 @@
 //! that knows nothing about actors or terminals.
 
 mod actors;
+// What this crate's own integration tests reach into (the `test-support` feature, on only for
+// them through a dev-dependency); crate-private otherwise.
+#[cfg(feature = "test-support")]
 pub mod archive;
-pub mod config;
-pub mod config_edit;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod archive;
+pub(crate) mod config;
+pub(crate) mod config_edit;
+#[cfg(feature = "test-support")]
 pub mod docker;
-pub mod error;
-pub mod faults;
-pub mod fsutil;
-pub mod lock;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod docker;
+pub(crate) mod error;
+pub(crate) mod faults;
+pub(crate) mod fsutil;
+pub(crate) mod lock;
 mod ops;
-pub mod package;
-pub mod progress;
-pub mod relpath;
-pub mod restore;
-pub mod retention;
+pub(crate) mod package;
+pub(crate) mod progress;
+pub(crate) mod relpath;
+pub(crate) mod restore;
+pub(crate) mod retention;
 mod runtime;
-pub mod space;
+pub(crate) mod space;
 
+pub use archive::{CancelFlag, VerifyReport};
 pub use config::Settings;
 pub use docker::ContainerInfo;
+pub use docker::GateEntry;
 pub use error::{Error, ErrorKind, Result};
 pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 pub use ops::BackupEntry;
@@ -37,4 +47,5 @@ pub use ops::rollback::{RollbackReport, RollbackRequest, RollbackScope};
 pub use ops::services::{ServiceState, ServiceStatus, StartReport};
 pub use ops::upgrade::{UpgradeReport, UpgradeRequest};
 pub use progress::{Phase, Progress, ProgressEvent};
+pub use retention::{Decision, KeepRules};
 pub use runtime::{Runtime, RuntimeOptions};

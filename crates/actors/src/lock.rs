@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +28,6 @@ pub struct LockOwner {
 #[derive(Debug)]
 pub struct OperationLock {
     file: File,
-    path: PathBuf,
     /// The previous holder, if it died without releasing.
     pub taken_over_from: Option<LockOwner>,
 }
@@ -85,13 +84,8 @@ impl OperationLock {
         }
         Ok(OperationLock {
             file,
-            path: path.to_path_buf(),
             taken_over_from,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -127,6 +127,7 @@ enum Kind {
     Symlink,
 }
 
+#[cfg(test)]
 /// Checks `package` without extracting it; see the module docs for what is refused.
 ///
 /// `compose_file_name` is the compose file's name relative to the package root (usually

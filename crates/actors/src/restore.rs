@@ -568,17 +568,6 @@ fn check_mounts(plan: &SwapPlan) -> Result<()> {
     Ok(())
 }
 
-/// Finds `.nuwax-rollback-*` leftovers that no journal entry explains.
-pub fn stray_work_dirs(compose_dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(compose_dir) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter(|e| name_starts_with(&e.file_name(), WORK_PREFIX))
-        .map(|e| e.path())
-        .collect()
-}
-
 /// Splits a name into the (`text`, `hex`) pair used in journal JSON.
 pub fn encode_name(name: &OsStr) -> (Option<String>, Option<String>) {
     crate::archive::encode_bytes(name.as_bytes())

@@ -1,7 +1,7 @@
 //! `prune`: apply retention rules (restic-style keep rules; refuses without one).
 
+use nuwax_actors::KeepRules;
 use nuwax_actors::Runtime;
-use nuwax_actors::retention::KeepRules;
 use serde::Serialize;
 
 use crate::exit::ExitStatus;

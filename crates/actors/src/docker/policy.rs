@@ -88,11 +88,13 @@ pub fn fill_missing_dependencies(containers: &mut [ContainerInfo], compose: &Com
 }
 
 /// Dependency order: a container comes after every container of the services it depends on.
+#[cfg(any(test, feature = "test-support"))]
 pub fn start_order(containers: &[ContainerInfo]) -> Vec<&ContainerInfo> {
     start_waves(containers).into_iter().flatten().collect()
 }
 
 /// Reverse dependency order: a container comes before the containers it depends on.
+#[cfg(any(test, feature = "test-support"))]
 pub fn stop_order(containers: &[ContainerInfo]) -> Vec<&ContainerInfo> {
     stop_waves(containers).into_iter().flatten().collect()
 }
