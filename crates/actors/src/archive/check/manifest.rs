@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use super::entry::{Parsed, kind_name, top_level};
+use super::entry::{Observed, Parsed, kind_name, top_level};
 use super::{Refusal, display_bytes, stream_error};
-use crate::archive::format::{INFO_PATH, MANIFEST_PATH, encode_bytes};
+use crate::archive::format::{INFO_PATH, MANIFEST_PATH};
 use crate::archive::{ArchiveInfo, EntryKind, META_DIR, Manifest, ManifestEntry};
 
 /// Largest `info.json` we read into memory.
@@ -16,82 +16,6 @@ const MAX_INFO_BYTES: u64 = 1 << 20;
 const MAX_MANIFEST_BYTES: u64 = 1 << 30;
 /// Findings beyond this many are summarised in one line.
 const MAX_PROBLEMS: usize = 50;
-
-/// A content entry as read from the stream, kept until the manifest (the last entry) can be
-/// compared with it: the fields of its [`ManifestEntry`] in raw form, a third of the size
-/// (120 000 of them for a 4 GB tree).
-#[derive(Debug, Clone)]
-pub(in crate::archive) struct Observed {
-    path: Box<[u8]>,
-    target: Option<Box<[u8]>>,
-    /// Content SHA-256 of a regular file, once known.
-    pub sha256: Option<[u8; 32]>,
-    kind: EntryKind,
-    size: u64,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: i64,
-}
-
-impl Observed {
-    pub(in crate::archive) fn of(e: &Parsed) -> Self {
-        Observed {
-            path: e.path.clone().into_boxed_slice(),
-            target: e.target.clone().map(Vec::into_boxed_slice),
-            sha256: None,
-            kind: e.kind,
-            size: e.size,
-            mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
-            mtime: e.mtime,
-        }
-    }
-
-    /// The manifest record of this entry.
-    pub(in crate::archive) fn to_manifest_entry(&self) -> ManifestEntry {
-        let (path, path_hex) = encode_bytes(&self.path);
-        let (target, target_hex) = match &self.target {
-            Some(t) => encode_bytes(t),
-            None => (None, None),
-        };
-        ManifestEntry {
-            path,
-            path_hex,
-            kind: self.kind,
-            size: self.size,
-            mode: self.mode,
-            uid: self.uid,
-            gid: self.gid,
-            mtime: self.mtime,
-            sha256: self.sha256.map(hex::encode),
-            target,
-            target_hex,
-        }
-    }
-
-    /// Whether `m` equals [`Observed::to_manifest_entry`] exactly.
-    fn same_as(&self, m: &ManifestEntry) -> bool {
-        let bytes_equal =
-            |raw: Option<&[u8]>, text: &Option<String>, hex_: &Option<String>| match raw {
-                None => text.is_none() && hex_.is_none(),
-                Some(raw) => match std::str::from_utf8(raw) {
-                    Ok(t) => text.as_deref() == Some(t) && hex_.is_none(),
-                    Err(_) => text.is_none() && hex_.as_deref() == Some(&hex::encode(raw)),
-                },
-            };
-        self.kind == m.kind
-            && self.size == m.size
-            && self.mode == m.mode
-            && self.uid == m.uid
-            && self.gid == m.gid
-            && self.mtime == m.mtime
-            && self.sha256.map(hex::encode) == m.sha256
-            && bytes_equal(Some(&self.path), &m.path, &m.path_hex)
-            && bytes_equal(self.target.as_deref(), &m.target, &m.target_hex)
-    }
-}
 
 /// Where the metadata entries are in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -528,6 +452,7 @@ pub(in crate::archive) fn compare_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::format::encode_bytes;
 
     fn sample_info() -> ArchiveInfo {
         ArchiveInfo {
