@@ -683,7 +683,7 @@ mod tests {
                         e.to_string().contains("changed after it was validated"),
                         "{what}: {e}"
                     );
-                    assert_eq!(e.kind(), crate::ErrorKind::Integrity);
+                    assert_eq!(e.kind(), crate::error::ErrorKind::Integrity);
                 }
                 other => panic!("{what}: expected a refusal, got {other:?}"),
             }

@@ -34,7 +34,7 @@ use super::threads::resolve_threads;
 use super::{BuildOptions, BuildReport, CancelFlag, EntryKind, META_DIR, ManifestEntry};
 use crate::config::INTERNAL_PREFIX;
 use crate::error::{Error, IoContext, Result};
-use crate::{Phase, Progress};
+use crate::progress::{Phase, Progress};
 
 /// Read buffer for file contents.
 const READ_BUF: usize = 1 << 20;

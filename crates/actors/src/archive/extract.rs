@@ -40,7 +40,7 @@ use super::format::MANIFEST_PATH;
 use super::threads::resolve_threads;
 use super::{CancelFlag, EntryKind, ExtractOptions, ExtractReport, pgzip};
 use crate::error::{Error, IoContext, Result};
-use crate::{Phase, Progress};
+use crate::progress::{Phase, Progress};
 
 /// Differences from the manifest named in the error message (the rest are counted).
 const MAX_LISTED: usize = 5;

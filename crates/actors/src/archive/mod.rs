@@ -46,7 +46,7 @@ pub use format::{
 pub use verify::{read_info, sha256_file, verify};
 
 /// Set from a signal handler (SIGINT, SIGTERM, SIGHUP); long-running work checks it between
-/// entries, chunks and polls and returns [`crate::Error::Interrupted`] after cleaning up.
+/// entries, chunks and polls and returns [`crate::error::Error::Interrupted`] after cleaning up.
 ///
 /// It records which signal arrived (the first one wins), so the CLI can exit with
 /// 128 + that signal (130, 143, 129).
@@ -93,9 +93,9 @@ impl CancelFlag {
     /// would change something that cannot be undone cheaply: between entries, before a swap
     /// (a rollback calls it after extraction and before the first rename, so a Ctrl-C there
     /// leaves live data as it was), before stopping services.
-    pub fn check(&self) -> crate::Result<()> {
+    pub fn check(&self) -> crate::error::Result<()> {
         if self.is_cancelled() {
-            Err(crate::Error::Interrupted)
+            Err(crate::error::Error::Interrupted)
         } else {
             Ok(())
         }
@@ -104,7 +104,7 @@ impl CancelFlag {
     /// Sleeps `duration`, ending early with `Err(Error::Interrupted)` the moment the flag is
     /// set, so long waits (health, dependencies) end at once on Ctrl-C. Uncancelled, it wakes
     /// exactly when a plain sleep would.
-    pub async fn sleep(&self, duration: std::time::Duration) -> crate::Result<()> {
+    pub async fn sleep(&self, duration: std::time::Duration) -> crate::error::Result<()> {
         let woken = self.0.wake.notified();
         tokio::pin!(woken);
         // Registered before the check: a cancel between the two still wakes us.
@@ -112,7 +112,7 @@ impl CancelFlag {
         self.check()?;
         tokio::select! {
             () = tokio::time::sleep(duration) => Ok(()),
-            () = woken => Err(crate::Error::Interrupted),
+            () = woken => Err(crate::error::Error::Interrupted),
         }
     }
 }
@@ -201,7 +201,7 @@ pub struct ExtractOptions {
     pub threads: usize,
     /// The archive file's SHA-256 (hex) as the catalog recorded it. The file is hashed while
     /// it is extracted, and a difference fails the extraction (before the caller swaps
-    /// anything in) with [`crate::Error::ChecksumMismatch`], whatever else went wrong.
+    /// anything in) with [`crate::error::Error::ChecksumMismatch`], whatever else went wrong.
     pub expected_sha256: Option<String>,
 }
 
@@ -233,7 +233,10 @@ mod cancel_flag_tests {
         flag.cancel_with(libc::SIGHUP);
         assert!(flag.is_cancelled());
         assert_eq!(flag.signal(), Some(libc::SIGTERM), "the first signal wins");
-        assert!(matches!(flag.check(), Err(crate::Error::Interrupted)));
+        assert!(matches!(
+            flag.check(),
+            Err(crate::error::Error::Interrupted)
+        ));
         let ctrl_c = CancelFlag::default();
         ctrl_c.cancel();
         assert_eq!(ctrl_c.signal(), Some(libc::SIGINT));
@@ -249,7 +252,7 @@ mod cancel_flag_tests {
         });
         let start = std::time::Instant::now();
         let r = flag.sleep(std::time::Duration::from_secs(30)).await;
-        assert!(matches!(r, Err(crate::Error::Interrupted)), "{r:?}");
+        assert!(matches!(r, Err(crate::error::Error::Interrupted)), "{r:?}");
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
         assert!(
             CancelFlag::default()

@@ -22,7 +22,7 @@ use super::format::INFO_PATH;
 use super::threads::resolve_threads;
 use super::{ArchiveInfo, CancelFlag, EntryKind, VerifyReport, pgzip};
 use crate::error::{Error, IoContext, Result};
-use crate::{Phase, Progress};
+use crate::progress::{Phase, Progress};
 
 const BUF: usize = 1 << 20;
 

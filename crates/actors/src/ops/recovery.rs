@@ -27,10 +27,10 @@ use nuwax_store::{BackupCompletion, BackupStatus, Operation, OperationKind, Oper
 use super::backup::BackupJournal;
 use super::rollback::RollbackJournal;
 use super::{Ctx, rollback, services, upgrade};
-use crate::Error;
 use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::store_actor::StoreMsg;
 use crate::archive::CancelFlag;
+use crate::error::Error;
 use crate::error::Result;
 use crate::lock::pid_alive;
 use crate::progress::Progress;
@@ -258,7 +258,7 @@ pub(crate) async fn recover(ctx: &Ctx) -> Result<RecoveryOutcome> {
 
 pub(crate) async fn recover_backup(ctx: &Ctx, op: &Operation) -> Result<String> {
     let j: BackupJournal = serde_json::from_value(op.details.clone()).map_err(|e| {
-        crate::Error::Internal(format!("unreadable journal of operation {}: {e}", op.id))
+        crate::error::Error::Internal(format!("unreadable journal of operation {}: {e}", op.id))
     })?;
     let dest = ctx.storage_archive_path(&j.dest)?;
     let partial = super::backup::partial_path(&dest);
@@ -331,7 +331,7 @@ pub(crate) async fn recover_backup(ctx: &Ctx, op: &Operation) -> Result<String> 
 
 pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String> {
     let j: RollbackJournal = serde_json::from_value(op.details.clone()).map_err(|e| {
-        crate::Error::Internal(format!("unreadable journal of operation {}: {e}", op.id))
+        crate::error::Error::Internal(format!("unreadable journal of operation {}: {e}", op.id))
     })?;
     let compose_dir = &ctx.settings.paths.compose_dir;
     let plan = j.plan.clone().map(|p| p.checked(compose_dir)).transpose()?;

@@ -277,7 +277,11 @@ pub(crate) async fn rollback_inner(
         .filter(|c| crate::docker::policy::is_active(&c.state))
         .collect();
     if !running.is_empty() {
-        progress.phase(crate::Phase::Stopping, None, Some(running.len() as u64));
+        progress.phase(
+            crate::progress::Phase::Stopping,
+            None,
+            Some(running.len() as u64),
+        );
         journal.stopped = running.clone();
         ctx.set_phase(op, "stopping", journal).await?;
         ctx.docker(|r| DockerMsg::Stop(running.clone(), progress.clone(), r))
@@ -296,7 +300,11 @@ pub(crate) async fn rollback_inner(
     let plan = ctx
         .swap_prepare(&journal.work_dir, &filter, &excludes)
         .await?;
-    progress.phase(crate::Phase::Swapping, None, Some(plan.items.len() as u64));
+    progress.phase(
+        crate::progress::Phase::Swapping,
+        None,
+        Some(plan.items.len() as u64),
+    );
     journal.plan = Some(plan.clone());
     ctx.set_phase(op, "swapping", journal).await?;
     crate::faults::point("rollback.before_swap");

@@ -403,7 +403,8 @@ pub(crate) async fn roll_back_upgrade(
     };
     let upgrade_id = journal.upgrade_id;
     finish_upgrade(ctx, op, upgrade_id, outcome, Some(err.to_string())).await?;
-    if outcome == UpgradeOutcome::RolledBack && cause.kind() == crate::ErrorKind::Interrupted {
+    if outcome == UpgradeOutcome::RolledBack && cause.kind() == crate::error::ErrorKind::Interrupted
+    {
         // Interrupted and fully rolled back: the exit code says interrupted (128 + signal).
         return Err(Error::Interrupted);
     }

@@ -52,18 +52,18 @@ impl Refusal {
     }
 
     /// Converts to the crate error for an archive at `archive`.
-    pub(in crate::archive) fn into_error(self, archive: &std::path::Path) -> crate::Error {
+    pub(in crate::archive) fn into_error(self, archive: &std::path::Path) -> crate::error::Error {
         match self {
-            Refusal::Unsafe { entry, reason } => crate::Error::UnsafeEntry {
+            Refusal::Unsafe { entry, reason } => crate::error::Error::UnsafeEntry {
                 path: archive.to_path_buf(),
                 entry,
                 reason,
             },
-            Refusal::Corrupt(detail) | Refusal::Broken(detail) => crate::Error::Corrupt {
+            Refusal::Corrupt(detail) | Refusal::Broken(detail) => crate::error::Error::Corrupt {
                 path: archive.to_path_buf(),
                 detail,
             },
-            Refusal::Io(e) => crate::Error::io("cannot read archive", archive, e),
+            Refusal::Io(e) => crate::error::Error::io("cannot read archive", archive, e),
         }
     }
 
