@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 
-use crate::model::{BackupCompletion, NewBackup, OperationKind, OperationState};
+use crate::model::{BackupCompletion, NewBackup, OperationKind, OperationState, UpgradeOutcome};
 use crate::{Result, Store};
 
 impl Store {
@@ -53,6 +53,49 @@ impl Store {
         let tx = self.conn.unchecked_transaction()?;
         self.fail_backup(id, error, Utc::now())?;
         self.finish_operation(op, OperationState::Failed, Some(error))?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Begins an upgrade: its history row and its operation row (journal `details`, with
+    /// `upgrade_id` filled in), in one transaction. Returns (operation id, upgrade id).
+    pub fn begin_upgrade_operation(
+        &self,
+        from_version: &str,
+        to_version: &str,
+        pid: u32,
+        boot_id: &str,
+        mut details: serde_json::Value,
+    ) -> Result<(i64, i64)> {
+        let tx = self.conn.unchecked_transaction()?;
+        let upgrade = self.begin_upgrade(from_version, to_version, Utc::now())?;
+        if let Some(map) = details.as_object_mut() {
+            map.insert("upgrade_id".into(), upgrade.into());
+        }
+        let op = self.begin_operation(OperationKind::Upgrade, pid, boot_id, &details)?;
+        tx.commit()?;
+        Ok((op, upgrade))
+    }
+
+    /// Ends upgrade `upgrade` with `outcome` and its operation `op` (succeeded only when the
+    /// upgrade did), in one transaction.
+    pub fn finish_upgrade_operation(
+        &self,
+        op: i64,
+        upgrade: i64,
+        outcome: UpgradeOutcome,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        self.finish_upgrade(upgrade, outcome, error, Utc::now())?;
+        let state = if outcome == UpgradeOutcome::Succeeded {
+            OperationState::Succeeded
+        } else {
+            OperationState::Failed
+        };
+        self.finish_operation(op, state, error)?;
         tx.commit()?;
         Ok(())
     }
@@ -119,6 +162,25 @@ mod tests {
             s.get_operation(op2).unwrap().unwrap().state,
             OperationState::Failed
         );
+    }
+
+    #[test]
+    fn an_upgrade_begins_and_finishes_with_its_operation() {
+        let s = Store::open_in_memory().unwrap();
+        let (op, up) = s
+            .begin_upgrade_operation("1", "2", 42, "boot", serde_json::json!({"to_version": "2"}))
+            .unwrap();
+        let o = s.get_operation(op).unwrap().unwrap();
+        assert_eq!(o.details["upgrade_id"], up);
+        assert_eq!(o.state, OperationState::Running);
+        s.finish_upgrade_operation(op, up, crate::UpgradeOutcome::RolledBack, Some("boom"))
+            .unwrap();
+        assert_eq!(
+            s.get_operation(op).unwrap().unwrap().state,
+            OperationState::Failed
+        );
+        let u = &s.list_upgrades().unwrap()[0];
+        assert_eq!(u.outcome, crate::UpgradeOutcome::RolledBack);
     }
 
     #[test]

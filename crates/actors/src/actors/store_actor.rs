@@ -106,6 +106,10 @@ pub(crate) enum StoreMsg {
         setting: Option<(String, String)>,
         reply: Reply<()>,
     },
+    /// Use case: an upgrade's history row and operation row; replies (operation id, upgrade id).
+    BeginUpgradeOperation(String, String, serde_json::Value, Reply<(i64, i64)>),
+    /// Use case: the upgrade ends with an outcome, and its operation with it.
+    FinishUpgradeOperation(i64, i64, UpgradeOutcome, Option<String>, Reply<()>),
     /// Use case: backup and operation failed with the reason.
     FailBackupOperation(i64, i64, String, Reply<()>),
     CompleteBackup(i64, BackupCompletion, Reply<()>),
@@ -119,7 +123,6 @@ pub(crate) enum StoreMsg {
     GetSetting(String, Reply<Option<String>>),
     FindBackupByPath(std::path::PathBuf, Reply<Option<BackupRecord>>),
     InsertCompletedBackup(Box<BackupRecord>, Reply<i64>),
-    BeginUpgrade(String, String, Reply<i64>),
     SetUpgradeBackup(i64, i64, Reply<()>),
     FinishUpgrade(i64, UpgradeOutcome, Option<String>, Reply<()>),
     ListUpgrades(Reply<Vec<UpgradeRecord>>),
@@ -219,6 +222,22 @@ impl Actor for StoreActor {
                 })
                 .await,
             ),
+            StoreMsg::BeginUpgradeOperation(from, to, details, r) => {
+                let boot = crate::lock::boot_id();
+                reply(
+                    r,
+                    st.run(move |s| s.begin_upgrade_operation(&from, &to, pid, &boot, details))
+                        .await,
+                )
+            }
+            StoreMsg::FinishUpgradeOperation(op, up, outcome, error, r) => reply(
+                r,
+                st.run(move |s| s.finish_upgrade_operation(op, up, outcome, error.as_deref()))
+                    .await,
+            ),
+            StoreMsg::SetUpgradeBackup(id, b, r) => {
+                reply(r, st.run(move |s| s.set_upgrade_backup(id, b)).await)
+            }
             StoreMsg::FailBackupOperation(op, id, e, r) => reply(
                 r,
                 st.run(move |s| s.fail_backup_operation(op, id, &e)).await,
@@ -260,14 +279,6 @@ impl Actor for StoreActor {
             }
             StoreMsg::InsertCompletedBackup(rec, r) => {
                 reply(r, st.run(move |s| s.insert_completed_backup(&rec)).await)
-            }
-            StoreMsg::BeginUpgrade(from, to, r) => reply(
-                r,
-                st.run(move |s| s.begin_upgrade(&from, &to, Utc::now()))
-                    .await,
-            ),
-            StoreMsg::SetUpgradeBackup(id, b, r) => {
-                reply(r, st.run(move |s| s.set_upgrade_backup(id, b)).await)
             }
             StoreMsg::FinishUpgrade(id, outcome, e, r) => reply(
                 r,

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use nuwax_store::{BackupType, OperationKind, OperationState, UpgradeOutcome};
+use nuwax_store::{BackupType, UpgradeOutcome};
 use serde::{Deserialize, Serialize};
 
 use super::rollback::{RollbackRequest, RollbackScope};
@@ -137,29 +137,25 @@ pub(crate) async fn upgrade(
     let health_timeout = req
         .health_timeout
         .unwrap_or(Duration::from_secs(cfg.upgrade.health_timeout));
-    let upgrade_id = {
-        let (f, t) = (from.clone(), to.clone());
-        ctx.store(|r| StoreMsg::BeginUpgrade(f, t, r)).await?
-    };
     let compose = ctx.compose_or_bare();
     let containers = ctx.containers(&compose).await?;
     let running = services::running_persistent(&compose, containers.as_deref());
     let mut journal = UpgradeJournal {
-        upgrade_id,
+        upgrade_id: 0,
         from_version: from.clone(),
         to_version: to.clone(),
         stopped: running.clone(),
         ..Default::default()
     };
-    let op = ctx
-        .store(|r| {
-            StoreMsg::BeginOperation(
-                OperationKind::Upgrade,
-                serde_json::to_value(&journal).unwrap_or_default(),
-                r,
-            )
-        })
-        .await?;
+    // One use case, one transaction: the upgrade's history row and its journal row.
+    let details = serde_json::to_value(&journal)
+        .map_err(|e| Error::Internal(format!("cannot encode journal: {e}")))?;
+    let (op, upgrade_id) = {
+        let (f, t) = (from.clone(), to.clone());
+        ctx.store(|r| StoreMsg::BeginUpgradeOperation(f, t, details, r))
+            .await?
+    };
+    journal.upgrade_id = upgrade_id;
 
     // Stop and back up: no backup, no upgrade.
     let backup = async {
@@ -418,15 +414,7 @@ pub(crate) async fn finish_upgrade(
     outcome: UpgradeOutcome,
     error: Option<String>,
 ) -> Result<()> {
-    let e2 = error.clone();
-    ctx.store(|r| StoreMsg::FinishUpgrade(upgrade_id, outcome, e2, r))
-        .await?;
-    let state = if outcome == UpgradeOutcome::Succeeded {
-        OperationState::Succeeded
-    } else {
-        OperationState::Failed
-    };
-    ctx.store(|r| StoreMsg::FinishOperation(op, state, error, r))
+    ctx.store(|r| StoreMsg::FinishUpgradeOperation(op, upgrade_id, outcome, error, r))
         .await
 }
 
