@@ -2,19 +2,18 @@
 //!
 //! Design note: the upgrade runner records the new service version with
 //! [`set_service_version`] after an upgrade. The file is edited with `toml_edit`, so every
-//! comment, key order and unrelated key survives, and replaced atomically: the new text goes
-//! to `<file>.tmp-<pid>` in the same directory, is fsynced, renamed over the file, and the
-//! directory is fsynced. A crash leaves either the old or the new file, never half of one. The
-//! file's permission bits are kept; a symlinked `config.toml` is edited at its target so the
-//! link survives.
+//! comment, key order and unrelated key survives, and replaced atomically
+//! ([`crate::fsutil::write_atomically`]): the new text goes to `<file>.tmp-<pid>` in the same
+//! directory, is fsynced, renamed over the file, and the directory is fsynced. A crash leaves
+//! either the old or the new file, never half of one. The file's permission bits are kept; a
+//! symlinked `config.toml` is edited at its target so the link survives.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use toml_edit::{DocumentMut, Item, Table, Value};
 
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::write_atomically;
 
 /// Sets `[versions] docker_service = "<version>"` in `config_file`, adding the key or the
 /// section if needed and creating the file (with only that section) if it does not exist.
@@ -78,47 +77,6 @@ fn resolve_symlink(path: &Path) -> Result<PathBuf> {
         }
         _ => Ok(path.to_path_buf()),
     }
-}
-
-/// Replaces `path` with `contents`: temp file in the same dir, fsync, rename, fsync the dir.
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let permissions = match std::fs::metadata(path) {
-        Ok(m) => Some(m.permissions()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io("cannot stat config file", path, e)),
-    };
-
-    let write = || -> Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .ctx("cannot create temporary config file", &tmp)?;
-        file.write_all(contents)
-            .ctx("cannot write temporary config file", &tmp)?;
-        if let Some(p) = permissions {
-            file.set_permissions(p)
-                .ctx("cannot set permissions of temporary config file", &tmp)?;
-        }
-        file.sync_all()
-            .ctx("cannot sync temporary config file", &tmp)?;
-        std::fs::rename(&tmp, path).ctx("cannot replace config file", path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .ctx("cannot sync directory of config file", &dir)
 }
 
 #[cfg(test)]

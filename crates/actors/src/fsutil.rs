@@ -1,5 +1,14 @@
-//! Filesystem helpers shared by the swap engine, recovery and maintenance: durable syncs,
-//! mount points, and the one function that deletes trees.
+//! Filesystem helpers shared by the archive writer, the swap engine, recovery and maintenance:
+//! partial paths, atomic writes and copies, durable syncs, mount points, and the one function
+//! that deletes trees.
+//!
+//! Design note: a file that must never be seen half written (an archive, a copied archive,
+//! `config.toml`) is written under a temporary name in its final directory, fsynced, renamed
+//! over its final name, and the directory fsynced ([`write_atomically`], [`copy_atomically`];
+//! the archive writer does the same steps around its own guard). A crash leaves the old file or
+//! the new one, plus at most a temporary file. Archives use [`partial_path`] (`<name>.partial`)
+//! because start-up recovery, `reindex` and `import` recognise that name ([`is_partial`]);
+//! small files any process may rewrite use `<name>.tmp-<pid>` so two writers never share one.
 //!
 //! Design note: [`remove_path`] is the only way this crate deletes a directory tree, and it
 //! never deletes through a mount point: a tree with anything mounted at or below it is
@@ -132,6 +141,98 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("cannot sync directory", dir)
 }
 
+/// fsyncs the directory holding `path` (`.` for a bare file name): makes a rename to `path`
+/// durable.
+pub fn sync_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// The suffix of a file still being written (or left by a crash) under its final name.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// `<dest>.partial`: where `dest` is written before it is renamed into place.
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(PARTIAL_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// `true` when `path`'s file name ends in `.partial`: never a finished file, whatever its
+/// content.
+pub fn is_partial(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_bytes().ends_with(PARTIAL_SUFFIX.as_bytes()))
+}
+
+/// `<path>.tmp-<pid>` in the same directory: the temporary file of [`write_atomically`].
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join(name),
+        _ => PathBuf::from(name),
+    }
+}
+
+/// The one commit sequence of an atomic replacement: `fill` writes `temp` and returns it
+/// open; it is fsynced and renamed over `target`, then `target`'s directory is fsynced. On
+/// any failure before the rename `temp` is removed; `target` is never seen half written.
+fn replace_with(
+    temp: &Path,
+    target: &Path,
+    fill: impl FnOnce(&Path) -> Result<std::fs::File>,
+) -> Result<()> {
+    let result = (|| {
+        let file = fill(temp)?;
+        file.sync_all().ctx("cannot sync", temp)?;
+        drop(file);
+        std::fs::rename(temp, target).ctx("cannot rename into place", target)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(temp);
+        return Err(e);
+    }
+    sync_parent(target)
+}
+
+/// Replaces (or creates) `path` with `contents` atomically, through `<path>.tmp-<pid>`. The
+/// permission bits of an existing `path` are kept.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let permissions = match std::fs::metadata(path) {
+        Ok(m) => Some(m.permissions()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io("cannot stat", path, e)),
+    };
+    replace_with(&temp_path(path), path, |tmp| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)
+            .ctx("cannot create temporary file", tmp)?;
+        file.write_all(contents)
+            .ctx("cannot write temporary file", tmp)?;
+        if let Some(p) = permissions {
+            file.set_permissions(p)
+                .ctx("cannot set permissions of temporary file", tmp)?;
+        }
+        Ok(file)
+    })
+}
+
+/// Copies `from` to `to` atomically, through `<to>.partial` (so an interrupted copy into the
+/// storage dir is recognised and cleaned up like an interrupted backup).
+pub fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    replace_with(&partial_path(to), to, |partial| {
+        std::fs::copy(from, partial).ctx("cannot copy archive", partial)?;
+        std::fs::File::open(partial).ctx("cannot open", partial)
+    })
+}
+
 /// `true` when this process runs as root (ownership is then restored).
 pub fn is_root() -> bool {
     #[allow(unsafe_code)]
@@ -180,5 +281,77 @@ mod tests {
             "a symlink's target is never touched"
         );
         remove_path(&tree).unwrap();
+    }
+
+    #[test]
+    fn partial_paths() {
+        let p = partial_path(Path::new("/s/backup_v1.tar.gz"));
+        assert_eq!(p, Path::new("/s/backup_v1.tar.gz.partial"));
+        assert!(is_partial(&p));
+        assert!(is_partial(Path::new("x.partial")));
+        assert!(!is_partial(Path::new("/s/backup_v1.tar.gz")));
+        assert!(!is_partial(Path::new("/s/x.partial/y")));
+    }
+
+    /// Names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn write_atomically_replaces_keeps_mode_and_leaves_no_temp() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("config.toml");
+        write_atomically(&f, b"a = 1\n").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"a = 1\n");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(&f, b"a = 2\n").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"a = 2\n");
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(names(t.path()), ["config.toml"]);
+    }
+
+    #[test]
+    fn write_atomically_failure_leaves_the_old_file_and_no_temp() {
+        let t = tempfile::tempdir().unwrap();
+        // The target is a directory: the rename fails after the temp file was written.
+        let f = t.path().join("taken");
+        std::fs::create_dir(&f).unwrap();
+        std::fs::write(f.join("inside"), b"x").unwrap();
+        assert!(write_atomically(&f, b"new").is_err());
+        assert!(f.join("inside").exists());
+        assert_eq!(names(t.path()), ["taken"]);
+    }
+
+    #[test]
+    fn copy_atomically_copies_and_cleans_up_its_partial() {
+        let t = tempfile::tempdir().unwrap();
+        let from = t.path().join("a.tar.gz");
+        std::fs::write(&from, b"archive").unwrap();
+        let dir = t.path().join("store");
+        std::fs::create_dir(&dir).unwrap();
+        let to = dir.join("a.tar.gz");
+        copy_atomically(&from, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"archive");
+        assert_eq!(names(&dir), ["a.tar.gz"]);
+
+        // A failed copy leaves neither the file nor its `.partial`.
+        let err = copy_atomically(&t.path().join("missing"), &dir.join("b.tar.gz")).unwrap_err();
+        assert!(err.to_string().contains("b.tar.gz.partial"), "{err}");
+        assert_eq!(names(&dir), ["a.tar.gz"]);
+        // Nor does one whose rename fails.
+        std::fs::create_dir(dir.join("c.tar.gz")).unwrap();
+        std::fs::write(dir.join("c.tar.gz/x"), b"x").unwrap();
+        assert!(copy_atomically(&from, &dir.join("c.tar.gz")).is_err());
+        assert_eq!(names(&dir), ["a.tar.gz", "c.tar.gz"]);
     }
 }

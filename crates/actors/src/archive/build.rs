@@ -34,6 +34,7 @@ use super::threads::resolve_threads;
 use super::{BuildOptions, BuildReport, CancelFlag, EntryKind, META_DIR, ManifestEntry};
 use crate::config::INTERNAL_PREFIX;
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{partial_path, sync_parent};
 use crate::progress::{Phase, Progress};
 
 /// Read buffer for file contents.
@@ -143,22 +144,6 @@ fn exists(path: &Path) -> Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io("cannot check", path, e)),
     }
-}
-
-fn partial_path(dest: &Path) -> PathBuf {
-    let mut s = dest.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
-}
-
-fn sync_parent(path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .ctx("cannot sync directory", parent)
 }
 
 /// Removes `<dest>.partial` unless disarmed (after the rename).

@@ -15,6 +15,7 @@ use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::docker_actor::DockerMsg;
 use crate::actors::store_actor::StoreMsg;
 use crate::error::{Error, Result};
+use crate::fsutil::partial_path;
 use crate::progress::Progress;
 
 /// Settings key: archive size / source bytes of the last backup (for the space preflight).
@@ -273,12 +274,6 @@ pub(crate) async fn images_after_gate(
             image_id: g.container.image_id.clone(),
         })
         .collect())
-}
-
-pub(crate) fn partial_path(dest: &Path) -> PathBuf {
-    let mut s = dest.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
 }
 
 /// `backup_{type}_v{version}_{UTC}.tar.gz`, with `_2`, `_3`... when taken.

@@ -11,15 +11,14 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 
-use super::backup::partial_path;
 use super::{BackupEntry, Ctx};
 use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::store_actor::StoreMsg;
 use crate::archive::CancelFlag;
 use crate::archive::VerifyReport;
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, copy_atomically};
 use crate::progress::Progress;
-use crate::restore;
 use crate::retention::{Decision, KeepRules, REASON_MISSING};
 
 /// What `reindex` did.
@@ -41,10 +40,7 @@ pub struct ReindexReport {
 /// whatever its content. `import` refuses it (exit 2), `reindex` skips it, and nothing adopts
 /// it into the catalog.
 pub(crate) fn refuse_partial(path: &Path) -> Result<()> {
-    let partial = path
-        .file_name()
-        .is_some_and(|n| n.as_encoded_bytes().ends_with(b".partial"));
-    if partial {
+    if fsutil::is_partial(path) {
         return Err(Error::Usage(format!(
             "{} is a .partial file: an archive that was never finished (a backup still running, or one interrupted), not a backup; import only complete .tar.gz archives",
             path.display()
@@ -56,25 +52,6 @@ pub(crate) fn refuse_partial(path: &Path) -> Result<()> {
 /// The archive file exists (as a regular file), as `BackupEntry::file_exists` says it.
 fn archive_present(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file())
-}
-
-fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
-    let partial = partial_path(to);
-    let result = (|| {
-        std::fs::copy(from, &partial).ctx("cannot copy archive", &partial)?;
-        std::fs::File::open(&partial)
-            .and_then(|f| f.sync_all())
-            .ctx("cannot sync", &partial)?;
-        std::fs::rename(&partial, to).ctx("cannot rename into place", to)?;
-        if let Some(parent) = to.parent() {
-            crate::restore::sync_dir(parent)?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    result
 }
 
 /// Applies retention rules. With `dry_run`, only says what it would do.
@@ -281,7 +258,7 @@ pub(crate) async fn delete_backup(ctx: &Ctx, id: i64) -> Result<BackupEntry> {
     let path = ctx.storage_archive_path(&entry.record.file_path)?;
     if std::fs::symlink_metadata(&path).is_ok() {
         std::fs::remove_file(&path).ctx("cannot delete archive", &path)?;
-        restore::sync_dir(&ctx.settings.paths.storage_dir)?;
+        fsutil::sync_dir(&ctx.settings.paths.storage_dir)?;
     }
     ctx.store(|r| StoreMsg::DeleteBackup(id, r)).await?;
     Ok(entry)

@@ -32,6 +32,7 @@ use crate::actors::store_actor::StoreMsg;
 use crate::archive::CancelFlag;
 use crate::error::Error;
 use crate::error::Result;
+use crate::fsutil;
 use crate::lock::pid_alive;
 use crate::progress::Progress;
 use crate::restore;
@@ -231,7 +232,7 @@ pub(crate) async fn recover(ctx: &Ctx) -> Result<RecoveryOutcome> {
             );
             ctx.store(|r| StoreMsg::FailBackup(rec.id, msg, r)).await?;
             if let Ok(dest) = ctx.storage_archive_path(&rec.file_path) {
-                let _ = restore::remove_path(&super::backup::partial_path(&dest));
+                let _ = restore::remove_path(&fsutil::partial_path(&dest));
             }
             notes.push(format!(
                 "backup {} was left running by a dead process; marked Failed",
@@ -242,13 +243,19 @@ pub(crate) async fn recover(ctx: &Ctx) -> Result<RecoveryOutcome> {
     // Partial archives no journal row explains (should not exist; be thorough).
     if let Ok(rd) = std::fs::read_dir(&ctx.settings.paths.storage_dir) {
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".tar.gz.partial")
+            // `<name>.tar.gz.partial`: an unfinished archive.
+            let path = e.path();
+            if fsutil::is_partial(&path)
+                && path
+                    .with_extension("")
+                    .to_string_lossy()
+                    .ends_with(".tar.gz")
                 && e.file_type().is_ok_and(|t| t.is_file())
             {
-                let _ = std::fs::remove_file(e.path());
+                let _ = std::fs::remove_file(&path);
                 notes.push(format!(
                     "removed an incomplete archive left behind: {}",
-                    e.path().display()
+                    path.display()
                 ));
             }
         }
@@ -261,7 +268,7 @@ pub(crate) async fn recover_backup(ctx: &Ctx, op: &Operation) -> Result<String> 
         crate::error::Error::Internal(format!("unreadable journal of operation {}: {e}", op.id))
     })?;
     let dest = ctx.storage_archive_path(&j.dest)?;
-    let partial = super::backup::partial_path(&dest);
+    let partial = fsutil::partial_path(&dest);
     if j.partial != partial {
         return Err(Error::UnsafePath {
             what: "journaled partial archive",
