@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nuwax_actors::docker::engine::{self, Engine};
 use nuwax_actors::docker::{
-    ComposeProject, ComposeService, ContainerInfo, ProjectIdentity, compose, policy,
+    ComposeProject, ComposeService, ContainerInfo, ContainerState, ProjectIdentity, compose, policy,
 };
 use nuwax_actors::{Error, Progress, ProgressEvent};
 
@@ -356,7 +356,7 @@ async fn gate_blocks_on_persistent_containers_of_its_own_project_only() {
 
     let db_info = by_name(&containers, &db);
     assert_eq!(db_info.service.as_deref(), Some("db"));
-    assert_eq!(db_info.state, "running");
+    assert_eq!(db_info.state, ContainerState::Running);
     assert_eq!(db_info.restart_policy, "unless-stopped");
     assert_eq!(db_info.image, IMAGE);
     assert!(
@@ -366,7 +366,7 @@ async fn gate_blocks_on_persistent_containers_of_its_own_project_only() {
     );
     assert_eq!(db_info.health, None);
     assert_eq!(by_name(&containers, &job).restart_policy, "no");
-    assert_eq!(by_name(&containers, &done).state, "exited");
+    assert_eq!(by_name(&containers, &done).state, ContainerState::Exited);
 
     let report = policy::gate(&a.name, &compose, &containers);
     assert_eq!(names(&report.blocking), [db.clone(), ghost.clone()]);
@@ -380,7 +380,7 @@ async fn gate_blocks_on_persistent_containers_of_its_own_project_only() {
         .project_containers(&ProjectIdentity::named(&a.name))
         .await
         .unwrap();
-    assert_eq!(by_name(&containers, &db).state, "paused");
+    assert_eq!(by_name(&containers, &db).state, ContainerState::Paused);
     let report = policy::gate(&a.name, &compose, &containers);
     assert_eq!(names(&report.blocking), [db.clone(), ghost.clone()]);
 
@@ -570,7 +570,7 @@ async fn compose_up_then_wait_healthy() {
     // A full stop/start cycle through the engine comes back healthy too.
     let running: Vec<ContainerInfo> = containers
         .iter()
-        .filter(|c| c.state == "running")
+        .filter(|c| c.state == ContainerState::Running)
         .cloned()
         .collect();
     let stopped = engine.stop_containers(&running).await.unwrap();

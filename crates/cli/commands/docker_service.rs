@@ -138,7 +138,7 @@ async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<E
         .map(|s| ServiceJson {
             service: s.container.service.clone(),
             container: s.container.name.clone(),
-            state: s.container.state.clone(),
+            state: s.container.state.to_string(),
             health: s.container.health.clone(),
             restart_policy: s.container.restart_policy.clone(),
             image: s.container.image.clone(),

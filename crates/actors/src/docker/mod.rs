@@ -84,6 +84,88 @@ impl ProjectIdentity {
     }
 }
 
+/// A container's engine state (`State.Status`), as the engine spells it in JSON and journals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    /// Newer engines, while the stop signal is being handled: the process still runs.
+    Stopping,
+    /// A state this build does not know; kept as the engine wrote it.
+    Other(String),
+}
+
+impl ContainerState {
+    pub fn parse(s: &str) -> ContainerState {
+        match s {
+            "created" => ContainerState::Created,
+            "running" => ContainerState::Running,
+            "paused" => ContainerState::Paused,
+            "restarting" => ContainerState::Restarting,
+            "removing" => ContainerState::Removing,
+            "exited" => ContainerState::Exited,
+            "dead" => ContainerState::Dead,
+            "stopping" => ContainerState::Stopping,
+            other => ContainerState::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Paused => "paused",
+            ContainerState::Restarting => "restarting",
+            ContainerState::Removing => "removing",
+            ContainerState::Exited => "exited",
+            ContainerState::Dead => "dead",
+            ContainerState::Stopping => "stopping",
+            ContainerState::Other(s) => s,
+        }
+    }
+
+    /// The one definition of *active*: the container is (or is about to be) using its data,
+    /// so a cold backup must not run and a rollback must stop it first.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            ContainerState::Running
+                | ContainerState::Restarting
+                | ContainerState::Paused
+                | ContainerState::Stopping
+        )
+    }
+}
+
+impl From<&str> for ContainerState {
+    fn from(s: &str) -> Self {
+        ContainerState::parse(s)
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ContainerState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ContainerState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ContainerState::parse(&String::deserialize(d)?))
+    }
+}
+
 /// One container of the project as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerInfo {
@@ -92,8 +174,8 @@ pub struct ContainerInfo {
     pub name: String,
     /// `com.docker.compose.service` label.
     pub service: Option<String>,
-    /// Engine state: `created`, `running`, `paused`, `restarting`, `removing`, `exited`, `dead`.
-    pub state: String,
+    /// Engine state (`State.Status`).
+    pub state: ContainerState,
     /// `healthy`, `unhealthy`, `starting`, or `None` without a healthcheck.
     pub health: Option<String>,
     /// `HostConfig.RestartPolicy.Name` (`no` when empty).

@@ -20,10 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{ComposeProject, ComposeService, ContainerInfo, GateEntry, GateReport};
 
-/// Engine states in which a container is (or is about to be) using its data. `stopping`
-/// (newer engines) still has its process running.
-pub fn is_active(state: &str) -> bool {
-    matches!(state, "running" | "restarting" | "paused" | "stopping")
+/// Engine states in which a container is (or is about to be) using its data (see
+/// [`ContainerState::is_active`], the one definition).
+pub fn is_active(state: &super::ContainerState) -> bool {
+    state.is_active()
 }
 
 /// `true` only when the compose service explicitly says `restart: "no"` (or `false`) and the
@@ -203,7 +203,7 @@ mod tests {
             id: format!("id-{name}"),
             name: name.to_string(),
             service: service.map(String::from),
-            state: state.to_string(),
+            state: state.into(),
             health: None,
             restart_policy: policy.to_string(),
             image: "img".into(),

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use super::lifecycle::DEPENDENCY_TIMEOUT;
 use super::{Engine, POLL, label, truncate};
 use crate::archive::CancelFlag;
-use crate::docker::{ComposeProject, ContainerInfo, policy};
+use crate::docker::{ComposeProject, ContainerInfo, ContainerState, policy};
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress};
 
@@ -45,8 +45,8 @@ pub(super) enum Readiness {
 
 impl Probe {
     pub(super) fn readiness(&self, now: chrono::DateTime<chrono::Utc>) -> Readiness {
-        match self.info.state.as_str() {
-            "running" => match self.info.health.as_deref() {
+        match &self.info.state {
+            ContainerState::Running => match self.info.health.as_deref() {
                 // Without a healthcheck, "running" is all there is to know; a process that
                 // dies at once (the usual crash loop: bad config, missing file) is caught
                 // by not trusting the first second.
@@ -62,7 +62,7 @@ impl Probe {
                     Readiness::Pending(format!("health: {other}{}", self.health_suffix()))
                 }
             },
-            "exited" | "dead" => Readiness::Failed {
+            ContainerState::Exited | ContainerState::Dead => Readiness::Failed {
                 reason: format!(
                     "{} with code {}",
                     self.info.state,
@@ -71,12 +71,12 @@ impl Probe {
                 ),
                 exited: true,
             },
-            "restarting" => Readiness::Pending(format!(
+            ContainerState::Restarting => Readiness::Pending(format!(
                 "restarting, last exit code {}",
                 self.exit_code
                     .map_or_else(|| "?".to_string(), |c| c.to_string())
             )),
-            other => Readiness::Pending(other.to_string()),
+            other => Readiness::Pending(other.as_str().to_string()),
         }
     }
 
@@ -234,12 +234,12 @@ impl Engine {
     /// The exit code of a crash-looping container's last run. While it is running again the
     /// engine reports 0 (the code is reset at start), so look for a moment between runs.
     async fn exit_code_between_runs(&self, probe: &Probe) -> Option<i64> {
-        if probe.info.state != "running" {
+        if probe.info.state != ContainerState::Running {
             return probe.exit_code;
         }
         for _ in 0..30 {
             match self.inspect(&probe.info.id).await {
-                Ok(Some(p)) if p.info.state != "running" => return p.exit_code,
+                Ok(Some(p)) if p.info.state != ContainerState::Running => return p.exit_code,
                 Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
                 _ => return None,
             }

@@ -17,7 +17,7 @@ use super::health::Probe;
 use super::{API_TIMEOUT, Engine, POLL, describe, truncate};
 use crate::archive::CancelFlag;
 use crate::docker::discovery::{self, Membership};
-use crate::docker::{ContainerInfo, ProjectIdentity, policy};
+use crate::docker::{ContainerInfo, ContainerState, ProjectIdentity, policy};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -196,7 +196,7 @@ impl Engine {
                         .map(|n| n.trim_start_matches('/').to_string())
                         .unwrap_or_else(|| id.clone());
                     // Stopped, it hides nothing a cold backup must know about.
-                    if policy::is_active(&state) {
+                    if ContainerState::parse(&state).is_active() {
                         ambiguous.push(format!("  {name} ({state}): {why}"));
                     } else {
                         tracing::debug!(container = %name, %why, "ambiguous stopped container left out");
@@ -249,7 +249,7 @@ impl Engine {
             return Ok(false);
         }
         let name = &container.name;
-        if current.info.state == "paused" {
+        if current.info.state == ContainerState::Paused {
             // A frozen process cannot handle SIGTERM: thaw it so it can shut down cleanly.
             self.call(
                 || format!("cannot unpause container {name}"),
@@ -311,9 +311,9 @@ impl Engine {
                 "cannot start container {name}: it no longer exists"
             )));
         };
-        match current.info.state.as_str() {
-            "running" | "restarting" => return Ok(()),
-            "paused" => {
+        match current.info.state {
+            ContainerState::Running | ContainerState::Restarting => return Ok(()),
+            ContainerState::Paused => {
                 return self
                     .call(
                         || format!("cannot unpause container {name}"),
@@ -378,7 +378,10 @@ fn probe_from(response: ContainerInspectResponse) -> Probe {
             .status
             .map(|s| s.to_string())
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "unknown".to_string()),
+            .map_or_else(
+                || ContainerState::Other("unknown".into()),
+                |s| ContainerState::parse(&s),
+            ),
         health: health_status.map(String::from),
         restart_policy,
         image: config.image.clone().unwrap_or_default(),
