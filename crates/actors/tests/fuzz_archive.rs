@@ -359,6 +359,7 @@ fn build_fixture(big: bool) -> Built {
     let dest = tmp.path().join("built.tar.gz");
     archive::build(
         &BuildOptions {
+            space_check: None,
             source_dir: src.clone(),
             dest: dest.clone(),
             exclude: vec![],

@@ -75,6 +75,19 @@ pub(super) fn build_inner(
     progress.phase(Phase::Scanning, None, None);
     let plan = scan(opts, excludes, progress, cancel)?;
     release_free_memory();
+    // The sizes a restore of each top-level item needs, from this scan (no second walk):
+    // recorded in info.json, and checked against the free space before anything is written.
+    let mut with_sizes = opts.clone();
+    with_sizes.info.top_level_bytes = top_level_bytes(&plan);
+    let opts = &with_sizes;
+    if let Some(check) = &opts.space_check {
+        let source: u64 = opts
+            .info
+            .top_level_bytes
+            .values()
+            .fold(0u64, |a, b| a.saturating_add(*b));
+        crate::space::ensure(&check.dir, (source as f64 * check.ratio) as u64)?;
+    }
     progress.phase(
         Phase::Archiving,
         Some(plan.total_bytes),
@@ -124,6 +137,27 @@ pub(super) fn build_inner(
         source_bytes: written.source_bytes,
         skipped_special: plan.special.len() as u64,
     })
+}
+
+/// Bytes a restore writes per top-level item: each regular file's allocated bytes (a sparse
+/// file's holes are kept by the restore), hard links and directories none.
+fn top_level_bytes(plan: &Plan) -> std::collections::BTreeMap<crate::relpath::TopName, u64> {
+    let mut sizes = std::collections::BTreeMap::new();
+    for item in &plan.items {
+        let Some(first) = item.rel.components().next() else {
+            continue;
+        };
+        let Ok(name) = crate::relpath::TopName::parse(first.as_os_str()) else {
+            continue;
+        };
+        let bytes = match item.kind {
+            ItemKind::File => item.meta.len.min(item.meta.blocks.saturating_mul(512)),
+            _ => 0,
+        };
+        let total: &mut u64 = sizes.entry(name).or_default();
+        *total = total.saturating_add(bytes);
+    }
+    sizes
 }
 
 /// Hands freed heap pages back to the kernel (glibc's `malloc_trim`). The scan's short-lived
@@ -237,6 +271,8 @@ struct Stat {
     dev: u64,
     ino: u64,
     nlink: u64,
+    /// 512-byte blocks allocated (a sparse file has fewer than its length).
+    blocks: u64,
 }
 
 impl Stat {
@@ -252,6 +288,7 @@ impl Stat {
             dev: m.dev(),
             ino: m.ino(),
             nlink: m.nlink(),
+            blocks: m.blocks(),
         }
     }
     fn file_type(&self) -> fs::FileType {

@@ -241,6 +241,7 @@ fn expected(src: &Path) -> BTreeMap<Vec<u8>, Node> {
 
 fn opts(src: &Path, dest: &Path) -> BuildOptions {
     BuildOptions {
+        space_check: None,
         source_dir: src.to_path_buf(),
         dest: dest.to_path_buf(),
         exclude: vec!["logs".parse().unwrap(), "./app/cache/".parse().unwrap()],
@@ -1039,4 +1040,42 @@ fn raw_names_survive() {
         .read_to_end(&mut buf)
         .unwrap();
     assert_eq!(buf, b"x");
+}
+
+#[test]
+fn the_build_takes_sizes_and_the_space_check_from_its_own_scan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = small_tree(tmp.path());
+    // A sparse file: 64 MiB long, a few KiB allocated; a restore keeps its holes.
+    let sparse = fs::File::create(src.join("data/sparse.img")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    drop(sparse);
+    let dest = tmp.path().join("s.tar.gz");
+    let r = build(
+        &opts(&src, &dest),
+        &Progress::none(),
+        &CancelFlag::default(),
+    )
+    .unwrap();
+    let info = read_info(&dest).unwrap();
+    let total: u64 = info.top_level_bytes.values().sum();
+    assert!(!info.top_level_bytes.is_empty());
+    assert!(
+        total < r.source_bytes,
+        "the sparse file counts its allocated bytes, not its length: {total} vs {}",
+        r.source_bytes
+    );
+    assert!(info.top_level_bytes.keys().any(|k| k.to_string() == "data"));
+
+    // Nothing fits: refused after the scan, before a byte is written.
+    let dest2 = tmp.path().join("t.tar.gz");
+    let mut o = opts(&src, &dest2);
+    o.space_check = Some(SpaceCheck {
+        dir: tmp.path().to_path_buf(),
+        ratio: 1e12,
+    });
+    let err = build(&o, &Progress::none(), &CancelFlag::default()).unwrap_err();
+    assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+    assert!(!dest2.exists());
+    assert!(!tmp.path().join("t.tar.gz.partial").exists());
 }

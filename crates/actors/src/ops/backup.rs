@@ -6,7 +6,7 @@ use nuwax_store::{BackupCompletion, BackupType, NewBackup};
 use serde::{Deserialize, Serialize};
 
 use super::BackupEntry;
-use crate::archive::{ArchiveInfo, BuildOptions, ImageRecord};
+use crate::archive::{ArchiveInfo, BuildOptions, ImageRecord, SpaceCheck};
 use crate::docker::{ComposeProject, ContainerInfo, GateReport};
 use std::path::{Path, PathBuf};
 
@@ -117,14 +117,9 @@ pub(crate) async fn backup_locked(
     backup_at_level(ctx, backup_type, compose, images, None, progress).await
 }
 
-/// What a backup checks before it writes anything, and what `auto-backup run` checks
-/// before it stops anything: the storage dir can be created and written to, and the
-/// estimated archive (source bytes x the last compression ratio, plus a margin) fits
-/// ([`Error::NoSpace`], exit 3). Returns the top-level sizes of the source.
-pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<std::collections::BTreeMap<String, u64>> {
-    let paths = &ctx.settings.paths;
-    let cfg = &ctx.settings.config;
-    let storage = &paths.storage_dir;
+/// The storage dir can be created and written to (refused with exit 3 otherwise).
+fn storage_usable(ctx: &Ctx) -> Result<()> {
+    let storage = &ctx.settings.paths.storage_dir;
     let unusable = |what: &str, e: std::io::Error| {
         Error::Refused(format!(
             "the backup storage dir {} {what}: {e}; fix its permissions or set [backup] storage_dir to a writable directory",
@@ -140,18 +135,35 @@ pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<std::collections::BTre
         .open(&probe)
         .map_err(|e| unusable("is not writable", e))?;
     let _ = std::fs::remove_file(&probe);
-    // Free-space preflight: source bytes x the last compression ratio, plus a margin.
-    let (dir, exclude) = (paths.compose_dir.clone(), cfg.backup.exclude.clone());
-    let sizes = super::blocking(move || crate::space::tree_bytes(&dir, &exclude)).await?;
-    let source: u64 = sizes.values().sum();
-    let ratio = ctx
+    Ok(())
+}
+
+/// Expected archive size / source bytes: the last backup's ratio with a margin, else 1.
+async fn expected_ratio(ctx: &Ctx) -> Result<f64> {
+    Ok(ctx
         .store(|r| StoreMsg::GetSetting(RATIO_KEY.into(), r))
         .await?
         .and_then(|s| s.parse::<f64>().ok())
         .filter(|r| r.is_finite() && *r > 0.0)
-        .map_or(1.0, |r| r.min(1.0) * 1.1);
-    crate::space::ensure(storage, (source as f64 * ratio) as u64)?;
-    Ok(sizes)
+        .map_or(1.0, |r| r.min(1.0) * 1.1))
+}
+
+/// The whole preflight, for callers that must know before they stop the services
+/// (`auto-backup run`, `upgrade`): the storage dir is usable and the compose dir's bytes
+/// times the expected ratio fit. This walks the tree once more than a plain `backup`, whose
+/// build checks the space from its own scan; while the services still run, that early
+/// estimate is all there is.
+pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<()> {
+    storage_usable(ctx)?;
+    let paths = &ctx.settings.paths;
+    let (dir, exclude) = (
+        paths.compose_dir.clone(),
+        ctx.settings.config.backup.exclude.clone(),
+    );
+    let sizes = super::blocking(move || crate::space::tree_bytes(&dir, &exclude)).await?;
+    let source = sizes.values().fold(0u64, |a, b| a.saturating_add(*b));
+    let ratio = expected_ratio(ctx).await?;
+    crate::space::ensure(&paths.storage_dir, (source as f64 * ratio) as u64)
 }
 
 /// [`Runtime::backup_locked`] with an optional compression level overriding the config.
@@ -165,7 +177,8 @@ pub(crate) async fn backup_at_level(
 ) -> Result<BackupEntry> {
     let paths = &ctx.settings.paths;
     let cfg = &ctx.settings.config;
-    let sizes = backup_preflight(ctx).await?;
+    storage_usable(ctx)?;
+    let ratio = expected_ratio(ctx).await?;
     let created_at = Utc::now();
     let version = ctx.settings.service_version();
     let dest = unique_archive_path(&paths.storage_dir, backup_type, &version, created_at);
@@ -197,6 +210,11 @@ pub(crate) async fn backup_at_level(
         dest: dest.clone(),
         exclude: cfg.backup.exclude.clone(),
         level: level.unwrap_or(cfg.backup.compression_level),
+        // Checked by the build from its own scan, before anything is written.
+        space_check: Some(SpaceCheck {
+            dir: paths.storage_dir.clone(),
+            ratio,
+        }),
         threads: 0,
         info: ArchiveInfo {
             format: crate::archive::FORMAT_VERSION,
@@ -209,10 +227,8 @@ pub(crate) async fn backup_at_level(
             data_paths: cfg.backup.data_paths.clone(),
             excluded: cfg.backup.exclude.clone(),
             images,
-            top_level_bytes: sizes
-                .into_iter()
-                .filter_map(|(k, v)| Some((crate::relpath::TopName::parse(&k).ok()?, v)))
-                .collect(),
+            // Filled in by the build from its scan.
+            top_level_bytes: Default::default(),
         },
     };
     let built = ctx

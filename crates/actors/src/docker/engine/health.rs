@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::StreamExt;
 
-use super::lifecycle::DEPENDENCY_TIMEOUT;
 use super::{Engine, POLL, label, truncate};
 use crate::archive::CancelFlag;
 use crate::docker::{ComposeProject, ContainerInfo, ContainerState, policy};
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress};
+
+/// How long [`Engine::start_containers`] waits for a dependency to become healthy before it
+/// starts the containers that depend on it.
+pub const DEPENDENCY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How long a container without a healthcheck must have been running to count as ready.
 const SETTLE: Duration = Duration::from_secs(1);

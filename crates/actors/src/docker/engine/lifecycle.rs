@@ -21,10 +21,6 @@ use crate::docker::{ContainerInfo, ContainerState, ProjectIdentity, policy};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
-/// How long [`Engine::start_containers`] waits for a dependency to become healthy before it
-/// starts the containers that depend on it.
-pub const DEPENDENCY_TIMEOUT: Duration = Duration::from_secs(180);
-
 const PROJECT_LABEL: &str = discovery::PROJECT_LABEL;
 const SERVICE_LABEL: &str = "com.docker.compose.service";
 const DEPENDS_ON_LABEL: &str = "com.docker.compose.depends_on";
@@ -103,7 +99,7 @@ impl Engine {
 
     /// Starts `containers` in dependency order, skipping those already running. Before a
     /// container starts, those of its dependencies that are in `containers` must run and, when
-    /// they have a healthcheck, be healthy (bounded by [`DEPENDENCY_TIMEOUT`]).
+    /// they have a healthcheck, be healthy (bounded by [`super::health::DEPENDENCY_TIMEOUT`]).
     #[cfg(any(test, feature = "test-support"))]
     pub async fn start_containers(&self, containers: &[ContainerInfo]) -> Result<()> {
         self.start_containers_cancellable(containers, &CancelFlag::default())

@@ -23,7 +23,7 @@ pub use compose_cli::compose_up;
 #[cfg(any(test, feature = "test-support"))]
 pub use endpoint::DEFAULT_SOCKET;
 #[cfg(any(test, feature = "test-support"))]
-pub use lifecycle::DEPENDENCY_TIMEOUT;
+pub use health::DEPENDENCY_TIMEOUT;
 
 use std::fmt;
 use std::future::Future;
