@@ -58,7 +58,6 @@ fn tree(dir: &Path) -> std::path::PathBuf {
 
 fn build_opts(src: &Path, dest: &Path) -> BuildOptions {
     BuildOptions {
-        space_check: None,
         source_dir: src.to_path_buf(),
         dest: dest.to_path_buf(),
         exclude: vec![],

@@ -75,19 +75,11 @@ pub(super) fn build_inner(
     progress.phase(Phase::Scanning, None, None);
     let plan = scan(opts, excludes, progress, cancel)?;
     release_free_memory();
-    // The sizes a restore of each top-level item needs, from this scan (no second walk):
-    // recorded in info.json, and checked against the free space before anything is written.
+    // The sizes a restore of each top-level item needs, recorded in info.json from this very
+    // scan (made with the services stopped), not from an earlier walk.
     let mut with_sizes = opts.clone();
     with_sizes.info.top_level_bytes = top_level_bytes(&plan);
     let opts = &with_sizes;
-    if let Some(check) = &opts.space_check {
-        let source: u64 = opts
-            .info
-            .top_level_bytes
-            .values()
-            .fold(0u64, |a, b| a.saturating_add(*b));
-        crate::space::ensure(&check.dir, (source as f64 * check.ratio) as u64)?;
-    }
     progress.phase(
         Phase::Archiving,
         Some(plan.total_bytes),
@@ -147,7 +139,9 @@ fn top_level_bytes(plan: &Plan) -> std::collections::BTreeMap<crate::relpath::To
         let Some(first) = item.rel.components().next() else {
             continue;
         };
-        let Ok(name) = crate::relpath::TopName::parse(first.as_os_str()) else {
+        // Keys are text in info.json: a non-UTF-8 name is recorded lossily, as before.
+        let Ok(name) = crate::relpath::TopName::parse(first.as_os_str().to_string_lossy().as_ref())
+        else {
             continue;
         };
         let bytes = match item.kind {

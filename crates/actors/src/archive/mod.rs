@@ -129,21 +129,10 @@ pub struct BuildOptions {
     pub exclude: Vec<crate::relpath::RelPath>,
     /// gzip level 1..=9.
     pub level: u32,
-    /// Checked after the scan, before anything is written: the scanned bytes times `ratio`
-    /// (plus a margin) must fit in `dir`. `None`: no check.
-    pub space_check: Option<SpaceCheck>,
     /// Compression threads; 0 = available parallelism.
     pub threads: usize,
     /// Metadata written into the archive (the caller fixes `created_at`).
     pub info: ArchiveInfo,
-}
-
-/// The free-space check of a build (see [`BuildOptions::space_check`]).
-#[derive(Debug, Clone)]
-pub struct SpaceCheck {
-    pub dir: PathBuf,
-    /// Expected archive size / source bytes (the last backup's, with a margin; 1.0 unknown).
-    pub ratio: f64,
 }
 
 #[derive(Debug, Clone)]

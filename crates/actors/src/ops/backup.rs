@@ -6,7 +6,7 @@ use nuwax_store::{BackupCompletion, BackupType, NewBackup};
 use serde::{Deserialize, Serialize};
 
 use super::BackupEntry;
-use crate::archive::{ArchiveInfo, BuildOptions, ImageRecord, SpaceCheck};
+use crate::archive::{ArchiveInfo, BuildOptions, ImageRecord};
 use crate::docker::{ComposeProject, ContainerInfo, GateReport};
 use std::path::{Path, PathBuf};
 
@@ -148,11 +148,10 @@ async fn expected_ratio(ctx: &Ctx) -> Result<f64> {
         .map_or(1.0, |r| r.min(1.0) * 1.1))
 }
 
-/// The whole preflight, for callers that must know before they stop the services
-/// (`auto-backup run`, `upgrade`): the storage dir is usable and the compose dir's bytes
-/// times the expected ratio fit. This walks the tree once more than a plain `backup`, whose
-/// build checks the space from its own scan; while the services still run, that early
-/// estimate is all there is.
+/// The preflight, before anything is recorded (and, for `auto-backup run` and `upgrade`,
+/// before the services are stopped): the storage dir is usable and the compose dir's bytes
+/// times the expected ratio fit. An estimate: the sizes recorded in the archive come from
+/// the build's own scan.
 pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<()> {
     storage_usable(ctx)?;
     let paths = &ctx.settings.paths;
@@ -177,8 +176,8 @@ pub(crate) async fn backup_at_level(
 ) -> Result<BackupEntry> {
     let paths = &ctx.settings.paths;
     let cfg = &ctx.settings.config;
-    storage_usable(ctx)?;
-    let ratio = expected_ratio(ctx).await?;
+    // Before anything is recorded (DESIGN.md section 4, step 3 before step 4).
+    backup_preflight(ctx).await?;
     let created_at = Utc::now();
     let version = ctx.settings.service_version();
     let dest = unique_archive_path(&paths.storage_dir, backup_type, &version, created_at);
@@ -210,11 +209,6 @@ pub(crate) async fn backup_at_level(
         dest: dest.clone(),
         exclude: cfg.backup.exclude.clone(),
         level: level.unwrap_or(cfg.backup.compression_level),
-        // Checked by the build from its own scan, before anything is written.
-        space_check: Some(SpaceCheck {
-            dir: paths.storage_dir.clone(),
-            ratio,
-        }),
         threads: 0,
         info: ArchiveInfo {
             format: crate::archive::FORMAT_VERSION,
