@@ -237,25 +237,8 @@ pub fn catalog_set_checksum(db: &Path, id: i64, sha256: &str, size: u64) {
     let conn = rusqlite::Connection::open(db).expect("open catalog");
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .unwrap();
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
     let mut updated = 0;
-    for table in tables {
-        let cols: Vec<String> = conn
-            .prepare(&format!("PRAGMA table_info(\"{table}\")"))
-            .unwrap()
-            .query_map([], |r| r.get(1))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        if !(cols.iter().any(|c| c == "id") && cols.iter().any(|c| c == "sha256")) {
-            continue;
-        }
+    for (table, cols) in backup_tables(&conn) {
         updated += conn
             .execute(
                 &format!("UPDATE \"{table}\" SET sha256 = ?1 WHERE id = ?2"),
@@ -276,6 +259,32 @@ pub fn catalog_set_checksum(db: &Path, id: i64, sha256: &str, size: u64) {
         updated > 0,
         "test setup: no catalog table with columns id and sha256 holds backup {id}"
     );
+}
+
+/// The catalog's backup tables, found by their columns (`id` + `sha256`) rather than by name,
+/// each with its column names.
+pub fn backup_tables(conn: &rusqlite::Connection) -> Vec<(String, Vec<String>)> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    tables
+        .into_iter()
+        .map(|table| {
+            let cols: Vec<String> = conn
+                .prepare(&format!("PRAGMA table_info(\"{table}\")"))
+                .unwrap()
+                .query_map([], |r| r.get(1))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            (table, cols)
+        })
+        .filter(|(_, cols)| cols.iter().any(|c| c == "id") && cols.iter().any(|c| c == "sha256"))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::archutil::{index_of, read_raw, replace_archive, set_data};
+use crate::archutil::{backup_tables, index_of, read_raw, replace_archive, set_data};
 use crate::util::{TestEnv, exit, is_root, snapshot, write};
 
 fn ino(p: &Path) -> u64 {
@@ -21,26 +21,12 @@ fn append_config(env: &TestEnv, text: &str) {
     fs::write(path, config).unwrap();
 }
 
-/// Sets column `col` of backup `id` in the catalog (found by its columns, like archutil).
+/// Sets column `col` of backup `id` in the catalog.
 fn catalog_set(db: &Path, id: i64, col: &str, value: &str) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
     let mut n = 0;
-    for t in tables {
-        let cols: Vec<String> = conn
-            .prepare(&format!("PRAGMA table_info(\"{t}\")"))
-            .unwrap()
-            .query_map([], |r| r.get(1))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        if cols.iter().any(|c| c == col) && cols.iter().any(|c| c == "sha256") {
+    for (t, cols) in backup_tables(&conn) {
+        if cols.iter().any(|c| c == col) {
             n += conn
                 .execute(
                     &format!("UPDATE \"{t}\" SET \"{col}\" = ?1 WHERE id = ?2"),

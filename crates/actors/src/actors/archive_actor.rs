@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::reply;
+use super::{blocking, reply};
 use crate::archive::TopLevelFilter;
 use crate::archive::{
     self, ArchiveInfo, BuildOptions, BuildReport, CancelFlag, ExtractOptions, ExtractReport,
     VerifyReport,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::progress::Progress;
 use crate::relpath::RelPath;
 use crate::restore::{self, SwapPlan};
@@ -69,12 +69,6 @@ pub(crate) enum ArchiveMsg {
     /// A handler that panics: proves the supervisor restarts a failed child.
     #[cfg(test)]
     Panic,
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("archive task panicked: {e}")))?
 }
 
 impl Actor for ArchiveActor {

@@ -39,6 +39,16 @@ where
     }
 }
 
+/// Runs blocking work (file I/O, tree walks, compression) on tokio's blocking pool, off the
+/// async worker threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}
+
 /// Replies, ignoring a caller that went away (it timed out or was interrupted).
 pub(crate) fn reply<T: Send + 'static>(port: RpcReplyPort<T>, value: T) {
     let _ = port.send(value);

@@ -34,14 +34,7 @@ use crate::error::{Error, Result};
 use nuwax_store::BackupRecord;
 use rollback::RollbackScope;
 
-/// Runs blocking work (a tree walk, a file copy) off the async worker threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
-}
+pub(crate) use crate::actors::blocking;
 
 pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const DOCKER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
