@@ -293,6 +293,7 @@ async fn list(state: &RemoteState) -> Result<RemoteListing> {
             Ok(m) => m,
             // No bucket yet (SeaweedFS creates it on the first upload): nothing there.
             Err(object_store::Error::NotFound { .. }) => break,
+            Err(e) if e.to_string().contains("NoSuchBucket") => break,
             Err(e) => return Err(classify(&settings.url, "list objects", &e)),
         };
         let key = meta.location.to_string();
