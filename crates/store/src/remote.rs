@@ -39,6 +39,9 @@ pub struct RemoteCopyRecord {
     pub verified_at: Option<DateTime<Utc>>,
 }
 
+/// object_key, backup_id, upload_id, archive_sha256, size, part_size, started_at.
+type UploadRow = (String, Option<i64>, String, String, i64, i64, String);
+
 fn time(s: String) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(&s)
         .map(|t| t.with_timezone(&Utc))
@@ -108,7 +111,7 @@ impl Store {
             "SELECT object_key, backup_id, upload_id, archive_sha256, size, part_size, started_at \
              FROM remote_uploads ORDER BY started_at, object_key",
         )?;
-        let rows: Vec<(String, Option<i64>, String, String, i64, i64, String)> = stmt
+        let rows: Vec<UploadRow> = stmt
             .query_map([], |r| {
                 Ok((
                     r.get(0)?,
