@@ -20,6 +20,7 @@ mod hostile;
 mod interactive;
 mod interop;
 mod list;
+mod remote;
 mod retention;
 mod rollback;
 mod services;

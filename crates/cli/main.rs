@@ -95,6 +95,8 @@ enum Command {
     /// Show an interrupted operation that could not be undone by itself, and resolve it
     /// (--keep-live or --restore-saved; nothing is deleted).
     Recover(commands::recover::Args),
+    /// Offsite copies on S3-compatible storage: push, list, pull, verify, prune.
+    Remote(commands::remote::Args),
 }
 
 impl Command {
@@ -111,6 +113,7 @@ impl Command {
             Command::Upgrade(_) | Command::Reindex(_) | Command::Import(_) => true,
             Command::Prune(a) => !a.dry_run,
             Command::Recover(a) => a.resolves(),
+            Command::Remote(a) => a.action.mutating(),
         }
     }
 }
@@ -235,6 +238,7 @@ async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Re
         Command::Reindex(args) => commands::reindex::run(args, &rt, printer).await,
         Command::Import(args) => commands::reindex::run_import(args, &rt, printer).await,
         Command::Recover(args) => commands::recover::run(args, &rt, printer).await,
+        Command::Remote(args) => commands::remote::run(args, &rt, printer).await,
     };
     rt.shutdown().await;
     result

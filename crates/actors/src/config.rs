@@ -20,6 +20,8 @@ pub struct Config {
     pub docker: DockerConfig,
     pub backup: BackupConfig,
     pub upgrade: UpgradeConfig,
+    /// Offsite copies (`[remote]`, see `remote.rs`).
+    pub remote: Option<crate::remote::RemoteConfig>,
     /// Sections the original nuwax-cli writes that this tool does not use.
     #[serde(rename = "cache")]
     pub _cache: Option<toml::Value>,
@@ -135,6 +137,8 @@ pub struct Settings {
     pub paths: Paths,
     /// Whether `config.toml` existed.
     pub config_found: bool,
+    /// `[remote]` resolved; `None` without the section.
+    pub remote: Option<crate::remote::RemoteSettings>,
 }
 
 impl Settings {
@@ -196,7 +200,12 @@ impl Settings {
             work_dir,
         };
         paths.check_own_state_outside_compose_dir(&config_file)?;
+        let remote = match &config.remote {
+            Some(r) => Some(r.resolve(&paths.work_dir).map_err(bad)?),
+            None => None,
+        };
         Ok(Settings {
+            remote,
             config,
             paths,
             config_found,

@@ -103,6 +103,9 @@ pub enum Error {
     Interrupted,
     #[error("internal error: {0}")]
     Internal(String),
+    /// A request to the remote (S3) failed; the message names the remote and what was done.
+    #[error("{0}")]
+    Remote(String),
     /// The message says what failed and that the previous release and data are back.
     #[error("{0}")]
     UpgradeRolledBack(String),

@@ -27,6 +27,7 @@ mod ops;
 pub(crate) mod package;
 pub(crate) mod progress;
 pub(crate) mod relpath;
+pub(crate) mod remote;
 pub(crate) mod restore;
 pub(crate) mod retention;
 mod runtime;
@@ -43,9 +44,14 @@ pub use ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 pub use ops::backup::BackupRequest;
 pub use ops::maintenance::ReindexReport;
 pub use ops::recovery::{BlockedInfo, Keep};
+pub use ops::remote::{
+    CopyState, PushReport, PushedCopy, RemoteList, RemoteListEntry, RemotePruneReport,
+    RemoteReindexReport, RemoteTarget, RemoteVerifyResult,
+};
 pub use ops::rollback::{RollbackReport, RollbackRequest, RollbackScope};
 pub use ops::services::{ServiceState, ServiceStatus, StartReport};
 pub use ops::upgrade::{UpgradeReport, UpgradeRequest};
 pub use progress::{Phase, Progress, ProgressEvent};
+pub use remote::{PushMode, Sidecar};
 pub use retention::{Decision, KeepRules};
 pub use runtime::{Runtime, RuntimeOptions};

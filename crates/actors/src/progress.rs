@@ -25,6 +25,8 @@ pub enum Phase {
     Swapping,
     Starting,
     Waiting,
+    Uploading,
+    Downloading,
 }
 
 impl Phase {
@@ -40,6 +42,8 @@ impl Phase {
             Phase::Swapping => "swapping",
             Phase::Starting => "starting services",
             Phase::Waiting => "waiting for health",
+            Phase::Uploading => "uploading",
+            Phase::Downloading => "downloading",
         }
     }
 }

@@ -15,6 +15,10 @@ use crate::ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 use crate::ops::backup::BackupRequest;
 use crate::ops::maintenance::ReindexReport;
 use crate::ops::recovery::{Blocked, BlockedInfo, Keep};
+use crate::ops::remote::{
+    PushReport, RemoteList, RemotePruneReport, RemoteReindexReport, RemoteTarget,
+    RemoteVerifyResult,
+};
 use crate::ops::rollback::{RollbackReport, RollbackRequest};
 use crate::ops::services::{ServiceStatus, StartReport};
 use crate::ops::upgrade::{UpgradeReport, UpgradeRequest};
@@ -76,6 +80,7 @@ impl Runtime {
             SupervisorArgs {
                 db_file: settings.paths.db_file.clone(),
                 move_broken_catalog: opts.mutating && opts.move_broken_catalog,
+                remote: settings.remote.clone(),
             },
         )
         .await
@@ -223,6 +228,45 @@ impl Runtime {
 
     pub async fn import(&self, file: &Path, progress: Progress) -> Result<BackupEntry> {
         ops::maintenance::import(&self.ctx, file, progress).await
+    }
+
+    // Offsite copies (`ops/remote.rs`).
+
+    pub async fn remote_push(
+        &self,
+        target: RemoteTarget,
+        progress: Progress,
+    ) -> Result<PushReport> {
+        ops::remote::push(&self.ctx, target, progress).await
+    }
+
+    pub async fn remote_list(&self) -> Result<RemoteList> {
+        ops::remote::list(&self.ctx).await
+    }
+
+    pub async fn remote_pull(&self, which: &str, progress: Progress) -> Result<BackupEntry> {
+        ops::remote::pull(&self.ctx, which, progress).await
+    }
+
+    pub async fn remote_verify(
+        &self,
+        target: RemoteTarget,
+        download: bool,
+        progress: Progress,
+    ) -> Result<Vec<RemoteVerifyResult>> {
+        ops::remote::verify(&self.ctx, target, download, progress).await
+    }
+
+    pub async fn remote_prune(
+        &self,
+        rules: Option<KeepRules>,
+        dry_run: bool,
+    ) -> Result<RemotePruneReport> {
+        ops::remote::prune(&self.ctx, rules, dry_run).await
+    }
+
+    pub async fn reindex_remote(&self) -> Result<RemoteReindexReport> {
+        ops::remote::reindex(&self.ctx).await
     }
 
     /// Interrupted operations that start-up recovery could not finish or revert.

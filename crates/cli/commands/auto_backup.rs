@@ -111,15 +111,25 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
             rt.settings().paths.work_dir.display()
         ));
     }
+    let push_error = match (&report.backup, ok) {
+        (Some(b), true) => super::remote::after_backup(rt, printer, b.record.id).await,
+        _ => None,
+    };
     if json {
         printer.json(&RunDocument {
-            success: ok,
+            success: ok && push_error.is_none(),
             backup: report.backup.as_ref().map(BackupJson::from),
             stopped: report.stopped.clone(),
             backup_error: report.backup_error.as_ref().map(ToString::to_string),
             restart_error: report.restart_error.as_ref().map(ToString::to_string),
-            error: (!ok).then(|| report.error_text()),
+            error: match &push_error {
+                Some((_, m)) => Some(m.clone()),
+                None => (!ok).then(|| report.error_text()),
+            },
         });
+    }
+    if let Some((status, _)) = push_error {
+        return Ok(status);
     }
     // The exit code of the error itself: 3 for no space, 130/143/129 when interrupted, as
     // `backup` would exit.

@@ -45,12 +45,13 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
         r.entry_count.unwrap_or(0),
         r.sha256.as_deref().unwrap_or("-")
     ));
+    let push_error = super::remote::after_backup(rt, printer, r.id).await;
     if args.json {
         printer.json(&BackupDocument {
-            success: true,
+            success: push_error.is_none(),
             backup: Some(BackupJson::from(&entry)),
-            error: None,
+            error: push_error.as_ref().map(|(_, m)| m.clone()),
         });
     }
-    Ok(ExitStatus::Success)
+    Ok(push_error.map_or(ExitStatus::Success, |(s, _)| s))
 }

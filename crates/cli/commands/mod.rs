@@ -8,6 +8,7 @@ pub(crate) mod list;
 pub(crate) mod prune;
 pub(crate) mod recover;
 pub(crate) mod reindex;
+pub(crate) mod remote;
 pub(crate) mod rollback;
 pub(crate) mod upgrade;
 pub(crate) mod verify;
@@ -30,5 +31,6 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::Reindex(a) => a.json,
         Command::Import(a) => a.json,
         Command::Recover(a) => a.json,
+        Command::Remote(a) => a.action.json(),
     }
 }

@@ -19,6 +19,11 @@ pub(crate) struct Args {
     /// `nuwax.db.broken-<time>` and rebuild a fresh one from the archives.
     #[arg(long)]
     pub move_broken_catalog: bool,
+    /// Rebuild from the remote (`[remote]`): a catalog entry for every complete remote copy
+    /// the catalog lacks; the archives are downloaded when a rollback or `remote pull` needs
+    /// them.
+    #[arg(long)]
+    pub remote: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,6 +64,9 @@ struct ImportDocument {
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    if args.remote {
+        return super::remote::reindex(args.json, rt, printer).await;
+    }
     let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
     let result = rt.reindex(progress.clone()).await;
     renderer.finish(progress).await;

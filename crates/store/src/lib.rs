@@ -24,6 +24,7 @@ mod error;
 mod migrations;
 mod model;
 mod operations;
+mod remote;
 mod settings;
 mod upgrades;
 mod usecases;
@@ -41,6 +42,7 @@ pub use model::{
     BackupCompletion, BackupRecord, BackupStatus, BackupType, NewBackup, Operation, OperationKind,
     OperationState, UpgradeOutcome, UpgradeRecord,
 };
+pub use remote::{RemoteCopyRecord, RemoteUpload};
 
 use migrations::MIGRATIONS;
 
@@ -201,6 +203,33 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "started_at",
             "finished_at",
             "error",
+        ],
+    ),
+    (
+        "remote_uploads",
+        &[
+            "object_key",
+            "backup_id",
+            "upload_id",
+            "archive_sha256",
+            "size",
+            "part_size",
+            "started_at",
+        ],
+    ),
+    (
+        "remote_upload_parts",
+        &["object_key", "part_index", "etag", "size"],
+    ),
+    (
+        "remote_copies",
+        &[
+            "backup_id",
+            "object_key",
+            "size",
+            "sha256",
+            "uploaded_at",
+            "verified_at",
         ],
     ),
 ];

@@ -80,4 +80,36 @@ CREATE TABLE upgrades (
 CREATE INDEX upgrades_backup_id ON upgrades(backup_id);
 "#,
     ),
+    // 2: offsite copies (issue 12). An upload in progress (its multipart upload id and every
+    // finished part with its ETag, so a killed push resumes without resending them) and the
+    // remote copy known per backup. Keys are full remote names (`s3://bucket/prefix/name`), so
+    // a changed `[remote] url` never resumes or trusts a record made for another bucket.
+    M::up(
+        r#"
+CREATE TABLE remote_uploads (
+    object_key     TEXT    PRIMARY KEY NOT NULL,
+    backup_id      INTEGER REFERENCES backups(id) ON DELETE SET NULL,
+    upload_id      TEXT    NOT NULL,
+    archive_sha256 TEXT    NOT NULL,
+    size           INTEGER NOT NULL,
+    part_size      INTEGER NOT NULL,
+    started_at     TEXT    NOT NULL
+);
+CREATE TABLE remote_upload_parts (
+    object_key TEXT    NOT NULL REFERENCES remote_uploads(object_key) ON DELETE CASCADE,
+    part_index INTEGER NOT NULL,
+    etag       TEXT    NOT NULL,
+    size       INTEGER NOT NULL,
+    PRIMARY KEY (object_key, part_index)
+);
+CREATE TABLE remote_copies (
+    backup_id   INTEGER PRIMARY KEY NOT NULL REFERENCES backups(id) ON DELETE CASCADE,
+    object_key  TEXT    NOT NULL,
+    size        INTEGER NOT NULL,
+    sha256      TEXT    NOT NULL,
+    uploaded_at TEXT    NOT NULL,
+    verified_at TEXT
+);
+"#,
+    ),
 ];

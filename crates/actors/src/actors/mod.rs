@@ -3,6 +3,7 @@
 
 pub(crate) mod archive_actor;
 pub(crate) mod docker_actor;
+pub(crate) mod remote_actor;
 pub(crate) mod store_actor;
 pub(crate) mod supervisor;
 

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use nuwax_store::{
-    BackupCompletion, BackupRecord, NewBackup, Operation, OperationKind, OperationState, Store,
-    UpgradeOutcome, UpgradeRecord,
+    BackupCompletion, BackupRecord, NewBackup, Operation, OperationKind, OperationState,
+    RemoteCopyRecord, RemoteUpload, Store, UpgradeOutcome, UpgradeRecord,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -94,6 +94,15 @@ type Reply<T> = RpcReplyPort<Result<T>>;
 
 pub(crate) enum StoreMsg {
     ListBackups(Reply<Vec<BackupRecord>>),
+    /// Offsite copies (`ops/remote.rs`): uploads in progress with their parts, remote copies.
+    BeginRemoteUpload(Box<RemoteUpload>, Reply<()>),
+    RecordRemotePart(String, u64, String, u64, Reply<()>),
+    DeleteRemoteUpload(String, Reply<()>),
+    ListRemoteUploads(Reply<Vec<RemoteUpload>>),
+    GetRemoteUpload(String, Reply<Option<RemoteUpload>>),
+    SetRemoteCopy(Box<RemoteCopyRecord>, Reply<()>),
+    DeleteRemoteCopy(i64, Reply<()>),
+    MarkRemoteVerified(i64, DateTime<Utc>, Reply<()>),
     GetBackup(i64, Reply<Option<BackupRecord>>),
     /// Use case: a backup's operation row (journal `details`, phase `archiving`) and catalog
     /// row, in one transaction; replies (operation id, backup id).
@@ -199,6 +208,28 @@ impl Actor for StoreActor {
         let pid = std::process::id();
         match msg {
             StoreMsg::ListBackups(r) => reply(r, st.run(|s| s.list_backups()).await),
+            StoreMsg::BeginRemoteUpload(u, r) => {
+                reply(r, st.run(move |s| s.begin_remote_upload(&u)).await)
+            }
+            StoreMsg::RecordRemotePart(key, i, etag, size, r) => reply(
+                r,
+                st.run(move |s| s.record_remote_part(&key, i, &etag, size))
+                    .await,
+            ),
+            StoreMsg::DeleteRemoteUpload(key, r) => {
+                reply(r, st.run(move |s| s.delete_remote_upload(&key)).await)
+            }
+            StoreMsg::ListRemoteUploads(r) => reply(r, st.run(|s| s.list_remote_uploads()).await),
+            StoreMsg::GetRemoteUpload(key, r) => {
+                reply(r, st.run(move |s| s.get_remote_upload(&key)).await)
+            }
+            StoreMsg::SetRemoteCopy(c, r) => reply(r, st.run(move |s| s.set_remote_copy(&c)).await),
+            StoreMsg::DeleteRemoteCopy(id, r) => {
+                reply(r, st.run(move |s| s.delete_remote_copy(id)).await)
+            }
+            StoreMsg::MarkRemoteVerified(id, at, r) => {
+                reply(r, st.run(move |s| s.mark_remote_verified(id, at)).await)
+            }
             StoreMsg::GetBackup(id, r) => reply(r, st.run(move |s| s.get_backup(id)).await),
             StoreMsg::BeginBackup(new, details, r) => {
                 let boot = crate::lock::boot_id();

@@ -1,4 +1,4 @@
-//! The supervisor: spawns the three actors linked to itself and restarts one that fails
+//! The supervisor: spawns the four actors linked to itself and restarts one that fails
 //! (a panic inside a handler), so a bug in one request does not take the process down and
 //! the next request finds a fresh actor. Callers fetch current refs through it.
 
@@ -8,6 +8,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 
 use super::archive_actor::{ArchiveActor, ArchiveMsg};
 use super::docker_actor::{DockerActor, DockerMsg};
+use super::remote_actor::{RemoteActor, RemoteMsg};
 use super::store_actor::{StoreActor, StoreArgs, StoreMsg};
 
 pub(crate) struct Supervisor;
@@ -17,10 +18,13 @@ pub(crate) struct SupervisorArgs {
     /// Move an unusable catalog aside at start-up (`reindex --move-broken-catalog`); a
     /// restarted store actor never does.
     pub move_broken_catalog: bool,
+    /// `[remote]`, for the remote actor (`None`: offsite copies not configured).
+    pub remote: Option<crate::remote::RemoteSettings>,
 }
 
 pub(crate) struct SupervisorState {
     db_file: PathBuf,
+    remote: Option<crate::remote::RemoteSettings>,
     refs: Refs,
 }
 
@@ -29,6 +33,7 @@ pub(crate) struct Refs {
     pub store: ActorRef<StoreMsg>,
     pub docker: ActorRef<DockerMsg>,
     pub archive: ActorRef<ArchiveMsg>,
+    pub remote: ActorRef<RemoteMsg>,
 }
 
 pub(crate) enum SupervisorMsg {
@@ -52,13 +57,16 @@ impl Actor for Supervisor {
         };
         let (store, _) = Actor::spawn_linked(None, StoreActor, store_args, cell.clone()).await?;
         let (docker, _) = Actor::spawn_linked(None, DockerActor, (), cell.clone()).await?;
-        let (archive, _) = Actor::spawn_linked(None, ArchiveActor, (), cell).await?;
+        let (archive, _) = Actor::spawn_linked(None, ArchiveActor, (), cell.clone()).await?;
+        let (remote, _) = Actor::spawn_linked(None, RemoteActor, args.remote.clone(), cell).await?;
         Ok(SupervisorState {
             db_file: args.db_file,
+            remote: args.remote,
             refs: Refs {
                 store,
                 docker,
                 archive,
+                remote,
             },
         })
     }
@@ -110,6 +118,10 @@ impl Actor for Supervisor {
             } else if id == state.refs.archive.get_id() {
                 let (r, _) = Actor::spawn_linked(None, ArchiveActor, (), parent).await?;
                 state.refs.archive = r;
+            } else if id == state.refs.remote.get_id() {
+                let (r, _) =
+                    Actor::spawn_linked(None, RemoteActor, state.remote.clone(), parent).await?;
+                state.refs.remote = r;
             }
         }
         Ok(())

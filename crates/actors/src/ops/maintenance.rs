@@ -212,6 +212,15 @@ pub(crate) async fn adopt(ctx: &Ctx, path: &Path, progress: Progress) -> Result<
             detail: report.problems.join("; "),
         });
     }
+    adopt_verified(ctx, path, &report).await
+}
+
+/// Inserts the catalog row of an archive in the storage dir that `report` verified.
+pub(crate) async fn adopt_verified(
+    ctx: &Ctx,
+    path: &Path,
+    report: &VerifyReport,
+) -> Result<BackupEntry> {
     let info = report.info.clone().ok_or_else(|| Error::Corrupt {
         path: path.to_path_buf(),
         detail: "no info.json".into(),

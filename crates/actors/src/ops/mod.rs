@@ -11,6 +11,7 @@ pub(crate) mod auto_backup;
 pub(crate) mod backup;
 pub(crate) mod maintenance;
 pub(crate) mod recovery;
+pub(crate) mod remote;
 pub(crate) mod rollback;
 pub(crate) mod services;
 pub(crate) mod upgrade;
@@ -25,6 +26,7 @@ use serde::Serialize;
 use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::ask;
 use crate::actors::docker_actor::DockerMsg;
+use crate::actors::remote_actor::RemoteMsg;
 use crate::actors::store_actor::StoreMsg;
 use crate::actors::supervisor::{Refs, SupervisorMsg};
 use crate::archive::{CancelFlag, TopLevelFilter};
@@ -50,7 +52,7 @@ pub struct BackupEntry {
 }
 
 impl BackupEntry {
-    fn from_record(record: BackupRecord) -> Self {
+    pub(crate) fn from_record(record: BackupRecord) -> Self {
         let meta = std::fs::metadata(&record.file_path)
             .ok()
             .filter(|m| m.is_file());
@@ -183,6 +185,7 @@ impl Ctx {
                 r.store.get_status(),
                 r.docker.get_status(),
                 r.archive.get_status(),
+                r.remote.get_status(),
             ]
             .iter()
             .all(|s| matches!(s, ractor::ActorStatus::Running))
@@ -229,6 +232,15 @@ impl Ctx {
         msg: impl FnOnce(ractor::RpcReplyPort<Result<T>>) -> ArchiveMsg,
     ) -> Result<T> {
         ask(&self.refs().await?.archive, "archive", ARCHIVE_TIMEOUT, msg).await
+    }
+
+    /// A request to the remote actor; one part or one object may take the request timeout
+    /// times the retries, the margin covers that.
+    pub(crate) async fn remote<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(ractor::RpcReplyPort<Result<T>>) -> RemoteMsg,
+    ) -> Result<T> {
+        ask(&self.refs().await?.remote, "remote", ARCHIVE_TIMEOUT, msg).await
     }
 
     pub(crate) async fn set_phase<T: Serialize>(

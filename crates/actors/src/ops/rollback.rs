@@ -91,6 +91,12 @@ pub(crate) async fn rollback(
     progress: Progress,
 ) -> Result<RollbackReport> {
     let entry = ctx.get_backup(req.id).await?;
+    // Only the remote has the archive (a new host after `reindex --remote`): pull it first.
+    let entry = if entry.record.status == BackupStatus::Completed {
+        super::remote::ensure_local(ctx, entry, &progress).await?
+    } else {
+        entry
+    };
     let record = &entry.record;
     if record.status != BackupStatus::Completed {
         return Err(Error::Usage(format!(

