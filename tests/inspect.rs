@@ -126,6 +126,9 @@ fn ls_browses_a_backup() {
         !top.stdout.contains("app/VERSION"),
         "only direct entries\n{top}"
     );
+    let dot = env.run(&["ls", &id, "."]);
+    dot.assert_ok();
+    assert_eq!(dot.stdout, top.stdout);
 
     let app = env.run(&["ls", &id, "app"]);
     app.assert_ok();

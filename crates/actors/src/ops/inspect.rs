@@ -188,7 +188,13 @@ fn entry_of(e: &crate::archive::ManifestEntry) -> Option<ArchiveEntry> {
 
 // ----------------------------------------------------------------------------------- ls
 pub(crate) async fn ls(ctx: &Ctx, req: LsRequest, progress: Progress) -> Result<LsReport> {
-    let base = req.path.as_deref().map(parse_inside).transpose()?;
+    // `.` (or nothing) is the top level.
+    let base = req
+        .path
+        .as_deref()
+        .filter(|p| !p.components().all(|c| c == std::path::Component::CurDir))
+        .map(parse_inside)
+        .transpose()?;
     let entry = usable_backup(ctx, req.id).await?;
     let listing = listing(ctx, &entry, &progress).await?;
     let all: Vec<ArchiveEntry> = listing.entries.iter().filter_map(entry_of).collect();
@@ -318,14 +324,21 @@ pub(crate) async fn rollback_plan(
         .collect();
     let listing = listing(ctx, &entry, &progress).await?;
     let filter = ctx.scope_filter(scope);
-    let info = match &listing.info {
-        Some(i) => i.clone(),
-        None => {
-            ctx.archive(|r| ArchiveMsg::ReadInfo(entry.record.file_path.clone(), r))
-                .await?
-        }
+    let needed_bytes = match &listing.info {
+        Some(info) => space_needed(info, &filter, &entry)?,
+        // An archive without metadata: the file contents it would write in the scope.
+        None => listing
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .filter(|e| {
+                e.path_bytes().is_some_and(|p| {
+                    let top = p.split(|&b| b == b'/').next().unwrap_or_default();
+                    filter.includes(std::ffi::OsStr::from_bytes(top))
+                })
+            })
+            .fold(0u64, |sum, e| sum.saturating_add(e.size)),
     };
-    let needed_bytes = space_needed(&info, &filter, &entry)?;
     let compose_dir = &ctx.settings.paths.compose_dir;
     let available_bytes = crate::space::available(compose_dir)?;
     let (diff, excluded) = tree_diff(ctx, listing, filter, false).await?;
