@@ -97,14 +97,24 @@ enum Command {
     Recover(commands::recover::Args),
     /// Offsite copies on S3-compatible storage: push, list, pull, verify, prune.
     Remote(commands::remote::Args),
+    /// Browse a backup: the entries below PATH (from its manifest), -l for details.
+    Ls(commands::ls::Args),
+    /// Compare the live compose dir with a backup: added, removed, modified paths.
+    Diff(commands::diff::Args),
+    /// Copy chosen files or directories out of a backup into a separate directory (--to DIR);
+    /// never into live data.
+    Restore(commands::restore::Args),
 }
 
 impl Command {
     /// Whether the command changes live data or the catalog (and so takes the lock).
     fn mutating(&self) -> bool {
         match self {
-            Command::Backup(_) | Command::RollbackDataOnly(_) | Command::DeleteBackup(_) => true,
-            Command::Rollback(a) => !a.list_json,
+            Command::Backup(_) | Command::DeleteBackup(_) => true,
+            Command::RollbackDataOnly(a) => !a.dry_run,
+            Command::Rollback(a) => !a.list_json && !a.dry_run,
+            // Read the catalog and archives; `restore` writes only outside the working dir.
+            Command::Ls(_) | Command::Diff(_) | Command::Restore(_) => false,
             Command::ListBackups(_) | Command::Verify(_) => false,
             Command::DockerService(a) => a.action.mutating(),
             Command::AutoBackup(a) => {
@@ -239,6 +249,9 @@ async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Re
         Command::Import(args) => commands::reindex::run_import(args, &rt, printer).await,
         Command::Recover(args) => commands::recover::run(args, &rt, printer).await,
         Command::Remote(args) => commands::remote::run(args, &rt, printer).await,
+        Command::Ls(args) => commands::ls::run(args, &rt, printer).await,
+        Command::Diff(args) => commands::diff::run(args, &rt, printer).await,
+        Command::Restore(args) => commands::restore::run(args, &rt, printer).await,
     };
     rt.shutdown().await;
     result

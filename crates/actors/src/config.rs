@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::exclude::ExcludeList;
 use crate::relpath::{RelPath, TopName};
 
 /// Top-level items of the compose dir that are always excluded: our own staging dirs.
@@ -60,8 +61,9 @@ impl Default for DockerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
     pub storage_dir: PathBuf,
-    /// Paths never archived and never touched by a rollback, at any depth.
-    pub exclude: Vec<RelPath>,
+    /// Paths and glob patterns never archived and never touched by a rollback (see
+    /// `exclude.rs`). Setting it replaces the default list.
+    pub exclude: ExcludeList,
     /// Top-level names of the data scope.
     pub data_paths: Vec<TopName>,
     pub compression_level: u32,
@@ -72,10 +74,7 @@ impl Default for BackupConfig {
     fn default() -> Self {
         Self {
             storage_dir: PathBuf::from("backups"),
-            exclude: ["logs", "uv_cache"]
-                .into_iter()
-                .map(|s| RelPath::parse(s).expect("default excludes are clean"))
-                .collect(),
+            exclude: ExcludeList::default(),
             data_paths: [
                 "data",
                 "upload",
@@ -282,7 +281,7 @@ fn absolute(p: &Path, base: &Path) -> PathBuf {
 
 /// `path` with symlinks of its longest existing ancestor resolved (the rest appended as is):
 /// what the path will be once created.
-fn canonical_prefix(path: &Path) -> PathBuf {
+pub(crate) fn canonical_prefix(path: &Path) -> PathBuf {
     let mut rest = Vec::new();
     let mut cur = path.to_path_buf();
     loop {
@@ -405,6 +404,7 @@ mod tests {
             .config
             .backup
             .exclude
+            .rules
             .iter()
             .map(|e| e.to_string())
             .collect();

@@ -20,6 +20,7 @@ pub mod docker;
 #[cfg(not(feature = "test-support"))]
 pub(crate) mod docker;
 pub(crate) mod error;
+pub(crate) mod exclude;
 pub(crate) mod faults;
 pub(crate) mod fsutil;
 pub(crate) mod lock;
@@ -32,6 +33,7 @@ pub(crate) mod restore;
 pub(crate) mod retention;
 mod runtime;
 pub(crate) mod space;
+pub(crate) mod treediff;
 
 pub use archive::{CancelFlag, VerifyReport};
 pub use config::Settings;
@@ -42,6 +44,10 @@ pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 pub use ops::BackupEntry;
 pub use ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 pub use ops::backup::BackupRequest;
+pub use ops::inspect::{
+    ArchiveEntry, DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest,
+    RollbackPlan,
+};
 pub use ops::maintenance::ReindexReport;
 pub use ops::recovery::{BlockedInfo, Keep};
 pub use ops::remote::{
@@ -55,3 +61,4 @@ pub use progress::{Phase, Progress, ProgressEvent};
 pub use remote::{PushMode, Sidecar};
 pub use retention::{Decision, KeepRules};
 pub use runtime::{Runtime, RuntimeOptions};
+pub use treediff::{DiffEntry, Side, TreeDiff};

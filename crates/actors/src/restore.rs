@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::archive::TopLevelFilter;
 use crate::config::INTERNAL_PREFIX;
 use crate::error::{Error, IoContext, Result};
+use crate::exclude::{ExcludeRule, Excludes};
 use crate::fsutil::{canonical, mount_points, name_starts_with};
 pub use crate::fsutil::{remove_path, sync_dir, sync_filesystem};
 use crate::relpath::RelPath;
@@ -397,23 +398,28 @@ pub fn checked_work_dir(compose_dir: &Path, work: &Path) -> Result<PathBuf> {
 
 /// Decides the units of a swap of `work_dir/staged` into `compose_dir` and checks them.
 ///
-/// `filter`: the scope (top-level names). `excludes`: never touched, at any depth (config
-/// excludes plus the archive's own excluded list); excluded paths present in the staged tree
+/// `filter`: the scope (top-level names). `rules`: never touched, at any depth (config
+/// excludes plus the archive's own excluded list, paths and globs). Globs are expanded here
+/// into the concrete paths they match in the live tree (and in the staged tree): those are
+/// never units, and their parents are kept dirs. Excluded paths present in the staged tree
 /// are dropped from it first.
 pub fn prepare(
     compose_dir: &Path,
     work_dir: &Path,
     filter: &TopLevelFilter,
-    excludes: &[RelPath],
+    rules: &[ExcludeRule],
 ) -> Result<SwapPlan> {
     let staged = work_dir.join("staged");
-    for ex in excludes {
+    let rules = Excludes::new(rules);
+    let in_scope = |n: &OsStr| filter.includes(n) && !name_starts_with(n, INTERNAL_PREFIX);
+    for ex in rules.expand(&staged, &in_scope)? {
         if let Some(p) = ex.resolve_nofollow(&staged).ctx("cannot stat", &staged)?
             && exists(&p)
         {
             remove_path(&p)?;
         }
     }
+    let excludes = &rules.expand(compose_dir, &in_scope)?;
     let mut plan = SwapPlan {
         compose_dir: compose_dir.to_path_buf(),
         work_dir: work_dir.to_path_buf(),

@@ -13,13 +13,16 @@ use crate::error::{Error, IoContext, Result};
 use crate::lock::OperationLock;
 use crate::ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 use crate::ops::backup::BackupRequest;
+use crate::ops::inspect::{
+    DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest, RollbackPlan,
+};
 use crate::ops::maintenance::ReindexReport;
 use crate::ops::recovery::{Blocked, BlockedInfo, Keep};
 use crate::ops::remote::{
     PushReport, RemoteList, RemotePruneReport, RemoteReindexReport, RemoteTarget,
     RemoteVerifyResult,
 };
-use crate::ops::rollback::{RollbackReport, RollbackRequest};
+use crate::ops::rollback::{RollbackReport, RollbackRequest, RollbackScope};
 use crate::ops::services::{ServiceStatus, StartReport};
 use crate::ops::upgrade::{UpgradeReport, UpgradeRequest};
 use crate::ops::{self, BackupEntry, Ctx};
@@ -176,6 +179,33 @@ impl Runtime {
         progress: Progress,
     ) -> Result<RollbackReport> {
         ops::rollback::rollback(&self.ctx, req, progress).await
+    }
+
+    /// What `rollback --dry-run` would do; touches nothing.
+    pub async fn rollback_plan(
+        &self,
+        id: i64,
+        scope: RollbackScope,
+        progress: Progress,
+    ) -> Result<RollbackPlan> {
+        ops::inspect::rollback_plan(&self.ctx, id, scope, progress).await
+    }
+
+    pub async fn ls(&self, req: LsRequest, progress: Progress) -> Result<LsReport> {
+        ops::inspect::ls(&self.ctx, req, progress).await
+    }
+
+    pub async fn diff(&self, req: DiffRequest, progress: Progress) -> Result<DiffReport> {
+        ops::inspect::diff(&self.ctx, req, progress).await
+    }
+
+    /// Copies chosen paths of a backup into a separate directory; never into live data.
+    pub async fn restore_to(
+        &self,
+        req: RestoreRequest,
+        progress: Progress,
+    ) -> Result<RestoreReport> {
+        ops::inspect::restore_to(&self.ctx, req, progress).await
     }
 
     pub async fn service_status(&self) -> Result<ServiceStatus> {

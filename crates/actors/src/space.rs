@@ -55,11 +55,11 @@ pub fn ensure(path: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Bytes of file content under `dir`, per top-level item, leaving out `exclude` (top-level
-/// or nested relative paths) and our own `.nuwax-*` dirs. Symlinks are not followed.
+/// Bytes of file content under `dir`, per top-level item, leaving out what `exclude` matches
+/// (paths and globs, `exclude.rs`) and our own `.nuwax-*` dirs. Symlinks are not followed.
 pub fn tree_bytes(
     dir: &Path,
-    exclude: &[crate::relpath::RelPath],
+    exclude: &[crate::exclude::ExcludeRule],
 ) -> Result<std::collections::BTreeMap<String, u64>> {
     use std::os::unix::fs::MetadataExt;
     let mut sizes = std::collections::BTreeMap::new();
@@ -67,23 +67,26 @@ pub fn tree_bytes(
         Ok(rd) => rd,
         Err(e) => return Err(Error::io("cannot list", dir, e)),
     };
-    let excluded: Vec<std::path::PathBuf> = exclude.iter().map(|e| e.under(dir)).collect();
+    let excludes = std::sync::Arc::new(crate::exclude::Excludes::new(exclude));
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("cannot list", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if name.starts_with(crate::config::INTERNAL_PREFIX) || excluded.contains(&path) {
+        if excludes.is_excluded(Path::new(&entry.file_name())) {
             continue;
         }
         let mut total = 0u64;
-        let excluded = excluded.clone();
+        let (excludes, root) = (excludes.clone(), dir.to_path_buf());
         for e in jwalk::WalkDir::new(&path)
             .skip_hidden(false)
             .follow_links(false)
             .process_read_dir(move |_, _, _, children| {
                 children.retain(|c| {
                     c.as_ref()
-                        .map(|c| !excluded.iter().any(|x| *x == c.path()))
+                        .map(|c| {
+                            let p = c.path();
+                            !p.strip_prefix(&root).is_ok_and(|r| excludes.is_excluded(r))
+                        })
                         .unwrap_or(true)
                 });
             })

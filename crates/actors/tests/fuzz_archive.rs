@@ -237,6 +237,7 @@ fn read_back_in(sb: &Sandbox, bytes: &[u8]) -> Result<Outcome, TestCaseError> {
 
     let extracted = archive::extract(
         &ExtractOptions {
+            select: Vec::new(),
             archive: sb.archive.clone(),
             staging: sb.staging.clone(),
             filter: TopLevelFilter::All,

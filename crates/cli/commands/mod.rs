@@ -3,12 +3,16 @@
 pub(crate) mod auto_backup;
 pub(crate) mod backup;
 pub(crate) mod delete;
+pub(crate) mod diff;
 pub(crate) mod docker_service;
+pub(crate) mod dry_run;
 pub(crate) mod list;
+pub(crate) mod ls;
 pub(crate) mod prune;
 pub(crate) mod recover;
 pub(crate) mod reindex;
 pub(crate) mod remote;
+pub(crate) mod restore;
 pub(crate) mod rollback;
 pub(crate) mod upgrade;
 pub(crate) mod verify;
@@ -32,5 +36,8 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::Import(a) => a.json,
         Command::Recover(a) => a.json,
         Command::Remote(a) => a.action.json(),
+        Command::Ls(a) => a.json,
+        Command::Diff(a) => a.json,
+        Command::Restore(a) => a.json,
     }
 }

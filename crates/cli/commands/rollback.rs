@@ -31,6 +31,10 @@ pub(crate) struct Args {
     /// Print the result as one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Show what would be replaced, restored and removed, the space needed and the
+    /// containers that would stop; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,6 +50,10 @@ pub(crate) struct DataOnlyArgs {
     /// Print the result as one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Show what would be replaced, restored and removed, the space needed and the
+    /// containers that would stop; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
@@ -57,6 +65,10 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     } else {
         RollbackScope::App
     };
+    if args.dry_run {
+        let id = pick(rt, printer, args.id, "rollback").await?;
+        return super::dry_run::run(rt, printer, id, scope, args.json).await;
+    }
     restore(
         rt,
         printer,
@@ -77,6 +89,10 @@ pub(crate) async fn run_data_only(
     rt: &Runtime,
     printer: &Printer,
 ) -> anyhow::Result<ExitStatus> {
+    if args.dry_run {
+        let id = pick(rt, printer, args.id, "rollback-data-only").await?;
+        return super::dry_run::run(rt, printer, id, RollbackScope::DataOnly, args.json).await;
+    }
     restore(
         rt,
         printer,
@@ -157,7 +173,20 @@ fix the cause, then run: nuwax-cli -C {} docker-service start",
     Ok(ExitStatus::Success)
 }
 
-fn scope_name(scope: RollbackScope) -> &'static str {
+/// The given ID, or one chosen on a terminal.
+async fn pick(
+    rt: &Runtime,
+    printer: &Printer,
+    id: Option<i64>,
+    command: &str,
+) -> anyhow::Result<i64> {
+    Ok(match id {
+        Some(id) => id,
+        None => prompt::select_backup(printer, &rt.list_backups().await?, command)?,
+    })
+}
+
+pub(crate) fn scope_name(scope: RollbackScope) -> &'static str {
     match scope {
         RollbackScope::App => "app",
         RollbackScope::All => "all",

@@ -1,6 +1,8 @@
 //! JSON documents and text tables. These are contracts (DESIGN.md section 6): the GUI reads
 //! the first seven fields of [`BackupJson`]. Catalog rows are never serialized directly.
 
+pub(crate) mod inspect;
+
 use nuwax_actors::BackupEntry;
 use serde::Serialize;
 

@@ -13,7 +13,6 @@ use crate::archive::{
 };
 use crate::error::Result;
 use crate::progress::Progress;
-use crate::relpath::RelPath;
 use crate::restore::{self, SwapPlan};
 
 pub(crate) struct ArchiveActor;
@@ -33,6 +32,14 @@ pub(crate) enum ArchiveMsg {
     Checksum(PathBuf, Progress, CancelFlag, Reply<String>),
     Extract(ExtractOptions, Progress, CancelFlag, Reply<ExtractReport>),
     ReadInfo(PathBuf, Reply<ArchiveInfo>),
+    /// What the archive holds (`ls`, `diff`, dry run), its checksum checked when given.
+    List {
+        path: PathBuf,
+        expected_sha256: Option<String>,
+        progress: Progress,
+        cancel: CancelFlag,
+        reply: Reply<archive::Listing>,
+    },
     /// Checks a release package (safe paths, compose file, no data scope); the info carries
     /// the SHA-256 of the bytes checked.
     ValidatePackage(
@@ -54,7 +61,7 @@ pub(crate) enum ArchiveMsg {
         compose_dir: PathBuf,
         work_dir: PathBuf,
         filter: TopLevelFilter,
-        excludes: Vec<RelPath>,
+        excludes: Vec<crate::exclude::ExcludeRule>,
         reply: Reply<SwapPlan>,
     },
     ApplySwap(SwapPlan, Reply<()>),
@@ -115,6 +122,19 @@ impl Actor for ArchiveActor {
             ArchiveMsg::Extract(opts, progress, cancel, r) => reply(
                 r,
                 blocking(move || archive::extract(&opts, &progress, &cancel)).await,
+            ),
+            ArchiveMsg::List {
+                path,
+                expected_sha256,
+                progress,
+                cancel,
+                reply: r,
+            } => reply(
+                r,
+                blocking(move || {
+                    archive::list(&path, expected_sha256.as_deref(), &progress, &cancel)
+                })
+                .await,
             ),
             ArchiveMsg::ReadInfo(path, r) => {
                 reply(r, blocking(move || archive::read_info(&path)).await)

@@ -17,7 +17,7 @@
 //! `Builder::append_data` cannot store a long path whose first byte is not UTF-8.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -32,7 +32,6 @@ use super::format::{INFO_PATH, MANIFEST_PATH, encode_bytes};
 use super::pgzip::{CHUNK_SIZE, ParallelGzWriter};
 use super::threads::resolve_threads;
 use super::{BuildOptions, BuildReport, CancelFlag, EntryKind, META_DIR, ManifestEntry};
-use crate::config::INTERNAL_PREFIX;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{partial_path, sync_parent};
 use crate::progress::{Phase, Progress};
@@ -127,6 +126,7 @@ pub(super) fn build_inner(
         sha256: written.sha256,
         entries: written.entries,
         source_bytes: written.source_bytes,
+        unmatched_excludes: plan.unmatched_excludes.clone(),
         skipped_special: plan.special.len() as u64,
     })
 }
@@ -190,19 +190,17 @@ impl Drop for PartialGuard<'_> {
     }
 }
 
-/// Paths left out of the archive, as component lists relative to the source dir.
+/// Paths left out of the archive: the configured rules (`exclude.rs`) and the archive
+/// itself when it is written inside the source tree.
 struct Excludes {
-    /// A path is excluded when one of these is a prefix of its components.
-    prefixes: Vec<Vec<OsString>>,
+    rules: crate::exclude::Excludes,
+    /// The archive's own paths (final and partial) relative to the source dir, if inside.
+    own: Vec<PathBuf>,
 }
 
 impl Excludes {
     fn new(opts: &BuildOptions, partial: &Path) -> Result<Self> {
-        let mut prefixes: Vec<Vec<OsString>> = opts
-            .exclude
-            .iter()
-            .map(|e| e.names().map(OsStr::to_owned).collect())
-            .collect();
+        let mut own = Vec::new();
         // An archive written inside the source tree must not archive itself.
         if let (Ok(src), Some(parent), Some(pname), Some(dname)) = (
             fs::canonicalize(&opts.source_dir),
@@ -219,28 +217,19 @@ impl Excludes {
                 && let Ok(rel) = parent.strip_prefix(&src)
             {
                 for name in [pname, dname] {
-                    let mut comps: Vec<OsString> = rel.iter().map(|c| c.to_owned()).collect();
-                    comps.push(name.to_owned());
-                    prefixes.push(comps);
+                    own.push(rel.join(name));
                 }
             }
         }
-        Ok(Self { prefixes })
+        Ok(Self {
+            rules: crate::exclude::Excludes::new(&opts.exclude),
+            own,
+        })
     }
 
+    /// Whether `rel` itself is left out (the walk does not descend into it).
     fn excludes(&self, rel: &Path) -> bool {
-        if rel.components().count() == 1
-            && rel
-                .as_os_str()
-                .as_bytes()
-                .starts_with(INTERNAL_PREFIX.as_bytes())
-        {
-            return true;
-        }
-        self.prefixes.iter().any(|p| {
-            let mut comps = rel.iter();
-            p.iter().all(|want| comps.next() == Some(want.as_os_str()))
-        })
+        self.rules.is_excluded(rel) || self.own.iter().any(|o| o == rel)
     }
 }
 
@@ -330,6 +319,8 @@ struct Plan {
     /// Sockets, fifos and devices that were left out.
     special: Vec<PathBuf>,
     total_bytes: u64,
+    /// Exclude rules that matched nothing.
+    unmatched_excludes: Vec<String>,
 }
 
 /// lstat results computed on the walker's threads.
@@ -460,6 +451,7 @@ fn scan(
         items,
         special,
         total_bytes,
+        unmatched_excludes: excludes.rules.unmatched(),
     })
 }
 

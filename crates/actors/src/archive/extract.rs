@@ -168,7 +168,28 @@ fn extract_entries(
         }
         tracker.admit(&parsed).map_err(refuse)?;
         let name = top_level(&parsed.path);
-        let included = opts.filter.includes(OsStr::from_bytes(name));
+        let included = opts.filter.includes(OsStr::from_bytes(name))
+            && (opts.select.is_empty()
+                || opts
+                    .select
+                    .iter()
+                    .any(|s| Path::new(OsStr::from_bytes(&parsed.path)).starts_with(s.as_path())));
+        if included
+            && parsed.kind == EntryKind::Hardlink
+            && !opts.select.is_empty()
+            && !opts.select.iter().any(|s| {
+                Path::new(OsStr::from_bytes(
+                    parsed.target.as_deref().unwrap_or_default(),
+                ))
+                .starts_with(s.as_path())
+            })
+        {
+            return Err(Error::Usage(format!(
+                "{} is a hard link to {}, which is not among the chosen paths; name it too",
+                display_bytes(&parsed.path),
+                display_bytes(parsed.target.as_deref().unwrap_or_default())
+            )));
+        }
         match parsed.kind {
             EntryKind::File => {
                 // Written and hashed by the pool; the checksum is filled in at the manifest.

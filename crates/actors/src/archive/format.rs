@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::relpath::{RelPath, TopName};
+use crate::exclude::ExcludeRule;
+use crate::relpath::TopName;
 
 /// Directory inside the archive that holds our metadata entries.
 pub const META_DIR: &str = ".nuwax-backup";
@@ -26,10 +27,11 @@ pub struct ArchiveInfo {
     /// Top-level names of the data scope at backup time. Parsed as [`TopName`]s: an archive
     /// naming anything else is refused as corrupt.
     pub data_paths: Vec<TopName>,
-    /// Paths left out of the archive (config `exclude`): a restore never touches them.
-    /// Parsed as [`RelPath`]s (no `..`, not absolute): an archive naming anything else is
+    /// Paths and glob patterns left out of the archive (config `exclude`, see `exclude.rs`):
+    /// a restore never touches what they match. Parsed as [`ExcludeRule`]s (clean relative
+    /// paths or valid globs, no `..`, not absolute): an archive naming anything else is
     /// refused as corrupt.
-    pub excluded: Vec<RelPath>,
+    pub excluded: Vec<ExcludeRule>,
     /// Images of the project's containers at backup time.
     #[serde(default)]
     pub images: Vec<ImageRecord>,

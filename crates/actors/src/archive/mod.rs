@@ -26,6 +26,7 @@ mod check;
 mod extract;
 mod filepool;
 mod format;
+mod listing;
 pub mod pgzip;
 #[cfg(test)]
 mod tests;
@@ -43,6 +44,7 @@ pub use format::{
     ArchiveInfo, EntryKind, FORMAT_VERSION, ImageRecord, META_DIR, Manifest, ManifestEntry,
     encode_bytes,
 };
+pub use listing::{Listing, list};
 pub use verify::{read_info, sha256_file, verify};
 
 /// Set from a signal handler (SIGINT, SIGTERM, SIGHUP); long-running work checks it between
@@ -124,9 +126,9 @@ pub struct BuildOptions {
     pub source_dir: PathBuf,
     /// Final archive path. Must not exist; `<dest>.partial` is used while writing.
     pub dest: PathBuf,
-    /// Relative paths (top-level names or nested like `app/cache`) to leave out. Top-level
-    /// names starting with `.nuwax-` are always left out.
-    pub exclude: Vec<crate::relpath::RelPath>,
+    /// Paths (top-level names or nested like `app/cache`) and glob patterns to leave out
+    /// (`exclude.rs`). Top-level names starting with `.nuwax-` are always left out.
+    pub exclude: Vec<crate::exclude::ExcludeRule>,
     /// gzip level 1..=9.
     pub level: u32,
     /// Compression threads; 0 = available parallelism.
@@ -147,6 +149,8 @@ pub struct BuildReport {
     pub entries: u64,
     /// Bytes of file content read from the source.
     pub source_bytes: u64,
+    /// The exclude rules that matched nothing in the source tree (as written).
+    pub unmatched_excludes: Vec<String>,
     /// Sockets, fifos and device files left out (each was named in a progress notice).
     #[allow(dead_code)] // part of the report; read by the archive tests
     pub skipped_special: u64,
@@ -196,6 +200,10 @@ pub struct ExtractOptions {
     /// Existing empty directory on the same filesystem as the live compose dir.
     pub staging: PathBuf,
     pub filter: TopLevelFilter,
+    /// Only these paths (each with its subtree) are written, with plain parent directories;
+    /// empty: every entry the filter includes. Everything is still read, hashed and compared
+    /// with the manifest. A hard link whose target is not selected is refused.
+    pub select: Vec<crate::relpath::RelPath>,
     /// Restore numeric uid/gid (only meaningful as root).
     pub restore_owner: bool,
     pub threads: usize,

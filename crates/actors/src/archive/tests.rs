@@ -265,6 +265,7 @@ fn opts(src: &Path, dest: &Path) -> BuildOptions {
 
 fn extract_opts(archive: &Path, staging: &Path, filter: TopLevelFilter) -> ExtractOptions {
     ExtractOptions {
+        select: Vec::new(),
         archive: archive.to_path_buf(),
         staging: staging.to_path_buf(),
         filter,

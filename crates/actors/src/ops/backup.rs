@@ -157,7 +157,7 @@ pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<()> {
     let paths = &ctx.settings.paths;
     let (dir, exclude) = (
         paths.compose_dir.clone(),
-        ctx.settings.config.backup.exclude.clone(),
+        ctx.settings.config.backup.exclude.rules.clone(),
     );
     let sizes = super::blocking(move || crate::space::tree_bytes(&dir, &exclude)).await?;
     let source = sizes.values().fold(0u64, |a, b| a.saturating_add(*b));
@@ -207,7 +207,7 @@ pub(crate) async fn backup_at_level(
     let opts = BuildOptions {
         source_dir: paths.compose_dir.clone(),
         dest: dest.clone(),
-        exclude: cfg.backup.exclude.clone(),
+        exclude: cfg.backup.exclude.rules.clone(),
         level: level.unwrap_or(cfg.backup.compression_level),
         threads: 0,
         info: ArchiveInfo {
@@ -219,7 +219,7 @@ pub(crate) async fn backup_at_level(
             created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             compose_project: compose.name.clone(),
             data_paths: cfg.backup.data_paths.clone(),
-            excluded: cfg.backup.exclude.clone(),
+            excluded: cfg.backup.exclude.rules.clone(),
             images,
             // Filled in by the build from its scan.
             top_level_bytes: Default::default(),
@@ -230,6 +230,16 @@ pub(crate) async fn backup_at_level(
         .await;
     match built {
         Ok(report) => {
+            // The defaults (`logs`, `uv_cache`) are not warned about: only what the operator
+            // wrote in config.toml.
+            if cfg.backup.exclude.configured {
+                for rule in &report.unmatched_excludes {
+                    progress.notice(format!(
+                        "warning: [backup] exclude `{rule}` matched nothing in {}",
+                        paths.compose_dir.display()
+                    ));
+                }
+            }
             crate::faults::point("backup.before_catalog_complete");
             let setting = (report.source_bytes > 0).then(|| {
                 let ratio = report.size as f64 / report.source_bytes as f64;

@@ -9,6 +9,7 @@
 
 pub(crate) mod auto_backup;
 pub(crate) mod backup;
+pub(crate) mod inspect;
 pub(crate) mod maintenance;
 pub(crate) mod recovery;
 pub(crate) mod remote;
@@ -110,7 +111,7 @@ impl Ctx {
         &self,
         work_dir: &Path,
         filter: &TopLevelFilter,
-        excludes: &[crate::relpath::RelPath],
+        excludes: &[crate::exclude::ExcludeRule],
     ) -> Result<crate::restore::SwapPlan> {
         let (compose_dir, work_dir) = (self.settings.paths.compose_dir.clone(), work_dir.into());
         let (filter, excludes) = (filter.clone(), excludes.to_vec());

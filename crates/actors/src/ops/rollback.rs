@@ -147,20 +147,7 @@ pub(crate) async fn rollback(
         // An unreadable head: if the file is not the one the catalog recorded, say that.
         Err(e) => return Err(checksum_error(ctx, record, &progress).await?.unwrap_or(e)),
     };
-    let needed = if info.top_level_bytes.is_empty() {
-        // An archive without sizes: its compressed size is a lower bound.
-        entry.file_size.unwrap_or(0)
-    } else {
-        info.top_level_bytes
-            .iter()
-            .filter(|(name, _)| filter.includes(name.as_os_str()))
-            .try_fold(0u64, |sum, (_, b)| sum.checked_add(*b))
-            .ok_or_else(|| Error::Corrupt {
-                path: record.file_path.clone(),
-                detail: "its info.json claims more bytes than a disk can hold".into(),
-            })?
-    };
-    crate::space::ensure(&paths.compose_dir, needed)?;
+    crate::space::ensure(&paths.compose_dir, space_needed(&info, &filter, &entry)?)?;
     let mut journal = RollbackJournal {
         backup_id: req.id,
         work_dir: PathBuf::new(),
@@ -258,6 +245,7 @@ pub(crate) async fn rollback_inner(
                     archive: entry.record.file_path.clone(),
                     staging: staged.clone(),
                     filter: filter.clone(),
+                    select: Vec::new(),
                     restore_owner: crate::fsutil::is_root(),
                     threads: 0,
                     expected_sha256: entry.record.sha256.clone(),
@@ -296,12 +284,8 @@ pub(crate) async fn rollback_inner(
     }
 
     // 4. Swap: the configured excludes and the archive's own are never touched.
-    let mut excludes = ctx.settings.config.backup.exclude.clone();
-    for e in &extracted.info.excluded {
-        if !excludes.contains(e) {
-            excludes.push(e.clone());
-        }
-    }
+    let mut excludes = ctx.settings.config.backup.exclude.rules.clone();
+    excludes.extend(extracted.info.excluded.iter().cloned());
     journal.compose_before = ctx.definitions_fingerprint();
     let plan = ctx
         .swap_prepare(&journal.work_dir, &filter, &excludes)
@@ -347,6 +331,27 @@ pub(crate) async fn rollback_inner(
         services_started: false,
         start_error: None,
     })
+}
+
+/// The bytes restoring `filter`'s part of the archive writes into the staging dir (the old
+/// content stays until the swap is done, so nothing is freed before): the sizes `info.json`
+/// records, or the archive's compressed size (a lower bound) for an archive without them.
+pub(crate) fn space_needed(
+    info: &crate::archive::ArchiveInfo,
+    filter: &TopLevelFilter,
+    entry: &BackupEntry,
+) -> Result<u64> {
+    if info.top_level_bytes.is_empty() {
+        return Ok(entry.file_size.unwrap_or(0));
+    }
+    info.top_level_bytes
+        .iter()
+        .filter(|(name, _)| filter.includes(name.as_os_str()))
+        .try_fold(0u64, |sum, (_, b)| sum.checked_add(*b))
+        .ok_or_else(|| Error::Corrupt {
+            path: entry.record.file_path.clone(),
+            detail: "its info.json claims more bytes than a disk can hold".into(),
+        })
 }
 
 /// After a committed swap (also from recovery): changed definitions (compose file, `.env`,

@@ -31,6 +31,7 @@ use crate::actors::docker_actor::DockerMsg;
 use crate::actors::store_actor::StoreMsg;
 use crate::docker::ContainerInfo;
 use crate::error::{Error, Result};
+use crate::exclude::ExcludeRule;
 use crate::package::{OpenedPackage, PackageInfo};
 use crate::progress::{Phase, Progress};
 use crate::relpath::RelPath;
@@ -288,9 +289,11 @@ pub(crate) async fn apply_release(
     let cfg = &ctx.settings.config;
     let work = journal.work_dir.clone();
     let filter = ctx.scope_filter(RollbackScope::App);
-    let mut excludes = cfg.backup.exclude.clone();
+    let mut excludes = cfg.backup.exclude.rules.clone();
     if !info.top_level.iter().any(|t| t == ".env") {
-        excludes.push(RelPath::parse(".env").expect("a clean name"));
+        excludes.push(ExcludeRule::Path(
+            RelPath::parse(".env").expect("a clean name"),
+        ));
     }
     let plan = ctx.swap_prepare(&work, &filter, &excludes).await?;
     progress.phase(Phase::Swapping, None, Some(plan.items.len() as u64));

@@ -15,12 +15,8 @@ fn ino(p: &Path) -> u64 {
     std::fs::symlink_metadata(p).unwrap().ino()
 }
 
-fn rel(s: &str) -> RelPath {
-    RelPath::parse(s).unwrap()
-}
-
-fn rels(v: &[&str]) -> Vec<RelPath> {
-    v.iter().map(|s| rel(s)).collect()
+fn rels(v: &[&str]) -> Vec<ExcludeRule> {
+    v.iter().map(|s| ExcludeRule::parse(s).unwrap()).collect()
 }
 
 /// A compose dir with app/, data/, logs/, stale.txt and a work dir whose staging holds a new
@@ -303,4 +299,70 @@ fn work_dirs_never_reuse_a_leftover() {
         read(&a.join("undo/data/db")),
         "parked by a lost catalog's operation 1"
     );
+}
+
+/// Globs at several depths: what they match live is never moved, copied or deleted (also
+/// files the backup never saw), what they match in the archive is not restored, and the
+/// directories above a match are kept while their other children are swapped.
+#[test]
+fn glob_excludes_at_any_depth_are_never_touched() {
+    let (_t, compose, work) = setup();
+    write(&compose.join("top.log"), "live top log");
+    write(&compose.join("app/deep/er/x.log"), "live deep log");
+    write(&compose.join("app/deep/er/keep.txt"), "old keep");
+    write(&compose.join("app/deep/tmp/a/b"), "live tmp");
+    write(&compose.join("app/node/cache/c2"), "live nested cache");
+    let staged = work.join("staged");
+    write(&staged.join("app/deep/er/keep.txt"), "new keep");
+    write(&staged.join("app/deep/er/x.log"), "archived log");
+    write(&staged.join("app/deep/tmp/a/b"), "archived tmp");
+    write(&staged.join("app/deep/tmp/new"), "archived tmp 2");
+    let inos: Vec<(PathBuf, u64)> = [
+        "top.log",
+        "app/deep/er/x.log",
+        "app/deep/tmp/a",
+        "app/node/cache",
+        "app/cache",
+    ]
+    .iter()
+    .map(|n| (compose.join(n), ino(&compose.join(n))))
+    .collect();
+    let rules = rels(&["*.log", "**/cache", "app/deep/tmp/**"]);
+    let p = prepare(&compose, &work, &TopLevelFilter::All, &rules).unwrap();
+    for n in names(&p) {
+        assert!(
+            !n.ends_with(".log") && !n.contains("cache") && !n.starts_with("app/deep/tmp/"),
+            "{n} is excluded and must not be a unit: {:?}",
+            names(&p)
+        );
+    }
+    p.apply().unwrap();
+    p.commit().unwrap();
+    for (path, i) in inos {
+        assert_eq!(ino(&path), i, "{} was moved", path.display());
+    }
+    assert_eq!(read(&compose.join("top.log")), "live top log");
+    assert_eq!(read(&compose.join("app/deep/er/x.log")), "live deep log");
+    assert_eq!(read(&compose.join("app/deep/er/keep.txt")), "new keep");
+    assert_eq!(read(&compose.join("app/deep/tmp/a/b")), "live tmp");
+    assert!(
+        !compose.join("app/deep/tmp/new").exists(),
+        "excluded in the archive"
+    );
+    assert_eq!(
+        read(&compose.join("app/node/cache/c2")),
+        "live nested cache"
+    );
+    assert_eq!(read(&compose.join("app/cache/c")), "live cache");
+    assert_eq!(read(&compose.join("app/a.txt")), "new app");
+    assert!(!compose.join("stale.txt").exists());
+    // A revert of the same plan shape puts everything back, also with globs.
+    let work2 = create_work_dir(&compose, WORK_PREFIX, 8).unwrap();
+    write(&work2.join("staged/app/a.txt"), "newer app");
+    let p2 = prepare(&compose, &work2, &TopLevelFilter::All, &rules).unwrap();
+    p2.apply().unwrap();
+    p2.revert().unwrap();
+    assert_eq!(read(&compose.join("app/a.txt")), "new app");
+    assert_eq!(read(&compose.join("app/deep/er/x.log")), "live deep log");
+    assert_eq!(read(&compose.join("top.log")), "live top log");
 }
