@@ -23,7 +23,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt
         .backup(
             BackupRequest {
@@ -34,23 +34,25 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
             progress.clone(),
         )
         .await;
-    renderer.finish(progress).await;
+    let totals = renderer.finish(progress).await;
     let entry = result?;
     let r = &entry.record;
     printer.info(&format!(
-        "backup {} created: {} ({}, {} entries, sha256 {})",
+        "backup {} created: {} ({}, {} entries, sha256 {}) {}",
         r.id,
         r.file_path.display(),
         human_bytes(entry.file_size.unwrap_or(0)),
         r.entry_count.unwrap_or(0),
-        r.sha256.as_deref().unwrap_or("-")
+        r.sha256.as_deref().unwrap_or("-"),
+        totals.suffix()
     ));
     if args.json {
-        printer.json(&BackupDocument {
-            success: true,
-            backup: Some(BackupJson::from(&entry)),
-            error: None,
-        });
+        printer.document(
+            &BackupDocument {
+                backup: Some(BackupJson::from(&entry)),
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }
