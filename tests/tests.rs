@@ -14,6 +14,7 @@ mod delete;
 mod demo;
 mod faults;
 mod gate;
+mod gui;
 mod hardening;
 mod hardening_inputs;
 mod hostile;

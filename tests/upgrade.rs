@@ -343,14 +343,13 @@ fn upgrade_to_a_good_release_goes_live_keeps_data_and_records_a_pre_upgrade_back
     let doc = out.json();
     assert_keys(
         &doc,
-        &[
-            "success",
+        &crate::util::doc_keys(&[
             "upgrade_id",
             "from_version",
             "to_version",
             "backup",
             "services",
-        ],
+        ]),
     );
     assert_eq!(doc["success"], true, "{out}");
     assert_eq!(doc["from_version"], VERSION, "{out}");
@@ -566,12 +565,12 @@ fn upgrade_whose_service_turns_unhealthy_is_rolled_back() {
     );
     out.assert_stderr_has("unhealthy");
     let doc = out.json();
-    assert_keys(&doc, &["success", "error"]);
+    assert_keys(&doc, &crate::util::doc_keys(&[]));
     assert_eq!(doc["success"], false, "{out}");
+    assert_eq!(doc["error"]["kind"], "upgrade_rolled_back", "{out}");
+    assert_eq!(doc["error"]["exit_code"], 5, "{out}");
     assert!(
-        doc["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("rolled back")),
+        crate::util::error_message(&doc).contains("rolled back"),
         "the JSON error says it was rolled back\n{out}"
     );
 }

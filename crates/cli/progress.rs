@@ -4,14 +4,12 @@
 //!
 //! Rates and ETAs come from [`rate::Estimator`] (recent throughput, nothing until a second of
 //! data), never from indicatif's own estimate. Containers being stopped, started or waited
-//! for get a line each as their state changes (name, state, time since the phase began for
-//! them). Each phase ends with a summary line: what it did, its elapsed time and throughput.
+//! for get a line each as their state changes (name, state, time since the phase began). Each phase ends with a summary line: what it did, its elapsed time and throughput.
 #![allow(clippy::print_stderr)]
 
 mod json;
 mod rate;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -116,8 +114,6 @@ struct PhaseState {
     bytes: u64,
     entries: u64,
     estimator: Estimator,
-    /// When each container was first reported in this phase.
-    containers: HashMap<String, Instant>,
 }
 
 impl PhaseState {
@@ -132,7 +128,6 @@ impl PhaseState {
             bytes: 0,
             entries: 0,
             estimator,
-            containers: HashMap::new(),
         }
     }
 
@@ -250,16 +245,8 @@ async fn render(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, output: Output) 
                 _ => print_above(&bar, &escape_message(&msg)),
             },
             ProgressEvent::Container { name, state: what } => {
-                let since = match &mut state {
-                    Some(s) => {
-                        let first = *s
-                            .containers
-                            .entry(name.clone())
-                            .or_insert_with(Instant::now);
-                        Some(first.elapsed())
-                    }
-                    None => None,
-                };
+                // Time since the step (stopping, starting, waiting) began.
+                let since = state.as_ref().map(|s| s.started.elapsed());
                 match output {
                     Output::Quiet => {}
                     Output::Json => emit_json(ProgressLine {
@@ -317,10 +304,10 @@ fn print_above(bar: &Option<ProgressBar>, text: &str) {
     }
 }
 
-/// `  nuwax-db-1: stopped (2.1 s)`.
+/// `  nuwax-db-1: stopped (2.1 s)`: the time since the phase began.
 fn container_line(name: &str, state: &str, since: Option<Duration>) -> String {
     let mut s = format!("  {}: {}", escape_name(name), escape_name(state));
-    if let Some(d) = since.filter(|d| *d >= Duration::from_millis(100)) {
+    if let Some(d) = since {
         s.push_str(&format!(" ({})", human_duration(d)));
     }
     s
@@ -489,6 +476,10 @@ mod tests {
     #[test]
     fn container_lines_name_the_state_and_the_time() {
         assert_eq!(container_line("db", "stopping", None), "  db: stopping");
+        assert_eq!(
+            container_line("db", "stopping", Some(Duration::ZERO)),
+            "  db: stopping (0.0 s)"
+        );
         assert_eq!(
             container_line("db\n", "healthy", Some(Duration::from_millis(12_300))),
             "  db\\n: healthy (12 s)"

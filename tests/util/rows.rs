@@ -45,17 +45,40 @@ pub const ROW_KEYS: &[&str] = &[
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListDoc {
+    pub schema_version: u32,
     pub success: bool,
     pub backups: Vec<BackupRow>,
-    pub error: Option<String>,
+    pub error: Option<ErrorObj>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupDoc {
+    pub schema_version: u32,
     pub success: bool,
     pub backup: Option<BackupRow>,
-    pub error: Option<String>,
+    pub error: Option<ErrorObj>,
+}
+
+/// `error` of a failed `--json` document.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorObj {
+    pub kind: String,
+    pub message: String,
+    pub exit_code: i32,
+}
+
+/// The envelope's keys around a document's own (`keys`).
+pub fn doc_keys<'a>(keys: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["schema_version", "success", "error"];
+    all.extend_from_slice(keys);
+    all
+}
+
+/// `error.message` of a failed document ("" when absent).
+pub fn error_message(doc: &serde_json::Value) -> &str {
+    doc["error"]["message"].as_str().unwrap_or("")
 }
 
 /// Asserts `value` is an object with exactly `keys`.

@@ -174,16 +174,16 @@ fn scope_name(scope: RollbackScope) -> &'static str {
 
 fn print_report(printer: &Printer, r: &RollbackReport, start: bool, totals: &Totals) {
     printer.info(&format!(
-        "restored {} from backup {}: {} files ({} bytes) in {}; {}",
+        "restored {} from backup {} ({}): {} files ({} bytes) {}",
         r.scope.describe(),
         r.backup.record.id,
-        r.files,
-        r.bytes,
         if r.restored.is_empty() {
             "-".to_string()
         } else {
             escape_names(&r.restored)
         },
+        r.files,
+        r.bytes,
         totals.suffix()
     ));
     if !r.removed.is_empty() {

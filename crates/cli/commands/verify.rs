@@ -91,7 +91,10 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                 verdict.record(status);
                 let msg = failure.message.clone();
                 if !matches!(status, ExitStatus::Integrity | ExitStatus::Interrupted) {
-                    first_error.get_or_insert(failure);
+                    first_error.get_or_insert(Failure {
+                        message: format!("backup {id}: {msg}"),
+                        ..failure
+                    });
                 }
                 printer.error(&format!("backup {id}: {msg}"));
                 let json = VerifyJson {
@@ -126,13 +129,11 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                 "interrupted",
                 "verification interrupted",
             )),
+            // The error that kept a backup from being checked, as stderr said it.
             _ => Some(Failure {
-                message: format!(
-                    "verification could not run: {}",
-                    first_error.as_ref().map_or("", |f| f.message.as_str())
-                ),
                 status,
-                ..first_error.unwrap_or_else(|| Failure::new(status, "failed", ""))
+                ..first_error
+                    .unwrap_or_else(|| Failure::new(status, "failed", "verification could not run"))
             }),
         };
         printer.document(&VerifyDocument { results }, failure.as_ref());
