@@ -26,6 +26,7 @@ fn backup_json_document_matches_the_contract() {
     assert_keys(&value["backup"], ROW_KEYS);
     let doc: BackupDoc = out.json_as();
     assert!(doc.success);
+    assert_eq!(doc.schema_version, 1);
     assert_eq!(doc.error, None);
     let row = doc.backup.expect("backup object");
 

@@ -218,10 +218,7 @@ fn phase_ends(lines: &[Line]) -> BTreeMap<String, (u64, Option<u64>)> {
 
 #[test]
 fn progress_json_lines_parse_and_are_monotonic_for_a_backup_and_a_rollback() {
-    let env = TestEnv::with(Fixture {
-        large_file: true,
-        ..Fixture::default()
-    });
+    let env = TestEnv::with(Fixture { large_file: true });
     let out = env.run(&["backup", "--json", "--progress", "json"]);
     out.assert_ok();
     let doc = assert_envelope(&out);

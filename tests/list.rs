@@ -32,6 +32,7 @@ fn list_json_is_newest_first_with_every_field() {
     }
     let doc: ListDoc = out.json_as();
     assert!(doc.success);
+    assert_eq!(doc.schema_version, 1);
     assert_eq!(doc.error, None);
     let ids: Vec<i64> = doc.backups.iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![second.id, first.id], "newest first");

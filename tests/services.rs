@@ -213,6 +213,8 @@ fn docker_service_creates_stops_and_starts_the_stack_in_dependency_order() {
         );
     }
     let doc: StatusDoc = out.json_as();
+    assert_eq!(doc.schema_version, 1);
+    assert!(doc.error.is_none(), "{out}");
     assert!(doc.success);
     assert_eq!(doc.project, env.project);
     assert!(!doc.engine_absent);
