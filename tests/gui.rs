@@ -237,6 +237,13 @@ fn progress_json_lines_parse_and_are_monotonic_for_a_backup_and_a_rollback() {
         "the summary is a message line too\n{out}"
     );
 
+    // A usage error keeps stderr JSON lines too.
+    let bad = env.run(&["rollback", "abc", "--json", "--progress", "json"]);
+    bad.assert_code(exit::USAGE);
+    let lines = progress_lines(&bad);
+    assert_eq!(lines[0].level.as_deref(), Some("error"), "{bad}");
+    assert_envelope(&bad);
+
     let id = doc["backup"]["id"].to_string();
     let out = env.run(&[
         "rollback",

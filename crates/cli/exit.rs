@@ -36,6 +36,22 @@ impl ExitStatus {
     }
 }
 
+impl ExitStatus {
+    /// The `kind` of a failure known only by its exit code (see [`Failure`]).
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            ExitStatus::Success => "none",
+            ExitStatus::Failed => "failed",
+            ExitStatus::Usage => "usage",
+            ExitStatus::Refused => "refused",
+            ExitStatus::Integrity => "integrity",
+            ExitStatus::Interrupted | ExitStatus::HungUp | ExitStatus::Terminated => "interrupted",
+            ExitStatus::UpgradeRolledBack => "upgrade_rolled_back",
+            ExitStatus::UpgradeRollbackFailed => "upgrade_rollback_failed",
+        }
+    }
+}
+
 impl From<ExitStatus> for std::process::ExitCode {
     fn from(s: ExitStatus) -> Self {
         std::process::ExitCode::from(s as u8)

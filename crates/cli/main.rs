@@ -215,16 +215,34 @@ fn usage_failure(e: &clap::Error) -> std::process::ExitCode {
         let _ = e.print();
         return ExitStatus::Success.into();
     }
-    let _ = e.print();
-    let json_asked = std::env::args_os()
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
         .skip(1)
         .take_while(|a| a != "--")
-        .any(|a| a == "--json" || a == "--list-json");
+        .collect();
+    let json_asked = args.iter().any(|a| a == "--json" || a == "--list-json");
+    let progress_json = args.iter().any(|a| a == "--progress=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--progress" && w[1] == "json");
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let message = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    let printer = Printer::new(
+        false,
+        if progress_json {
+            ProgressMode::Json
+        } else {
+            ProgressMode::None
+        },
+        CancelFlag::default(),
+    );
+    if progress_json {
+        // stderr stays JSON lines: the first line of clap's message, as an error message.
+        printer.error(&message);
+    } else {
+        let _ = e.print();
+    }
     if json_asked {
-        let text = e.render().to_string();
-        let first = text.lines().next().unwrap_or("invalid arguments");
-        let message = first.strip_prefix("error: ").unwrap_or(first).to_string();
-        let printer = Printer::new(true, ProgressMode::None, CancelFlag::default());
         let failure = exit::Failure::new(ExitStatus::Usage, "usage", message);
         printer.document(&output::NoBody {}, Some(&failure));
     }
@@ -239,7 +257,21 @@ async fn run(cli: Cli, printer: &Printer, cancel: CancelFlag) -> ExitStatus {
         return fail(printer, json, list, &err);
     }
     match dispatch(cli, printer, cancel).await {
-        Ok(status) => printer.exit_status(status),
+        Ok(status) => {
+            let status = printer.exit_status(status);
+            // Every `--json` run prints exactly one document, whatever the command did.
+            if json && !printer.document_printed() {
+                let failure = (status != ExitStatus::Success).then(|| {
+                    exit::Failure::new(
+                        status,
+                        status.kind(),
+                        format!("the command failed (exit {})", status as u8),
+                    )
+                });
+                printer.document(&output::NoBody {}, failure.as_ref());
+            }
+            status
+        }
         Err(err) => fail(printer, json, list, &err),
     }
 }
