@@ -317,18 +317,18 @@ fn make_bar(phase: Phase, total_bytes: Option<u64>, total_entries: Option<u64>) 
     let bar = match (total_bytes, total_entries) {
         (Some(t), _) => ProgressBar::new(t).with_style(
             ProgressStyle::with_template(
-                "{prefix:>18} [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
+                "{prefix:>12} [{bar:20}] {bytes}/{total_bytes} {wide_msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         ),
         (None, Some(t)) => ProgressBar::new(t).with_style(
-            ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos}/{len} {wide_msg}")
+            ProgressStyle::with_template("{prefix:>12} [{bar:20}] {pos}/{len} {wide_msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         ),
         (None, None) => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{prefix:>18} {spinner} {pos} {wide_msg}")
+            ProgressStyle::with_template("{prefix:>12} {spinner} {pos} {wide_msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         ),
     };

@@ -222,3 +222,39 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|e| Error::io(context, path, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names programs switch on (README, "JSON contract"): a typed name where one exists,
+    /// the class otherwise, and a full disk told apart from other I/O errors.
+    #[test]
+    fn codes_are_stable_names() {
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let cases = [
+            (Error::BackupNotFound(7), "backup_not_found"),
+            (
+                Error::Store(nuwax_store::Error::BackupNotFound(7)),
+                "backup_not_found",
+            ),
+            (
+                Error::NoSpace {
+                    path: "/x".into(),
+                    needed: 2,
+                    available: 1,
+                },
+                "no_space",
+            ),
+            (Error::io("write", "/x", enospc), "disk_full"),
+            (Error::io("read", "/x", std::io::Error::other("boom")), "io"),
+            (Error::Refused("services running".into()), "refused"),
+            (Error::Usage("bad".into()), "usage"),
+            (Error::Interrupted, "interrupted"),
+            (Error::UpgradeRolledBack("x".into()), "upgrade_rolled_back"),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error}");
+        }
+    }
+}
