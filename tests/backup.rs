@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::archutil;
 use crate::util::{
-    BackupDoc, Fixture, ROW_KEYS, TestEnv, VERSION, assert_keys, assert_same_tree, except, exit,
-    file_name, is_root, is_sha256_hex, is_sql_datetime, now_epoch, parse_archive_name, parse_utc,
-    sha256_file,
+    BackupDoc, Fixture, ROW_KEYS, TestEnv, VERSION, assert_keys, assert_same_tree, doc_keys,
+    error_message, except, exit, file_name, is_root, is_sha256_hex, is_sql_datetime, now_epoch,
+    parse_archive_name, parse_utc, sha256_file,
 };
 
 #[test]
@@ -22,10 +22,11 @@ fn backup_json_document_matches_the_contract() {
     out.assert_ok();
 
     let value = out.json();
-    assert_keys(&value, &["success", "backup", "error"]);
+    assert_keys(&value, &doc_keys(&["backup"]));
     assert_keys(&value["backup"], ROW_KEYS);
     let doc: BackupDoc = out.json_as();
     assert!(doc.success);
+    assert_eq!(doc.schema_version, 1);
     assert_eq!(doc.error, None);
     let row = doc.backup.expect("backup object");
 
@@ -263,9 +264,7 @@ fn unreadable_source_file_fails_the_backup_and_leaves_nothing() {
     let doc = out.json();
     assert_eq!(doc["success"], serde_json::json!(false), "{out}");
     assert!(
-        doc["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("users.ibd")),
+        error_message(&doc).contains("users.ibd"),
         "the JSON error names the file\n{out}"
     );
 

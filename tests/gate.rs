@@ -57,7 +57,7 @@ fn running_persistent_container_blocks_backup_until_stopped() {
     assert!(!doc.success);
     assert!(doc.backup.is_none());
     assert!(
-        doc.error.as_deref().is_some_and(|e| e.contains(&app.name)),
+        doc.error.as_ref().is_some_and(|e| e.contains(&app.name)) && doc.exit_code == exit::REFUSED,
         "the JSON error names the container\n{out}"
     );
 

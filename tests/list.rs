@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::util::{ListDoc, ROW_KEYS, TestEnv, assert_keys, exit};
+use crate::util::{ListDoc, ROW_KEYS, TestEnv, assert_keys, doc_keys, exit};
 
 #[test]
 fn empty_catalog_lists_nothing() {
@@ -13,7 +13,7 @@ fn empty_catalog_lists_nothing() {
     let value = env.run_json(&["list-backups", "--json"]);
     assert_eq!(
         value,
-        serde_json::json!({"success": true, "backups": [], "error": null})
+        serde_json::json!({"schema_version": 1, "success": true, "backups": [], "error": null})
     );
 }
 
@@ -26,12 +26,13 @@ fn list_json_is_newest_first_with_every_field() {
     let out = env.run(&["list-backups", "--json"]);
     out.assert_ok();
     let value = out.json();
-    assert_keys(&value, &["success", "backups", "error"]);
+    assert_keys(&value, &doc_keys(&["backups"]));
     for row in value["backups"].as_array().expect("backups array") {
         assert_keys(row, ROW_KEYS);
     }
     let doc: ListDoc = out.json_as();
     assert!(doc.success);
+    assert_eq!(doc.schema_version, 1);
     assert_eq!(doc.error, None);
     let ids: Vec<i64> = doc.backups.iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![second.id, first.id], "newest first");

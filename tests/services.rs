@@ -163,7 +163,14 @@ fn data_and_excluded(tree: &Tree) -> Tree {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StatusDoc {
+    schema_version: u32,
     success: bool,
+    error: Option<String>,
+    // Parsed so that the document keeps exactly this shape (deny_unknown_fields).
+    #[allow(dead_code)]
+    error_kind: Option<String>,
+    #[allow(dead_code)]
+    exit_code: i32,
     project: String,
     engine_absent: bool,
     services: Vec<ServiceRow>,
@@ -192,7 +199,10 @@ fn docker_service_creates_stops_and_starts_the_stack_in_dependency_order() {
     let out = env.run(&["docker-service", "status", "--json"]);
     out.assert_ok();
     let raw = out.json();
-    assert_keys(&raw, &["success", "project", "engine_absent", "services"]);
+    assert_keys(
+        &raw,
+        &crate::util::doc_keys(&["project", "engine_absent", "services"]),
+    );
     for row in raw["services"].as_array().expect("services array") {
         assert_keys(
             row,
@@ -208,6 +218,8 @@ fn docker_service_creates_stops_and_starts_the_stack_in_dependency_order() {
         );
     }
     let doc: StatusDoc = out.json_as();
+    assert_eq!(doc.schema_version, 1);
+    assert!(doc.error.is_none(), "{out}");
     assert!(doc.success);
     assert_eq!(doc.project, env.project);
     assert!(!doc.engine_absent);
@@ -488,15 +500,14 @@ fn auto_backup_restarts_only_what_was_running() {
     let st = out.json();
     assert_keys(
         &st,
-        &[
-            "success",
+        &crate::util::doc_keys(&[
             "last_run",
             "last_result",
             "last_backup_id",
             "last_archive",
             "last_error",
             "cron_line",
-        ],
+        ]),
     );
     assert_eq!(st["success"], true, "{out}");
     assert_eq!(st["last_result"], "success", "{out}");
@@ -840,4 +851,58 @@ fn a_crash_after_a_committed_rollback_converges_to_recreated_containers() {
         app_env(&env)
     );
     assert_eq!(state(&env, "app"), "running", "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-container progress (issue 14, item 5)
+
+/// While services stop, start and are waited for, each container gets its own line as its
+/// state changes (name, state, elapsed), not a bare counter: as text, and as `container`
+/// JSON lines with `--progress json`.
+#[test]
+fn restart_reports_each_container_by_name_and_state() {
+    let env = running_stack();
+    let out = env.run(&["docker-service", "restart", "--progress", "plain"]);
+    out.assert_ok();
+    let db_lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains("db"))
+        .collect();
+    for state in [": stopping (", ": stopped (", ": started (", ": healthy ("] {
+        assert!(
+            db_lines.iter().any(|l| l.contains(state)),
+            "no line for db{state}: {db_lines:?}\n{out}"
+        );
+    }
+    assert!(
+        db_lines
+            .iter()
+            .any(|l| l.contains(": healthy (") && l.ends_with(" s)")),
+        "each line says how long the step has taken: {db_lines:?}"
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("waiting for health done")),
+        "{out}"
+    );
+
+    let out = env.run(&["docker-service", "restart", "--progress", "json"]);
+    out.assert_ok();
+    let mut db_states = Vec::new();
+    for line in out.stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}\n{out}"));
+        if v["event"] == "container" && v["item"].as_str().is_some_and(|n| n.contains("db")) {
+            assert!(v["phase"].is_string(), "{line}");
+            db_states.push(v["state"].as_str().unwrap().to_string());
+        }
+    }
+    for state in ["stopping", "stopped", "starting", "started", "healthy"] {
+        assert!(
+            db_states.iter().any(|s| s == state),
+            "no {state} event for db: {db_states:?}\n{out}"
+        );
+    }
 }

@@ -237,7 +237,7 @@ fn verify_interrupted_is_exit_130_never_a_corrupt_verdict() {
                 let doc: serde_json::Value = out.json();
                 assert_eq!(doc["success"], false, "{out}");
                 assert!(
-                    doc["error"].as_str().unwrap_or("").contains("interrupted"),
+                    crate::util::error_message(&doc).contains("interrupted"),
                     "{out}"
                 );
             }
@@ -319,7 +319,7 @@ fn auto_backup_interrupted_restarts_what_it_stopped_before_exiting() {
         let doc: serde_json::Value = out.json();
         assert_eq!(doc["success"], false, "{out}");
         assert!(
-            doc["error"].as_str().unwrap_or("").contains("interrupted"),
+            crate::util::error_message(&doc).contains("interrupted"),
             "{out}"
         );
         assert!(
@@ -436,7 +436,7 @@ fn auto_backup_checks_storage_and_space_before_stopping_anything() {
         let doc = out.json();
         assert_eq!(doc["success"], false, "{what}\n{out}");
         assert!(
-            doc["error"].as_str().unwrap_or("").contains(needle),
+            crate::util::error_message(&doc).contains(needle),
             "{what}: error set\n{out}"
         );
         assert_eq!(state(&db), "running", "{what}");
@@ -476,7 +476,7 @@ fn auto_backup_failure_json_has_error_and_keeps_the_backup_exit_code() {
     out.assert_code(exit::FAILED);
     let doc = out.json();
     assert_eq!(doc["success"], false, "{out}");
-    let error = doc["error"].as_str().unwrap_or("");
+    let error = crate::util::error_message(&doc);
     assert!(!error.is_empty(), "{out}");
     assert_eq!(doc["backup_error"].as_str(), Some(error), "{out}");
     assert_eq!(state(&db), "running", "{out}");

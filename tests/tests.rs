@@ -15,6 +15,7 @@ mod demo;
 mod excludes;
 mod faults;
 mod gate;
+mod gui;
 mod hardening;
 mod hardening_inputs;
 mod hostile;

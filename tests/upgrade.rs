@@ -343,14 +343,13 @@ fn upgrade_to_a_good_release_goes_live_keeps_data_and_records_a_pre_upgrade_back
     let doc = out.json();
     assert_keys(
         &doc,
-        &[
-            "success",
+        &crate::util::doc_keys(&[
             "upgrade_id",
             "from_version",
             "to_version",
             "backup",
             "services",
-        ],
+        ]),
     );
     assert_eq!(doc["success"], true, "{out}");
     assert_eq!(doc["from_version"], VERSION, "{out}");
@@ -566,12 +565,12 @@ fn upgrade_whose_service_turns_unhealthy_is_rolled_back() {
     );
     out.assert_stderr_has("unhealthy");
     let doc = out.json();
-    assert_keys(&doc, &["success", "error"]);
+    assert_keys(&doc, &crate::util::doc_keys(&[]));
     assert_eq!(doc["success"], false, "{out}");
+    assert_eq!(doc["error_kind"], "upgrade_rolled_back", "{out}");
+    assert_eq!(doc["exit_code"], 5, "{out}");
     assert!(
-        doc["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("rolled back")),
+        crate::util::error_message(&doc).contains("rolled back"),
         "the JSON error says it was rolled back\n{out}"
     );
 }
@@ -693,7 +692,7 @@ fn bad_packages_are_refused_before_anything_is_stopped_or_backed_up() {
 
 fn prune_doc(out: &Output) -> Vec<(i64, bool, Vec<String>)> {
     let doc = out.json();
-    assert_keys(&doc, &["success", "dry_run", "backups"]);
+    assert_keys(&doc, &crate::util::doc_keys(&["dry_run", "backups"]));
     assert_eq!(doc["success"], true, "{out}");
     doc["backups"]
         .as_array()
@@ -955,7 +954,10 @@ fn reindex_rebuilds_a_deleted_catalog_and_flags_missing_archives() {
     let out = env.run(&["reindex", "--json"]);
     out.assert_ok();
     let doc = out.json();
-    assert_keys(&doc, &["success", "added", "known", "invalid", "missing"]);
+    assert_keys(
+        &doc,
+        &crate::util::doc_keys(&["added", "known", "invalid", "missing"]),
+    );
     assert_eq!(doc["success"], true, "{out}");
     assert_eq!(doc["added"].as_array().map(Vec::len), Some(4), "{out}");
     assert_eq!(doc["known"], 0, "{out}");
@@ -1056,7 +1058,7 @@ fn import_adopts_a_verified_archive_and_refuses_a_corrupt_one() {
     let out = env.run(&[OsStr::new("import"), good.as_os_str(), OsStr::new("--json")]);
     out.assert_ok();
     let doc = out.json();
-    assert_keys(&doc, &["success", "backup"]);
+    assert_keys(&doc, &crate::util::doc_keys(&["backup"]));
     assert_eq!(doc["success"], true);
     let imported = backup_of(&doc, &out);
     let dest = env.backups_dir().join(&name);

@@ -36,6 +36,22 @@ impl ExitStatus {
     }
 }
 
+impl ExitStatus {
+    /// The `kind` of a failure known only by its exit code (see [`Failure`]).
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            ExitStatus::Success => "none",
+            ExitStatus::Failed => "failed",
+            ExitStatus::Usage => "usage",
+            ExitStatus::Refused => "refused",
+            ExitStatus::Integrity => "integrity",
+            ExitStatus::Interrupted | ExitStatus::HungUp | ExitStatus::Terminated => "interrupted",
+            ExitStatus::UpgradeRolledBack => "upgrade_rolled_back",
+            ExitStatus::UpgradeRollbackFailed => "upgrade_rollback_failed",
+        }
+    }
+}
+
 impl From<ExitStatus> for std::process::ExitCode {
     fn from(s: ExitStatus) -> Self {
         std::process::ExitCode::from(s as u8)
@@ -82,6 +98,47 @@ pub(crate) fn status_of_error(e: &Error) -> ExitStatus {
         ErrorKind::UpgradeRolledBack => ExitStatus::UpgradeRolledBack,
         ErrorKind::UpgradeRollbackFailed => ExitStatus::UpgradeRollbackFailed,
         _ => ExitStatus::Failed,
+    }
+}
+
+/// What a failed command reports: the exit code, a stable `kind` for programs and the
+/// message for people. The one source of a `--json` document's `error` object.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub status: ExitStatus,
+    /// Stable `snake_case` name (README, "JSON contract"): the library's [`Error::code`],
+    /// `usage` for the CLI's own usage errors, else the class of the exit code.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(status: ExitStatus, kind: &'static str, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The failure of a command that returned `err`.
+    pub(crate) fn of(err: &anyhow::Error) -> Self {
+        let kind = err
+            .chain()
+            .find_map(|cause| {
+                if cause.downcast_ref::<UsageError>().is_some() {
+                    Some("usage")
+                } else {
+                    cause.downcast_ref::<Error>().map(Error::code)
+                }
+            })
+            .unwrap_or("failed");
+        Failure::new(status_of(err), kind, render(err))
+    }
+
+    /// The failure of a library error a command reports inside its own document.
+    pub(crate) fn of_error(e: &Error) -> Self {
+        Failure::new(status_of_error(e), e.code(), e.to_string())
     }
 }
 

@@ -36,12 +36,53 @@ use nuwax_actors::CancelFlag;
 
 use crate::exit::ExitStatus;
 use crate::printer::Printer;
+use crate::progress::ProgressMode;
+
+/// The commands people run most (`--help` and the man page's EXAMPLES).
+macro_rules! examples {
+    () => {
+        "  nuwax-cli -C /srv/nuwax backup
+  nuwax-cli -C /srv/nuwax list-backups
+  nuwax-cli -C /srv/nuwax rollback 12 --force                  # app version only, data kept
+  nuwax-cli -C /srv/nuwax rollback 12 --force --rollback-data  # app and data
+  nuwax-cli -C /srv/nuwax rollback-data-only 12 --force        # data only
+  nuwax-cli -C /srv/nuwax verify --all
+  nuwax-cli -C /srv/nuwax auto-backup run --quiet              # from cron
+  nuwax-cli -C /srv/nuwax backup --json --progress json        # for a GUI"
+    };
+}
+
+/// What the exit code says (`--help` and the man page's EXIT STATUS; README "Exit codes").
+macro_rules! exit_codes {
+    () => {
+        "  0    success
+  1    the operation failed (live data unchanged unless the message says otherwise)
+  2    usage error, unknown backup ID, or missing confirmation (--force)
+  3    refused by a precondition: services running, lock held, no space, engine unreachable
+  4    integrity failure: archive corrupt, checksum mismatch, unsafe entry
+  5    upgrade failed and was rolled back automatically
+  6    upgrade failed and the automatic rollback failed too
+  130  interrupted by SIGINT (143 SIGTERM, 129 SIGHUP): partial work removed
+
+With --json, stdout carries exactly one JSON document, also on failure."
+    };
+}
+
+pub(crate) const EXAMPLES: &str = examples!();
+pub(crate) const EXIT_CODES: &str = exit_codes!();
+const AFTER_HELP: &str = concat!(
+    "Examples:\n",
+    examples!(),
+    "\n\nExit codes:\n",
+    exit_codes!()
+);
 
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "nuwax-cli",
     version,
-    about = "Cold backups and safe rollback for a docker compose service"
+    about = "Cold backups and safe rollback for a docker compose service",
+    after_help = AFTER_HELP
 )]
 pub(crate) struct Cli {
     /// Working directory: holds config.toml, docker/, backups/ and data/nuwax.db.
@@ -62,6 +103,16 @@ pub(crate) struct Cli {
     /// More log output on stderr (-vv for debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// How progress is shown on stderr: bars on a terminal and lines otherwise (auto), lines
+    /// (plain), one JSON object per line for a GUI (json), or none.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = ProgressMode::Auto,
+        value_name = "MODE"
+    )]
+    progress: ProgressMode,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,6 +155,11 @@ enum Command {
     /// Copy chosen files or directories out of a backup into a separate directory (--to DIR);
     /// never into live data.
     Restore(commands::restore::Args),
+    /// Print a shell completion script on stdout (bash, zsh, fish...).
+    Completions(commands::completions::Args),
+    /// Print the man page (roff) on stdout: `nuwax-cli man > nuwax-cli.1`.
+    #[command(hide = true)]
+    Man,
 }
 
 impl Command {
@@ -124,11 +180,13 @@ impl Command {
             Command::Prune(a) => !a.dry_run,
             Command::Recover(a) => a.resolves(),
             Command::Remote(a) => a.action.mutating(),
+            Command::Completions(_) | Command::Man => false,
         }
     }
 }
 
 fn main() -> std::process::ExitCode {
+    progress::start_clock();
     // Colour only on a terminal without NO_COLOR (printer::color_allowed); help goes to
     // stdout, errors to stderr, so both must be terminals for clap to colour.
     let color = if printer::stdout_color() && printer::stderr_color() {
@@ -142,56 +200,108 @@ fn main() -> std::process::ExitCode {
         .and_then(|m| Cli::from_arg_matches(&m));
     let cli = match parsed {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                ExitStatus::Usage
-            } else {
-                ExitStatus::Success
-            };
-            let _ = e.print();
-            return code.into();
-        }
+        Err(e) => return usage_failure(&e),
     };
     init_tracing(cli.verbose);
-    let printer = Printer::new(cli.quiet);
+    let cancel = CancelFlag::default();
+    let printer = Printer::new(cli.quiet, cli.progress, cancel.clone());
+    let json = commands::wants_json(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            printer.error(&format!("cannot start the async runtime: {e}"));
-            return ExitStatus::Failed.into();
+            let err = anyhow::anyhow!("cannot start the async runtime: {e}");
+            return fail(&printer, json, false, &err).into();
         }
     };
-    let status = runtime.block_on(run(cli, &printer));
+    let status = runtime.block_on(run(cli, &printer, cancel));
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     status.into()
 }
 
-async fn run(cli: Cli, printer: &Printer) -> ExitStatus {
-    let json = commands::wants_json(&cli.command);
-    let cancel = CancelFlag::default();
-    if let Err(e) = install_signal_handlers(&cancel) {
-        printer.error(&format!("cannot install the signal handlers: {e}"));
-        return ExitStatus::Failed;
+/// clap refused the arguments (exit 2), or printed help or the version (exit 0). A command
+/// line that asked for `--json` still gets its one JSON document on stdout.
+fn usage_failure(e: &clap::Error) -> std::process::ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitStatus::Success.into();
     }
-    let status = match dispatch(cli, printer, cancel.clone()).await {
-        Ok(status) => status,
-        Err(err) => {
-            let status = exit::status_of(&err);
-            if json {
-                printer.json_error(&err);
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .collect();
+    let json_asked = args.iter().any(|a| a == "--json" || a == "--list-json");
+    let progress_json = args.iter().any(|a| a == "--progress=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--progress" && w[1] == "json");
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let message = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    let printer = Printer::new(
+        false,
+        if progress_json {
+            ProgressMode::Json
+        } else {
+            ProgressMode::None
+        },
+        CancelFlag::default(),
+    );
+    if progress_json {
+        // stderr stays JSON lines: the first line of clap's message, as an error message.
+        printer.error(&message);
+    } else {
+        let _ = e.print();
+    }
+    if json_asked {
+        let failure = exit::Failure::new(ExitStatus::Usage, "usage", message);
+        printer.document(&output::NoBody {}, Some(&failure));
+    }
+    ExitStatus::Usage.into()
+}
+
+async fn run(cli: Cli, printer: &Printer, cancel: CancelFlag) -> ExitStatus {
+    let json = commands::wants_json(&cli.command);
+    let list = commands::lists_backups(&cli.command);
+    if let Err(e) = install_signal_handlers(&cancel) {
+        let err = anyhow::anyhow!("cannot install the signal handlers: {e}");
+        return fail(printer, json, list, &err);
+    }
+    match dispatch(cli, printer, cancel).await {
+        Ok(status) => {
+            let status = printer.exit_status(status);
+            // Every `--json` run prints exactly one document, whatever the command did.
+            if json && !printer.document_printed() {
+                let failure = (status != ExitStatus::Success).then(|| {
+                    exit::Failure::new(
+                        status,
+                        status.kind(),
+                        format!("the command failed (exit {})", status as u8),
+                    )
+                });
+                printer.document(&output::NoBody {}, failure.as_ref());
             }
-            printer.error(&exit::render(&err));
             status
         }
-    };
-    if status == ExitStatus::Interrupted {
-        ExitStatus::interrupted_by(cancel.signal())
-    } else {
-        status
+        Err(err) => fail(printer, json, list, &err),
     }
+}
+
+/// A command that returned an error: the message on stderr and, with `--json`, the failure
+/// document on stdout (unless the command already printed its own). Returns the exit code.
+fn fail(printer: &Printer, json: bool, list: bool, err: &anyhow::Error) -> ExitStatus {
+    let failure = exit::Failure::of(err);
+    if json && !printer.document_printed() {
+        if list {
+            printer.document(&output::EmptyList { backups: [] }, Some(&failure));
+        } else {
+            printer.document(&output::NoBody {}, Some(&failure));
+        }
+    }
+    printer.error(&failure.message);
+    printer.exit_status(failure.status)
 }
 
 /// SIGINT, SIGTERM and SIGHUP all cancel the running operation the same way: the flag is set
@@ -220,6 +330,12 @@ fn install_signal_handlers(cancel: &CancelFlag) -> std::io::Result<()> {
 }
 
 async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Result<ExitStatus> {
+    // Commands that need no working dir: nothing is opened, locked or created.
+    match &cli.command {
+        Command::Completions(args) => return commands::completions::run(args, printer),
+        Command::Man => return commands::completions::run_man(printer),
+        _ => {}
+    }
     let settings = nuwax_actors::Settings::load(&cli.work_dir, cli.config.as_deref())?;
     let opts = nuwax_actors::RuntimeOptions {
         command: command_line(),
@@ -252,6 +368,7 @@ async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Re
         Command::Ls(args) => commands::ls::run(args, &rt, printer).await,
         Command::Diff(args) => commands::diff::run(args, &rt, printer).await,
         Command::Restore(args) => commands::restore::run(args, &rt, printer).await,
+        Command::Completions(_) | Command::Man => unreachable!("handled before the runtime"),
     };
     rt.shutdown().await;
     result

@@ -6,10 +6,14 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use nuwax_actors::CancelFlag;
 use serde::Serialize;
 
-use crate::output::escape_message;
+use crate::exit::{ExitStatus, Failure};
+use crate::output::{Document, escape_message};
+use crate::progress::{ProgressLine, ProgressMode};
 
 /// Whether text written to a stream may carry ANSI colour: only when that stream is a terminal
 /// and `NO_COLOR` is unset or empty (<https://no-color.org>). Everything that could colour its
@@ -31,13 +35,21 @@ pub(crate) fn stdout_color() -> bool {
 pub(crate) struct Printer {
     quiet: bool,
     stderr_tty: bool,
+    progress: ProgressMode,
+    /// Which signal interrupted the run: an interruption's exit code is 128 + that signal.
+    cancel: CancelFlag,
+    /// Whether a `--json` document was printed: a command prints exactly one.
+    document_printed: AtomicBool,
 }
 
 impl Printer {
-    pub fn new(quiet: bool) -> Self {
+    pub fn new(quiet: bool, progress: ProgressMode, cancel: CancelFlag) -> Self {
         Self {
             quiet,
             stderr_tty: std::io::stderr().is_terminal(),
+            progress,
+            cancel,
+            document_printed: AtomicBool::new(false),
         }
     }
 
@@ -47,6 +59,21 @@ impl Printer {
 
     pub fn stderr_is_terminal(&self) -> bool {
         self.stderr_tty
+    }
+
+    /// How progress is shown (`--progress`).
+    pub fn progress_mode(&self) -> ProgressMode {
+        self.progress
+    }
+
+    /// The exit code `status` ends the process with: an interruption's is 128 + the signal
+    /// that arrived (SIGINT's when none is known).
+    pub fn exit_status(&self, status: ExitStatus) -> ExitStatus {
+        if status == ExitStatus::Interrupted {
+            ExitStatus::interrupted_by(self.cancel.signal())
+        } else {
+            status
+        }
     }
 
     /// Data on stdout.
@@ -62,36 +89,47 @@ impl Printer {
         }
     }
 
-    /// One JSON document on stdout.
-    pub fn json<T: Serialize>(&self, value: &T) {
-        match serde_json::to_string_pretty(value) {
+    /// The command's one `--json` document on stdout: `body`'s fields inside the envelope
+    /// (`schema_version`, `success`, `error`); `failure` is `None` on success.
+    pub fn document<T: Serialize>(&self, body: &T, failure: Option<&Failure>) {
+        let code = failure.map_or(0, |f| self.exit_status(f.status) as u8);
+        self.document_printed.store(true, Ordering::SeqCst);
+        match serde_json::to_string_pretty(&Document::new(body, failure, code)) {
             Ok(s) => self.data(&format!("{s}\n")),
             Err(e) => self.error(&format!("cannot encode JSON: {e}")),
         }
     }
 
-    /// The `{"success": false, "error": ...}` document for a failed `--json` command.
-    pub fn json_error(&self, err: &anyhow::Error) {
-        self.json(&crate::output::ErrorDocument::new(&crate::exit::render(
-            err,
-        )));
+    /// Whether [`Printer::document`] was called.
+    pub fn document_printed(&self) -> bool {
+        self.document_printed.load(Ordering::SeqCst)
     }
 
     /// A status line on stderr.
     pub fn info(&self, msg: &str) {
         if !self.quiet {
-            eprintln_safe!("{}", escape_message(msg));
+            self.message("info", "", msg);
         }
     }
 
     pub fn warn(&self, msg: &str) {
         if !self.quiet {
-            eprintln_safe!("warning: {}", escape_message(msg));
+            self.message("warning", "warning: ", msg);
         }
     }
 
     pub fn error(&self, msg: &str) {
-        eprintln_safe!("error: {}", escape_message(msg));
+        self.message("error", "error: ", msg);
+    }
+
+    /// A message on stderr: a line of text, or with `--progress json` one JSON line
+    /// (`"event": "message"`) carrying the exact text.
+    fn message(&self, level: &'static str, prefix: &str, msg: &str) {
+        if self.progress == ProgressMode::Json {
+            crate::progress::emit_json(ProgressLine::message(level, msg));
+        } else {
+            eprintln_safe!("{prefix}{}", escape_message(msg));
+        }
     }
 
     /// A prompt on stderr (no newline).

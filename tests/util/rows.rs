@@ -45,17 +45,41 @@ pub const ROW_KEYS: &[&str] = &[
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListDoc {
+    pub schema_version: u32,
     pub success: bool,
     pub backups: Vec<BackupRow>,
     pub error: Option<String>,
+    // Parsed so that the document keeps exactly this shape (deny_unknown_fields).
+    #[allow(dead_code)]
+    pub error_kind: Option<String>,
+    #[allow(dead_code)]
+    pub exit_code: i32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupDoc {
+    pub schema_version: u32,
     pub success: bool,
     pub backup: Option<BackupRow>,
     pub error: Option<String>,
+    // Parsed so that the document keeps exactly this shape (deny_unknown_fields).
+    #[allow(dead_code)]
+    pub error_kind: Option<String>,
+    #[allow(dead_code)]
+    pub exit_code: i32,
+}
+
+/// The envelope's keys around a document's own (`keys`).
+pub fn doc_keys<'a>(keys: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["schema_version", "success", "error"];
+    all.extend_from_slice(keys);
+    all
+}
+
+/// `error` (the message) of a failed document ("" when absent).
+pub fn error_message(doc: &serde_json::Value) -> &str {
+    doc["error"].as_str().unwrap_or("")
 }
 
 /// Asserts `value` is an object with exactly `keys`.

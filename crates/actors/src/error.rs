@@ -154,6 +154,51 @@ impl Error {
     }
 }
 
+impl Error {
+    /// A stable `snake_case` name for what went wrong, for programs (the GUI reads it as the
+    /// `kind` of a `--json` document's `error`). Errors without a name of their own give their
+    /// class: `failed`, `usage`, `refused`, `integrity`, `interrupted`, `upgrade_rolled_back`,
+    /// `upgrade_rollback_failed`. Names are never changed or reused once shipped.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::BackupNotFound(_) | Error::Store(nuwax_store::Error::BackupNotFound(_)) => {
+                "backup_not_found"
+            }
+            Error::Store(_) => "catalog",
+            Error::NoSpace { .. } => "no_space",
+            Error::Locked { .. } => "locked",
+            Error::DockerUnreachable { .. } => "docker_unreachable",
+            Error::Docker(_) => "docker",
+            Error::Corrupt { .. } => "corrupt",
+            Error::UnsafeEntry { .. } => "unsafe_entry",
+            Error::ChecksumMismatch { .. } => "checksum_mismatch",
+            Error::SourceChanged { .. } => "source_changed",
+            Error::SwapConflict { .. } => "swap_conflict",
+            Error::UnsafePath { .. } => "unsafe_path",
+            Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => "disk_full",
+            Error::Io { .. } => "io",
+            Error::Internal(_) => "internal",
+            _ => self.kind().code(),
+        }
+    }
+}
+
+impl ErrorKind {
+    /// The stable name of the class (see [`Error::code`]).
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::Failed => "failed",
+            ErrorKind::Usage => "usage",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Interrupted => "interrupted",
+            ErrorKind::UpgradeRolledBack => "upgrade_rolled_back",
+            ErrorKind::UpgradeRollbackFailed => "upgrade_rollback_failed",
+        }
+    }
+}
+
 fn describe_conflicts(conflicts: &[(PathBuf, PathBuf)]) -> String {
     conflicts
         .iter()
@@ -178,5 +223,41 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, context: &'static str, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|e| Error::io(context, path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names programs switch on (README, "JSON contract"): a typed name where one exists,
+    /// the class otherwise, and a full disk told apart from other I/O errors.
+    #[test]
+    fn codes_are_stable_names() {
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let cases = [
+            (Error::BackupNotFound(7), "backup_not_found"),
+            (
+                Error::Store(nuwax_store::Error::BackupNotFound(7)),
+                "backup_not_found",
+            ),
+            (
+                Error::NoSpace {
+                    path: "/x".into(),
+                    needed: 2,
+                    available: 1,
+                },
+                "no_space",
+            ),
+            (Error::io("write", "/x", enospc), "disk_full"),
+            (Error::io("read", "/x", std::io::Error::other("boom")), "io"),
+            (Error::Refused("services running".into()), "refused"),
+            (Error::Usage("bad".into()), "usage"),
+            (Error::Interrupted, "interrupted"),
+            (Error::UpgradeRolledBack("x".into()), "upgrade_rolled_back"),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error}");
+        }
     }
 }

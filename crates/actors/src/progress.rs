@@ -64,6 +64,10 @@ pub enum ProgressEvent {
     },
     /// Something the operator should read (a warning or a step that happened).
     Notice(String),
+    /// One container changed state while services are stopped, started or waited for:
+    /// `stopping`, `stopped`, `starting`, `started`, `healthy`, `running`, or why it is not
+    /// ready yet (`health: starting`, ...). Always delivered (never throttled).
+    Container { name: String, state: String },
 }
 
 /// Cheap, cloneable, thread-safe progress handle. `Progress::none()` discards everything.
@@ -138,6 +142,14 @@ impl Progress {
         let message = message.into();
         tracing::info!("{message}");
         self.send(ProgressEvent::Notice(message));
+    }
+
+    /// A container's new state (see [`ProgressEvent::Container`]).
+    pub fn container(&self, name: &str, state: impl Into<String>) {
+        self.send(ProgressEvent::Container {
+            name: name.to_owned(),
+            state: state.into(),
+        });
     }
 
     fn send(&self, event: ProgressEvent) {

@@ -528,17 +528,18 @@ async fn compose_up_then_wait_healthy() {
         .wait_healthy(&compose, &[], Duration::from_secs(60), &progress)
         .await
         .unwrap();
-    let mut notices = Vec::new();
+    // One line per container as its state changes: db ends healthy.
+    let mut states = Vec::new();
     while let Ok(event) = rx.try_recv() {
-        if let ProgressEvent::Notice(n) = event {
-            notices.push(n);
+        if let ProgressEvent::Container { name, state } = event {
+            states.push((name, state));
         }
     }
     assert!(
-        notices
+        states
             .iter()
-            .any(|n| n.contains("db") && n.contains("healthy")),
-        "{notices:?}"
+            .any(|(n, s)| n.contains("db") && s == "healthy"),
+        "{states:?}"
     );
 
     let mut containers = engine

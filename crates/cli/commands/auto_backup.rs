@@ -10,7 +10,7 @@
 use nuwax_actors::Runtime;
 use serde::Serialize;
 
-use crate::exit::ExitStatus;
+use crate::exit::{ExitStatus, Failure};
 use crate::output::BackupJson;
 use crate::printer::Printer;
 use crate::progress::Renderer;
@@ -47,20 +47,16 @@ impl Action {
 /// `auto-backup run --json`.
 #[derive(Serialize)]
 struct RunDocument {
-    success: bool,
     backup: Option<BackupJson>,
     /// Containers stopped for the backup and started again.
     stopped: Vec<String>,
     backup_error: Option<String>,
     restart_error: Option<String>,
-    /// Everything that went wrong, in one line (null on success).
-    error: Option<String>,
 }
 
 /// `auto-backup status --json`.
 #[derive(Serialize)]
 struct StatusDocument {
-    success: bool,
     /// RFC 3339 UTC start of the last run; null if it never ran.
     last_run: Option<String>,
     /// `success` or `failed`.
@@ -80,16 +76,16 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
 }
 
 async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt.auto_backup(progress.clone()).await;
-    renderer.finish(progress).await;
+    let totals = renderer.finish(progress).await;
     let report = result?;
-    let ok = report.ok();
     if let Some(b) = &report.backup {
         printer.info(&format!(
-            "auto backup {} created: {}",
+            "auto backup {} created: {} {}",
             b.record.id,
-            b.record.file_path.display()
+            b.record.file_path.display(),
+            totals.suffix()
         ));
     }
     if !report.stopped.is_empty() && report.restart_error.is_none() {
@@ -111,25 +107,31 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
             rt.settings().paths.work_dir.display()
         ));
     }
-    let push_error = match (&report.backup, ok) {
+    let push_error = match (&report.backup, report.ok()) {
         (Some(b), true) => super::remote::after_backup(rt, printer, b.record.id).await,
         _ => None,
     };
     if json {
-        printer.json(&RunDocument {
-            success: ok && push_error.is_none(),
-            backup: report.backup.as_ref().map(BackupJson::from),
-            stopped: report.stopped.clone(),
-            backup_error: report.backup_error.as_ref().map(ToString::to_string),
-            restart_error: report.restart_error.as_ref().map(ToString::to_string),
-            error: match &push_error {
-                Some((_, m)) => Some(m.clone()),
-                None => (!ok).then(|| report.error_text()),
-            },
+        // Everything that went wrong in one message; the kind and exit code of the error
+        // that decides the exit code.
+        let failure = push_error.clone().or_else(|| {
+            report.error().map(|e| Failure {
+                message: report.error_text(),
+                ..Failure::of_error(e)
+            })
         });
+        printer.document(
+            &RunDocument {
+                backup: report.backup.as_ref().map(BackupJson::from),
+                stopped: report.stopped.clone(),
+                backup_error: report.backup_error.as_ref().map(ToString::to_string),
+                restart_error: report.restart_error.as_ref().map(ToString::to_string),
+            },
+            failure.as_ref(),
+        );
     }
-    if let Some((status, _)) = push_error {
-        return Ok(status);
+    if let Some(f) = push_error {
+        return Ok(f.status);
     }
     // The exit code of the error itself: 3 for no space, 130/143/129 when interrupted, as
     // `backup` would exit.
@@ -148,15 +150,17 @@ async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<E
         shell_quote(&rt.settings().paths.work_dir.display().to_string())
     );
     if json {
-        printer.json(&StatusDocument {
-            success: true,
-            last_run: st.last_run,
-            last_result: st.last_result,
-            last_backup_id: st.last_backup_id,
-            last_archive: st.last_archive,
-            last_error: st.last_error,
-            cron_line,
-        });
+        printer.document(
+            &StatusDocument {
+                last_run: st.last_run,
+                last_result: st.last_result,
+                last_backup_id: st.last_backup_id,
+                last_archive: st.last_archive,
+                last_error: st.last_error,
+                cron_line,
+            },
+            None,
+        );
         return Ok(ExitStatus::Success);
     }
     let mut out = String::new();

@@ -23,7 +23,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt
         .backup(
             BackupRequest {
@@ -34,24 +34,26 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
             progress.clone(),
         )
         .await;
-    renderer.finish(progress).await;
+    let totals = renderer.finish(progress).await;
     let entry = result?;
     let r = &entry.record;
     printer.info(&format!(
-        "backup {} created: {} ({}, {} entries, sha256 {})",
+        "backup {} created: {} ({}, {} entries, sha256 {}) {}",
         r.id,
         r.file_path.display(),
         human_bytes(entry.file_size.unwrap_or(0)),
         r.entry_count.unwrap_or(0),
-        r.sha256.as_deref().unwrap_or("-")
+        r.sha256.as_deref().unwrap_or("-"),
+        totals.suffix()
     ));
     let push_error = super::remote::after_backup(rt, printer, r.id).await;
     if args.json {
-        printer.json(&BackupDocument {
-            success: push_error.is_none(),
-            backup: Some(BackupJson::from(&entry)),
-            error: push_error.as_ref().map(|(_, m)| m.clone()),
-        });
+        printer.document(
+            &BackupDocument {
+                backup: Some(BackupJson::from(&entry)),
+            },
+            push_error.as_ref(),
+        );
     }
-    Ok(push_error.map_or(ExitStatus::Success, |(s, _)| s))
+    Ok(push_error.map_or(ExitStatus::Success, |f| f.status))
 }

@@ -40,11 +40,12 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
         deleted.record.file_path.display()
     ));
     if args.json {
-        printer.json(&DeleteDocument {
-            success: true,
-            deleted: Some(BackupJson::from(&deleted)),
-            error: None,
-        });
+        printer.document(
+            &DeleteDocument {
+                deleted: Some(BackupJson::from(&deleted)),
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }

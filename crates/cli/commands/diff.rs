@@ -22,7 +22,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt
         .diff(
             DiffRequest {
@@ -38,23 +38,24 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     if args.json {
         let list =
             |v: &[DiffEntry]| -> Vec<DiffEntryJson> { v.iter().map(DiffEntryJson::from).collect() };
-        printer.json(&DiffDocument {
-            success: true,
-            backup_id: args.id,
-            from_manifest: r.from_manifest,
-            content_compared: args.content,
-            excluded: r.excluded.clone(),
-            summary: DiffSummary {
-                added: d.added.len(),
-                removed: d.removed.len(),
-                modified: d.modified.len(),
-                unchanged: d.unchanged,
+        printer.document(
+            &DiffDocument {
+                backup_id: args.id,
+                from_manifest: r.from_manifest,
+                content_compared: args.content,
+                excluded: r.excluded.clone(),
+                summary: DiffSummary {
+                    added: d.added.len(),
+                    removed: d.removed.len(),
+                    modified: d.modified.len(),
+                    unchanged: d.unchanged,
+                },
+                added: list(&d.added),
+                removed: list(&d.removed),
+                modified: list(&d.modified),
             },
-            added: list(&d.added),
-            removed: list(&d.removed),
-            modified: list(&d.modified),
-            error: None,
-        });
+            None,
+        );
         return Ok(ExitStatus::Success);
     }
     // One line per path, in path order: `+` added since the backup, `-` removed since,

@@ -48,7 +48,6 @@ impl Action {
 /// `docker-service status --json`.
 #[derive(Serialize)]
 struct StatusDocument {
-    success: bool,
     project: String,
     /// No Docker engine socket on this machine.
     engine_absent: bool,
@@ -71,7 +70,6 @@ struct ServiceJson {
 /// `docker-service start|stop|restart --json`.
 #[derive(Serialize)]
 struct ActionDocument {
-    success: bool,
     action: &'static str,
     stopped: Vec<String>,
     started: Vec<String>,
@@ -83,9 +81,8 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     if let Action::Status(_) = args.action {
         return status(rt, printer, json).await;
     }
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let mut doc = ActionDocument {
-        success: true,
         action: "",
         stopped: Vec::new(),
         started: Vec::new(),
@@ -117,15 +114,22 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
         Ok(())
     }
     .await;
-    renderer.finish(progress).await;
+    let totals = renderer.finish(progress).await;
     result?;
     match doc.action {
         "stop" if doc.stopped.is_empty() => printer.info("nothing was running"),
-        "stop" => printer.info(&format!("stopped: {}", escape_names(&doc.stopped))),
-        _ => printer.info("the services are running and healthy"),
+        "stop" => printer.info(&format!(
+            "stopped: {} {}",
+            escape_names(&doc.stopped),
+            totals.suffix()
+        )),
+        _ => printer.info(&format!(
+            "the services are running and healthy {}",
+            totals.suffix()
+        )),
     }
     if json {
-        printer.json(&doc);
+        printer.document(&doc, None);
     }
     Ok(ExitStatus::Success)
 }
@@ -146,12 +150,14 @@ async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<E
         })
         .collect();
     if json {
-        printer.json(&StatusDocument {
-            success: true,
-            project: st.project.clone(),
-            engine_absent: st.engine_absent,
-            services,
-        });
+        printer.document(
+            &StatusDocument {
+                project: st.project.clone(),
+                engine_absent: st.engine_absent,
+                services,
+            },
+            None,
+        );
         return Ok(ExitStatus::Success);
     }
     if st.engine_absent {

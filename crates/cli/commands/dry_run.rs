@@ -19,7 +19,7 @@ pub(crate) async fn run(
     scope: RollbackScope,
     json: bool,
 ) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt.rollback_plan(id, scope, progress.clone()).await;
     renderer.finish(progress).await;
     let p = result?;
@@ -27,26 +27,27 @@ pub(crate) async fn run(
     let stop: Vec<String> = p.would_stop.iter().map(|c| c.name.clone()).collect();
     let enough = p.available_bytes >= p.needed_with_margin;
     if json {
-        printer.json(&DryRunDocument {
-            success: true,
-            dry_run: true,
-            backup_id: id,
-            scope: super::rollback::scope_name(scope),
-            replace: PathCount::of(&d.modified),
-            add: PathCount::of(&d.removed),
-            remove: PathCount::of(&d.added),
-            unchanged: d.unchanged,
-            space: SpaceJson {
-                needed_bytes: p.needed_bytes,
-                needed_with_margin: p.needed_with_margin,
-                available_bytes: p.available_bytes,
-                enough,
+        printer.document(
+            &DryRunDocument {
+                dry_run: true,
+                backup_id: id,
+                scope: super::rollback::scope_name(scope),
+                replace: PathCount::of(&d.modified),
+                add: PathCount::of(&d.removed),
+                remove: PathCount::of(&d.added),
+                unchanged: d.unchanged,
+                space: SpaceJson {
+                    needed_bytes: p.needed_bytes,
+                    needed_with_margin: p.needed_with_margin,
+                    available_bytes: p.available_bytes,
+                    enough,
+                },
+                would_stop: stop,
+                engine_found: p.engine_found,
+                excluded: p.excluded.clone(),
             },
-            would_stop: stop,
-            engine_found: p.engine_found,
-            excluded: p.excluded.clone(),
-            error: None,
-        });
+            None,
+        );
         return Ok(ExitStatus::Success);
     }
     let mut out = format!(

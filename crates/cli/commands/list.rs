@@ -25,11 +25,12 @@ pub(crate) async fn print_list(
 ) -> anyhow::Result<ExitStatus> {
     let backups = rt.list_backups().await?;
     if json {
-        printer.json(&ListDocument {
-            success: true,
-            backups: backups.iter().map(BackupJson::from).collect(),
-            error: None,
-        });
+        printer.document(
+            &ListDocument {
+                backups: backups.iter().map(BackupJson::from).collect(),
+            },
+            None,
+        );
         return Ok(ExitStatus::Success);
     }
     if backups.is_empty() {

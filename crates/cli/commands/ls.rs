@@ -28,7 +28,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt
         .ls(
             LsRequest {
@@ -42,17 +42,18 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     renderer.finish(progress).await;
     let report = result?;
     if args.json {
-        printer.json(&LsDocument {
-            success: true,
-            backup_id: args.id,
-            path: report
-                .path
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-            from_manifest: report.from_manifest,
-            entries: report.entries.iter().map(LsEntryJson::from).collect(),
-            error: None,
-        });
+        printer.document(
+            &LsDocument {
+                backup_id: args.id,
+                path: report
+                    .path
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                from_manifest: report.from_manifest,
+                entries: report.entries.iter().map(LsEntryJson::from).collect(),
+            },
+            None,
+        );
         return Ok(ExitStatus::Success);
     }
     if !report.from_manifest {

@@ -2,6 +2,7 @@
 
 pub(crate) mod auto_backup;
 pub(crate) mod backup;
+pub(crate) mod completions;
 pub(crate) mod delete;
 pub(crate) mod diff;
 pub(crate) mod docker_service;
@@ -39,5 +40,16 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::Ls(a) => a.json,
         Command::Diff(a) => a.json,
         Command::Restore(a) => a.json,
+        Command::Completions(_) | Command::Man => false,
+    }
+}
+
+/// Whether the command's document is the backup list (`list-backups --json`, `rollback
+/// --list-json`): its failure document carries an empty `backups` too, as the original tool's.
+pub(crate) fn lists_backups(cmd: &Command) -> bool {
+    match cmd {
+        Command::ListBackups(a) => a.json,
+        Command::Rollback(a) => a.list_json,
+        _ => false,
     }
 }

@@ -31,7 +31,6 @@ pub(crate) struct Args {
 
 #[derive(Serialize)]
 struct PruneDocument {
-    success: bool,
     dry_run: bool,
     /// Every backup, newest first, with the decision and the rules behind it.
     backups: Vec<DecisionJson>,
@@ -61,18 +60,20 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     }
     let decisions = rt.prune(&rules, args.dry_run).await?;
     if args.json {
-        printer.json(&PruneDocument {
-            success: true,
-            dry_run: args.dry_run,
-            backups: decisions
-                .iter()
-                .map(|d| DecisionJson {
-                    id: d.id,
-                    keep: d.keep,
-                    reasons: d.reasons.clone(),
-                })
-                .collect(),
-        });
+        printer.document(
+            &PruneDocument {
+                dry_run: args.dry_run,
+                backups: decisions
+                    .iter()
+                    .map(|d| DecisionJson {
+                        id: d.id,
+                        keep: d.keep,
+                        reasons: d.reasons.clone(),
+                    })
+                    .collect(),
+            },
+            None,
+        );
     } else {
         let mut out = String::new();
         for d in &decisions {

@@ -56,12 +56,13 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
             }
         }
         if args.json {
-            printer.json(&RecoverDocument {
-                success: true,
-                blocked: blocked.iter().map(BlockedJson::from).collect(),
-                resolved: Vec::new(),
-                error: None,
-            });
+            printer.document(
+                &RecoverDocument {
+                    blocked: blocked.iter().map(BlockedJson::from).collect(),
+                    resolved: Vec::new(),
+                },
+                None,
+            );
         }
         return Ok(ExitStatus::Success);
     };
@@ -73,12 +74,13 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
         printer.info(n);
     }
     if args.json {
-        printer.json(&RecoverDocument {
-            success: true,
-            blocked: Vec::new(),
-            resolved: notes,
-            error: None,
-        });
+        printer.document(
+            &RecoverDocument {
+                blocked: Vec::new(),
+                resolved: notes,
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }

@@ -37,7 +37,6 @@ pub(crate) struct ImportArgs {
 
 #[derive(Serialize)]
 struct ReindexDocument {
-    success: bool,
     /// Archives added to the catalog.
     added: Vec<BackupJson>,
     /// Archives that were already in the catalog.
@@ -59,7 +58,6 @@ struct InvalidJson {
 
 #[derive(Serialize)]
 struct ImportDocument {
-    success: bool,
     backup: BackupJson,
 }
 
@@ -67,9 +65,9 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     if args.remote {
         return super::remote::reindex(args.json, rt, printer).await;
     }
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt.reindex(progress.clone()).await;
-    renderer.finish(progress).await;
+    let totals = renderer.finish(progress).await;
     let r = result?;
     if let Some(moved) = &r.moved_aside {
         printer.warn(&format!(
@@ -96,28 +94,31 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
         ));
     }
     printer.info(&format!(
-        "{} added, {} already known, {} invalid, {} missing",
+        "{} added, {} already known, {} invalid, {} missing {}",
         r.added.len(),
         r.known,
         r.invalid.len(),
-        r.missing.len()
+        r.missing.len(),
+        totals.suffix()
     ));
     if args.json {
-        printer.json(&ReindexDocument {
-            success: true,
-            added: r.added.iter().map(BackupJson::from).collect(),
-            known: r.known,
-            invalid: r
-                .invalid
-                .iter()
-                .map(|(p, e)| InvalidJson {
-                    file_path: p.display().to_string(),
-                    error: e.clone(),
-                })
-                .collect(),
-            missing: r.missing.iter().map(BackupJson::from).collect(),
-            moved_aside: r.moved_aside.as_ref().map(|p| p.display().to_string()),
-        });
+        printer.document(
+            &ReindexDocument {
+                added: r.added.iter().map(BackupJson::from).collect(),
+                known: r.known,
+                invalid: r
+                    .invalid
+                    .iter()
+                    .map(|(p, e)| InvalidJson {
+                        file_path: p.display().to_string(),
+                        error: e.clone(),
+                    })
+                    .collect(),
+                missing: r.missing.iter().map(BackupJson::from).collect(),
+                moved_aside: r.moved_aside.as_ref().map(|p| p.display().to_string()),
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }
@@ -127,20 +128,23 @@ pub(crate) async fn run_import(
     rt: &Runtime,
     printer: &Printer,
 ) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt.import(&args.file, progress.clone()).await;
-    renderer.finish(progress).await;
+    let totals = renderer.finish(progress).await;
     let entry = result?;
     printer.info(&format!(
-        "imported {} as backup {}",
+        "imported {} as backup {} {}",
         entry.record.file_path.display(),
-        entry.record.id
+        entry.record.id,
+        totals.suffix()
     ));
     if args.json {
-        printer.json(&ImportDocument {
-            success: true,
-            backup: BackupJson::from(&entry),
-        });
+        printer.document(
+            &ImportDocument {
+                backup: BackupJson::from(&entry),
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }

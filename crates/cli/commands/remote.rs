@@ -127,7 +127,6 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
 
 #[derive(Serialize)]
 struct PushDocument {
-    success: bool,
     /// Backups now on the remote (sent by this run, or there already).
     pushed: Vec<PushedJson>,
     /// Backups not pushed, with the reason.
@@ -162,7 +161,7 @@ pub(crate) async fn push_and_report(
     printer: &Printer,
     target: RemoteTarget,
 ) -> anyhow::Result<nuwax_actors::PushReport> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt.remote_push(target, progress.clone()).await;
     renderer.finish(progress).await;
     let r = result?;
@@ -201,38 +200,39 @@ async fn push(a: TargetArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<
     let t = target(&a, "push")?;
     let r = push_and_report(rt, printer, t).await?;
     if a.json {
-        printer.json(&PushDocument {
-            success: true,
-            pushed: r
-                .pushed
-                .iter()
-                .map(|p| PushedJson {
-                    id: p.backup_id,
-                    archive: p.archive.clone(),
-                    size: p.size,
-                    sha256: p.sha256.clone(),
-                    parts_sent: p.parts_sent,
-                    parts_resumed: p.parts_resumed,
-                    already_there: p.already_there,
-                })
-                .collect(),
-            skipped: r
-                .skipped
-                .iter()
-                .map(|(id, reason)| SkippedJson {
-                    id: *id,
-                    reason: reason.clone(),
-                })
-                .collect(),
-            aborted_uploads: r.aborted.clone(),
-        });
+        printer.document(
+            &PushDocument {
+                pushed: r
+                    .pushed
+                    .iter()
+                    .map(|p| PushedJson {
+                        id: p.backup_id,
+                        archive: p.archive.clone(),
+                        size: p.size,
+                        sha256: p.sha256.clone(),
+                        parts_sent: p.parts_sent,
+                        parts_resumed: p.parts_resumed,
+                        already_there: p.already_there,
+                    })
+                    .collect(),
+                skipped: r
+                    .skipped
+                    .iter()
+                    .map(|(id, reason)| SkippedJson {
+                        id: *id,
+                        reason: reason.clone(),
+                    })
+                    .collect(),
+                aborted_uploads: r.aborted.clone(),
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }
 
 #[derive(Serialize)]
 struct ListDocument {
-    success: bool,
     /// `s3://bucket/prefix`.
     remote: String,
     /// Newest first.
@@ -317,19 +317,21 @@ async fn list(a: JsonArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<Ex
         ));
     }
     if a.json {
-        printer.json(&ListDocument {
-            success: true,
-            remote: r.url.clone(),
-            backups: rows,
-            invalid: r
-                .invalid
-                .iter()
-                .map(|(k, e)| InvalidJson {
-                    key: k.clone(),
-                    error: e.clone(),
-                })
-                .collect(),
-        });
+        printer.document(
+            &ListDocument {
+                remote: r.url.clone(),
+                backups: rows,
+                invalid: r
+                    .invalid
+                    .iter()
+                    .map(|(k, e)| InvalidJson {
+                        key: k.clone(),
+                        error: e.clone(),
+                    })
+                    .collect(),
+            },
+            None,
+        );
     } else {
         let mut table = vec![[
             "ID".to_string(),
@@ -368,12 +370,11 @@ async fn list(a: JsonArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<Ex
 
 #[derive(Serialize)]
 struct PullDocument {
-    success: bool,
     backup: BackupJson,
 }
 
 async fn pull(a: PullArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt.remote_pull(&a.backup, progress.clone()).await;
     renderer.finish(progress).await;
     let entry = result?;
@@ -383,17 +384,18 @@ async fn pull(a: PullArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<Ex
         entry.record.file_path.display()
     ));
     if a.json {
-        printer.json(&PullDocument {
-            success: true,
-            backup: BackupJson::from(&entry),
-        });
+        printer.document(
+            &PullDocument {
+                backup: BackupJson::from(&entry),
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }
 
 #[derive(Serialize)]
 struct VerifyDocument {
-    success: bool,
     copies: Vec<VerifyJson>,
 }
 
@@ -410,7 +412,7 @@ struct VerifyJson {
 
 async fn verify(a: VerifyArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let t = target(&a.target, "verify")?;
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt.remote_verify(t, a.download, progress.clone()).await;
     renderer.finish(progress).await;
     let results = result?;
@@ -435,20 +437,30 @@ async fn verify(a: VerifyArgs, rt: &Runtime, printer: &Printer) -> anyhow::Resul
         }
     }
     if a.target.json {
-        printer.json(&VerifyDocument {
-            success: ok,
-            copies: results
-                .iter()
-                .map(|r| VerifyJson {
-                    archive: r.archive.clone(),
-                    id: r.backup_id,
-                    size: r.size,
-                    ok: r.problems.is_empty(),
-                    downloaded: r.downloaded_sha256.is_some(),
-                    problems: r.problems.clone(),
+        printer.document(
+            &VerifyDocument {
+                copies: results
+                    .iter()
+                    .map(|r| VerifyJson {
+                        archive: r.archive.clone(),
+                        id: r.backup_id,
+                        size: r.size,
+                        ok: r.problems.is_empty(),
+                        downloaded: r.downloaded_sha256.is_some(),
+                        problems: r.problems.clone(),
+                    })
+                    .collect(),
+            },
+            (!ok)
+                .then(|| {
+                    crate::exit::Failure::new(
+                        ExitStatus::Integrity,
+                        "verification_failed",
+                        "a remote copy does not match what was uploaded",
+                    )
                 })
-                .collect(),
-        });
+                .as_ref(),
+        );
     }
     Ok(if ok {
         ExitStatus::Success
@@ -459,7 +471,6 @@ async fn verify(a: VerifyArgs, rt: &Runtime, printer: &Printer) -> anyhow::Resul
 
 #[derive(Serialize)]
 struct PruneDocument {
-    success: bool,
     dry_run: bool,
     decisions: Vec<DecisionJson>,
     deleted: Vec<String>,
@@ -514,36 +525,37 @@ async fn prune(a: PruneArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<
         ));
     }
     if a.json {
-        printer.json(&PruneDocument {
-            success: true,
-            dry_run: a.dry_run,
-            decisions: r
-                .decisions
-                .iter()
-                .map(|(name, d)| DecisionJson {
-                    archive: name.clone(),
-                    id: (d.id > 0).then_some(d.id),
-                    keep: d.keep,
-                    reasons: d.reasons.clone(),
-                })
-                .collect(),
-            deleted: r.deleted.clone(),
-            not_deleted: r
-                .not_deleted
-                .iter()
-                .map(|(archive, error)| SkippedArchiveJson {
-                    archive: archive.clone(),
-                    error: error.clone(),
-                })
-                .collect(),
-        });
+        printer.document(
+            &PruneDocument {
+                dry_run: a.dry_run,
+                decisions: r
+                    .decisions
+                    .iter()
+                    .map(|(name, d)| DecisionJson {
+                        archive: name.clone(),
+                        id: (d.id > 0).then_some(d.id),
+                        keep: d.keep,
+                        reasons: d.reasons.clone(),
+                    })
+                    .collect(),
+                deleted: r.deleted.clone(),
+                not_deleted: r
+                    .not_deleted
+                    .iter()
+                    .map(|(archive, error)| SkippedArchiveJson {
+                        archive: archive.clone(),
+                        error: error.clone(),
+                    })
+                    .collect(),
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }
 
 #[derive(Serialize)]
 struct ReindexRemoteDocument {
-    success: bool,
     /// Catalog entries added from remote copies (their archives stay remote until needed).
     added: Vec<BackupJson>,
     known: usize,
@@ -578,19 +590,21 @@ pub(crate) async fn reindex(
         r.invalid.len()
     ));
     if json {
-        printer.json(&ReindexRemoteDocument {
-            success: true,
-            added: r.added.iter().map(BackupJson::from).collect(),
-            known: r.known,
-            invalid: r
-                .invalid
-                .iter()
-                .map(|(k, e)| InvalidJson {
-                    key: k.clone(),
-                    error: e.clone(),
-                })
-                .collect(),
-        });
+        printer.document(
+            &ReindexRemoteDocument {
+                added: r.added.iter().map(BackupJson::from).collect(),
+                known: r.known,
+                invalid: r
+                    .invalid
+                    .iter()
+                    .map(|(k, e)| InvalidJson {
+                        key: k.clone(),
+                        error: e.clone(),
+                    })
+                    .collect(),
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }
@@ -601,7 +615,7 @@ pub(crate) async fn after_backup(
     rt: &Runtime,
     printer: &Printer,
     id: i64,
-) -> Option<(ExitStatus, String)> {
+) -> Option<crate::exit::Failure> {
     let remote = rt.settings().remote.as_ref()?;
     if remote.push != nuwax_actors::PushMode::AfterBackup {
         return None;
@@ -609,13 +623,13 @@ pub(crate) async fn after_backup(
     match push_and_report(rt, printer, RemoteTarget::One(id)).await {
         Ok(_) => None,
         Err(e) => {
-            let status = crate::exit::status_of(&e);
-            let msg = format!(
+            let mut failure = crate::exit::Failure::of(&e);
+            failure.message = format!(
                 "backup {id} is complete and kept here, but its offsite copy failed: {}",
-                crate::exit::render(&e)
+                failure.message
             );
-            printer.error(&msg);
-            Some((status, msg))
+            printer.error(&failure.message);
+            Some(failure)
         }
     }
 }

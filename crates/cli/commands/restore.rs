@@ -33,7 +33,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt
         .restore_to(
             RestoreRequest {
@@ -61,15 +61,16 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
         human_bytes(r.bytes)
     ));
     if args.json {
-        printer.json(&RestoreDocument {
-            success: true,
-            backup_id: r.backup.record.id,
-            dest: r.dest.display().to_string(),
-            paths,
-            files: r.files,
-            bytes: r.bytes,
-            error: None,
-        });
+        printer.document(
+            &RestoreDocument {
+                backup_id: r.backup.record.id,
+                dest: r.dest.display().to_string(),
+                paths,
+                files: r.files,
+                bytes: r.bytes,
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }

@@ -2,10 +2,10 @@
 
 use nuwax_actors::{RollbackReport, RollbackRequest, RollbackScope, Runtime};
 
-use crate::exit::ExitStatus;
+use crate::exit::{ExitStatus, Failure};
 use crate::output::{RollbackDocument, escape_names};
 use crate::printer::Printer;
-use crate::progress::Renderer;
+use crate::progress::{Renderer, Totals};
 use crate::prompt;
 
 #[derive(clap::Args, Debug)]
@@ -152,15 +152,22 @@ async fn restore(
             ),
         )?;
     }
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt
         .rollback(RollbackRequest { id, scope, start }, progress.clone())
         .await;
-    renderer.finish(progress).await;
+    let totals = renderer.finish(progress).await;
     let report = result?;
-    print_report(printer, &report, start);
+    print_report(printer, &report, start, &totals);
     if json {
-        printer.json(&document(&report));
+        let failure = report.start_error.as_ref().map(|e| {
+            Failure::new(
+                ExitStatus::Failed,
+                "start_failed",
+                format!("restore succeeded but starting the services failed: {e}"),
+            )
+        });
+        printer.document(&document(&report), failure.as_ref());
     }
     if let Some(e) = &report.start_error {
         printer.error(&format!(
@@ -194,18 +201,19 @@ pub(crate) fn scope_name(scope: RollbackScope) -> &'static str {
     }
 }
 
-fn print_report(printer: &Printer, r: &RollbackReport, start: bool) {
+fn print_report(printer: &Printer, r: &RollbackReport, start: bool, totals: &Totals) {
     printer.info(&format!(
-        "restored {} from backup {}: {} files ({} bytes) in {}",
+        "restored {} from backup {} ({}): {} files ({} bytes) {}",
         r.scope.describe(),
         r.backup.record.id,
-        r.files,
-        r.bytes,
         if r.restored.is_empty() {
             "-".to_string()
         } else {
             escape_names(&r.restored)
-        }
+        },
+        r.files,
+        r.bytes,
+        totals.suffix()
     ));
     if !r.removed.is_empty() {
         printer.info(&format!(
@@ -231,7 +239,6 @@ fn print_report(printer: &Printer, r: &RollbackReport, start: bool) {
 
 fn document(r: &RollbackReport) -> RollbackDocument {
     RollbackDocument {
-        success: r.start_error.is_none(),
         backup_id: r.backup.record.id,
         scope: scope_name(r.scope),
         restored: r.restored.clone(),
@@ -240,9 +247,5 @@ fn document(r: &RollbackReport) -> RollbackDocument {
         services_started: r.services_started,
         files: r.files,
         bytes: r.bytes,
-        error: r
-            .start_error
-            .as_ref()
-            .map(|e| format!("restore succeeded but starting the services failed: {e}")),
     }
 }

@@ -46,7 +46,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `upgrade --json` on success.
 #[derive(Serialize)]
 struct UpgradeDocument {
-    success: bool,
     upgrade_id: i64,
     from_version: String,
     to_version: String,
@@ -63,7 +62,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
             args.package.display()
         )));
     }
-    let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+    let (renderer, progress) = Renderer::start(printer);
     let result = rt
         .upgrade(
             UpgradeRequest {
@@ -74,21 +73,26 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
             progress.clone(),
         )
         .await;
-    renderer.finish(progress).await;
+    let totals = renderer.finish(progress).await;
     let report = result?;
     printer.info(&format!(
-        "upgraded from {} to {} (pre-upgrade backup {}); the services are running and healthy",
-        report.from_version, report.to_version, report.backup.record.id
+        "upgraded from {} to {} (pre-upgrade backup {}); the services are running and healthy; {}",
+        report.from_version,
+        report.to_version,
+        report.backup.record.id,
+        totals.suffix()
     ));
     if args.json {
-        printer.json(&UpgradeDocument {
-            success: true,
-            upgrade_id: report.upgrade_id,
-            from_version: report.from_version.clone(),
-            to_version: report.to_version.clone(),
-            backup: BackupJson::from(&report.backup),
-            services: report.package.services.clone(),
-        });
+        printer.document(
+            &UpgradeDocument {
+                upgrade_id: report.upgrade_id,
+                from_version: report.from_version.clone(),
+                to_version: report.to_version.clone(),
+                backup: BackupJson::from(&report.backup),
+                services: report.package.services.clone(),
+            },
+            None,
+        );
     }
     Ok(ExitStatus::Success)
 }

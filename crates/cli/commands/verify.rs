@@ -3,7 +3,7 @@
 
 use nuwax_actors::{BackupStatus, ErrorKind, Runtime};
 
-use crate::exit::{ExitStatus, usage};
+use crate::exit::{ExitStatus, Failure, usage};
 use crate::output::{VerifyDocument, VerifyJson};
 use crate::printer::Printer;
 use crate::progress::Renderer;
@@ -37,10 +37,12 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     // One verdict for both output forms: the exit code is decided here from the outcomes, never
     // from `--json` (which only chooses how the same outcomes are shown).
     let mut verdict = Verdict::default();
+    // The first error that kept a backup from being checked: its kind names the document's.
+    let mut first_error: Option<Failure> = None;
     for id in ids {
-        let (renderer, progress) = Renderer::start(printer.quiet(), printer.stderr_is_terminal());
+        let (renderer, progress) = Renderer::start(printer);
         let outcome = rt.verify(id, progress.clone()).await;
-        renderer.finish(progress).await;
+        let totals = renderer.finish(progress).await;
         let json = match outcome {
             Ok((entry, report)) => {
                 let ok = report.is_ok();
@@ -57,8 +59,10 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                 }
                 if ok {
                     printer.info(&format!(
-                        "backup {id}: OK ({} entries, {} files checked)",
-                        report.entries, report.files_checked
+                        "backup {id}: OK ({} entries, {} files checked) {}",
+                        report.entries,
+                        report.files_checked,
+                        totals.suffix()
                     ));
                 } else {
                     verdict.record(ExitStatus::Integrity);
@@ -82,9 +86,16 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
             Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e.into()),
             Err(e) => {
                 let err = anyhow::Error::new(e);
-                let status = crate::exit::status_of(&err);
+                let failure = Failure::of(&err);
+                let status = failure.status;
                 verdict.record(status);
-                let msg = crate::exit::render(&err);
+                let msg = failure.message.clone();
+                if !matches!(status, ExitStatus::Integrity | ExitStatus::Interrupted) {
+                    first_error.get_or_insert(Failure {
+                        message: format!("backup {id}: {msg}"),
+                        ..failure
+                    });
+                }
                 printer.error(&format!("backup {id}: {msg}"));
                 let json = VerifyJson {
                     id,
@@ -106,16 +117,26 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
     }
     let status = verdict.status();
     if args.json {
-        let success = status == ExitStatus::Success;
-        printer.json(&VerifyDocument {
-            success,
-            results,
-            error: (!success).then(|| match status {
-                ExitStatus::Integrity => "verification failed".to_string(),
-                ExitStatus::Interrupted => "verification interrupted".to_string(),
-                _ => "verification could not run".to_string(),
+        let failure = match status {
+            ExitStatus::Success => None,
+            ExitStatus::Integrity => Some(Failure::new(
+                status,
+                "verification_failed",
+                "verification failed",
+            )),
+            ExitStatus::Interrupted => Some(Failure::new(
+                status,
+                "interrupted",
+                "verification interrupted",
+            )),
+            // The error that kept a backup from being checked, as stderr said it.
+            _ => Some(Failure {
+                status,
+                ..first_error
+                    .unwrap_or_else(|| Failure::new(status, "failed", "verification could not run"))
             }),
-        });
+        };
+        printer.document(&VerifyDocument { results }, failure.as_ref());
     }
     Ok(status)
 }

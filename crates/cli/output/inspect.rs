@@ -57,14 +57,12 @@ impl From<&ArchiveEntry> for LsEntryJson {
 /// `ls ID [PATH] --json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct LsDocument {
-    pub success: bool,
     pub backup_id: i64,
     /// The path listed; null for the top level.
     pub path: Option<String>,
     /// Entries come from the archive's manifest (with checksums), not its tar headers.
     pub from_manifest: bool,
     pub entries: Vec<LsEntryJson>,
-    pub error: Option<String>,
 }
 
 /// One side of a compared path.
@@ -131,7 +129,6 @@ pub(crate) struct DiffSummary {
 /// `diff ID --json`: the live compose dir against the backup.
 #[derive(Debug, Serialize)]
 pub(crate) struct DiffDocument {
-    pub success: bool,
     pub backup_id: i64,
     pub from_manifest: bool,
     /// `--content`: files of equal size were compared by SHA-256.
@@ -145,7 +142,6 @@ pub(crate) struct DiffDocument {
     pub removed: Vec<DiffEntryJson>,
     /// In both, different.
     pub modified: Vec<DiffEntryJson>,
-    pub error: Option<String>,
 }
 
 /// A count and the first paths.
@@ -179,7 +175,6 @@ pub(crate) struct SpaceJson {
 /// `rollback --dry-run --json` / `rollback-data-only --dry-run --json`: nothing was changed.
 #[derive(Debug, Serialize)]
 pub(crate) struct DryRunDocument {
-    pub success: bool,
     pub dry_run: bool,
     pub backup_id: i64,
     /// `app`, `all` or `data-only`.
@@ -199,13 +194,11 @@ pub(crate) struct DryRunDocument {
     pub engine_found: bool,
     /// Exclude rules: what they match is never touched.
     pub excluded: Vec<String>,
-    pub error: Option<String>,
 }
 
 /// `restore ID PATH... --to DIR --json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct RestoreDocument {
-    pub success: bool,
     pub backup_id: i64,
     /// Absolute destination directory.
     pub dest: String,
@@ -213,5 +206,4 @@ pub(crate) struct RestoreDocument {
     pub paths: Vec<String>,
     pub files: u64,
     pub bytes: u64,
-    pub error: Option<String>,
 }

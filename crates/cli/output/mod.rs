@@ -1,8 +1,10 @@
 //! JSON documents and text tables. These are contracts (DESIGN.md section 6): the GUI reads
 //! the first seven fields of [`BackupJson`]. Catalog rows are never serialized directly.
 
+mod document;
 pub(crate) mod inspect;
 
+pub(crate) use document::{Document, EmptyList, NoBody};
 use nuwax_actors::BackupEntry;
 use serde::Serialize;
 
@@ -58,24 +60,19 @@ impl From<&BackupEntry> for BackupJson {
 /// `list-backups --json` and `rollback --list-json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct ListDocument {
-    pub success: bool,
     /// Newest first.
     pub backups: Vec<BackupJson>,
-    pub error: Option<String>,
 }
 
 /// Result of `backup --json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct BackupDocument {
-    pub success: bool,
     pub backup: Option<BackupJson>,
-    pub error: Option<String>,
 }
 
 /// Result of `rollback --json` / `rollback-data-only --json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct RollbackDocument {
-    pub success: bool,
     pub backup_id: i64,
     /// `app`, `all` or `data-only`.
     pub scope: &'static str,
@@ -89,15 +86,12 @@ pub(crate) struct RollbackDocument {
     pub services_started: bool,
     pub files: u64,
     pub bytes: u64,
-    pub error: Option<String>,
 }
 
 /// Result of `verify --json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct VerifyDocument {
-    pub success: bool,
     pub results: Vec<VerifyJson>,
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,25 +110,7 @@ pub(crate) struct VerifyJson {
 /// Result of `delete-backup --json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct DeleteDocument {
-    pub success: bool,
     pub deleted: Option<BackupJson>,
-    pub error: Option<String>,
-}
-
-/// Any failed `--json` command.
-#[derive(Debug, Serialize)]
-pub(crate) struct ErrorDocument {
-    pub success: bool,
-    pub error: String,
-}
-
-impl ErrorDocument {
-    pub fn new(error: &str) -> Self {
-        ErrorDocument {
-            success: false,
-            error: error.to_owned(),
-        }
-    }
 }
 
 /// `1.5 KiB`, `12.3 MiB`...
@@ -300,13 +276,11 @@ mod tests {
 /// Result of `recover --json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct RecoverDocument {
-    pub success: bool,
     /// Interrupted operations that could not be finished or undone by themselves (after a
     /// `--keep-live`/`--restore-saved` run: those still blocked, normally none).
     pub blocked: Vec<BlockedJson>,
     /// What this run did, one sentence each.
     pub resolved: Vec<String>,
-    pub error: Option<String>,
 }
 
 /// One blocked operation.

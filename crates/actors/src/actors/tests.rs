@@ -119,7 +119,7 @@ async fn progress_arrives_before_the_reply() {
         match ev {
             ProgressEvent::Phase { .. } => phases += 1,
             ProgressEvent::Advance { .. } => advances += 1,
-            ProgressEvent::Notice(_) => {}
+            ProgressEvent::Notice(_) | ProgressEvent::Container { .. } => {}
         }
     }
     assert!(phases >= 1, "no phase event before the reply");

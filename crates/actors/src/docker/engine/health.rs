@@ -143,6 +143,14 @@ impl Engine {
         // Restart count of each container when first seen.
         let mut restarts_at_start: HashMap<String, i64> = HashMap::new();
         let mut phase_sent = false;
+        // The last state reported for each target, so a container's line is sent on change.
+        let mut reported: HashMap<String, String> = HashMap::new();
+        let mut report = |name: &str, state: String| {
+            if reported.get(name) != Some(&state) {
+                progress.container(name, state.clone());
+                reported.insert(name.to_owned(), state);
+            }
+        };
         loop {
             cancel.check()?;
             let probes = self.project_probes(&identity).await?;
@@ -177,6 +185,7 @@ impl Engine {
             let mut ready = 0u64;
             for (name, probe) in &targets {
                 let Some(probe) = probe else {
+                    report(name, "no container".into());
                     pending.push(format!("{name} (no container)"));
                     continue;
                 };
@@ -202,11 +211,15 @@ impl Engine {
                     Readiness::Ready => {
                         ready += 1;
                         if ready_seen.insert(probe.info.id.clone()) {
-                            progress.notice(format!("{name} is {}", ready_word(&probe.info)));
+                            report(name, ready_word(&probe.info).to_string());
                         }
                     }
-                    Readiness::Pending(why) => pending.push(format!("{name} ({why})")),
+                    Readiness::Pending(why) => {
+                        report(name, why.to_string());
+                        pending.push(format!("{name} ({why})"));
+                    }
                     Readiness::Failed { reason, exited } => {
+                        report(name, "failed".into());
                         let mut message = format!("container {name} {reason}");
                         if exited && let Some(out) = self.last_output(&probe.info.id).await {
                             message.push_str(&format!("; last output: {out}"));

@@ -74,15 +74,22 @@ impl Engine {
         let mut stopped = Vec::new();
         let mut done = 0u64;
         for wave in policy::stop_waves(containers) {
+            for c in &wave {
+                progress.container(&c.name, "stopping");
+            }
             let results = join_all(wave.iter().map(|c| self.stop_one(c))).await;
             let mut first_error = None;
             for (container, result) in wave.iter().zip(results) {
                 done += 1;
                 progress.advance(0, done, Some(std::path::Path::new(&container.name)));
                 match result {
-                    Ok(true) => stopped.push(container.name.clone()),
-                    Ok(false) => {}
+                    Ok(true) => {
+                        progress.container(&container.name, "stopped");
+                        stopped.push(container.name.clone());
+                    }
+                    Ok(false) => progress.container(&container.name, "not running"),
                     Err(e) => {
+                        progress.container(&container.name, "stop failed");
                         first_error.get_or_insert(e);
                     }
                 }
@@ -141,8 +148,21 @@ impl Engine {
             if !dependencies.is_empty() {
                 self.wait_dependencies(&dependencies, cancel).await?;
             }
+            for c in &wave {
+                progress.container(&c.name, "starting");
+            }
             let results = join_all(wave.iter().map(|c| self.start_one(c))).await;
-            if let Some(e) = results.into_iter().find_map(Result::err) {
+            let mut first_error = None;
+            for (c, result) in wave.iter().zip(results) {
+                match result {
+                    Ok(()) => progress.container(&c.name, "started"),
+                    Err(e) => {
+                        progress.container(&c.name, "start failed");
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
                 return Err(e);
             }
             for c in &wave {
