@@ -43,7 +43,7 @@ pub use ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 pub use ops::backup::BackupRequest;
 pub use ops::maintenance::ReindexReport;
 pub use ops::recovery::{BlockedInfo, Keep};
-pub use ops::rollback::{RollbackReport, RollbackRequest, RollbackScope};
+pub use ops::rollback::{RollbackReport, RollbackRequest, RollbackScope, VersionUpdate};
 pub use ops::services::{ServiceState, ServiceStatus, StartReport};
 pub use ops::upgrade::{UpgradeReport, UpgradeRequest};
 pub use progress::{Phase, Progress, ProgressEvent};

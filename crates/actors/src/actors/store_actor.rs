@@ -123,6 +123,10 @@ pub(crate) enum StoreMsg {
     GetSetting(String, Reply<Option<String>>),
     FindBackupByPath(std::path::PathBuf, Reply<Option<BackupRecord>>),
     InsertCompletedBackup(Box<BackupRecord>, Reply<i64>),
+    /// A legacy backup's row and the manifest computed when it was adopted (JSON), at once.
+    InsertLegacyBackup(Box<BackupRecord>, String, Reply<i64>),
+    /// The manifest of legacy backup `id` (JSON), if recorded.
+    LegacyManifest(i64, Reply<Option<String>>),
     SetUpgradeBackup(i64, i64, Reply<()>),
     FinishUpgrade(i64, UpgradeOutcome, Option<String>, Reply<()>),
     ListUpgrades(Reply<Vec<UpgradeRecord>>),
@@ -279,6 +283,14 @@ impl Actor for StoreActor {
             }
             StoreMsg::InsertCompletedBackup(rec, r) => {
                 reply(r, st.run(move |s| s.insert_completed_backup(&rec)).await)
+            }
+            StoreMsg::InsertLegacyBackup(rec, manifest, r) => reply(
+                r,
+                st.run(move |s| s.insert_legacy_backup(&rec, &manifest))
+                    .await,
+            ),
+            StoreMsg::LegacyManifest(id, r) => {
+                reply(r, st.run(move |s| s.legacy_manifest(id)).await)
             }
             StoreMsg::FinishUpgrade(id, outcome, e, r) => reply(
                 r,
