@@ -17,10 +17,14 @@ pub(crate) struct SupervisorArgs {
     /// Move an unusable catalog aside at start-up (`reindex --move-broken-catalog`); a
     /// restarted store actor never does.
     pub move_broken_catalog: bool,
+    /// A read-only command: a catalog file that does not exist is not created (an empty
+    /// catalog in memory stands for it).
+    pub read_only: bool,
 }
 
 pub(crate) struct SupervisorState {
     db_file: PathBuf,
+    read_only: bool,
     refs: Refs,
 }
 
@@ -49,12 +53,14 @@ impl Actor for Supervisor {
         let store_args = StoreArgs {
             db_file: args.db_file.clone(),
             move_broken: args.move_broken_catalog,
+            read_only: args.read_only,
         };
         let (store, _) = Actor::spawn_linked(None, StoreActor, store_args, cell.clone()).await?;
         let (docker, _) = Actor::spawn_linked(None, DockerActor, (), cell.clone()).await?;
         let (archive, _) = Actor::spawn_linked(None, ArchiveActor, (), cell).await?;
         Ok(SupervisorState {
             db_file: args.db_file,
+            read_only: args.read_only,
             refs: Refs {
                 store,
                 docker,
@@ -101,6 +107,7 @@ impl Actor for Supervisor {
                 let args = StoreArgs {
                     db_file: state.db_file.clone(),
                     move_broken: false,
+                    read_only: state.read_only,
                 };
                 let (r, _) = Actor::spawn_linked(None, StoreActor, args, parent).await?;
                 state.refs.store = r;

@@ -35,6 +35,7 @@ async fn start(dir: &Path) -> (Ctx, ractor::ActorRef<super::supervisor::Supervis
         SupervisorArgs {
             db_file: dir.join("nuwax.db"),
             move_broken_catalog: false,
+            read_only: false,
         },
     )
     .await
