@@ -411,3 +411,27 @@ fn unsafe_legacy_archives_are_refused_and_nothing_is_adopted_or_written() {
     assert!(src.exists());
     assert_same_tree("outside", &outside, &env.snapshot_outside());
 }
+
+/// Killed right after the swap of a legacy app restore committed: the next command finishes
+/// it, version bookkeeping included.
+#[test]
+fn recovery_of_a_committed_legacy_rollback_writes_the_version_too() {
+    let s = Scenario::new();
+    let out = s.env.run_env(
+        &["rollback", &s.id, "--force", "--no-start"],
+        &[("NUWAX_TEST_CRASH_AT", OsStr::new("rollback.after_commit"))],
+    );
+    assert_eq!(out.code, None, "killed at the point\n{out}");
+    assert!(s.config().contains("docker_service = \"1.2.3\""), "not yet");
+    let out = s.env.run(&["list-backups"]);
+    out.assert_ok()
+        .assert_stderr_has("recovery:")
+        .assert_stderr_has("docker_service set to 0.0.9");
+    assert!(s.config().contains("docker_service = \"0.0.9\""));
+    assert_same_tree(
+        "app/ == the archive",
+        &only(&s.original, &["app"]),
+        &only(&s.env.snapshot_compose(), &["app"]),
+    );
+    assert_no_staging_left(&s.env);
+}
