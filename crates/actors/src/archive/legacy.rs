@@ -218,6 +218,119 @@ impl Read for HashRead {
 mod tests {
     use super::*;
 
+    /// A gzip'd tar with `entries` (path, content; `None` for a directory), as the original
+    /// tool wrote: one gzip stream, no metadata.
+    fn legacy_tar(dir: &Path, entries: &[(&str, Option<&[u8]>)]) -> std::path::PathBuf {
+        let path = dir.join("backup_manual_v1.0_2025-01-02_03-04-05.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            File::create(&path).unwrap(),
+            flate2::Compression::new(6),
+        );
+        let mut b = tar::Builder::new(gz);
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mtime(1_700_000_000);
+            h.set_uid(0);
+            h.set_gid(0);
+            match data {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    h.set_size(d.len() as u64);
+                    b.append_data(&mut h, name, *d).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, name, &[][..]).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    fn name() -> LegacyName {
+        LegacyName::parse(OsStr::new("backup_manual_v1.0_2025-01-02_03-04-05.tar.gz")).unwrap()
+    }
+
+    #[test]
+    fn one_read_gives_the_file_checksum_and_a_manifest_verify_accepts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = legacy_tar(
+            tmp.path(),
+            &[
+                ("data/", None),
+                ("data/a.db", Some(b"0123456789")),
+                ("app/b.jar", Some(b"jar")),
+            ],
+        );
+        let (none, cancel) = (Progress::none(), CancelFlag::default());
+        let got = adopt_legacy(&path, &name(), &none, &cancel).unwrap();
+        assert!(got.problems.is_empty(), "{:?}", got.problems);
+        assert_eq!(
+            got.sha256,
+            super::super::sha256_file(&path, &none, &cancel).unwrap()
+        );
+        assert_eq!(got.size, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(got.manifest.entries.len(), 3);
+        let bytes: Vec<(String, u64)> = got
+            .manifest
+            .info
+            .top_level_bytes
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        assert_eq!(bytes, [("app".to_string(), 3), ("data".to_string(), 10)]);
+        let ok = super::super::verify_against(
+            &path,
+            Some(&got.sha256),
+            &got.manifest,
+            1,
+            &none,
+            &cancel,
+        )
+        .unwrap();
+        assert!(ok.is_ok(), "{:?}", ok.problems);
+        assert_eq!(ok.info.as_ref(), Some(&got.manifest.info));
+
+        // A manifest that says otherwise about one file: verify names it.
+        let mut other = got.manifest.clone();
+        other.entries[1].sha256 = Some("00".repeat(32));
+        let bad = super::super::verify_against(&path, None, &other, 1, &none, &cancel).unwrap();
+        assert!(
+            bad.problems.iter().any(|p| p.contains("data/a.db")),
+            "{:?}",
+            bad.problems
+        );
+    }
+
+    #[test]
+    fn metadata_entries_and_unsafe_entries_are_findings() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (entries, want) in [
+            (
+                vec![("data/x", Some(&b"1"[..])), ("data/x", Some(&b"2"[..]))],
+                "duplicate entry",
+            ),
+            (
+                vec![(".nuwax-backup/info.json", Some(&b"{}"[..]))],
+                "reserved for nuwax-cli",
+            ),
+            (vec![], "no entries"),
+        ] {
+            let path = legacy_tar(tmp.path(), &entries);
+            let got =
+                adopt_legacy(&path, &name(), &Progress::none(), &CancelFlag::default()).unwrap();
+            assert!(
+                got.problems.iter().any(|p| p.contains(want)),
+                "{want}: {:?}",
+                got.problems
+            );
+        }
+    }
+
     #[test]
     fn names_of_the_original_tool_parse_and_others_do_not() {
         let n = LegacyName::parse(OsStr::new(
