@@ -435,3 +435,33 @@ fn recovery_of_a_committed_legacy_rollback_writes_the_version_too() {
     );
     assert_no_staging_left(&s.env);
 }
+
+/// The catalog is input too: a legacy row whose manifest is gone (or garbled) is refused
+/// (exit 4) by `verify` and `rollback`, with the way to adopt the archive again.
+#[test]
+fn a_legacy_row_without_its_manifest_is_refused() {
+    for damage in [
+        "DELETE FROM legacy_manifests",
+        "UPDATE legacy_manifests SET manifest = '{\"entries\": 1}'",
+    ] {
+        let s = Scenario::new();
+        let conn = rusqlite::Connection::open(s.env.db_file()).unwrap();
+        conn.execute_batch(damage).unwrap();
+        drop(conn);
+        s.env
+            .run(&["verify", &s.id])
+            .assert_code(exit::INTEGRITY)
+            .assert_stderr_has("made by the original nuwax-cli")
+            .assert_stderr_has("nuwax-cli import");
+        s.env
+            .run(&[
+                "rollback",
+                &s.id,
+                "--rollback-data",
+                "--force",
+                "--no-start",
+            ])
+            .assert_code(exit::INTEGRITY);
+        assert_same_tree("nothing changed", &s.mutated, &s.env.snapshot_compose());
+    }
+}

@@ -417,7 +417,7 @@ impl Ctx {
         let unusable = |why: String| Error::Corrupt {
             path: record.file_path.clone(),
             detail: format!(
-                "backup {id} was made by the original nuwax-cli and {why}; nothing was changed. Rebuild its entry: `nuwax-cli delete-backup {id}` would delete the archive, so move the archive out of the storage dir, delete the entry, move it back and run `nuwax-cli reindex`"
+                "backup {id} was made by the original nuwax-cli and {why}; nothing was changed. To adopt the archive again, move it out of the storage dir, run `nuwax-cli delete-backup {id}` (with the file gone it only forgets the entry), then `nuwax-cli import FILE`"
             ),
         };
         let json = self
