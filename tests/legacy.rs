@@ -29,6 +29,11 @@ fn tar(args: &[&OsStr]) {
 
 /// `tar -czf <dir>/<name> -C <compose dir> data app`, as the original tool archived.
 fn legacy_archive(env: &TestEnv, dir: &Path, name: &str) -> PathBuf {
+    legacy_archive_of(env, dir, name, ITEMS)
+}
+
+/// `tar -czf <dir>/<name> -C <compose dir> <items>`.
+fn legacy_archive_of(env: &TestEnv, dir: &Path, name: &str, items: &[&str]) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
     let dest = dir.join(name);
     let mut args: Vec<&OsStr> = vec![
@@ -39,7 +44,7 @@ fn legacy_archive(env: &TestEnv, dir: &Path, name: &str) -> PathBuf {
     ];
     let compose = env.compose_dir();
     args.push(compose.as_os_str());
-    args.extend(ITEMS.iter().map(OsStr::new));
+    args.extend(items.iter().map(OsStr::new));
     tar(&args);
     dest
 }
@@ -187,7 +192,9 @@ fn rollback_with_data_of_a_legacy_backup_restores_exactly_data_and_app() {
     ]);
     out.assert_ok()
         .assert_stderr_has("made by the original nuwax-cli")
-        .assert_stderr_has("the compose file, .env and config/ are left as they are");
+        .assert_stderr_has(
+            "the compose file, .env, config/ and everything else are left as they are",
+        );
     let after = s.env.snapshot_compose();
     assert_same_tree(
         "data/ and app/ == the archive",
@@ -464,4 +471,36 @@ fn a_legacy_row_without_its_manifest_is_refused() {
             .assert_code(exit::INTEGRITY);
         assert_same_tree("nothing changed", &s.mutated, &s.env.snapshot_compose());
     }
+}
+
+/// A pre-upgrade archive of the original tool also held `upload/`: a restore still takes only
+/// `data/` and `app/`, and says what it leaves.
+#[test]
+fn a_legacy_archive_holding_more_restores_only_data_and_app() {
+    let env = TestEnv::new();
+    let original = env.snapshot_compose();
+    let name = "backup_pre-upgrade_v0.0.7_2025-09-09_09-09-09.tar.gz";
+    let src = legacy_archive_of(
+        &env,
+        &env.root.join("old"),
+        name,
+        &["data", "app", "upload"],
+    );
+    let id = import(&env, &src).to_string();
+    env.mutate();
+    let mutated = env.snapshot_compose();
+    let out = env.run(&["rollback", &id, "--rollback-data", "--force", "--no-start"]);
+    out.assert_ok()
+        .assert_stderr_has(&format!("backup {id} also holds upload"));
+    let after = env.snapshot_compose();
+    assert_same_tree(
+        "data/ and app/",
+        &only(&original, ITEMS),
+        &only(&after, ITEMS),
+    );
+    assert_same_tree(
+        "upload/ and the rest untouched",
+        &except(&mutated, ITEMS),
+        &except(&after, ITEMS),
+    );
 }

@@ -123,7 +123,7 @@ async fn restore(
             RollbackScope::DataOnly => "data/",
         };
         printer.warn(&format!(
-            "backup {id} was made by the original nuwax-cli: it holds only data/ and app/. This restores {items} (what of it the backup holds); the compose file, .env and config/ are left as they are."
+            "backup {id} was made by the original nuwax-cli: a restore of it takes only data/ and app/. This restores {items} (what of it the backup holds); the compose file, .env, config/ and everything else are left as they are."
         ));
     }
     if !force {

@@ -156,6 +156,20 @@ pub(crate) async fn rollback(
     let filter = match &legacy {
         Some(manifest) => {
             let filter = Ctx::legacy_scope_filter(req.scope, manifest);
+            let others: Vec<String> = manifest
+                .info
+                .top_level_bytes
+                .keys()
+                .map(|k| k.to_string())
+                .filter(|k| !crate::archive::LEGACY_ITEMS.contains(&k.as_str()))
+                .collect();
+            if !others.is_empty() {
+                progress.notice(format!(
+                    "backup {} also holds {}: a restore of a backup made by the original nuwax-cli takes only data/ and app/, the rest stays as it is",
+                    req.id,
+                    others.join(", ")
+                ));
+            }
             if matches!(&filter, TopLevelFilter::Only(items) if items.is_empty()) {
                 return Err(Error::Usage(format!(
                     "backup {} was made by the original nuwax-cli and holds nothing that a restore of {} takes (it can only restore data/ and app/); nothing was changed",
