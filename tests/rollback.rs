@@ -481,3 +481,37 @@ fn rollback_leaves_no_staging_or_undo_dirs() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(Path::new(&s.row.file_path).exists(), "the archive stays");
 }
+
+/// Version bookkeeping: restoring the app puts the backup's `service_version` back into
+/// `config.toml` (comments and layout kept); restoring only the data leaves it.
+#[test]
+fn an_app_rollback_writes_the_backups_version_and_a_data_only_one_leaves_it() {
+    let env = TestEnv::new();
+    let row = env.backup();
+    assert_eq!(row.service_version, crate::util::VERSION);
+    let config = env.work.join("config.toml");
+    let text = format!(
+        "# ops notes: keep me\n[versions]\ndocker_service = \"2.0.0\"  # running release\n\n[docker]\nproject = \"{}\"\n",
+        env.project
+    );
+    fs::write(&config, &text).unwrap();
+    let id = row.id.to_string();
+    let out = env.run(&["rollback-data-only", &id, "--force", "--no-start"]);
+    out.assert_ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), text, "{out}");
+    assert!(!out.stderr.contains("docker_service"), "{out}");
+
+    let out = env.run(&["rollback", &id, "--force", "--no-start"]);
+    out.assert_ok().assert_stderr_has(&format!(
+        "docker_service set to \"{}\" (was \"2.0.0\")",
+        crate::util::VERSION
+    ));
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        text.replace("\"2.0.0\"", &format!("\"{}\"", crate::util::VERSION)),
+        "only the value changes\n{out}"
+    );
+    env.run(&["rollback", &id, "--force", "--no-start", "--rollback-data"])
+        .assert_ok()
+        .assert_stderr_has("is already");
+}

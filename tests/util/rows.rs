@@ -24,6 +24,8 @@ pub struct BackupRow {
     /// When `verify` last passed (`YYYY-MM-DD HH:MM:SS`), if ever. Not in the brief's list;
     /// the CLI prints it.
     pub verified_at: Option<String>,
+    /// Made by the original nuwax-cli (adopted by `import`/`reindex`).
+    pub legacy: bool,
 }
 
 /// Every key of a row; `Option` fields must be present (as `null`), not left out.
@@ -40,6 +42,7 @@ pub const ROW_KEYS: &[&str] = &[
     "entry_count",
     "error",
     "verified_at",
+    "legacy",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

@@ -167,6 +167,13 @@ impl Settings {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 (Config::default(), false)
             }
+            // Named with -c/--config: a typo must not silently mean defaults (exit 2).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Config {
+                    path: config_file.clone(),
+                    message: "the file named with -c/--config does not exist".into(),
+                });
+            }
             Err(e) => return Err(Error::io("cannot read config file", &config_file, e)),
         };
         config.validate(&config_file)?;

@@ -40,8 +40,13 @@ pub enum Error {
     Config { path: PathBuf, message: String },
     #[error("catalog error: {0}")]
     Store(#[from] nuwax_store::Error),
-    #[error("backup {0} not found in the catalog")]
+    #[error("backup {0} not found in the catalog; `nuwax-cli list-backups` shows the IDs")]
     BackupNotFound(i64),
+    /// A catalog row whose archive file is not there (moved, deleted, storage not mounted).
+    #[error(
+        "backup {id}'s archive {path} is missing; nothing was changed. If the file was moved, put it back (an archive copied into the storage dir is picked up by `nuwax-cli reindex`); to forget this backup, run `nuwax-cli delete-backup {id}`"
+    )]
+    ArchiveMissing { id: i64, path: PathBuf },
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -140,6 +145,7 @@ impl Error {
             Error::Refused(_)
             | Error::SwapConflict { .. }
             | Error::NoSpace { .. }
+            | Error::ArchiveMissing { .. }
             | Error::Locked { .. }
             | Error::DockerUnreachable { .. } => ErrorKind::Refused,
             Error::Corrupt { .. }

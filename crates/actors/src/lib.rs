@@ -54,7 +54,7 @@ pub use ops::remote::{
     CopyState, PushReport, PushedCopy, RemoteList, RemoteListEntry, RemotePruneReport,
     RemoteReindexReport, RemoteTarget, RemoteVerifyResult,
 };
-pub use ops::rollback::{RollbackReport, RollbackRequest, RollbackScope};
+pub use ops::rollback::{RollbackReport, RollbackRequest, RollbackScope, VersionUpdate};
 pub use ops::services::{ServiceState, ServiceStatus, StartReport};
 pub use ops::upgrade::{UpgradeReport, UpgradeRequest};
 pub use progress::{Phase, Progress, ProgressEvent};

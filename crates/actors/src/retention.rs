@@ -304,6 +304,7 @@ mod tests {
             owner_pid: None,
             verified_at: None,
             compose_project: None,
+            legacy: false,
         }
     }
 

@@ -67,12 +67,24 @@ impl Runtime {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        std::fs::create_dir_all(&data_dir).ctx("cannot create catalog directory", &data_dir)?;
+        // A read-only command where there is no catalog (not a working dir, or nothing done
+        // yet) creates nothing: no `data/`, no catalog, no lock file. There is nothing to
+        // recover either.
+        let no_catalog = !opts.mutating
+            && matches!(
+                std::fs::symlink_metadata(&settings.paths.db_file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound
+            );
+        if !no_catalog {
+            std::fs::create_dir_all(&data_dir).ctx("cannot create catalog directory", &data_dir)?;
+        }
         let lock = if opts.mutating {
             Some(OperationLock::acquire(
                 &settings.paths.lock_file,
                 &opts.command,
             )?)
+        } else if no_catalog {
+            None
         } else {
             // Read-only commands recover too, but only when nobody is mid-operation.
             OperationLock::acquire(&settings.paths.lock_file, &opts.command).ok()
@@ -84,6 +96,7 @@ impl Runtime {
                 db_file: settings.paths.db_file.clone(),
                 move_broken_catalog: opts.mutating && opts.move_broken_catalog,
                 remote: settings.remote.clone(),
+                read_only: !opts.mutating,
             },
         )
         .await

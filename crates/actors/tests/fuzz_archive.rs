@@ -244,6 +244,7 @@ fn read_back_in(sb: &Sandbox, bytes: &[u8]) -> Result<Outcome, TestCaseError> {
             restore_owner: false,
             threads: 2,
             expected_sha256: None,
+            manifest: None,
         },
         &Progress::none(),
         &CancelFlag::default(),

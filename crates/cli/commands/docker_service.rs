@@ -136,6 +136,13 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
 
 async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<ExitStatus> {
     let st = rt.service_status().await?;
+    if let Some(file) = &st.missing_compose_file {
+        printer.warn(&format!(
+            "no compose file at {}: this is not a deployed working dir (give it with -C DIR), or set [docker] compose_file in config.toml; the containers below are found by the project name '{}' only",
+            file.display(),
+            st.project
+        ));
+    }
     let services: Vec<ServiceJson> = st
         .services
         .iter()

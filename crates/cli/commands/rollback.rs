@@ -1,6 +1,6 @@
 //! `rollback` and `rollback-data-only`.
 
-use nuwax_actors::{RollbackReport, RollbackRequest, RollbackScope, Runtime};
+use nuwax_actors::{RollbackReport, RollbackRequest, RollbackScope, Runtime, VersionUpdate};
 
 use crate::exit::{ExitStatus, Failure};
 use crate::output::{RollbackDocument, escape_names};
@@ -47,6 +47,9 @@ pub(crate) struct DataOnlyArgs {
     /// Leave the services stopped after the restore.
     #[arg(long)]
     pub no_start: bool,
+    /// Accepted for compatibility with older callers (starting is the default).
+    #[arg(long, hide = true)]
+    pub auto_start_service: bool,
     /// Print the result as one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -128,6 +131,17 @@ async fn restore(
         None => prompt::select_backup(printer, &rt.list_backups().await?, command)?,
     };
     let entry = rt.get_backup(id).await?;
+    if entry.record.legacy {
+        // Said before any prompt: what a backup of the original tool can and cannot restore.
+        let items = match scope {
+            RollbackScope::App => "app/",
+            RollbackScope::All => "data/ and app/",
+            RollbackScope::DataOnly => "data/",
+        };
+        printer.warn(&format!(
+            "backup {id} was made by the original nuwax-cli: a restore of it takes only data/ and app/. This restores {items} (what of it the backup holds); the compose file, .env, config/ and everything else are left as they are."
+        ));
+    }
     if !force {
         let warning = match scope {
             RollbackScope::App => {
@@ -159,6 +173,7 @@ async fn restore(
     let totals = renderer.finish(progress).await;
     let report = result?;
     print_report(printer, &report, start, &totals);
+    print_version(printer, &report);
     if json {
         let failure = report.start_error.as_ref().map(|e| {
             Failure::new(
@@ -191,6 +206,26 @@ async fn pick(
         Some(id) => id,
         None => prompt::select_backup(printer, &rt.list_backups().await?, command)?,
     })
+}
+
+/// What the restore did to `config.toml`'s version (an app restore writes the backup's).
+fn print_version(printer: &Printer, r: &RollbackReport) {
+    match &r.version {
+        Some(VersionUpdate::Written { version, previous }) => printer.info(&format!(
+            "config.toml: [versions] docker_service set to {version:?}{}",
+            previous
+                .as_ref()
+                .map(|p| format!(" (was {p:?})"))
+                .unwrap_or_default()
+        )),
+        Some(VersionUpdate::Unchanged(version)) => printer.info(&format!(
+            "config.toml: [versions] docker_service is already {version:?}"
+        )),
+        Some(VersionUpdate::Failed { version, error }) => printer.warn(&format!(
+            "the restore is complete, but config.toml could not be updated: {error}; set [versions] docker_service = {version:?} by hand"
+        )),
+        None => {}
+    }
 }
 
 pub(crate) fn scope_name(scope: RollbackScope) -> &'static str {

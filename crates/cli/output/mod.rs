@@ -33,6 +33,9 @@ pub(crate) struct BackupJson {
     pub error: Option<String>,
     /// When `verify` last passed, `YYYY-MM-DD HH:MM:SS` UTC.
     pub verified_at: Option<String>,
+    /// Made by the original nuwax-cli (adopted by `import` or `reindex`): it holds only
+    /// `data/` and `app/`, and a rollback restores only those.
+    pub legacy: bool,
 }
 
 impl From<&BackupEntry> for BackupJson {
@@ -53,6 +56,7 @@ impl From<&BackupEntry> for BackupJson {
             verified_at: r
                 .verified_at
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+            legacy: r.legacy,
         }
     }
 }
@@ -227,7 +231,11 @@ pub(crate) fn table(entries: &[&BackupEntry]) -> String {
         };
         rows.push([
             r.id.to_string(),
-            r.backup_type.as_str().to_string(),
+            if r.legacy {
+                format!("{} (legacy)", r.backup_type.as_str())
+            } else {
+                r.backup_type.as_str().to_string()
+            },
             r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             r.service_version.clone(),
             status,

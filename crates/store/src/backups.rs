@@ -13,7 +13,7 @@ use crate::{
 
 const COLUMNS: &str = "id, file_path, backup_type, service_version, status, size, sha256, \
                        entry_count, error, created_at, finished_at, owner_pid, verified_at, \
-                       compose_project";
+                       compose_project, legacy";
 
 fn decode(row: &Row<'_>) -> Result<BackupRecord> {
     let r = RowReader::new(row, "backups")?;
@@ -32,6 +32,7 @@ fn decode(row: &Row<'_>) -> Result<BackupRecord> {
         owner_pid: r.opt_u32(11, "owner_pid")?,
         verified_at: r.opt_time(12, "verified_at")?,
         compose_project: r.opt_string(13, "compose_project")?,
+        legacy: r.flag(14, "legacy")?,
     })
 }
 
@@ -142,8 +143,8 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO backups (file_path, backup_type, service_version, status, size, sha256, \
                                   entry_count, error, created_at, finished_at, owner_pid, \
-                                  verified_at, compose_project) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                  verified_at, compose_project, legacy) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         stmt.execute(params![
             encode_path(&rec.file_path)?,
@@ -163,8 +164,43 @@ impl Store {
             rec.owner_pid,
             rec.verified_at.map(encode_time),
             rec.compose_project,
+            rec.legacy,
         ])?;
         Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Adopts a backup made by the original nuwax-cli: its row (`rec.legacy` must be set)
+    /// and the manifest computed while adopting it (JSON, opaque here), together or not at
+    /// all. Returns the new id.
+    pub fn insert_legacy_backup(&self, rec: &BackupRecord, manifest: &str) -> Result<i64> {
+        if !rec.legacy {
+            return Err(Error::Corrupt(
+                "insert_legacy_backup needs a record marked legacy".into(),
+            ));
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let id = self.insert_completed_backup(rec)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("INSERT INTO legacy_manifests (backup_id, manifest) VALUES (?1, ?2)")?;
+        stmt.execute(params![id, manifest])?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The manifest recorded when legacy backup `id` was adopted; `None` when there is none
+    /// (not a legacy backup, or no such row).
+    pub fn legacy_manifest(&self, id: i64) -> Result<Option<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT manifest FROM legacy_manifests WHERE backup_id = ?1")?;
+        let mut rows = stmt.query([id])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(row.get(0).map_err(|e| {
+                Error::Corrupt(format!("legacy_manifests row {id}, column manifest: {e}"))
+            })?)),
+            None => Ok(None),
+        }
     }
 
     /// Points backup `id` at a moved archive.

@@ -107,6 +107,15 @@ impl<'r, 's> RowReader<'r, 's> {
             .transpose()
     }
 
+    /// A 0/1 column.
+    pub(crate) fn flag(&self, idx: usize, col: &str) -> Result<bool> {
+        match self.get::<i64>(idx, col)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(self.corrupt(col, format!("value {v} is not 0 or 1"))),
+        }
+    }
+
     pub(crate) fn u32(&self, idx: usize, col: &str) -> Result<u32> {
         let v: i64 = self.get(idx, col)?;
         u32::try_from(v).map_err(|_| self.corrupt(col, format!("value {v} out of range")))

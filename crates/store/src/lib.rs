@@ -172,8 +172,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "owner_pid",
             "verified_at",
             "compose_project",
+            "legacy",
         ],
     ),
+    ("legacy_manifests", &["backup_id", "manifest"]),
     (
         "operations",
         &[

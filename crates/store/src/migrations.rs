@@ -22,7 +22,7 @@ pub(crate) static MIGRATIONS: Migrations<'static> = Migrations::from_slice(HISTO
 /// The schema version this build migrates to (the length of the history).
 pub(crate) const LATEST: usize = HISTORY.len();
 
-const HISTORY: &[M<'static>] = &[
+pub(crate) const HISTORY: &[M<'static>] = &[
     // 1: initial schema.
     M::up(
         r#"
@@ -109,6 +109,19 @@ CREATE TABLE remote_copies (
     sha256      TEXT    NOT NULL,
     uploaded_at TEXT    NOT NULL,
     verified_at TEXT
+);
+"#,
+    ),
+    // 3: backups made by the original nuwax-cli (no metadata inside the archive): flagged,
+    // with the manifest computed when they were adopted (what `verify` and a restore check
+    // them against). The manifest goes with its row.
+    M::up(
+        r#"
+ALTER TABLE backups ADD COLUMN legacy INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE legacy_manifests (
+    backup_id INTEGER PRIMARY KEY REFERENCES backups(id) ON DELETE CASCADE,
+    manifest  TEXT    NOT NULL
 );
 "#,
     ),

@@ -99,6 +99,10 @@ pub struct BackupRecord {
     /// Last successful full verification.
     pub verified_at: Option<DateTime<Utc>>,
     pub compose_project: Option<String>,
+    /// Made by the original nuwax-cli: the archive holds no metadata of its own; type,
+    /// version and time come from its file name and its manifest from the catalog
+    /// ([`Store::legacy_manifest`](crate::Store::legacy_manifest)).
+    pub legacy: bool,
 }
 
 /// A backup about to be written; inserted as [`BackupStatus::Running`].

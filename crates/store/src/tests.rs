@@ -108,9 +108,10 @@ fn open_rejects_a_newer_catalog() {
     assert!(matches!(err, Error::Unusable { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains(
-            "written by a newer version of nuwax-cli (schema version 99, this build knows 1"
-        ),
+        msg.contains(&format!(
+            "written by a newer version of nuwax-cli (schema version 99, this build knows {}",
+            migrations::LATEST
+        )),
         "{msg}"
     );
     assert!(msg.contains("reindex --move-broken-catalog"), "{msg}");
@@ -179,8 +180,11 @@ fn open_rejects_tables_missing_columns() {
 
     let path2 = dir.path().join("other.db");
     let conn = rusqlite::Connection::open(&path2).unwrap();
-    conn.execute_batch("DROP TABLE IF EXISTS x; PRAGMA user_version = 1;")
-        .unwrap();
+    conn.execute_batch(&format!(
+        "DROP TABLE IF EXISTS x; PRAGMA user_version = {};",
+        migrations::LATEST
+    ))
+    .unwrap();
     drop(conn);
     let err = Store::open(&path2).unwrap_err();
     assert!(
@@ -262,6 +266,7 @@ fn backup_round_trip_every_field() {
             owner_pid: Some(4242),
             verified_at: None,
             compose_project: Some("docker".into()),
+            legacy: false,
         }
     );
 
@@ -296,6 +301,81 @@ fn backup_round_trip_every_field() {
     );
 
     assert_eq!(store.get_backup(9999).unwrap(), None);
+}
+
+#[test]
+fn legacy_backup_keeps_its_flag_and_manifest_and_loses_the_manifest_with_its_row() {
+    let store = Store::open_in_memory().unwrap();
+    let plain_id = store
+        .insert_backup(&new_backup("/b/new.tar.gz", t(0, 0)))
+        .unwrap();
+    let rec = BackupRecord {
+        id: 0,
+        file_path: "/b/backup_manual_v0.0.9_2025-01-02_03-04-05.tar.gz".into(),
+        backup_type: BackupType::Manual,
+        service_version: "0.0.9".into(),
+        status: BackupStatus::Completed,
+        size: Some(10),
+        sha256: Some("cd".repeat(32)),
+        entry_count: Some(3),
+        error: None,
+        created_at: t(1, 0),
+        finished_at: Some(t(1, 0)),
+        owner_pid: None,
+        verified_at: Some(t(2, 0)),
+        compose_project: None,
+        legacy: true,
+    };
+    let id = store
+        .insert_legacy_backup(&rec, "{\"entries\":[]}")
+        .unwrap();
+    assert_eq!(
+        store.get_backup(id).unwrap().unwrap(),
+        BackupRecord { id, ..rec.clone() }
+    );
+    assert!(!store.get_backup(plain_id).unwrap().unwrap().legacy);
+    assert_eq!(
+        store.legacy_manifest(id).unwrap().as_deref(),
+        Some("{\"entries\":[]}")
+    );
+    assert_eq!(store.legacy_manifest(plain_id).unwrap(), None);
+    // A record not marked legacy is refused, and nothing is inserted.
+    let before = store.list_backups().unwrap().len();
+    assert!(
+        store
+            .insert_legacy_backup(
+                &BackupRecord {
+                    legacy: false,
+                    ..rec
+                },
+                "{}"
+            )
+            .is_err()
+    );
+    assert_eq!(store.list_backups().unwrap().len(), before);
+    assert!(store.delete_backup(id).unwrap());
+    assert_eq!(store.legacy_manifest(id).unwrap(), None);
+}
+
+#[test]
+fn a_catalog_of_schema_1_migrates_and_its_backups_are_not_legacy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nuwax.db");
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    rusqlite_migration::Migrations::from_slice(&migrations::HISTORY[..1])
+        .to_latest(&mut conn)
+        .unwrap();
+    conn.execute_batch(
+        "INSERT INTO backups (file_path, backup_type, service_version, status, created_at) \
+         VALUES ('/b/a.tar.gz', 'Manual', '1', 'Completed', '2026-01-01T00:00:00.000000Z')",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path).unwrap();
+    let rows = store.list_backups().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].legacy);
+    assert_eq!(store.legacy_manifest(rows[0].id).unwrap(), None);
 }
 
 #[test]

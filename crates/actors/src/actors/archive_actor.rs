@@ -9,11 +9,12 @@ use super::{blocking, reply};
 use crate::archive::TopLevelFilter;
 use crate::archive::{
     self, ArchiveInfo, BuildOptions, BuildReport, CancelFlag, ExtractOptions, ExtractReport,
-    VerifyReport,
+    LegacyAdoption, LegacyName, Manifest, VerifyReport,
 };
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::restore::{self, SwapPlan};
+use std::sync::Arc;
 
 pub(crate) struct ArchiveActor;
 
@@ -24,6 +25,8 @@ pub(crate) enum ArchiveMsg {
     Verify {
         path: PathBuf,
         expected_sha256: Option<String>,
+        /// A legacy backup's manifest (from the catalog); `None`: the archive's own.
+        manifest: Option<Arc<Manifest>>,
         progress: Progress,
         cancel: CancelFlag,
         reply: Reply<VerifyReport>,
@@ -39,6 +42,16 @@ pub(crate) enum ArchiveMsg {
         progress: Progress,
         cancel: CancelFlag,
         reply: Reply<archive::Listing>,
+    },
+    /// The archive's `info.json`, or `None` when it has no metadata (a legacy archive).
+    ProbeInfo(PathBuf, Reply<Option<ArchiveInfo>>),
+    /// Reads a legacy archive once: its SHA-256 and manifest (`archive::adopt_legacy`).
+    AdoptLegacy {
+        path: PathBuf,
+        name: LegacyName,
+        progress: Progress,
+        cancel: CancelFlag,
+        reply: Reply<LegacyAdoption>,
     },
     /// Checks a release package (safe paths, compose file, no data scope); the info carries
     /// the SHA-256 of the bytes checked.
@@ -105,15 +118,39 @@ impl Actor for ArchiveActor {
             ArchiveMsg::Verify {
                 path,
                 expected_sha256,
+                manifest,
                 progress,
                 cancel,
                 reply: r,
             } => reply(
                 r,
-                blocking(move || {
-                    archive::verify(&path, expected_sha256.as_deref(), 0, &progress, &cancel)
+                blocking(move || match &manifest {
+                    Some(m) => archive::verify_against(
+                        &path,
+                        expected_sha256.as_deref(),
+                        m,
+                        0,
+                        &progress,
+                        &cancel,
+                    ),
+                    None => {
+                        archive::verify(&path, expected_sha256.as_deref(), 0, &progress, &cancel)
+                    }
                 })
                 .await,
+            ),
+            ArchiveMsg::ProbeInfo(path, r) => {
+                reply(r, blocking(move || archive::probe_info(&path)).await)
+            }
+            ArchiveMsg::AdoptLegacy {
+                path,
+                name,
+                progress,
+                cancel,
+                reply: r,
+            } => reply(
+                r,
+                blocking(move || archive::adopt_legacy(&path, &name, &progress, &cancel)).await,
             ),
             ArchiveMsg::Checksum(path, progress, cancel, r) => reply(
                 r,

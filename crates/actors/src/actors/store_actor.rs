@@ -33,6 +33,10 @@ pub(crate) struct StoreArgs {
     pub db_file: PathBuf,
     /// Move an unusable catalog aside and start a fresh one (only `reindex` asks).
     pub move_broken: bool,
+    /// A read-only command: a catalog file that does not exist is not created; an empty
+    /// catalog in memory answers instead (a directory that is not a working dir stays as
+    /// it is).
+    pub read_only: bool,
 }
 
 /// A failed open, kept so that every request can report it (store errors are not `Clone`).
@@ -66,11 +70,17 @@ impl OpenFailure {
     }
 }
 
-/// Opens the catalog; with `move_broken`, an unusable one is moved aside first.
+/// Opens the catalog; with `move_broken`, an unusable one is moved aside first; with
+/// `read_only`, a missing one is an empty one in memory.
 fn open_store(
     db_file: &std::path::Path,
     move_broken: bool,
+    read_only: bool,
 ) -> (Result<Store, OpenFailure>, Option<PathBuf>) {
+    let absent = matches!(std::fs::symlink_metadata(db_file), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if read_only && absent {
+        return (Store::open_in_memory().map_err(OpenFailure::of), None);
+    }
     match Store::open(db_file) {
         Ok(store) => (Ok(store), None),
         Err(nuwax_store::Error::Unusable { reason, .. }) if move_broken => {
@@ -132,6 +142,10 @@ pub(crate) enum StoreMsg {
     GetSetting(String, Reply<Option<String>>),
     FindBackupByPath(std::path::PathBuf, Reply<Option<BackupRecord>>),
     InsertCompletedBackup(Box<BackupRecord>, Reply<i64>),
+    /// A legacy backup's row and the manifest computed when it was adopted (JSON), at once.
+    InsertLegacyBackup(Box<BackupRecord>, String, Reply<i64>),
+    /// The manifest of legacy backup `id` (JSON), if recorded.
+    LegacyManifest(i64, Reply<Option<String>>),
     SetUpgradeBackup(i64, i64, Reply<()>),
     FinishUpgrade(i64, UpgradeOutcome, Option<String>, Reply<()>),
     ListUpgrades(Reply<Vec<UpgradeRecord>>),
@@ -184,9 +198,10 @@ impl Actor for StoreActor {
         args: StoreArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let db_file = args.db_file.clone();
-        let (store, moved_aside) =
-            tokio::task::spawn_blocking(move || open_store(&args.db_file, args.move_broken))
-                .await?;
+        let (store, moved_aside) = tokio::task::spawn_blocking(move || {
+            open_store(&args.db_file, args.move_broken, args.read_only)
+        })
+        .await?;
         let (store, open_error) = match store {
             Ok(s) => (Some(s), None),
             Err(f) => (None, Some(f)),
@@ -310,6 +325,14 @@ impl Actor for StoreActor {
             }
             StoreMsg::InsertCompletedBackup(rec, r) => {
                 reply(r, st.run(move |s| s.insert_completed_backup(&rec)).await)
+            }
+            StoreMsg::InsertLegacyBackup(rec, manifest, r) => reply(
+                r,
+                st.run(move |s| s.insert_legacy_backup(&rec, &manifest))
+                    .await,
+            ),
+            StoreMsg::LegacyManifest(id, r) => {
+                reply(r, st.run(move |s| s.legacy_manifest(id)).await)
             }
             StoreMsg::FinishUpgrade(id, outcome, e, r) => reply(
                 r,

@@ -20,11 +20,15 @@ pub(crate) struct SupervisorArgs {
     pub move_broken_catalog: bool,
     /// `[remote]`, for the remote actor (`None`: offsite copies not configured).
     pub remote: Option<crate::remote::RemoteSettings>,
+    /// A read-only command: a catalog file that does not exist is not created (an empty
+    /// catalog in memory stands for it).
+    pub read_only: bool,
 }
 
 pub(crate) struct SupervisorState {
     db_file: PathBuf,
     remote: Option<crate::remote::RemoteSettings>,
+    read_only: bool,
     refs: Refs,
 }
 
@@ -54,6 +58,7 @@ impl Actor for Supervisor {
         let store_args = StoreArgs {
             db_file: args.db_file.clone(),
             move_broken: args.move_broken_catalog,
+            read_only: args.read_only,
         };
         let (store, _) = Actor::spawn_linked(None, StoreActor, store_args, cell.clone()).await?;
         let (docker, _) = Actor::spawn_linked(None, DockerActor, (), cell.clone()).await?;
@@ -62,6 +67,7 @@ impl Actor for Supervisor {
         Ok(SupervisorState {
             db_file: args.db_file,
             remote: args.remote,
+            read_only: args.read_only,
             refs: Refs {
                 store,
                 docker,
@@ -109,6 +115,7 @@ impl Actor for Supervisor {
                 let args = StoreArgs {
                     db_file: state.db_file.clone(),
                     move_broken: false,
+                    read_only: state.read_only,
                 };
                 let (r, _) = Actor::spawn_linked(None, StoreActor, args, parent).await?;
                 state.refs.store = r;

@@ -36,6 +36,7 @@ async fn start(dir: &Path) -> (Ctx, ractor::ActorRef<super::supervisor::Supervis
             db_file: dir.join("nuwax.db"),
             move_broken_catalog: false,
             remote: None,
+            read_only: false,
         },
     )
     .await

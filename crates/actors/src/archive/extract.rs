@@ -150,7 +150,9 @@ fn extract_entries(
         }
         let mut entry = entry.map_err(|e| refuse(stream_error(e, "reading the tar stream")))?;
         let parsed = parse_entry(&entry).map_err(refuse)?;
-        if parsed.path == MANIFEST_PATH.as_bytes() {
+        // A legacy archive has no metadata entries: the tracker below refuses the reserved
+        // names, `.nuwax-backup/` included, and the given manifest is compared at the end.
+        if opts.manifest.is_none() && parsed.path == MANIFEST_PATH.as_bytes() {
             // The manifest comes last (`Meta` refuses anything after it): every file is
             // complete once the pool is joined, so the manifest can be compared with the
             // observed entries while it is parsed, and what only content entries need can go.
@@ -160,9 +162,10 @@ fn extract_entries(
             tracker = Tracker::default();
             out.created_dirs = HashSet::new();
         }
-        if meta
-            .accept_against(&parsed, &mut entry, &observed)
-            .map_err(refuse)?
+        if opts.manifest.is_none()
+            && meta
+                .accept_against(&parsed, &mut entry, &observed)
+                .map_err(refuse)?
         {
             continue;
         }
@@ -265,7 +268,10 @@ fn extract_entries(
         fill_checksums(&mut observed, pool.finish()?);
     }
     let streamed = meta.problems.take();
-    let (_, manifest) = meta.finish().map_err(refuse)?;
+    let manifest = match &opts.manifest {
+        Some(given) => given.as_ref(),
+        None => meta.finish().map_err(refuse)?.1,
+    };
     let problems = match streamed {
         Some(p) => p,
         None => {
@@ -288,11 +294,15 @@ fn extract_entries(
     }
     out.finish_dirs()?;
     progress.finish_phase(position.end(), entries);
-    let info = meta
-        .manifest
-        .take()
-        .ok_or_else(|| Error::Internal("manifest vanished".into()))?
-        .info;
+    let info = match &opts.manifest {
+        Some(given) => given.info.clone(),
+        None => {
+            meta.manifest
+                .take()
+                .ok_or_else(|| Error::Internal("manifest vanished".into()))?
+                .info
+        }
+    };
     Ok(ExtractReport {
         top_level: top.into_iter().map(OsString::from_vec).collect(),
         entries,

@@ -26,6 +26,7 @@ mod check;
 mod extract;
 mod filepool;
 mod format;
+mod legacy;
 mod listing;
 pub mod pgzip;
 #[cfg(test)]
@@ -44,8 +45,9 @@ pub use format::{
     ArchiveInfo, EntryKind, FORMAT_VERSION, ImageRecord, META_DIR, Manifest, ManifestEntry,
     encode_bytes,
 };
+pub use legacy::{LEGACY_ITEMS, LegacyAdoption, LegacyName, adopt_legacy};
 pub use listing::{Listing, list};
-pub use verify::{read_info, sha256_file, verify};
+pub use verify::{probe_info, read_info, sha256_file, verify, verify_against};
 
 /// Set from a signal handler (SIGINT, SIGTERM, SIGHUP); long-running work checks it between
 /// entries, chunks and polls and returns [`crate::error::Error::Interrupted`] after cleaning up.
@@ -211,6 +213,9 @@ pub struct ExtractOptions {
     /// it is extracted, and a difference fails the extraction (before the caller swaps
     /// anything in) with [`crate::error::Error::ChecksumMismatch`], whatever else went wrong.
     pub expected_sha256: Option<String>,
+    /// The manifest to check the entries against when the archive carries none (a legacy
+    /// backup: the one computed when it was adopted). `None`: the archive's own.
+    pub manifest: Option<Arc<Manifest>>,
 }
 
 #[derive(Debug, Clone)]

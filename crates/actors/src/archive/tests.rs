@@ -272,6 +272,7 @@ fn extract_opts(archive: &Path, staging: &Path, filter: TopLevelFilter) -> Extra
         restore_owner: is_root(),
         threads: 2,
         expected_sha256: None,
+        manifest: None,
     }
 }
 

@@ -16,11 +16,13 @@ use sha2::{Digest, Sha256};
 
 use super::check::{
     CopyError, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
-    copy_entry_data, parse_entry, stream_error,
+    copy_entry_data, parse_entry, stream_error, top_level,
 };
 use super::format::INFO_PATH;
 use super::threads::resolve_threads;
-use super::{ArchiveInfo, CancelFlag, EntryKind, VerifyReport, pgzip};
+use super::{
+    ArchiveInfo, CancelFlag, EntryKind, META_DIR, Manifest, ManifestEntry, VerifyReport, pgzip,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
 
@@ -32,6 +34,57 @@ const BUF: usize = 1 << 20;
 pub fn verify(
     path: &Path,
     expected_sha256: Option<&str>,
+    threads: usize,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<VerifyReport> {
+    verify_with(
+        path,
+        expected_sha256,
+        Expect::Embedded,
+        threads,
+        progress,
+        cancel,
+    )
+}
+
+/// [`verify`] of an archive without metadata entries (made by the original nuwax-cli)
+/// against `manifest`, the one computed when it was adopted: every entry must match it, and
+/// no entry may use the reserved `.nuwax-` names. The report's `info` is the manifest's.
+pub fn verify_against(
+    path: &Path,
+    expected_sha256: Option<&str>,
+    manifest: &Manifest,
+    threads: usize,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<VerifyReport> {
+    verify_with(
+        path,
+        expected_sha256,
+        Expect::Given(manifest),
+        threads,
+        progress,
+        cancel,
+    )
+}
+
+/// What the entries of an archive are compared with.
+#[derive(Clone, Copy)]
+pub(super) enum Expect<'a> {
+    /// The archive's own metadata entries: `info.json` first, `manifest.json` last.
+    Embedded,
+    /// A manifest kept outside the archive (a legacy backup's, from the catalog); the
+    /// archive has no metadata entries.
+    Given(&'a Manifest),
+    /// Nothing: the entries read are the manifest to be (adopting a legacy archive).
+    Nothing,
+}
+
+fn verify_with(
+    path: &Path,
+    expected_sha256: Option<&str>,
+    expect: Expect<'_>,
     threads: usize,
     progress: &Progress,
     cancel: &CancelFlag,
@@ -71,7 +124,7 @@ pub fn verify(
         problems: Vec::new(),
     };
     crate::faults::point("verify.before_scan");
-    let scanned = scan(file, path, threads, progress, cancel, &mut report);
+    let scanned = scan(file, path, threads, expect, progress, cancel, &mut report);
     let hashed = hasher
         .join()
         .map_err(|_| Error::Internal("the hashing thread panicked".into()))?;
@@ -132,32 +185,63 @@ fn scan(
     file: File,
     path: &Path,
     threads: usize,
+    expect: Expect<'_>,
     progress: &Progress,
     cancel: &CancelFlag,
     report: &mut VerifyReport,
 ) -> Result<()> {
     let index = file.try_clone().ctx("cannot open archive", path)?;
     let size = report.size;
-    // Records a finding; an OS-level read error aborts verification instead.
-    let note = |r: Refusal, report: &mut VerifyReport| -> Result<()> {
-        match r {
-            Refusal::Io(e) => Err(Error::io("cannot read archive", path, e)),
-            other => {
-                report.problems.push(other.describe());
-                Ok(())
-            }
-        }
-    };
     let reader = match pgzip::open_reader(file, resolve_threads(threads)) {
         Ok(r) => r,
-        Err(e) => return note(stream_error(e, "not a valid gzip file"), report),
+        Err(e) => {
+            return note(stream_error(e, "not a valid gzip file"), path, report);
+        }
     };
+    let (position, reader) = ProgressMap::new(&index, size, reader);
+    drop(index);
+    scan_stream(
+        reader,
+        &|| position.position(),
+        path,
+        expect,
+        progress,
+        cancel,
+        report,
+    )
+    .map(drop)
+}
+
+/// Records a finding; an OS-level read error aborts the scan instead.
+fn note(r: Refusal, path: &Path, report: &mut VerifyReport) -> Result<()> {
+    match r {
+        Refusal::Io(e) => Err(Error::io("cannot read archive", path, e)),
+        other => {
+            report.problems.push(other.describe());
+            Ok(())
+        }
+    }
+}
+
+/// The content checks over a decompressed stream: every entry through the entry rules,
+/// file contents hashed, the tail checked, and the entries compared with what `expect`
+/// says. Problems go into `report`; returns the entries read (with checksums), the manifest
+/// entries of this archive as it is. `position` says where in the archive file the reading
+/// is, for progress.
+pub(super) fn scan_stream(
+    reader: impl Read,
+    position: &dyn Fn() -> u64,
+    path: &Path,
+    expect: Expect<'_>,
+    progress: &Progress,
+    cancel: &CancelFlag,
+    report: &mut VerifyReport,
+) -> Result<Vec<ManifestEntry>> {
+    let note = |r: Refusal, report: &mut VerifyReport| note(r, path, report);
     let reader = CancelRead {
         inner: reader,
         cancel: cancel.clone(),
     };
-    let (position, reader) = ProgressMap::new(&index, size, reader);
-    drop(index);
     let mut archive = tar::Archive::new(reader);
     let mut meta = Meta::new();
     let mut tracker = Tracker::default();
@@ -166,7 +250,10 @@ fn scan(
     let mut broken = false;
     let entries = match archive.entries() {
         Ok(e) => e,
-        Err(e) => return note(stream_error(e, "reading the tar stream"), report),
+        Err(e) => {
+            note(stream_error(e, "reading the tar stream"), report)?;
+            return Ok(Vec::new());
+        }
     };
     for entry in entries {
         cancel.check()?;
@@ -187,7 +274,13 @@ fn scan(
                 continue;
             }
         };
-        match meta.accept(&parsed, &mut entry) {
+        // Without metadata entries (a legacy archive) the tracker refuses the reserved
+        // names, `.nuwax-backup/` included.
+        let metadata = match expect {
+            Expect::Embedded => meta.accept(&parsed, &mut entry),
+            Expect::Given(_) | Expect::Nothing => Ok(false),
+        };
+        match metadata {
             Ok(true) => continue,
             Ok(false) => {}
             Err(r) => {
@@ -212,7 +305,7 @@ fn scan(
                 parsed.size,
                 &mut buf,
                 &parsed.path,
-                &mut |_| progress.advance(position.position(), entries_so_far, None),
+                &mut |_| progress.advance(position(), entries_so_far, None),
             ) {
                 Ok(sha) => {
                     report.files_checked += 1;
@@ -229,32 +322,52 @@ fn scan(
             None
         };
         observed.push(parsed.to_manifest_entry(sha));
-        progress.advance(position.position(), report.entries, None);
+        progress.advance(position(), report.entries, None);
     }
-    report.info = meta.info.clone();
+    report.info = match expect {
+        Expect::Embedded => meta.info.clone(),
+        Expect::Given(m) => Some(m.info.clone()),
+        Expect::Nothing => None,
+    };
     if broken {
         report.problems.push(format!(
             "the archive could not be read to its end; {} entries were checked before that",
             report.entries
         ));
-        return Ok(());
+        return Ok(observed);
     }
     let mut rest = archive.into_inner();
     if let Err(r) = check_trailing(&mut rest) {
         note(r, report)?;
     }
-    match meta.finish() {
-        Ok((_, manifest)) => report
+    match expect {
+        Expect::Embedded => match meta.finish() {
+            Ok((_, manifest)) => report
+                .problems
+                .extend(compare_manifest(manifest, &observed)),
+            Err(r) => note(r, report)?,
+        },
+        Expect::Given(manifest) => report
             .problems
             .extend(compare_manifest(manifest, &observed)),
-        Err(r) => note(r, report)?,
+        Expect::Nothing => {}
     }
-    Ok(())
+    Ok(observed)
 }
 
 /// Reads the archive's `info.json` (its first entry after the `.nuwax-backup/` directory),
 /// decompressing nothing beyond it.
 pub fn read_info(path: &Path) -> Result<ArchiveInfo> {
+    probe_info(path)?.ok_or_else(|| Error::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("{INFO_PATH} is missing (not a nuwax-cli archive?)"),
+    })
+}
+
+/// [`read_info`], or `None` when the archive's first entry is content: an archive without
+/// metadata, such as the original nuwax-cli made. A damaged head is an error as for
+/// [`read_info`].
+pub fn probe_info(path: &Path) -> Result<Option<ArchiveInfo>> {
     let file = File::open(path).ctx("cannot open archive", path)?;
     // The verifying reader: a member's CRC is checked before any of its bytes are used, and a
     // truncated file says so; one thread is plenty for the first entry or two.
@@ -268,10 +381,13 @@ pub fn read_info(path: &Path) -> Result<ArchiveInfo> {
         let mut entry =
             entry.map_err(|e| stream_error(e, "reading the tar stream").into_error(path))?;
         let parsed = parse_entry(&entry).map_err(|r| r.into_error(path))?;
+        if top_level(&parsed.path) != META_DIR.as_bytes() {
+            return Ok(None);
+        }
         meta.accept(&parsed, &mut entry)
             .map_err(|r| r.into_error(path))?;
         if let Some(info) = meta.info.take() {
-            return Ok(info);
+            return Ok(Some(info));
         }
     }
     Err(Error::Corrupt {

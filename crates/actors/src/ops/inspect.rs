@@ -323,7 +323,11 @@ pub(crate) async fn rollback_plan(
         .filter(|c| crate::docker::policy::is_active(&c.state))
         .collect();
     let listing = listing(ctx, &entry, &progress).await?;
-    let filter = ctx.scope_filter(scope);
+    // A legacy backup restores only its data/ and app/, exactly as the rollback would.
+    let filter = match ctx.legacy_manifest(&entry.record).await? {
+        Some(manifest) => Ctx::legacy_scope_filter(scope, &manifest),
+        None => ctx.scope_filter(scope),
+    };
     let needed_bytes = match &listing.info {
         Some(info) => space_needed(info, &filter, &entry)?,
         // An archive without metadata: the file contents it would write in the scope.
@@ -501,6 +505,8 @@ async fn restore_inner(
     staging: &Path,
     progress: &Progress,
 ) -> Result<(u64, u64)> {
+    // A legacy backup's manifest is the one computed at adoption (the archive holds none).
+    let manifest = ctx.legacy_manifest(&entry.record).await?;
     let extracted = ctx
         .archive(|r| {
             ArchiveMsg::Extract(
@@ -512,6 +518,7 @@ async fn restore_inner(
                     restore_owner: crate::fsutil::is_root(),
                     threads: 0,
                     expected_sha256: entry.record.sha256.clone(),
+                    manifest,
                 },
                 progress.clone(),
                 ctx.cancel.clone(),

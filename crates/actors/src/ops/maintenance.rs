@@ -14,8 +14,8 @@ use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 use super::{BackupEntry, Ctx};
 use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::store_actor::StoreMsg;
-use crate::archive::CancelFlag;
 use crate::archive::VerifyReport;
+use crate::archive::{CancelFlag, LegacyAdoption, LegacyName};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, copy_atomically};
 use crate::progress::Progress;
@@ -119,9 +119,17 @@ pub(crate) async fn reindex(ctx: &Ctx, progress: Progress) -> Result<ReindexRepo
             continue;
         }
         let p = f.clone();
-        match ctx.archive(|r| ArchiveMsg::ReadInfo(p, r)).await {
-            Ok(info) => candidates.push((info.created_at.clone(), f)),
-            Err(e) => report.invalid.push((f, e.to_string())),
+        let created_at = match ctx.archive(|r| ArchiveMsg::ProbeInfo(p, r)).await {
+            Ok(Some(info)) => DateTime::parse_from_rfc3339(&info.created_at)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| format!("created_at {:?}: {e}", info.created_at)),
+            // No metadata: an archive of the original nuwax-cli, dated by its name.
+            Ok(None) => legacy_name(&f).map(|n| n.created_at),
+            Err(e) => Err(e.to_string()),
+        };
+        match created_at {
+            Ok(t) => candidates.push((t, f)),
+            Err(e) => report.invalid.push((f, e)),
         }
     }
     candidates.sort();
@@ -164,11 +172,21 @@ pub(crate) async fn import(ctx: &Ctx, file: &Path, progress: Progress) -> Result
             existing.id
         )));
     }
+    // An archive of the original nuwax-cli: read once (checksum and manifest), then copied.
+    let probed = file.clone();
+    if let Ok(None) = ctx.archive(|r| ArchiveMsg::ProbeInfo(probed, r)).await {
+        let adoption = read_legacy(ctx, &file, progress).await?;
+        if dest != file {
+            copy_into_storage(&file, &dest, dir).await?;
+        }
+        return insert_legacy(ctx, &dest, adoption).await;
+    }
     // Verify the source before copying anything.
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: file.clone(),
             expected_sha256: None,
+            manifest: None,
             progress: progress.clone(),
             cancel: ctx.cancel.clone(),
             reply: r,
@@ -181,26 +199,107 @@ pub(crate) async fn import(ctx: &Ctx, file: &Path, progress: Progress) -> Result
         });
     }
     if dest != file {
-        if dest.exists() {
-            return Err(Error::Refused(format!(
-                "{} already exists in the storage dir; rename the file to import",
-                dest.display()
-            )));
-        }
-        std::fs::create_dir_all(dir).ctx("cannot create storage dir", dir)?;
-        let (from, to) = (file.clone(), dest.clone());
-        super::blocking(move || copy_atomically(&from, &to)).await?;
+        copy_into_storage(&file, &dest, dir).await?;
     }
     adopt(ctx, &dest, progress).await
 }
 
-/// Verifies an archive in the storage dir and inserts its catalog row from its metadata.
+/// Copies an archive being imported into the storage dir (atomically), never over a file.
+async fn copy_into_storage(file: &Path, dest: &Path, dir: &Path) -> Result<()> {
+    if dest.exists() {
+        return Err(Error::Refused(format!(
+            "{} already exists in the storage dir; rename the file to import",
+            dest.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).ctx("cannot create storage dir", dir)?;
+    let (from, to) = (file.to_path_buf(), dest.to_path_buf());
+    super::blocking(move || copy_atomically(&from, &to)).await
+}
+
+/// What the name of an archive without metadata says, or why it cannot be adopted.
+fn legacy_name(path: &Path) -> std::result::Result<LegacyName, String> {
+    path.file_name()
+        .and_then(LegacyName::parse)
+        .ok_or_else(|| {
+            "it has no .nuwax-backup/info.json (not made by this tool), and its name is not one the original nuwax-cli gave (backup_{manual|pre-upgrade}_v{VERSION}_{YYYY-MM-DD_HH-MM-SS}.tar.gz), so its type, version and time are unknown".to_string()
+        })
+}
+
+/// Reads an archive of the original nuwax-cli once: its SHA-256 and its manifest, every
+/// entry through the same rules as any archive's. Any finding refuses it (exit 4).
+async fn read_legacy(ctx: &Ctx, path: &Path, progress: Progress) -> Result<LegacyAdoption> {
+    let name = legacy_name(path).map_err(|detail| Error::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    })?;
+    let adoption = ctx
+        .archive(|r| ArchiveMsg::AdoptLegacy {
+            path: path.to_path_buf(),
+            name,
+            progress,
+            cancel: ctx.cancel.clone(),
+            reply: r,
+        })
+        .await?;
+    if !adoption.problems.is_empty() {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!(
+                "(an archive of the original nuwax-cli) {}",
+                adoption.problems.join("; ")
+            ),
+        });
+    }
+    Ok(adoption)
+}
+
+/// Inserts the catalog row of a legacy archive at `path` (in the storage dir) with the
+/// manifest computed when it was read.
+async fn insert_legacy(ctx: &Ctx, path: &Path, adoption: LegacyAdoption) -> Result<BackupEntry> {
+    let info = &adoption.manifest.info;
+    let created_at = DateTime::parse_from_rfc3339(&info.created_at)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::Internal(format!("legacy created_at {:?}: {e}", info.created_at)))?;
+    let record = BackupRecord {
+        id: 0,
+        file_path: path.to_path_buf(),
+        backup_type: BackupType::parse(&info.backup_type).unwrap_or(BackupType::Manual),
+        service_version: info.service_version.clone(),
+        status: BackupStatus::Completed,
+        size: Some(adoption.size),
+        sha256: Some(adoption.sha256.clone()),
+        entry_count: Some(adoption.manifest.entries.len() as u64),
+        error: None,
+        created_at,
+        finished_at: Some(created_at),
+        owner_pid: None,
+        verified_at: Some(Utc::now()),
+        compose_project: None,
+        legacy: true,
+    };
+    let manifest = serde_json::to_string(&adoption.manifest)
+        .map_err(|e| Error::Internal(format!("cannot encode a manifest: {e}")))?;
+    let id = ctx
+        .store(|r| StoreMsg::InsertLegacyBackup(Box::new(record), manifest, r))
+        .await?;
+    ctx.get_backup(id).await
+}
+
+/// Verifies an archive in the storage dir and inserts its catalog row from its metadata
+/// (for an archive of the original nuwax-cli: from its name and the one read of it).
 pub(crate) async fn adopt(ctx: &Ctx, path: &Path, progress: Progress) -> Result<BackupEntry> {
     refuse_partial(path)?;
+    let probed = path.to_path_buf();
+    if let Ok(None) = ctx.archive(|r| ArchiveMsg::ProbeInfo(probed, r)).await {
+        let adoption = read_legacy(ctx, path, progress).await?;
+        return insert_legacy(ctx, path, adoption).await;
+    }
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: path.to_path_buf(),
             expected_sha256: None,
+            manifest: None,
             progress,
             cancel: CancelFlag::default(),
             reply: r,
@@ -247,6 +346,7 @@ pub(crate) async fn adopt_verified(
         owner_pid: None,
         verified_at: Some(now),
         compose_project: Some(info.compose_project.clone()),
+        legacy: false,
     };
     let id = ctx
         .store(|r| StoreMsg::InsertCompletedBackup(Box::new(record), r))
@@ -282,15 +382,17 @@ pub(crate) async fn verify(
 ) -> Result<(BackupEntry, VerifyReport)> {
     let entry = ctx.get_backup(id).await?;
     if !entry.file_exists {
-        return Err(Error::Corrupt {
+        return Err(Error::ArchiveMissing {
+            id,
             path: entry.record.file_path.clone(),
-            detail: format!("backup {id}'s archive file is missing"),
         });
     }
+    let manifest = ctx.legacy_manifest(&entry.record).await?;
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: entry.record.file_path.clone(),
             expected_sha256: entry.record.sha256.clone(),
+            manifest,
             progress,
             cancel: ctx.cancel.clone(),
             reply: r,

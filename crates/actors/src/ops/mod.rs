@@ -417,6 +417,60 @@ impl Ctx {
         Some(hex::encode(h.finalize()))
     }
 
+    /// The manifest a legacy backup is checked against (computed when it was adopted, kept
+    /// in the catalog); `None` for a backup of this tool (its archive carries its own).
+    pub(crate) async fn legacy_manifest(
+        &self,
+        record: &BackupRecord,
+    ) -> Result<Option<std::sync::Arc<crate::archive::Manifest>>> {
+        if !record.legacy {
+            return Ok(None);
+        }
+        let id = record.id;
+        let unusable = |why: String| Error::Corrupt {
+            path: record.file_path.clone(),
+            detail: format!(
+                "backup {id} was made by the original nuwax-cli and {why}; nothing was changed. To adopt the archive again, move it out of the storage dir, run `nuwax-cli delete-backup {id}` (with the file gone it only forgets the entry), then `nuwax-cli import FILE`"
+            ),
+        };
+        let json = self
+            .store(|r| StoreMsg::LegacyManifest(id, r))
+            .await?
+            .ok_or_else(|| {
+                unusable("the catalog lacks the manifest recorded when it was adopted".into())
+            })?;
+        let manifest: crate::archive::Manifest = serde_json::from_str(&json).map_err(|e| {
+            unusable(format!(
+                "the manifest recorded in the catalog is invalid ({e})"
+            ))
+        })?;
+        Ok(Some(std::sync::Arc::new(manifest)))
+    }
+
+    /// The top-level filter of a rollback of `scope` from a legacy backup: only the items
+    /// the original tool archived ([`crate::archive::LEGACY_ITEMS`]) that this archive holds,
+    /// and of those what `scope` takes by the backup's own data scope (`data`).
+    pub(crate) fn legacy_scope_filter(
+        scope: RollbackScope,
+        manifest: &crate::archive::Manifest,
+    ) -> TopLevelFilter {
+        let info = &manifest.info;
+        let held = crate::archive::LEGACY_ITEMS
+            .iter()
+            .map(std::ffi::OsString::from)
+            .filter(|name| info.top_level_bytes.keys().any(|k| k.as_os_str() == name));
+        let is_data =
+            |name: &std::ffi::OsString| info.data_paths.iter().any(|d| d.as_os_str() == name);
+        TopLevelFilter::Only(
+            held.filter(|name| match scope {
+                RollbackScope::All => true,
+                RollbackScope::App => !is_data(name),
+                RollbackScope::DataOnly => is_data(name),
+            })
+            .collect(),
+        )
+    }
+
     pub async fn get_backup(&self, id: i64) -> Result<BackupEntry> {
         self.store(|r| StoreMsg::GetBackup(id, r))
             .await?

@@ -291,6 +291,7 @@ pub(crate) async fn recover_backup(ctx: &Ctx, op: &Operation) -> Result<String> 
                     .archive(|r| ArchiveMsg::Verify {
                         path: dest.clone(),
                         expected_sha256: None,
+                        manifest: None,
                         progress: Progress::none(),
                         cancel: CancelFlag::default(),
                         reply: r,
@@ -353,10 +354,20 @@ pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String
         }
         ("committed", Some(plan)) => {
             ctx.swap_commit(plan).await?;
-            format!(
+            let mut what = format!(
                 "rollback to backup {} had completed when pid {} died; cleaned up",
                 j.backup_id, op.pid
-            )
+            );
+            match rollback::record_version(ctx, &j) {
+                Some(rollback::VersionUpdate::Written { version, .. }) => what.push_str(&format!(
+                    "; config.toml [versions] docker_service set to {version}"
+                )),
+                Some(rollback::VersionUpdate::Failed { version, error }) => what.push_str(
+                    &format!("; config.toml could not be set to version {version}: {error}"),
+                ),
+                _ => {}
+            }
+            what
         }
         _ => {
             if !j.work_dir.as_os_str().is_empty() {

@@ -235,6 +235,13 @@ async fn push_one(
             rec.status
         )));
     }
+    if rec.legacy {
+        // Its manifest lives in this catalog only (the archive holds none): a copy restored on
+        // another host could not be checked, so it is not sent.
+        return Err(Error::Usage(format!(
+            "backup {id} was made by the original nuwax-cli and is not pushed: its manifest lives only in this catalog, so a copy could not be verified on another host; take a new backup (nuwax-cli backup) and push that"
+        )));
+    }
     if !entry.file_exists {
         return Err(Error::Usage(format!(
             "backup {id}'s archive {} is not here; nothing to push",
@@ -678,10 +685,15 @@ async fn fetch(
             actual: format!("{sha} ({size} bytes)"),
         }));
     }
+    let manifest = match &row {
+        Some(e) => ctx.legacy_manifest(&e.record).await.map_err(fail)?,
+        None => None,
+    };
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: partial.clone(),
             expected_sha256: Some(sidecar.sha256.clone()),
+            manifest,
             progress: progress.clone(),
             cancel: ctx.cancel.clone(),
             reply: r,
@@ -881,6 +893,8 @@ fn sidecar_record(storage_dir: &Path, s: &Sidecar) -> Result<BackupRecord> {
         owner_pid: None,
         verified_at: None,
         compose_project: s.compose_project.clone(),
+        // Legacy backups are never pushed (push_one).
+        legacy: false,
     })
 }
 

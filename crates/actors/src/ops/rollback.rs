@@ -5,10 +5,11 @@ use nuwax_store::{BackupRecord, BackupStatus, OperationKind, OperationState};
 use serde::{Deserialize, Serialize};
 
 use super::{BackupEntry, services};
-use crate::archive::{ExtractOptions, TopLevelFilter};
+use crate::archive::{ExtractOptions, Manifest, TopLevelFilter};
 use crate::docker::ContainerInfo;
 use crate::restore::{self, SwapPlan};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::Ctx;
 use crate::actors::archive_actor::ArchiveMsg;
@@ -64,6 +65,24 @@ pub struct RollbackReport {
     pub services_started: bool,
     /// The restore succeeded but starting the services failed: why.
     pub start_error: Option<String>,
+    /// The backup was made by the original nuwax-cli: only `data/` and `app/` were in scope.
+    pub legacy: bool,
+    /// `config.toml`'s `[versions] docker_service` after an app restore: what was written.
+    pub version: Option<VersionUpdate>,
+}
+
+/// What a rollback that restored the app did to `[versions] docker_service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionUpdate {
+    /// Set to the backup's version; the previous value, if the key was there.
+    Written {
+        version: String,
+        previous: Option<String>,
+    },
+    /// Already the backup's version.
+    Unchanged(String),
+    /// Writing it failed (the restore itself is complete).
+    Failed { version: String, error: String },
 }
 
 /// Journal details of a rollback operation.
@@ -80,6 +99,10 @@ pub(crate) struct RollbackJournal {
     /// recreated from the restored definitions).
     #[serde(default)]
     pub compose_before: Option<String>,
+    /// The backup's service version, when the scope restores the app: written to
+    /// `config.toml` once the swap is committed (by recovery too, if the process died).
+    #[serde(default)]
+    pub service_version: Option<String>,
 }
 
 // ----------------------------------------------------------------------------- rollback
@@ -111,12 +134,9 @@ pub(crate) async fn rollback(
         )));
     }
     if !entry.file_exists {
-        return Err(Error::Corrupt {
+        return Err(Error::ArchiveMissing {
+            id: req.id,
             path: record.file_path.clone(),
-            detail: format!(
-                "backup {}'s archive file is missing; nothing was changed",
-                req.id
-            ),
         });
     }
     let paths = ctx.settings.paths.clone();
@@ -136,16 +156,49 @@ pub(crate) async fn rollback(
     // 1. The archive's SHA-256 is checked against the catalog while it is extracted into
     //    the staging dir (one read of the archive, not two), and before anything live is
     //    touched: `extract` fails on a mismatch, and nothing is swapped in then.
-    let filter = ctx.scope_filter(req.scope);
+    //    A legacy backup (made by the original nuwax-cli) has no metadata of its own: its
+    //    manifest comes from the catalog, and only its `data/` and `app/` are in scope.
+    let legacy = ctx.legacy_manifest(record).await?;
+    let filter = match &legacy {
+        Some(manifest) => {
+            let filter = Ctx::legacy_scope_filter(req.scope, manifest);
+            let others: Vec<String> = manifest
+                .info
+                .top_level_bytes
+                .keys()
+                .map(|k| k.to_string())
+                .filter(|k| !crate::archive::LEGACY_ITEMS.contains(&k.as_str()))
+                .collect();
+            if !others.is_empty() {
+                progress.notice(format!(
+                    "backup {} also holds {}: a restore of a backup made by the original nuwax-cli takes only data/ and app/, the rest stays as it is",
+                    req.id,
+                    others.join(", ")
+                ));
+            }
+            if matches!(&filter, TopLevelFilter::Only(items) if items.is_empty()) {
+                return Err(Error::Usage(format!(
+                    "backup {} was made by the original nuwax-cli and holds nothing that a restore of {} takes (it can only restore data/ and app/); nothing was changed",
+                    req.id,
+                    req.scope.describe()
+                )));
+            }
+            filter
+        }
+        None => ctx.scope_filter(req.scope),
+    };
     // Staging needs the scope's size on the compose dir's filesystem (the old content
     // stays until the swap is done, so nothing is freed before).
-    let info = match ctx
-        .archive(|r| ArchiveMsg::ReadInfo(record.file_path.clone(), r))
-        .await
-    {
-        Ok(info) => info,
-        // An unreadable head: if the file is not the one the catalog recorded, say that.
-        Err(e) => return Err(checksum_error(ctx, record, &progress).await?.unwrap_or(e)),
+    let info = match &legacy {
+        Some(manifest) => manifest.info.clone(),
+        None => match ctx
+            .archive(|r| ArchiveMsg::ReadInfo(record.file_path.clone(), r))
+            .await
+        {
+            Ok(info) => info,
+            // An unreadable head: if the file is not the one the catalog recorded, say that.
+            Err(e) => return Err(checksum_error(ctx, record, &progress).await?.unwrap_or(e)),
+        },
     };
     crate::space::ensure(&paths.compose_dir, space_needed(&info, &filter, &entry)?)?;
     let mut journal = RollbackJournal {
@@ -155,6 +208,8 @@ pub(crate) async fn rollback(
         plan: None,
         stopped: Vec::new(),
         compose_before: None,
+        service_version: (req.scope != RollbackScope::DataOnly)
+            .then(|| record.service_version.clone()),
     };
     let op = ctx
         .store(|r| {
@@ -165,10 +220,21 @@ pub(crate) async fn rollback(
             )
         })
         .await?;
-    let result = rollback_inner(ctx, op, &mut journal, &entry, filter, containers, &progress).await;
+    let result = rollback_inner(
+        ctx,
+        op,
+        &mut journal,
+        &entry,
+        (filter, legacy.clone()),
+        containers,
+        &progress,
+    )
+    .await;
     match result {
         Ok(mut report) => {
             report.scope = req.scope;
+            report.legacy = legacy.is_some();
+            report.version = record_version(ctx, &journal);
             if req.start {
                 match start_after_rollback(ctx, &journal, &progress).await {
                     Ok(()) => report.services_started = true,
@@ -229,7 +295,7 @@ pub(crate) async fn rollback_inner(
     op: i64,
     journal: &mut RollbackJournal,
     entry: &BackupEntry,
-    filter: TopLevelFilter,
+    (filter, manifest): (TopLevelFilter, Option<Arc<Manifest>>),
     containers: Option<Vec<ContainerInfo>>,
     progress: &Progress,
 ) -> Result<RollbackReport> {
@@ -249,6 +315,7 @@ pub(crate) async fn rollback_inner(
                     restore_owner: crate::fsutil::is_root(),
                     threads: 0,
                     expected_sha256: entry.record.sha256.clone(),
+                    manifest: manifest.clone(),
                 },
                 progress.clone(),
                 ctx.cancel.clone(),
@@ -330,6 +397,8 @@ pub(crate) async fn rollback_inner(
         bytes: extracted.bytes,
         services_started: false,
         start_error: None,
+        legacy: false,
+        version: None,
     })
 }
 
@@ -352,6 +421,26 @@ pub(crate) fn space_needed(
             path: entry.record.file_path.clone(),
             detail: "its info.json claims more bytes than a disk can hold".into(),
         })
+}
+
+/// After a committed swap that restored the app (also from recovery): the backup's version
+/// goes back into `config.toml` (atomically, comments kept), so the bookkeeping says what
+/// runs. A failure to write it does not undo the restore; it is reported.
+pub(crate) fn record_version(ctx: &Ctx, journal: &RollbackJournal) -> Option<VersionUpdate> {
+    let version = journal.service_version.clone()?;
+    let file = &ctx.settings.paths.config_file;
+    Some(
+        match crate::config_edit::set_service_version(file, &version) {
+            Ok(previous) if previous.as_deref() == Some(version.as_str()) => {
+                VersionUpdate::Unchanged(version)
+            }
+            Ok(previous) => VersionUpdate::Written { version, previous },
+            Err(e) => VersionUpdate::Failed {
+                version,
+                error: e.to_string(),
+            },
+        },
+    )
 }
 
 /// After a committed swap (also from recovery): changed definitions (compose file, `.env`,

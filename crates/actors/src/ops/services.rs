@@ -30,6 +30,9 @@ pub struct ServiceStatus {
     /// No engine socket on this machine.
     pub engine_absent: bool,
     pub services: Vec<ServiceState>,
+    /// The configured compose file, when it does not exist (not a working dir, or
+    /// `[docker] compose_file` points elsewhere): the project is then known by name only.
+    pub missing_compose_file: Option<std::path::PathBuf>,
 }
 
 /// How a start went.
@@ -66,7 +69,9 @@ fn name_in_use(containers: &[ContainerInfo]) -> Option<String> {
 pub(crate) async fn service_status(ctx: &Ctx) -> Result<ServiceStatus> {
     let compose = ctx.compose_or_bare();
     let containers = ctx.containers(&compose).await?;
+    let compose_file = &ctx.settings.paths.compose_file;
     Ok(ServiceStatus {
+        missing_compose_file: (!compose_file.exists()).then(|| compose_file.clone()),
         project: compose.name.clone(),
         engine_absent: containers.is_none(),
         services: containers

@@ -143,6 +143,10 @@ fn unreachable(endpoint: &str, message: impl fmt::Display) -> Error {
     let mut message = message.to_string();
     if message.contains("Permission denied") || message.contains("permission denied") {
         message.push_str(" (run as root or as a member of the docker group)");
+    } else {
+        message.push_str(
+            "; check that the Docker daemon is running (`docker info`, `systemctl status docker`) and that DOCKER_HOST or the current docker context names its socket",
+        );
     }
     Error::DockerUnreachable {
         endpoint: endpoint.to_string(),
