@@ -13,7 +13,8 @@ fn empty_catalog_lists_nothing() {
     let value = env.run_json(&["list-backups", "--json"]);
     assert_eq!(
         value,
-        serde_json::json!({"schema_version": 1, "success": true, "backups": [], "error": null})
+        serde_json::json!({"schema_version": 1, "success": true, "backups": [], "error": null,
+            "error_kind": null, "exit_code": 0})
     );
 }
 

@@ -75,7 +75,13 @@ pub struct BackupDoc {
 
 /// The envelope's keys around a document's own (`keys`).
 pub fn doc_keys<'a>(keys: &[&'a str]) -> Vec<&'a str> {
-    let mut all = vec!["schema_version", "success", "error"];
+    let mut all = vec![
+        "schema_version",
+        "success",
+        "error",
+        "error_kind",
+        "exit_code",
+    ];
     all.extend_from_slice(keys);
     all
 }
