@@ -42,7 +42,7 @@ pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 pub use ops::BackupEntry;
 pub use ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 pub use ops::backup::BackupRequest;
-pub use ops::maintenance::ReindexReport;
+pub use ops::maintenance::{DeleteReport, ReindexReport};
 pub use ops::recovery::{BlockedInfo, Keep};
 pub use ops::remote::{
     CopyState, PushReport, PushedCopy, RemoteList, RemoteListEntry, RemotePruneReport,

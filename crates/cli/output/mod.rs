@@ -117,6 +117,13 @@ pub(crate) struct DeleteDocument {
     pub success: bool,
     pub deleted: Option<BackupJson>,
     pub error: Option<String>,
+    /// The local archive file was deleted.
+    pub local_deleted: bool,
+    /// The remote copy deleted with `--remote` (`s3://bucket/prefix/name`), else null.
+    pub remote_deleted: Option<String>,
+    /// The catalog entry stays because the backup's remote copy does (it is remote-only
+    /// now, still restorable).
+    pub catalog_entry_kept: bool,
 }
 
 /// Any failed `--json` command.
