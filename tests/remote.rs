@@ -677,6 +677,13 @@ fn local_prune_and_delete_keep_remote_only_backups() {
     // A second prune changes nothing.
     r.run(&env, &["prune", "--keep-last", "1"]).assert_ok();
     assert_eq!(rows_here(&env).len(), 3);
+    // Remote-only is not "missing": `verify --all` passes over them, `reindex` does not flag
+    // them.
+    r.run(&env, &["verify", "--all"])
+        .assert_ok()
+        .assert_stderr_has("remote-only");
+    let doc = r.json(&env, &["reindex", "--json"]);
+    assert_eq!(doc["missing"].as_array().map_or(0, Vec::len), 0, "{doc}");
     // --remote deletes the remote copy too, then the catalog entry.
     let doc = r.json(
         &env,

@@ -163,7 +163,8 @@ pub(crate) async fn reindex(ctx: &Ctx, progress: Progress) -> Result<ReindexRepo
         }
     }
     for b in ctx.list_backups().await? {
-        if b.record.status == BackupStatus::Completed && !b.file_exists {
+        // A remote-only backup is not missing: its archive is on the remote.
+        if b.record.status == BackupStatus::Completed && !b.file_exists && !b.remote_copy {
             report.missing.push(b);
         }
     }
