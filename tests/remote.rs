@@ -230,16 +230,27 @@ fn remote_prune_keeps_the_newest_and_reports() {
     r.configure(&env, &r.endpoint.clone(), "");
     let rows: Vec<_> = (0..3).map(|_| env.backup()).collect();
     r.json(&env, &["remote", "push", "--all", "--json"]);
+    // The oldest becomes remote-only: its local archive goes, its catalog entry stays.
+    r.run(&env, &["delete-backup", &rows[0].id.to_string(), "--force"])
+        .assert_ok();
+    assert_eq!(env.list().len(), 3);
     let doc = r.json(&env, &["remote", "prune", "--keep-last", "1", "--json"]);
     assert_eq!(doc["deleted"].as_array().unwrap().len(), 2, "{doc}");
     let newest = archive_name(&rows[2].file_path);
     let states = list_states(&r, &env);
+    assert_eq!(states.len(), 2, "{states:?}");
     for (name, state) in states {
         let want = if name == newest { "both" } else { "local-only" };
         assert_eq!(state, want, "{name}");
     }
-    // Local backups are untouched by a remote prune.
-    assert_eq!(env.list().len(), 3);
+    // Local archives are untouched by a remote prune; the remote-only backup whose copy it
+    // deleted has nothing left to restore, so its catalog entry went too.
+    let ids: Vec<i64> = env.list().iter().map(|b| b.id).collect();
+    assert!(!ids.contains(&rows[0].id), "{ids:?}");
+    for b in &rows[1..] {
+        let row = env.row(b.id);
+        assert!(row.file_exists, "{}", b.id);
+    }
 }
 
 #[test]
