@@ -108,9 +108,10 @@ fn open_rejects_a_newer_catalog() {
     assert!(matches!(err, Error::Unusable { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains(
-            "written by a newer version of nuwax-cli (schema version 99, this build knows 1"
-        ),
+        msg.contains(&format!(
+            "written by a newer version of nuwax-cli (schema version 99, this build knows {}",
+            crate::migrations::LATEST
+        )),
         "{msg}"
     );
     assert!(msg.contains("reindex --move-broken-catalog"), "{msg}");
