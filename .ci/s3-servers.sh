@@ -11,6 +11,10 @@ VENV="${NUWAX_S3_VENV:-/tmp/nuwax-s3-venv}"
 MOTO_PORT="${NUWAX_MOTO_PORT:-47017}"
 WEED_S3_PORT="${NUWAX_WEED_S3_PORT:-47018}"
 # SeaweedFS's own ports (master, volume, filer, admin): fixed, away from common defaults.
+# Every bucket is a collection with volumes of its own, and by default the number of volume
+# slots is the free disk space over the volume size limit (30 GB): on a fuller disk a run of
+# the tests ran out of writable volumes ("No writable volumes and no free volumes left", a
+# 500 on upload). 64 MB volumes give hundreds of slots.
 WEED_MASTER_PORT=47019
 WEED_VOLUME_PORT=47020
 WEED_FILER_PORT=47021
@@ -67,6 +71,7 @@ JSON
         -master.port="$WEED_MASTER_PORT" -volume.port="$WEED_VOLUME_PORT" \
         -filer.port="$WEED_FILER_PORT" -admin.port="$WEED_ADMIN_PORT" -admin.ui=false \
         -s3.port="$WEED_S3_PORT" -s3.config="$S3_STATE/weed-s3.json" \
+        -master.volumeSizeLimitMB=64 \
         >"$S3_STATE/weed.log" 2>&1 &
     echo $! >"$S3_STATE/weed.pid"
     wait_http "http://127.0.0.1:$MOTO_PORT/" moto "$(cat "$S3_STATE/moto.pid")" 60

@@ -110,9 +110,9 @@ where
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
         .env_remove("CLICOLOR_FORCE");
-    // Test hooks and settings from the caller's shell must not leak into a run.
+    // Test hooks, settings and S3 credentials from the caller's shell must not leak into a run.
     for (key, _) in std::env::vars_os() {
-        if key.as_bytes().starts_with(b"NUWAX_") {
+        if key.as_bytes().starts_with(b"NUWAX_") || key.as_bytes().starts_with(b"AWS_") {
             cmd.env_remove(key);
         }
     }

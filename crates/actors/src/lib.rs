@@ -48,7 +48,7 @@ pub use ops::inspect::{
     ArchiveEntry, DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest,
     RollbackPlan,
 };
-pub use ops::maintenance::ReindexReport;
+pub use ops::maintenance::{DeleteReport, ReindexReport};
 pub use ops::recovery::{BlockedInfo, Keep};
 pub use ops::remote::{
     CopyState, PushReport, PushedCopy, RemoteList, RemoteListEntry, RemotePruneReport,

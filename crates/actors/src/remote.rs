@@ -231,10 +231,15 @@ impl std::fmt::Debug for Credentials {
 /// quote the file's content.
 pub fn load_credentials(s: &RemoteSettings) -> Result<Credentials, Error> {
     if let Some(path) = &s.credentials_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io("cannot read remote credentials_file", path, e))?;
+        // A file named in the config that cannot be used is a configuration error (exit 2).
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Usage(format!(
+                "cannot read the remote credentials_file {}: {e}",
+                path.display()
+            ))
+        })?;
         return parse_credentials_file(&text, &s.profile).ok_or_else(|| {
-            Error::Refused(format!(
+            Error::Usage(format!(
                 "remote credentials_file {} has no [{}] section with aws_access_key_id and aws_secret_access_key",
                 path.display(),
                 s.profile

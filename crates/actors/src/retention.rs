@@ -25,6 +25,11 @@
 //!   (of upgrades that failed and were rolled back) exist;
 //! - a backup referenced by an upgrade that is still running is kept.
 //!
+//! A backup whose archive is not here but has a recorded remote copy (`reindex --remote`, or
+//! a local delete of a pushed backup) is *remote-only*: still restorable (a rollback pulls
+//! it), so its row is always kept, and, like a missing archive, it takes no part in the keep
+//! rules of a local prune (`remote prune` applies retention to the remote copies).
+//!
 //! `Running` backups are never dropped (another process may be writing them; crash recovery
 //! turns dead ones into `Failed`). `Failed` backups have no usable archive and are always
 //! dropped.
@@ -82,9 +87,31 @@ pub const REASON_WAY_BACK: &str =
 pub const REASON_RUNNING: &str = "still running";
 pub const REASON_FAILED: &str = "failed backup";
 pub const REASON_MISSING: &str = "archive file missing: not a way back (only its catalog row goes)";
+pub const REASON_REMOTE_ONLY: &str = "remote-only: restorable from the remote, its catalog row stays (remote prune manages the copy)";
 pub const REASON_UNMATCHED: &str = "not kept by any rule";
 /// A note added to every completed backup dated after `now`.
 pub const REASON_FUTURE: &str = "dated in the future: ranked after backups with a past date";
+
+/// Where a backup's archive is, as the caller sees it (the plan itself touches no file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The archive file is here.
+    Here,
+    /// Not here, but a remote copy is recorded: restorable.
+    RemoteOnly,
+    /// Neither here nor recorded on a remote.
+    Missing,
+}
+
+impl From<bool> for Presence {
+    fn from(here: bool) -> Self {
+        if here {
+            Presence::Here
+        } else {
+            Presence::Missing
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Period {
@@ -109,11 +136,11 @@ impl Period {
 
 /// Plans a prune: one [`Decision`] per backup, in the order of `backups`.
 ///
-/// `archive_present` says whether a backup's archive file exists (the plan itself touches no
-/// file). `now` tells which backups are dated in the future.
-pub fn plan(
+/// `archive_present` says where a backup's archive is (a `bool`: here or missing; or a
+/// [`Presence`]). `now` tells which backups are dated in the future.
+pub fn plan<P: Into<Presence>>(
     backups: &[BackupRecord],
-    archive_present: impl Fn(&BackupRecord) -> bool,
+    archive_present: impl Fn(&BackupRecord) -> P,
     rules: &KeepRules,
     upgrades: &[UpgradeRecord],
     now: DateTime<Utc>,
@@ -127,10 +154,17 @@ pub fn plan(
     }
 
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); backups.len()];
-    let missing: Vec<bool> = backups
+    let presence: Vec<Presence> = backups
         .iter()
-        .map(|b| b.status == BackupStatus::Completed && !archive_present(b))
+        .map(|b| {
+            if b.status == BackupStatus::Completed {
+                archive_present(b).into()
+            } else {
+                Presence::Here
+            }
+        })
         .collect();
+    let missing: Vec<bool> = presence.iter().map(|p| *p != Presence::Here).collect();
     let future = |i: usize| backups[i].created_at > now;
 
     // Completed backups with their archive, newest first: past-dated before future-dated,
@@ -233,6 +267,10 @@ pub fn plan(
         .zip(reasons)
         .map(|((i, b), mut reasons)| {
             let keep = match b.status {
+                BackupStatus::Completed if presence[i] == Presence::RemoteOnly => {
+                    reasons = vec![REASON_REMOTE_ONLY.into()];
+                    true
+                }
                 BackupStatus::Completed if missing[i] => {
                     reasons = vec![REASON_MISSING.into()];
                     false
@@ -630,6 +668,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(kept(&d), [2]);
+    }
+
+    #[test]
+    fn remote_only_backups_keep_their_row_and_use_up_no_count() {
+        let b = vec![
+            backup(3, at(2026, 11, 26, 9)),
+            backup(2, at(2026, 11, 25, 9)),
+            backup(1, at(2026, 11, 24, 9)),
+        ];
+        let presence = |r: &BackupRecord| match r.id {
+            3 => Presence::RemoteOnly,
+            2 => Presence::Missing,
+            _ => Presence::Here,
+        };
+        let d = plan(&b, presence, &rules(Some(1), None, None, None), &[], now()).unwrap();
+        assert_eq!(kept(&d), [3, 1]);
+        assert_eq!(reasons(&d, 3), [REASON_REMOTE_ONLY]);
+        assert_eq!(reasons(&d, 2), [REASON_MISSING]);
+        assert_eq!(reasons(&d, 1), ["last 1", REASON_NEWEST]);
     }
 
     #[test]

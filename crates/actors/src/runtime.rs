@@ -16,7 +16,7 @@ use crate::ops::backup::BackupRequest;
 use crate::ops::inspect::{
     DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest, RollbackPlan,
 };
-use crate::ops::maintenance::ReindexReport;
+use crate::ops::maintenance::{DeleteReport, ReindexReport};
 use crate::ops::recovery::{Blocked, BlockedInfo, Keep};
 use crate::ops::remote::{
     PushReport, RemoteList, RemotePruneReport, RemoteReindexReport, RemoteTarget,
@@ -256,9 +256,10 @@ impl Runtime {
         ops::maintenance::verify(&self.ctx, id, progress).await
     }
 
-    /// Deletes the archive file and its catalog row.
-    pub async fn delete_backup(&self, id: i64) -> Result<BackupEntry> {
-        ops::maintenance::delete_backup(&self.ctx, id).await
+    /// Deletes a backup's local archive (and with `remote` its remote copy); the catalog
+    /// entry stays while a remote copy does.
+    pub async fn delete_backup(&self, id: i64, remote: bool) -> Result<DeleteReport> {
+        ops::maintenance::delete_backup(&self.ctx, id, remote).await
     }
 
     pub async fn prune(&self, rules: &KeepRules, dry_run: bool) -> Result<Vec<Decision>> {

@@ -475,8 +475,10 @@ struct PruneDocument {
     decisions: Vec<DecisionJson>,
     deleted: Vec<String>,
     /// Copies that should have gone but the server refused to delete (object lock,
-    /// write-only credentials), with its answer.
+    /// write-only credentials), with its answer: reported, not a failure (exit 0).
     not_deleted: Vec<SkippedArchiveJson>,
+    /// Copies whose delete failed otherwise (server error, network): the command fails.
+    failed: Vec<SkippedArchiveJson>,
 }
 
 #[derive(Serialize)]
@@ -524,9 +526,33 @@ async fn prune(a: PruneArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<
             escape_message(e)
         ));
     }
+    for (name, e) in &r.failed {
+        printer.error(&format!(
+            "deleting {} from the remote failed: {}",
+            escape_name(name),
+            escape_message(&e.to_string())
+        ));
+    }
+    // Refusals are what an object-locked bucket or write-only credentials answer by design:
+    // reported, exit 0. Any other failure fails the command, with its error's exit code.
+    let status = r.failed.first().map_or(ExitStatus::Success, |(_, e)| {
+        crate::exit::status_of_error(e)
+    });
     if a.json {
+        let failure = r.failed.first().map(|(name, e)| crate::exit::Failure {
+            message: format!("deleting {name} from the remote failed: {e}"),
+            ..crate::exit::Failure::of_error(e)
+        });
         printer.document(
             &PruneDocument {
+                failed: r
+                    .failed
+                    .iter()
+                    .map(|(archive, e)| SkippedArchiveJson {
+                        archive: archive.clone(),
+                        error: e.to_string(),
+                    })
+                    .collect(),
                 dry_run: a.dry_run,
                 decisions: r
                     .decisions
@@ -548,10 +574,10 @@ async fn prune(a: PruneArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<
                     })
                     .collect(),
             },
-            None,
+            failure.as_ref(),
         );
     }
-    Ok(ExitStatus::Success)
+    Ok(status)
 }
 
 #[derive(Serialize)]

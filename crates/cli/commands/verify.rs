@@ -24,13 +24,21 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let ids: Vec<i64> = match (args.id, args.all) {
         (Some(id), _) => vec![id],
-        (None, true) => rt
-            .list_backups()
-            .await?
-            .into_iter()
-            .filter(|b| b.record.status == BackupStatus::Completed)
-            .map(|b| b.record.id)
-            .collect(),
+        (None, true) => {
+            let all = rt.list_backups().await?;
+            // A remote-only backup has no archive here to verify: not a failure.
+            for b in all.iter().filter(|b| b.remote_copy && !b.file_exists) {
+                printer.info(&format!(
+                    "backup {}: remote-only (no archive here); check it with `nuwax-cli remote verify {} --download`",
+                    b.record.id, b.record.id
+                ));
+            }
+            all.into_iter()
+                .filter(|b| b.record.status == BackupStatus::Completed)
+                .filter(|b| b.file_exists || !b.remote_copy)
+                .map(|b| b.record.id)
+                .collect()
+        }
         (None, false) => return Err(usage("give a backup ID to verify, or --all")),
     };
     let mut results = Vec::new();

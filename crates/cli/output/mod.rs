@@ -115,6 +115,13 @@ pub(crate) struct VerifyJson {
 #[derive(Debug, Serialize)]
 pub(crate) struct DeleteDocument {
     pub deleted: Option<BackupJson>,
+    /// The local archive file was deleted.
+    pub local_deleted: bool,
+    /// The remote copy deleted with `--remote` (`s3://bucket/prefix/name`), else null.
+    pub remote_deleted: Option<String>,
+    /// The catalog entry stays because the backup's remote copy does (it is remote-only
+    /// now, still restorable).
+    pub catalog_entry_kept: bool,
 }
 
 /// `1.5 KiB`, `12.3 MiB`...

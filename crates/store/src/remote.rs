@@ -42,6 +42,33 @@ pub struct RemoteCopyRecord {
 /// object_key, backup_id, upload_id, archive_sha256, size, part_size, started_at.
 type UploadRow = (String, Option<i64>, String, String, i64, i64, String);
 
+/// backup_id, object_key, size, sha256, uploaded_at, verified_at.
+type CopyRow = (i64, String, i64, String, String, Option<String>);
+
+fn copy_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CopyRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn copy_record(
+    (backup_id, object_key, size, sha256, up, ver): CopyRow,
+) -> Result<RemoteCopyRecord> {
+    Ok(RemoteCopyRecord {
+        backup_id,
+        object_key,
+        size: size.max(0) as u64,
+        sha256,
+        uploaded_at: time(up)?,
+        verified_at: ver.map(time).transpose()?,
+    })
+}
+
 fn time(s: String) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(&s)
         .map(|t| t.with_timezone(&Utc))
@@ -191,29 +218,20 @@ impl Store {
             "SELECT backup_id, object_key, size, sha256, uploaded_at, verified_at \
              FROM remote_copies WHERE backup_id = ?1",
         )?;
-        let row: Option<(i64, String, i64, String, String, Option<String>)> = stmt
-            .query_row([backup_id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .optional()?;
-        row.map(|(backup_id, object_key, size, sha256, up, ver)| {
-            Ok(RemoteCopyRecord {
-                backup_id,
-                object_key,
-                size: size.max(0) as u64,
-                sha256,
-                uploaded_at: time(up)?,
-                verified_at: ver.map(time).transpose()?,
-            })
-        })
-        .transpose()
+        let row: Option<CopyRow> = stmt.query_row([backup_id], copy_row).optional()?;
+        row.map(copy_record).transpose()
+    }
+
+    /// Every recorded remote copy, by backup id.
+    pub fn list_remote_copies(&self) -> Result<Vec<RemoteCopyRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT backup_id, object_key, size, sha256, uploaded_at, verified_at \
+             FROM remote_copies ORDER BY backup_id",
+        )?;
+        let rows: Vec<CopyRow> = stmt
+            .query_map([], copy_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter().map(copy_record).collect()
     }
 
     /// Forgets the remote copy of a backup (deleted from the remote).
@@ -283,6 +301,7 @@ mod tests {
         .unwrap();
         assert!(s.get_remote_upload("s3://b/x").unwrap().is_none());
         assert_eq!(s.get_remote_copy(id).unwrap().unwrap().size, 12);
+        assert_eq!(s.list_remote_copies().unwrap().len(), 1);
         // A new upload of the same object starts with no parts.
         s.begin_remote_upload(&upload("s3://b/x")).unwrap();
         s.record_remote_part("s3://b/x", 0, "e0", 5).unwrap();

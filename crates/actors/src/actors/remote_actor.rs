@@ -10,7 +10,10 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AwsAuthorizer, AwsCredential};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector,
+};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
@@ -22,7 +25,9 @@ use super::reply;
 use crate::archive::CancelFlag;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::remote::{RemoteSettings, SIDECAR_SUFFIX, Sidecar, classify, load_credentials};
+use crate::remote::{
+    Credentials, RemoteSettings, SIDECAR_SUFFIX, Sidecar, classify, load_credentials,
+};
 
 pub(crate) struct RemoteActor;
 
@@ -81,11 +86,34 @@ pub(crate) enum RemoteMsg {
         cancel: CancelFlag,
         reply: Reply<(u64, String)>,
     },
-    Delete(String, Reply<()>),
+    /// Deletes one object. A refusal by the server (403: object lock, credentials without
+    /// `s3:DeleteObject`) is an answer, not an error: `Deleted::Refused` with its words.
+    Delete(String, Reply<Deleted>),
+    /// The bucket's multipart uploads not completed or aborted under the prefix.
+    ListUploads(Reply<Vec<PendingUpload>>),
+}
+
+/// What the server did with a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Deleted {
+    Yes,
+    Refused(String),
+}
+
+/// A multipart upload the bucket holds (ListMultipartUploads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingUpload {
+    /// Object name inside the bucket.
+    pub path: String,
+    pub upload_id: String,
+    pub initiated: chrono::DateTime<chrono::Utc>,
 }
 
 pub(crate) struct RemoteState {
     client: std::result::Result<(AmazonS3, RemoteSettings), String>,
+    /// The raw HTTP client and credentials for the one request `object_store` lacks
+    /// (ListMultipartUploads); signed by `object_store`'s own `AwsAuthorizer`.
+    http: Option<(HttpClient, Credentials)>,
     /// The error kind of a client that could not be built (true: environment, exit 3).
     refused: bool,
 }
@@ -100,8 +128,9 @@ impl RemoteState {
     }
 }
 
-fn build(settings: &RemoteSettings) -> Result<AmazonS3> {
+fn build(settings: &RemoteSettings) -> Result<(AmazonS3, HttpClient, Credentials)> {
     let creds = load_credentials(settings)?;
+    let kept = creds.clone();
     let mut options = ClientOptions::new()
         .with_timeout(settings.request_timeout)
         .with_connect_timeout(std::time::Duration::from_secs(10));
@@ -117,6 +146,9 @@ fn build(settings: &RemoteSettings) -> Result<AmazonS3> {
         retry_timeout: settings.request_timeout.saturating_mul(2),
         ..RetryConfig::default()
     };
+    let http = ReqwestConnector::default()
+        .connect(&options)
+        .map_err(|e| Error::Usage(format!("remote {}: {e}", settings.url)))?;
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(&settings.bucket)
         .with_region(&settings.region)
@@ -131,8 +163,10 @@ fn build(settings: &RemoteSettings) -> Result<AmazonS3> {
         // Path-style requests: what MinIO, SeaweedFS, Ceph and moto expect by default.
         b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
     }
-    b.build()
-        .map_err(|e| Error::Usage(format!("remote {}: {e}", settings.url)))
+    let s3 = b
+        .build()
+        .map_err(|e| Error::Usage(format!("remote {}: {e}", settings.url)))?;
+    Ok((s3, http, kept))
 }
 
 impl Actor for RemoteActor {
@@ -150,17 +184,20 @@ impl Actor for RemoteActor {
                 client: Err(
                     "no [remote] section in config.toml: offsite copies are not configured".into(),
                 ),
+                http: None,
                 refused: false,
             });
         };
         Ok(match build(&settings) {
-            Ok(c) => RemoteState {
+            Ok((c, http, creds)) => RemoteState {
                 client: Ok((c, settings)),
+                http: Some((http, creds)),
                 refused: false,
             },
             Err(e) => RemoteState {
                 refused: matches!(e.kind(), crate::error::ErrorKind::Refused),
                 client: Err(e.to_string()),
+                http: None,
             },
         })
     }
@@ -258,13 +295,8 @@ impl Actor for RemoteActor {
                 cancel,
                 reply: r,
             } => reply(r, read_object(state, &path, None, &progress, &cancel).await),
-            RemoteMsg::Delete(path, r) => reply(
-                r,
-                with(state, "delete object", |c| async move {
-                    c.delete(&ObjPath::from(path)).await
-                })
-                .await,
-            ),
+            RemoteMsg::Delete(path, r) => reply(r, delete(state, &path).await),
+            RemoteMsg::ListUploads(r) => reply(r, list_uploads(state).await),
         }
         Ok(())
     }
@@ -280,6 +312,21 @@ where
     f(client.clone())
         .await
         .map_err(|e| classify(&settings.url, what, &e))
+}
+
+async fn delete(state: &RemoteState, path: &str) -> Result<Deleted> {
+    let (client, settings) = state.client()?;
+    // `object_store` deletes through DeleteObjects: a refused request is a 403
+    // (`PermissionDenied`), a refused key an `<Error>` with code AccessDenied in a 200 answer,
+    // which it only passes on as text.
+    match client.delete(&ObjPath::from(path)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Deleted::Yes),
+        Err(e @ object_store::Error::PermissionDenied { .. }) => {
+            Ok(Deleted::Refused(e.to_string()))
+        }
+        Err(e) if e.to_string().contains("AccessDenied") => Ok(Deleted::Refused(e.to_string())),
+        Err(e) => Err(classify(&settings.url, "delete object", &e)),
+    }
 }
 
 async fn list(state: &RemoteState) -> Result<RemoteListing> {
@@ -396,4 +443,172 @@ async fn read_object(
         f.sync_all().await.ctx("cannot sync", d)?;
     }
     Ok((done, hex::encode(hasher.finalize())))
+}
+
+/// ListMultipartUploads under the prefix, every page. `object_store` has no call for it, so
+/// the request is built here, signed by `object_store`'s `AwsAuthorizer` (SigV4; nothing is
+/// signed by hand) and sent through its HTTP client with the same options (timeouts, http).
+async fn list_uploads(state: &RemoteState) -> Result<Vec<PendingUpload>> {
+    let (_, settings) = state.client()?;
+    let Some((http, creds)) = &state.http else {
+        return Err(Error::Internal(
+            "remote client without its HTTP client".into(),
+        ));
+    };
+    let fail = |what: String| {
+        Error::Remote(format!(
+            "remote {}: list multipart uploads: {what}",
+            settings.url
+        ))
+    };
+    let base = match &settings.endpoint {
+        Some(e) => format!("{}/{}", e.trim_end_matches('/'), settings.bucket),
+        None => format!(
+            "https://{}.s3.{}.amazonaws.com",
+            settings.bucket, settings.region
+        ),
+    };
+    let prefix = if settings.prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", settings.prefix)
+    };
+    let credential = AwsCredential {
+        key_id: creds.access_key_id.clone(),
+        secret_key: creds.secret_access_key.clone(),
+        token: creds.session_token.clone(),
+    };
+    let mut out = Vec::new();
+    let mut markers: Option<(String, String)> = None;
+    loop {
+        let mut url = format!("{base}/?uploads=&prefix={}", encode_query(&prefix));
+        if let Some((key, id)) = &markers {
+            url.push_str(&format!(
+                "&key-marker={}&upload-id-marker={}",
+                encode_query(key),
+                encode_query(id)
+            ));
+        }
+        let mut req = HttpRequest::new(HttpRequestBody::empty());
+        *req.uri_mut() = url
+            .parse()
+            .map_err(|e| fail(format!("bad request url {url}: {e}")))?;
+        AwsAuthorizer::new(&credential, "s3", &settings.region).authorize(&mut req, None);
+        let resp = http.execute(req).await.map_err(|e| {
+            classify(
+                &settings.url,
+                "list multipart uploads",
+                &object_store::Error::Generic {
+                    store: "S3",
+                    source: Box::new(e),
+                },
+            )
+        })?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .bytes()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if status == 404 && String::from_utf8_lossy(&body).contains("NoSuchBucket") {
+            return Ok(out);
+        }
+        if status == 401 || status == 403 {
+            return Err(Error::Refused(format!(
+                "remote {}: list multipart uploads: access denied ({status})",
+                settings.url
+            )));
+        }
+        if !status.is_success() {
+            return Err(fail(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            )));
+        }
+        let page: ListUploadsResult = quick_xml::de::from_reader(body.as_ref())
+            .map_err(|e| fail(format!("unreadable answer: {e}")))?;
+        for u in page.uploads {
+            let Ok(initiated) = chrono::DateTime::parse_from_rfc3339(&u.initiated) else {
+                continue; // an upload we cannot date is never aborted as stale
+            };
+            out.push(PendingUpload {
+                path: u.key,
+                upload_id: u.upload_id,
+                initiated: initiated.with_timezone(&chrono::Utc),
+            });
+        }
+        match (
+            page.is_truncated,
+            page.next_key_marker,
+            page.next_upload_id_marker,
+        ) {
+            (true, Some(k), Some(i)) if markers.as_ref() != Some(&(k.clone(), i.clone())) => {
+                markers = Some((k, i));
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters kept), as SigV4 expects.
+fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListUploadsResult {
+    #[serde(default, rename = "Upload")]
+    uploads: Vec<UploadXml>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_key_marker: Option<String>,
+    next_upload_id_marker: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UploadXml {
+    key: String,
+    upload_id: String,
+    initiated: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_list_multipart_uploads_answer() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
+  <NextKeyMarker>site-a/x.tar.gz</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>
+  <Prefix>site-a/</Prefix><MaxUploads>1000</MaxUploads><IsTruncated>true</IsTruncated>
+  <Upload><Key>site-a/x.tar.gz</Key><UploadId>u1</UploadId>
+    <Initiated>2026-11-01T10:00:00.000Z</Initiated><StorageClass>STANDARD</StorageClass></Upload>
+  <Upload><Key>site-a/y.tar.gz</Key><UploadId>u2</UploadId>
+    <Initiated>2026-11-02T10:00:00Z</Initiated></Upload>
+</ListMultipartUploadsResult>"#;
+        let page: ListUploadsResult = quick_xml::de::from_reader(xml.as_bytes()).unwrap();
+        assert_eq!(page.uploads.len(), 2);
+        assert_eq!(page.uploads[1].upload_id, "u2");
+        assert!(page.is_truncated);
+        assert_eq!(page.next_upload_id_marker.as_deref(), Some("u2"));
+        let empty = r#"<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>"#;
+        let page: ListUploadsResult = quick_xml::de::from_reader(empty.as_bytes()).unwrap();
+        assert!(page.uploads.is_empty() && !page.is_truncated);
+        assert_eq!(encode_query("site-a/b c"), "site-a%2Fb%20c");
+    }
 }

@@ -112,6 +112,8 @@ pub(crate) enum StoreMsg {
     GetRemoteUpload(String, Reply<Option<RemoteUpload>>),
     SetRemoteCopy(Box<RemoteCopyRecord>, Reply<()>),
     DeleteRemoteCopy(i64, Reply<()>),
+    GetRemoteCopy(i64, Reply<Option<RemoteCopyRecord>>),
+    ListRemoteCopies(Reply<Vec<RemoteCopyRecord>>),
     MarkRemoteVerified(i64, DateTime<Utc>, Reply<()>),
     GetBackup(i64, Reply<Option<BackupRecord>>),
     /// Use case: a backup's operation row (journal `details`, phase `archiving`) and catalog
@@ -242,6 +244,10 @@ impl Actor for StoreActor {
             StoreMsg::DeleteRemoteCopy(id, r) => {
                 reply(r, st.run(move |s| s.delete_remote_copy(id)).await)
             }
+            StoreMsg::GetRemoteCopy(id, r) => {
+                reply(r, st.run(move |s| s.get_remote_copy(id)).await)
+            }
+            StoreMsg::ListRemoteCopies(r) => reply(r, st.run(|s| s.list_remote_copies()).await),
             StoreMsg::MarkRemoteVerified(id, at, r) => {
                 reply(r, st.run(move |s| s.mark_remote_verified(id, at)).await)
             }

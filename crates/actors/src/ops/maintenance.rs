@@ -13,13 +13,15 @@ use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 
 use super::{BackupEntry, Ctx};
 use crate::actors::archive_actor::ArchiveMsg;
+use crate::actors::remote_actor::Deleted;
 use crate::actors::store_actor::StoreMsg;
 use crate::archive::VerifyReport;
 use crate::archive::{CancelFlag, LegacyAdoption, LegacyName};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, copy_atomically};
 use crate::progress::Progress;
-use crate::retention::{Decision, KeepRules, REASON_MISSING};
+use crate::retention::{Decision, KeepRules, Presence, REASON_MISSING};
+use std::collections::HashSet;
 
 /// What `reindex` did.
 #[derive(Debug, Clone, Default)]
@@ -54,7 +56,16 @@ fn archive_present(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
-/// Applies retention rules. With `dry_run`, only says what it would do.
+/// Added to a dropped backup that has a remote copy: only its local archive goes.
+pub const REASON_REMOTE_STAYS: &str =
+    "only the local archive goes: the remote copy and the catalog entry stay (remote-only)";
+
+/// Applies retention rules to the local archives. With `dry_run`, only says what it would do.
+///
+/// A backup with a recorded remote copy keeps its catalog row: when its archive is not here
+/// it is remote-only and kept (restorable: a rollback pulls it); when it is dropped, only
+/// its local archive is deleted. Only a row with neither a local archive nor a remote copy
+/// is removed as "archive file missing".
 ///
 /// A backup planned as "archive missing" loses only its catalog row, and only while its
 /// file is still missing: an archive that reappeared (storage remounted) is never deleted
@@ -62,8 +73,28 @@ fn archive_present(path: &Path) -> bool {
 pub(crate) async fn prune(ctx: &Ctx, rules: &KeepRules, dry_run: bool) -> Result<Vec<Decision>> {
     let backups = ctx.store(StoreMsg::ListBackups).await?;
     let upgrades = ctx.store(StoreMsg::ListUpgrades).await?;
-    let present = |b: &BackupRecord| archive_present(&b.file_path);
-    let decisions = crate::retention::plan(&backups, present, rules, &upgrades, Utc::now())?;
+    let remote: HashSet<i64> = ctx
+        .store(StoreMsg::ListRemoteCopies)
+        .await?
+        .into_iter()
+        .map(|c| c.backup_id)
+        .collect();
+    let present = |b: &BackupRecord| {
+        if archive_present(&b.file_path) {
+            Presence::Here
+        } else if remote.contains(&b.id) {
+            Presence::RemoteOnly
+        } else {
+            Presence::Missing
+        }
+    };
+    let mut decisions = crate::retention::plan(&backups, present, rules, &upgrades, Utc::now())?;
+    for d in decisions
+        .iter_mut()
+        .filter(|d| !d.keep && remote.contains(&d.id))
+    {
+        d.reasons.push(REASON_REMOTE_STAYS.into());
+    }
     if dry_run {
         return Ok(decisions);
     }
@@ -83,7 +114,7 @@ pub(crate) async fn prune(ctx: &Ctx, rules: &KeepRules, dry_run: bool) -> Result
             ctx.store(|r| StoreMsg::DeleteBackup(id, r)).await?;
             continue;
         }
-        delete_backup(ctx, d.id).await?;
+        delete_backup(ctx, d.id, false).await?;
     }
     Ok(decisions)
 }
@@ -140,7 +171,8 @@ pub(crate) async fn reindex(ctx: &Ctx, progress: Progress) -> Result<ReindexRepo
         }
     }
     for b in ctx.list_backups().await? {
-        if b.record.status == BackupStatus::Completed && !b.file_exists {
+        // A remote-only backup is not missing: its archive is on the remote.
+        if b.record.status == BackupStatus::Completed && !b.file_exists && !b.remote_copy {
             report.missing.push(b);
         }
     }
@@ -354,8 +386,28 @@ pub(crate) async fn adopt_verified(
     ctx.get_backup(id).await
 }
 
-/// Deletes the archive file and its catalog row.
-pub(crate) async fn delete_backup(ctx: &Ctx, id: i64) -> Result<BackupEntry> {
+/// What `delete-backup` did.
+#[derive(Debug, Clone)]
+pub struct DeleteReport {
+    /// The backup as it was before the delete.
+    pub entry: BackupEntry,
+    /// The local archive was deleted (it may have been missing already).
+    pub local_deleted: bool,
+    /// The remote copy deleted (`--remote`): its object name.
+    pub remote_deleted: Option<String>,
+    /// The catalog entry stays because the remote copy does (the backup is now remote-only).
+    pub kept_remote_only: bool,
+}
+
+/// Deletes a backup's local archive, and with `remote` its remote copy too.
+///
+/// The remote copy is never deleted unless asked. A backup with a recorded remote copy
+/// keeps its catalog entry when only the local archive goes (it is remote-only now, still
+/// restorable); deleting a remote-only backup without `remote` is refused (exit 2), since
+/// that would drop the only record of a restorable backup. With `remote`, the remote copy is
+/// deleted first (sidecar, then archive object); if the server refuses, nothing local is
+/// touched.
+pub(crate) async fn delete_backup(ctx: &Ctx, id: i64, remote: bool) -> Result<DeleteReport> {
     let entry = ctx.get_backup(id).await?;
     if entry.record.status == BackupStatus::Running {
         return Err(Error::Refused(format!(
@@ -365,12 +417,62 @@ pub(crate) async fn delete_backup(ctx: &Ctx, id: i64) -> Result<BackupEntry> {
     }
     // The catalog is input like any other: only a file of the storage dir is deleted.
     let path = ctx.storage_archive_path(&entry.record.file_path)?;
-    if std::fs::symlink_metadata(&path).is_ok() {
+    let here = std::fs::symlink_metadata(&path).is_ok();
+    let copy = ctx.store(move |r| StoreMsg::GetRemoteCopy(id, r)).await?;
+    let mut report = DeleteReport {
+        entry,
+        local_deleted: false,
+        remote_deleted: None,
+        kept_remote_only: false,
+    };
+    if remote {
+        let rs = ctx.settings.remote.as_ref().ok_or_else(|| {
+            Error::Usage(
+                "delete-backup --remote: no [remote] section in config.toml; nothing was deleted"
+                    .into(),
+            )
+        })?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Usage(format!("{} has no UTF-8 file name", path.display())))?
+            .to_string();
+        let key = rs.object_key(&name);
+        if let Some(c) = &copy
+            && c.object_key != key
+        {
+            return Err(Error::Usage(format!(
+                "backup {id}'s remote copy is {}, not under the configured remote {}; nothing was deleted",
+                c.object_key, rs.url
+            )));
+        }
+        match super::remote::delete_copy(ctx, rs, &name).await? {
+            Deleted::Yes => report.remote_deleted = Some(key),
+            Deleted::Refused(answer) => {
+                return Err(Error::Refused(format!(
+                    "the remote refused to delete {key} (object lock, or credentials without delete rights): {answer}; the local archive and the catalog entry were kept"
+                )));
+            }
+        }
+    } else if let Some(c) = &copy
+        && !here
+    {
+        return Err(Error::Usage(format!(
+            "backup {id}'s only copy is on the remote ({}); it stays in the catalog because it can be restored. `delete-backup {id} --remote` deletes it there and drops the catalog entry",
+            c.object_key
+        )));
+    }
+    if here {
         std::fs::remove_file(&path).ctx("cannot delete archive", &path)?;
         fsutil::sync_dir(&ctx.settings.paths.storage_dir)?;
+        report.local_deleted = true;
     }
-    ctx.store(|r| StoreMsg::DeleteBackup(id, r)).await?;
-    Ok(entry)
+    if copy.is_some() && !remote {
+        report.kept_remote_only = true;
+    } else {
+        ctx.store(|r| StoreMsg::DeleteBackup(id, r)).await?;
+    }
+    Ok(report)
 }
 
 // ----------------------------------------------------------------------------- verify

@@ -50,6 +50,9 @@ pub struct BackupEntry {
     pub file_exists: bool,
     /// Actual size on disk; `None` when missing.
     pub file_size: Option<u64>,
+    /// The catalog records a remote copy (offsite copies). With `!file_exists` the backup is
+    /// remote-only: restorable, its archive downloaded when needed.
+    pub remote_copy: bool,
 }
 
 impl BackupEntry {
@@ -61,6 +64,7 @@ impl BackupEntry {
             file_exists: meta.is_some(),
             file_size: meta.map(|m| m.len()),
             record,
+            remote_copy: false,
         }
     }
 }
@@ -472,16 +476,35 @@ impl Ctx {
     }
 
     pub async fn get_backup(&self, id: i64) -> Result<BackupEntry> {
-        self.store(|r| StoreMsg::GetBackup(id, r))
+        let mut entry = self
+            .store(|r| StoreMsg::GetBackup(id, r))
             .await?
             .map(BackupEntry::from_record)
-            .ok_or(Error::BackupNotFound(id))
+            .ok_or(Error::BackupNotFound(id))?;
+        entry.remote_copy = self
+            .store(move |r| StoreMsg::GetRemoteCopy(id, r))
+            .await?
+            .is_some();
+        Ok(entry)
     }
 
     // ----------------------------------------------------------------------------- catalog
     /// All catalog rows, newest first.
     pub async fn list_backups(&self) -> Result<Vec<BackupEntry>> {
         let records = self.store(StoreMsg::ListBackups).await?;
-        Ok(records.into_iter().map(BackupEntry::from_record).collect())
+        let remote: std::collections::HashSet<i64> = self
+            .store(StoreMsg::ListRemoteCopies)
+            .await?
+            .into_iter()
+            .map(|c| c.backup_id)
+            .collect();
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let mut e = BackupEntry::from_record(r);
+                e.remote_copy = remote.contains(&e.record.id);
+                e
+            })
+            .collect())
     }
 }

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::{BackupEntry, Ctx};
 use crate::actors::archive_actor::ArchiveMsg;
-use crate::actors::remote_actor::{RemoteListing, RemoteMsg};
+use crate::actors::remote_actor::{Deleted, PendingUpload, RemoteListing, RemoteMsg};
 use crate::actors::store_actor::StoreMsg;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
@@ -113,15 +113,18 @@ pub struct RemoteVerifyResult {
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RemotePruneReport {
     /// Every remote copy with the decision (ids: catalog ids, or negative for copies the
     /// catalog does not know).
     pub decisions: Vec<(String, Decision)>,
     pub deleted: Vec<String>,
-    /// Copies that should go but could not be deleted (object lock, write-only
-    /// credentials...), with the server's answer.
+    /// Copies that should go but the server refused to delete (403: object lock, write-only
+    /// credentials), with its answer. Expected with such a bucket: not a failure.
     pub not_deleted: Vec<(String, String)>,
+    /// Copies whose delete failed otherwise (server error, network): the prune went on with
+    /// the others; the command fails with the first one's exit code.
+    pub failed: Vec<(String, Error)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -217,6 +220,74 @@ async fn abort_stale(ctx: &Ctx, rs: &RemoteSettings) -> Result<Vec<String>> {
         let key = u.object_key.clone();
         ctx.store(|r| StoreMsg::DeleteRemoteUpload(key, r)).await?;
         aborted.push(u.object_key);
+    }
+    aborted.extend(abort_orphans(ctx, rs).await?);
+    Ok(aborted)
+}
+
+/// A day: a younger upload may be another host's push in progress.
+const STALE_UPLOAD_AGE: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+/// The uploads `abort_orphans` aborts: archive objects directly under our prefix, not
+/// recorded in the catalog (those resume), started more than a day ago.
+fn stale_orphans(
+    pending: Vec<PendingUpload>,
+    rs: &RemoteSettings,
+    recorded: &[String],
+    now: DateTime<Utc>,
+) -> Vec<PendingUpload> {
+    pending
+        .into_iter()
+        .filter(|p| {
+            let name = match rs.prefix.as_str() {
+                "" => Some(p.path.as_str()),
+                prefix => p
+                    .path
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix('/')),
+            };
+            name.is_some_and(|n| !n.contains('/') && n.ends_with(".tar.gz"))
+                && !recorded.contains(&p.upload_id)
+                && now - p.initiated >= STALE_UPLOAD_AGE
+        })
+        .collect()
+}
+
+/// Aborts the bucket's incomplete multipart uploads of our archives under the prefix that
+/// the catalog does not record (a host that lost its catalog, another host's crashed push)
+/// once they are older than a day: no push of ours will finish them, and their parts cost
+/// storage. A younger one may be another host's push in progress. A server that cannot list
+/// uploads (or credentials that may not) only costs a warning: the lifecycle rule is the
+/// backstop.
+async fn abort_orphans(ctx: &Ctx, rs: &RemoteSettings) -> Result<Vec<String>> {
+    let pending = match ctx.remote(RemoteMsg::ListUploads).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("cannot list the remote's incomplete uploads: {e}");
+            return Ok(Vec::new());
+        }
+    };
+    let recorded: Vec<String> = ctx
+        .store(StoreMsg::ListRemoteUploads)
+        .await?
+        .into_iter()
+        .map(|u| u.upload_id)
+        .collect();
+    let mut aborted = Vec::new();
+    for p in stale_orphans(pending, rs, &recorded, Utc::now()) {
+        let key = format!("s3://{}/{}", rs.bucket, p.path);
+        let (path, upload_id) = (p.path.clone(), p.upload_id.clone());
+        match ctx
+            .remote(|reply| RemoteMsg::Abort {
+                path,
+                upload_id,
+                reply,
+            })
+            .await
+        {
+            Ok(()) => aborted.push(key),
+            Err(e) => tracing::warn!("abort of stale upload {key} failed: {e}"),
+        }
     }
     Ok(aborted)
 }
@@ -654,6 +725,8 @@ async fn fetch(
         });
     }
     let dir = ctx.settings.paths.storage_dir.clone();
+    // Room for the whole archive (and the margin) before a byte is written.
+    crate::space::ensure(&dir, sidecar.size)?;
     std::fs::create_dir_all(&dir).ctx("cannot create storage dir", &dir)?;
     let dest = dir.join(&sidecar.archive);
     if dest.exists() {
@@ -846,28 +919,51 @@ pub(crate) async fn prune(
             .and_then(|r| archive_name(&r.file_path).ok())
             .unwrap_or_default();
         if !d.keep && !dry_run {
-            // The sidecar first: from then on no listing shows the copy as complete.
-            let sp = rs.sidecar_path(&name);
-            let op = rs.object_path(&name);
-            let mut result = ctx.remote(|r| RemoteMsg::Delete(sp, r)).await;
-            if result.is_ok() {
-                result = ctx.remote(|r| RemoteMsg::Delete(op, r)).await;
+            if ctx.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
             }
-            match result {
-                Ok(()) => {
+            match delete_copy(ctx, &rs, &name).await {
+                Ok(Deleted::Yes) => {
                     if d.id > 0 {
-                        let id = d.id;
-                        ctx.store(move |r| StoreMsg::DeleteRemoteCopy(id, r))
-                            .await?;
+                        forget_copy(ctx, d.id).await?;
                     }
                     report.deleted.push(name.clone());
                 }
-                Err(e) => report.not_deleted.push((name.clone(), e.to_string())),
+                Ok(Deleted::Refused(answer)) => {
+                    report.not_deleted.push((name.clone(), answer));
+                }
+                Err(e) => report.failed.push((name.clone(), e)),
             }
         }
         report.decisions.push((name, d));
     }
     Ok(report)
+}
+
+/// Deletes the remote copy of `name`: the sidecar first (from then on no listing shows the
+/// copy as complete), then the archive object. A refusal of either is the answer (the copy,
+/// or at least its archive object, stays on the remote).
+pub(crate) async fn delete_copy(ctx: &Ctx, rs: &RemoteSettings, name: &str) -> Result<Deleted> {
+    let sp = rs.sidecar_path(name);
+    if let refused @ Deleted::Refused(_) = ctx.remote(|r| RemoteMsg::Delete(sp, r)).await? {
+        return Ok(refused);
+    }
+    let op = rs.object_path(name);
+    ctx.remote(|r| RemoteMsg::Delete(op, r)).await
+}
+
+/// The remote copy of backup `id` is gone: forget it, and drop the catalog row too when the
+/// archive is not here either (neither copy is left: nothing to restore).
+async fn forget_copy(ctx: &Ctx, id: i64) -> Result<()> {
+    ctx.store(move |r| StoreMsg::DeleteRemoteCopy(id, r))
+        .await?;
+    if let Some(b) = ctx.store(move |r| StoreMsg::GetBackup(id, r)).await?
+        && b.status == BackupStatus::Completed
+        && !std::fs::metadata(&b.file_path).is_ok_and(|m| m.is_file())
+    {
+        ctx.store(move |r| StoreMsg::DeleteBackup(id, r)).await?;
+    }
+    Ok(())
 }
 
 /// A catalog row as the sidecar describes it (file in the storage dir, possibly missing).
@@ -934,4 +1030,45 @@ pub(crate) async fn reindex(ctx: &Ctx) -> Result<RemoteReindexReport> {
         report.added.push(ctx.get_backup(id).await?);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_unrecorded_uploads_of_our_archives_are_stale() {
+        let rs = crate::remote::RemoteConfig {
+            url: "s3://b/site-a".into(),
+            endpoint: None,
+            region: None,
+            push: crate::remote::PushMode::Manual,
+            part_size: None,
+            upload_limit: None,
+            credentials_file: None,
+            profile: None,
+            timeout: None,
+            retention: Default::default(),
+        }
+        .resolve(Path::new("/w"))
+        .unwrap();
+        let now = Utc::now();
+        let up = |path: &str, id: &str, hours: i64| PendingUpload {
+            path: path.into(),
+            upload_id: id.into(),
+            initiated: now - chrono::TimeDelta::hours(hours),
+        };
+        let pending = vec![
+            up("site-a/old.tar.gz", "1", 25),
+            up("site-a/young.tar.gz", "2", 23),
+            up("site-a/recorded.tar.gz", "3", 99),
+            up("elsewhere/old.tar.gz", "4", 99),
+            up("site-a/deeper/old.tar.gz", "5", 99),
+            up("site-a/old.txt", "6", 99),
+            up("site-ab/old.tar.gz", "7", 99),
+        ];
+        let stale = stale_orphans(pending, &rs, &["3".to_string()], now);
+        let ids: Vec<&str> = stale.iter().map(|p| p.upload_id.as_str()).collect();
+        assert_eq!(ids, ["1"]);
+    }
 }
