@@ -353,10 +353,20 @@ fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
 
-/// Creates a fresh work dir `<compose dir>/<prefix><op>[-n]` with `staged/` in it. A leftover
-/// of the same name (an older catalog's operation ids) is never reused nor removed: the
-/// next free suffix is taken.
+/// Creates a new work dir for operation `op_id` (with its empty `staged` dir) and returns it.
+/// Operations that journal their work dir use [`new_work_dir_path`], journal it, then
+/// [`create_recorded_work_dir`]: a kill between the two never leaves a dir recovery does not
+/// know about.
 pub fn create_work_dir(compose_dir: &Path, prefix: &str, op_id: i64) -> Result<PathBuf> {
+    let work = new_work_dir_path(compose_dir, prefix, op_id)?;
+    create_recorded_work_dir(&work)?;
+    Ok(work)
+}
+
+/// The path of a new work dir for operation `op_id`: `<prefix><op>`, or `<prefix><op>-<n>`
+/// when a leftover (of a catalog recreated since, whose operation ids started again) holds
+/// the name. Nothing is created: journal the path first.
+pub fn new_work_dir_path(compose_dir: &Path, prefix: &str, op_id: i64) -> Result<PathBuf> {
     for n in 0..1000 {
         let name = if n == 0 {
             format!("{prefix}{op_id}")
@@ -364,20 +374,33 @@ pub fn create_work_dir(compose_dir: &Path, prefix: &str, op_id: i64) -> Result<P
             format!("{prefix}{op_id}-{n}")
         };
         let work = compose_dir.join(name);
-        match std::fs::create_dir(&work) {
-            Ok(()) => {
-                let staged = work.join("staged");
-                std::fs::create_dir(&staged).ctx("cannot create staging dir", &staged)?;
-                return Ok(work);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io("cannot create work dir", &work, e)),
+        match std::fs::symlink_metadata(&work) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(work),
+            Err(e) => return Err(Error::io("cannot stat", &work, e)),
+            Ok(_) => continue,
         }
     }
     Err(Error::Refused(format!(
         "too many leftover {prefix}* dirs in {}; look inside them and remove what is not needed",
         compose_dir.display()
     )))
+}
+
+/// Creates the work dir [`new_work_dir_path`] named (after it was journaled) and its empty
+/// `staged` dir. A dir that appeared at that name meanwhile is never reused.
+pub fn create_recorded_work_dir(work: &Path) -> Result<()> {
+    std::fs::create_dir(work).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Refused(format!(
+                "{} appeared while this operation started; look inside it, remove it if it is not needed, and run the command again",
+                work.display()
+            ))
+        } else {
+            Error::io("cannot create work dir", work, e)
+        }
+    })?;
+    let staged = work.join("staged");
+    std::fs::create_dir(&staged).ctx("cannot create staging dir", &staged)
 }
 
 /// A work dir read back from a journal: must be one of ours, directly inside `compose_dir`.

@@ -300,8 +300,11 @@ pub(crate) async fn rollback_inner(
     progress: &Progress,
 ) -> Result<RollbackReport> {
     let paths = &ctx.settings.paths;
-    journal.work_dir = restore::create_work_dir(&paths.compose_dir, restore::WORK_PREFIX, op)?;
+    // Journaled before it exists: a kill right after creating it leaves nothing unknown.
+    journal.work_dir = restore::new_work_dir_path(&paths.compose_dir, restore::WORK_PREFIX, op)?;
     ctx.set_phase(op, "extracting", journal).await?;
+    crate::faults::point("rollback.journaled_work_dir");
+    restore::create_recorded_work_dir(&journal.work_dir)?;
     let staged = journal.work_dir.join("staged");
     crate::faults::point("rollback.after_work_dir");
     let extracted = ctx

@@ -262,9 +262,12 @@ pub(crate) async fn stage_package(
     package: &OpenedPackage,
     info: &PackageInfo,
 ) -> Result<Vec<OsString>> {
-    let work = restore::create_work_dir(&ctx.settings.paths.compose_dir, UPGRADE_PREFIX, op)?;
+    // Journaled before it exists: a kill right after creating it leaves nothing unknown.
+    let work = restore::new_work_dir_path(&ctx.settings.paths.compose_dir, UPGRADE_PREFIX, op)?;
     journal.work_dir = work.clone();
     ctx.set_phase(op, "unpacking", journal).await?;
+    crate::faults::point("upgrade.journaled_work_dir");
+    restore::create_recorded_work_dir(&work)?;
     let staged = work.join("staged");
     crate::faults::point("upgrade.before_unpack");
     let (pkg, st, sha) = (package.clone(), staged.clone(), info.sha256.clone());
