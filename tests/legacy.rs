@@ -150,6 +150,23 @@ fn reindex_adopts_legacy_archives_of_both_types_and_refuses_a_nameless_one() {
     assert_eq!(rows[2].file_path, p.file_path);
 }
 
+/// After a rollback of `items`: they are as in `archived` (the tree the backup was made
+/// of) and everything else is as in `before` (the tree the rollback started from).
+#[track_caller]
+fn assert_restored_only(items: &[&str], archived: &Tree, before: &Tree, after: &Tree) {
+    let named = format!("{}/", items.join("/ and "));
+    assert_same_tree(
+        &format!("{named} == the archive"),
+        &only(archived, items),
+        &only(after, items),
+    );
+    assert_same_tree(
+        &format!("everything but {named} untouched"),
+        &except(before, items),
+        &except(after, items),
+    );
+}
+
 /// The working dir after a legacy backup was imported and then everything changed.
 struct Scenario {
     env: TestEnv,
@@ -196,16 +213,7 @@ fn rollback_with_data_of_a_legacy_backup_restores_exactly_data_and_app() {
             "the compose file, .env, config/ and everything else are left as they are",
         );
     let after = s.env.snapshot_compose();
-    assert_same_tree(
-        "data/ and app/ == the archive",
-        &only(&s.original, ITEMS),
-        &only(&after, ITEMS),
-    );
-    assert_same_tree(
-        "compose file, .env, config/, upload/, logs/ untouched",
-        &except(&s.mutated, ITEMS),
-        &except(&after, ITEMS),
-    );
+    assert_restored_only(ITEMS, &s.original, &s.mutated, &after);
     assert_no_staging_left(&s.env);
     // The app is the backup's: so is the recorded version, comments kept.
     let config = s.config();
@@ -225,16 +233,7 @@ fn rollback_of_a_legacy_backup_restores_app_only_and_data_only_restores_data_onl
         .assert_ok()
         .assert_stderr_has("This restores app/");
     let after = s.env.snapshot_compose();
-    assert_same_tree(
-        "app/ == the archive",
-        &only(&s.original, &["app"]),
-        &only(&after, &["app"]),
-    );
-    assert_same_tree(
-        "everything but app/ untouched",
-        &except(&s.mutated, &["app"]),
-        &except(&after, &["app"]),
-    );
+    assert_restored_only(&["app"], &s.original, &s.mutated, &after);
     assert!(s.config().contains("docker_service = \"0.0.9\""));
 
     // The data scope alone, with the original tool's flag; the version stays.
@@ -251,16 +250,7 @@ fn rollback_of_a_legacy_backup_restores_app_only_and_data_only_restores_data_onl
         .assert_ok()
         .assert_stderr_has("This restores data/");
     let last = s.env.snapshot_compose();
-    assert_same_tree(
-        "data/ == the archive",
-        &only(&s.original, &["data"]),
-        &only(&last, &["data"]),
-    );
-    assert_same_tree(
-        "everything but data/ as before",
-        &except(&after, &["data"]),
-        &except(&last, &["data"]),
-    );
+    assert_restored_only(&["data"], &s.original, &after, &last);
     assert_eq!(
         s.config(),
         before,
@@ -492,17 +482,8 @@ fn a_legacy_archive_holding_more_restores_only_data_and_app() {
     let out = env.run(&["rollback", &id, "--rollback-data", "--force", "--no-start"]);
     out.assert_ok()
         .assert_stderr_has(&format!("backup {id} also holds upload"));
-    let after = env.snapshot_compose();
-    assert_same_tree(
-        "data/ and app/",
-        &only(&original, ITEMS),
-        &only(&after, ITEMS),
-    );
-    assert_same_tree(
-        "upload/ and the rest untouched",
-        &except(&mutated, ITEMS),
-        &except(&after, ITEMS),
-    );
+    // upload/ is in the archive but out of a legacy rollback's scope: left as it was.
+    assert_restored_only(ITEMS, &original, &mutated, &env.snapshot_compose());
 }
 
 #[test]

@@ -104,6 +104,18 @@ impl Renderer {
         drop(progress);
         self.task.await.unwrap_or_default()
     }
+
+    /// Runs `op` with a progress handle while a renderer shows its events; returns its
+    /// result and, once every event is rendered, the totals for the summary line.
+    pub async fn run<T, Fut>(printer: &Printer, op: impl FnOnce(Progress) -> Fut) -> (T, Totals)
+    where
+        Fut: std::future::Future<Output = T>,
+    {
+        let (renderer, progress) = Renderer::start(printer);
+        let result = op(progress.clone()).await;
+        let totals = renderer.finish(progress).await;
+        (result, totals)
+    }
 }
 
 struct PhaseState {

@@ -22,17 +22,16 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer);
-    let result = rt
-        .diff(
+    let (result, _) = Renderer::run(printer, |progress| {
+        rt.diff(
             DiffRequest {
                 id: args.id,
                 content: args.content,
             },
-            progress.clone(),
+            progress,
         )
-        .await;
-    renderer.finish(progress).await;
+    })
+    .await;
     let r = result?;
     let d = &r.diff;
     if args.json {

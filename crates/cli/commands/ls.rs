@@ -28,18 +28,17 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer);
-    let result = rt
-        .ls(
+    let (result, _) = Renderer::run(printer, |progress| {
+        rt.ls(
             LsRequest {
                 id: args.id,
                 path: args.path.clone(),
                 recursive: args.recursive,
             },
-            progress.clone(),
+            progress,
         )
-        .await;
-    renderer.finish(progress).await;
+    })
+    .await;
     let report = result?;
     if args.json {
         printer.document(

@@ -33,19 +33,18 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let (renderer, progress) = Renderer::start(printer);
-    let result = rt
-        .restore_to(
+    let (result, _) = Renderer::run(printer, |progress| {
+        rt.restore_to(
             RestoreRequest {
                 id: args.id,
                 paths: args.paths.clone(),
                 dest: args.to.clone(),
                 force: args.force,
             },
-            progress.clone(),
+            progress,
         )
-        .await;
-    renderer.finish(progress).await;
+    })
+    .await;
     let r = result?;
     let paths: Vec<String> = r
         .paths

@@ -62,18 +62,17 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
             args.package.display()
         )));
     }
-    let (renderer, progress) = Renderer::start(printer);
-    let result = rt
-        .upgrade(
+    let (result, totals) = Renderer::run(printer, |progress| {
+        rt.upgrade(
             UpgradeRequest {
                 package: args.package,
                 version: args.version,
                 health_timeout: args.health_timeout,
             },
-            progress.clone(),
+            progress,
         )
-        .await;
-    let totals = renderer.finish(progress).await;
+    })
+    .await;
     let report = result?;
     printer.info(&format!(
         "upgraded from {} to {} (pre-upgrade backup {}); the services are running and healthy; {}",

@@ -15,7 +15,7 @@ use super::{BackupEntry, Ctx};
 use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::remote_actor::Deleted;
 use crate::actors::store_actor::StoreMsg;
-use crate::archive::VerifyReport;
+use crate::archive::{ArchiveInfo, VerifyReport};
 use crate::archive::{CancelFlag, LegacyAdoption, LegacyName};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, copy_atomically};
@@ -151,9 +151,7 @@ pub(crate) async fn reindex(ctx: &Ctx, progress: Progress) -> Result<ReindexRepo
         }
         let p = f.clone();
         let created_at = match ctx.archive(|r| ArchiveMsg::ProbeInfo(p, r)).await {
-            Ok(Some(info)) => DateTime::parse_from_rfc3339(&info.created_at)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| format!("created_at {:?}: {e}", info.created_at)),
+            Ok(Some(info)) => parse_created_at(&info),
             // No metadata: an archive of the original nuwax-cli, dated by its name.
             Ok(None) => legacy_name(&f).map(|n| n.created_at),
             Err(e) => Err(e.to_string()),
@@ -290,26 +288,17 @@ async fn read_legacy(ctx: &Ctx, path: &Path, progress: Progress) -> Result<Legac
 /// manifest computed when it was read.
 async fn insert_legacy(ctx: &Ctx, path: &Path, adoption: LegacyAdoption) -> Result<BackupEntry> {
     let info = &adoption.manifest.info;
-    let created_at = DateTime::parse_from_rfc3339(&info.created_at)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| Error::Internal(format!("legacy created_at {:?}: {e}", info.created_at)))?;
-    let record = BackupRecord {
-        id: 0,
-        file_path: path.to_path_buf(),
-        backup_type: BackupType::parse(&info.backup_type).unwrap_or(BackupType::Manual),
-        service_version: info.service_version.clone(),
-        status: BackupStatus::Completed,
-        size: Some(adoption.size),
-        sha256: Some(adoption.sha256.clone()),
-        entry_count: Some(adoption.manifest.entries.len() as u64),
-        error: None,
+    let created_at =
+        parse_created_at(info).map_err(|detail| Error::Internal(format!("legacy {detail}")))?;
+    let record = adopted_record(
+        path,
+        info,
         created_at,
-        finished_at: Some(created_at),
-        owner_pid: None,
-        verified_at: Some(Utc::now()),
-        compose_project: None,
-        legacy: true,
-    };
+        adoption.size,
+        &adoption.sha256,
+        adoption.manifest.entries.len() as u64,
+        true,
+    );
     let manifest = serde_json::to_string(&adoption.manifest)
         .map_err(|e| Error::Internal(format!("cannot encode a manifest: {e}")))?;
     let id = ctx
@@ -356,34 +345,62 @@ pub(crate) async fn adopt_verified(
         path: path.to_path_buf(),
         detail: "no info.json".into(),
     })?;
-    let created_at = DateTime::parse_from_rfc3339(&info.created_at)
+    let created_at = parse_created_at(&info).map_err(|detail| Error::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    })?;
+    let record = adopted_record(
+        path,
+        &info,
+        created_at,
+        report.size,
+        &report.sha256,
+        report.entries,
+        false,
+    );
+    let id = ctx
+        .store(|r| StoreMsg::InsertCompletedBackup(Box::new(record), r))
+        .await?;
+    ctx.get_backup(id).await
+}
+
+/// The creation time an archive's `info.json` records (RFC 3339), or why it is unreadable.
+fn parse_created_at(info: &ArchiveInfo) -> std::result::Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(&info.created_at)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| Error::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("created_at {:?}: {e}", info.created_at),
-        })?;
-    let now = Utc::now();
-    let record = BackupRecord {
+        .map_err(|e| format!("created_at {:?}: {e}", info.created_at))
+}
+
+/// The catalog row of an archive at `path` (in the storage dir) that was just read whole and
+/// found sound: completed and verified now, its type and version from `info`, with the
+/// archive's size and SHA-256 and its number of entries. A legacy archive (of the original
+/// nuwax-cli) records no compose project.
+fn adopted_record(
+    path: &Path,
+    info: &ArchiveInfo,
+    created_at: DateTime<Utc>,
+    size: u64,
+    sha256: &str,
+    entries: u64,
+    legacy: bool,
+) -> BackupRecord {
+    BackupRecord {
         id: 0,
         file_path: path.to_path_buf(),
         backup_type: BackupType::parse(&info.backup_type).unwrap_or(BackupType::Manual),
         service_version: info.service_version.clone(),
         status: BackupStatus::Completed,
-        size: Some(report.size),
-        sha256: Some(report.sha256.clone()),
-        entry_count: Some(report.entries),
+        size: Some(size),
+        sha256: Some(sha256.to_string()),
+        entry_count: Some(entries),
         error: None,
         created_at,
         finished_at: Some(created_at),
         owner_pid: None,
-        verified_at: Some(now),
-        compose_project: Some(info.compose_project.clone()),
-        legacy: false,
-    };
-    let id = ctx
-        .store(|r| StoreMsg::InsertCompletedBackup(Box::new(record), r))
-        .await?;
-    ctx.get_backup(id).await
+        verified_at: Some(Utc::now()),
+        compose_project: (!legacy).then(|| info.compose_project.clone()),
+        legacy,
+    }
 }
 
 /// What `delete-backup` did.
