@@ -357,6 +357,7 @@ fn exists(p: &Path) -> bool {
 /// Operations that journal their work dir use [`new_work_dir_path`], journal it, then
 /// [`create_recorded_work_dir`]: a kill between the two never leaves a dir recovery does not
 /// know about.
+#[cfg(test)]
 pub fn create_work_dir(compose_dir: &Path, prefix: &str, op_id: i64) -> Result<PathBuf> {
     let work = new_work_dir_path(compose_dir, prefix, op_id)?;
     create_recorded_work_dir(&work)?;
