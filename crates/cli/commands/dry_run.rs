@@ -31,7 +31,7 @@ pub(crate) async fn run(
             &DryRunDocument {
                 dry_run: true,
                 backup_id: id,
-                scope: super::rollback::scope_name(scope),
+                scope: crate::output::scope_name(scope),
                 replace: PathCount::of(&d.modified),
                 add: PathCount::of(&d.removed),
                 remove: PathCount::of(&d.added),

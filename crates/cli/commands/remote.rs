@@ -269,6 +269,18 @@ struct InvalidJson {
     error: String,
 }
 
+/// The sidecars on the remote that do not parse, as `remote list` and `reindex --remote`
+/// report them.
+fn invalid_json(invalid: &[(String, String)]) -> Vec<InvalidJson> {
+    invalid
+        .iter()
+        .map(|(k, e)| InvalidJson {
+            key: k.clone(),
+            error: e.clone(),
+        })
+        .collect()
+}
+
 async fn list(a: JsonArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let r = rt.remote_list().await?;
     let rows: Vec<ListJson> = r
@@ -321,14 +333,7 @@ async fn list(a: JsonArgs, rt: &Runtime, printer: &Printer) -> anyhow::Result<Ex
             &ListDocument {
                 remote: r.url.clone(),
                 backups: rows,
-                invalid: r
-                    .invalid
-                    .iter()
-                    .map(|(k, e)| InvalidJson {
-                        key: k.clone(),
-                        error: e.clone(),
-                    })
-                    .collect(),
+                invalid: invalid_json(&r.invalid),
             },
             None,
         );
@@ -620,14 +625,7 @@ pub(crate) async fn reindex(
             &ReindexRemoteDocument {
                 added: r.added.iter().map(BackupJson::from).collect(),
                 known: r.known,
-                invalid: r
-                    .invalid
-                    .iter()
-                    .map(|(k, e)| InvalidJson {
-                        key: k.clone(),
-                        error: e.clone(),
-                    })
-                    .collect(),
+                invalid: invalid_json(&r.invalid),
             },
             None,
         );

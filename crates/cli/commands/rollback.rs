@@ -228,14 +228,6 @@ fn print_version(printer: &Printer, r: &RollbackReport) {
     }
 }
 
-pub(crate) fn scope_name(scope: RollbackScope) -> &'static str {
-    match scope {
-        RollbackScope::App => "app",
-        RollbackScope::All => "all",
-        RollbackScope::DataOnly => "data-only",
-    }
-}
-
 fn print_report(printer: &Printer, r: &RollbackReport, start: bool, totals: &Totals) {
     printer.info(&format!(
         "restored {} from backup {} ({}): {} files ({} bytes) {}",
@@ -275,7 +267,7 @@ fn print_report(printer: &Printer, r: &RollbackReport, start: bool, totals: &Tot
 fn document(r: &RollbackReport) -> RollbackDocument {
     RollbackDocument {
         backup_id: r.backup.record.id,
-        scope: scope_name(r.scope),
+        scope: crate::output::scope_name(r.scope),
         restored: r.restored.clone(),
         removed: r.removed.clone(),
         stopped: r.stopped.iter().map(|c| c.name.clone()).collect(),

@@ -341,3 +341,12 @@ impl From<&nuwax_actors::BlockedInfo> for BlockedJson {
         }
     }
 }
+
+/// The `scope` of the rollback and dry-run documents: `app`, `all` or `data-only`.
+pub(crate) fn scope_name(scope: nuwax_actors::RollbackScope) -> &'static str {
+    match scope {
+        nuwax_actors::RollbackScope::App => "app",
+        nuwax_actors::RollbackScope::All => "all",
+        nuwax_actors::RollbackScope::DataOnly => "data-only",
+    }
+}

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::verify::{Expect, scan_stream};
 use super::{ArchiveInfo, CancelFlag, EntryKind, Manifest, VerifyReport};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::progress::{Phase, Progress};
 use crate::relpath::TopName;
 
@@ -126,14 +126,7 @@ pub fn adopt_legacy(
     progress: &Progress,
     cancel: &CancelFlag,
 ) -> Result<LegacyAdoption> {
-    let file = File::open(path).ctx("cannot open archive", path)?;
-    let meta = file.metadata().ctx("cannot stat archive", path)?;
-    if !meta.is_file() {
-        return Err(Error::Usage(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
+    let (file, meta) = super::verify::open_archive_file(path)?;
     let size = meta.len();
     progress.phase(Phase::Verifying, Some(size), None);
     let count = Arc::new(AtomicU64::new(0));

@@ -81,14 +81,8 @@ pub(super) enum Expect<'a> {
     Nothing,
 }
 
-fn verify_with(
-    path: &Path,
-    expected_sha256: Option<&str>,
-    expect: Expect<'_>,
-    threads: usize,
-    progress: &Progress,
-    cancel: &CancelFlag,
-) -> Result<VerifyReport> {
+/// Opens the archive at `path` for reading; anything but a regular file is refused.
+pub(super) fn open_archive_file(path: &Path) -> Result<(File, std::fs::Metadata)> {
     let file = File::open(path).ctx("cannot open archive", path)?;
     let meta = file.metadata().ctx("cannot stat archive", path)?;
     if !meta.is_file() {
@@ -97,6 +91,18 @@ fn verify_with(
             path.display()
         )));
     }
+    Ok((file, meta))
+}
+
+fn verify_with(
+    path: &Path,
+    expected_sha256: Option<&str>,
+    expect: Expect<'_>,
+    threads: usize,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<VerifyReport> {
+    let (file, meta) = open_archive_file(path)?;
     let hash_file = File::open(path).ctx("cannot open archive", path)?;
     let hash_meta = hash_file.metadata().ctx("cannot stat archive", path)?;
     if (hash_meta.dev(), hash_meta.ino()) != (meta.dev(), meta.ino()) {

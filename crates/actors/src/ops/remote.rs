@@ -204,18 +204,8 @@ async fn abort_stale(ctx: &Ctx, rs: &RemoteSettings) -> Result<Vec<String>> {
             continue;
         }
         if let Some(path) = u.object_key.strip_prefix(&base) {
-            let (path, upload_id) = (path.to_string(), u.upload_id.clone());
-            if let Err(e) = ctx
-                .remote(|reply| RemoteMsg::Abort {
-                    path,
-                    upload_id,
-                    reply,
-                })
-                .await
-            {
-                // Already gone (completed, expired by a lifecycle rule): forget it all the same.
-                tracing::warn!("abort of stale upload {} failed: {e}", u.object_key);
-            }
+            // Already gone (completed, expired by a lifecycle rule): forget it all the same.
+            abort_recorded(ctx, path, &u).await;
         }
         let key = u.object_key.clone();
         ctx.store(|r| StoreMsg::DeleteRemoteUpload(key, r)).await?;
