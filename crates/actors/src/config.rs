@@ -10,9 +10,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::exclude::ExcludeList;
 use crate::relpath::{RelPath, TopName};
-
-/// Top-level items of the compose dir that are always excluded: our own staging dirs.
-pub const INTERNAL_PREFIX: &str = ".nuwax-";
+use crate::retention::RetentionConfig;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -90,15 +88,6 @@ impl Default for BackupConfig {
             retention: RetentionConfig::default(),
         }
     }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetentionConfig {
-    pub keep_last: Option<u32>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use globset::{GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::config::INTERNAL_PREFIX;
 use crate::error::{IoContext, Result};
+use crate::relpath::INTERNAL_PREFIX;
 use crate::relpath::{RelPath, RelPathError};
 
 /// One `exclude` entry (see the module note).

@@ -15,6 +15,9 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Top-level items of the compose dir that are always excluded: our own staging dirs.
+pub const INTERNAL_PREFIX: &str = ".nuwax-";
+
 /// A clean relative path (see the module note).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelPath(PathBuf);

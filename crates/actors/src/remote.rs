@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::RetentionConfig;
 use crate::error::Error;
+use crate::retention::RetentionConfig;
 
 /// S3 refuses parts smaller than this (except the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;

@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::TopLevelFilter;
-use crate::config::INTERNAL_PREFIX;
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::{ExcludeRule, Excludes};
 use crate::fsutil::{canonical, mount_points, name_starts_with};
 pub use crate::fsutil::{remove_path, sync_dir, sync_filesystem};
+use crate::relpath::INTERNAL_PREFIX;
 use crate::relpath::RelPath;
 
 /// Prefix of a rollback's work dir inside the compose dir.

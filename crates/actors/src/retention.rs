@@ -39,6 +39,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Datelike, Utc};
 use nuwax_store::{BackupRecord, BackupStatus, BackupType, UpgradeOutcome, UpgradeRecord};
 
+use serde::Deserialize;
+
 use crate::error::{Error, Result};
 
 /// The keep rules of one prune (`--keep-last` ... or `[backup.retention]`).
@@ -303,8 +305,18 @@ pub fn plan<P: Into<Presence>>(
         .collect())
 }
 
-impl From<&crate::config::RetentionConfig> for KeepRules {
-    fn from(c: &crate::config::RetentionConfig) -> Self {
+/// `[backup.retention]` / `[remote.retention]` in `config.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+}
+
+impl From<&RetentionConfig> for KeepRules {
+    fn from(c: &RetentionConfig) -> Self {
         KeepRules {
             keep_last: c.keep_last,
             keep_daily: c.keep_daily,

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::{Refusal, display_bytes, stream_error};
 use crate::archive::format::encode_bytes;
 use crate::archive::{EntryKind, META_DIR, ManifestEntry};
-use crate::config::INTERNAL_PREFIX;
+use crate::relpath::INTERNAL_PREFIX;
 
 /// The first component of a normalized path.
 pub(in crate::archive) fn top_level(path: &[u8]) -> &[u8] {
