@@ -10,7 +10,8 @@
 //! all content is written (deepest first, so a read-only directory can still be filled and
 //! its mtime is not disturbed afterwards). Entries outside the filter are read and hashed
 //! but not written. At the end every entry read is compared with the manifest (kinds, sizes,
-//! modes, owners, mtimes, link targets, content SHA-256) and any difference fails the
+//! modes, owners, mtimes, link targets, content SHA-256; through fingerprints, see
+//! `check/digest.rs`, so that no list of entries is kept) and any difference fails the
 //! extraction: the caller then deletes the staging dir, and live data was never touched.
 //!
 //! File contents are hashed, written and finished on the worker threads of a [`FilePool`]
@@ -32,8 +33,8 @@ use std::path::{Path, PathBuf};
 use filetime::FileTime;
 
 use super::check::{
-    Meta, Observed, Parsed, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
-    display_bytes, parse_entry, stream_error, top_level,
+    EntryDigest, Meta, Parsed, ProgressMap, Refusal, Tracker, check_trailing, display_bytes,
+    parse_entry, stream_error, top_level,
 };
 use super::filepool::{FilePool, PIECE, Target, apply_meta};
 use super::format::MANIFEST_PATH;
@@ -132,7 +133,8 @@ fn extract_entries(
     };
     let mut meta = Meta::new();
     let mut tracker = Tracker::default();
-    let mut observed = Vec::new();
+    // The entries read, as a fingerprint: compared with the manifest's at the end.
+    let mut digest = EntryDigest::default();
     let mut top: BTreeSet<Vec<u8>> = BTreeSet::new();
     // Taken (joined) at the manifest, the last entry: see below.
     let mut pool = Some(FilePool::new(threads)?);
@@ -155,18 +157,16 @@ fn extract_entries(
             // complete once the pool is joined, so the manifest can be compared with the
             // observed entries while it is parsed, and what only content entries need can go.
             if let Some(pool) = pool.take() {
-                fill_checksums(&mut observed, pool.finish()?);
+                digest.merge_sums(pool.finish()?);
             }
             tracker = Tracker::default();
             out.created_dirs = HashSet::new();
         }
-        if meta
-            .accept_against(&parsed, &mut entry, &observed)
-            .map_err(refuse)?
-        {
+        if meta.accept_digest(&parsed, &mut entry).map_err(refuse)? {
             continue;
         }
         tracker.admit(&parsed).map_err(refuse)?;
+        let slot = digest.entry(&parsed.fields());
         let name = top_level(&parsed.path);
         let included = opts.filter.includes(OsStr::from_bytes(name));
         match parsed.kind {
@@ -179,7 +179,7 @@ fn extract_entries(
                 };
                 let pool = pool.as_mut().ok_or_else(no_pool)?;
                 let dir = &parsed.path[..parsed.path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
-                pool.begin(observed.len(), target, dir, parsed.size)?;
+                pool.begin(slot as usize, target, dir, parsed.size)?;
                 send_entry_data(
                     &mut entry,
                     pool,
@@ -227,7 +227,6 @@ fn extract_entries(
                 top.insert(name.to_vec());
             }
         }
-        observed.push(Observed::of(&parsed));
         let p = position.position();
         progress.advance(p, entries, Some(Path::new(OsStr::from_bytes(&parsed.path))));
         if !mid_reached && p.saturating_mul(2) >= position.total().unwrap_or(u64::MAX) {
@@ -241,16 +240,16 @@ fn extract_entries(
     let mut rest = archive.into_inner();
     check_trailing(&mut rest).map_err(refuse)?;
     if let Some(pool) = pool.take() {
-        fill_checksums(&mut observed, pool.finish()?);
+        digest.merge_sums(pool.finish()?);
     }
-    let streamed = meta.problems.take();
-    let (_, manifest) = meta.finish().map_err(refuse)?;
-    let problems = match streamed {
-        Some(p) => p,
-        None => {
-            let observed: Vec<_> = observed.iter().map(Observed::to_manifest_entry).collect();
-            compare_manifest(manifest, &observed)
-        }
+    meta.finish().map_err(refuse)?;
+    let problems = if meta.digest.as_ref().is_some_and(|m| m.matches(&digest)) {
+        Vec::new()
+    } else {
+        // The archive differs from its manifest somewhere: the exact comparison (reading
+        // the archive again, keeping every entry) says where, or finds the difference
+        // harmless (a manifest in another order or spelling).
+        super::verify::manifest_problems(archive_path, threads, cancel)?
     };
     if !problems.is_empty() {
         let mut detail = problems[..problems.len().min(MAX_LISTED)].join("; ");
@@ -279,15 +278,6 @@ fn extract_entries(
         bytes,
         info,
     })
-}
-
-/// Puts the checksums computed by the pool into the observed entries.
-fn fill_checksums(observed: &mut [Observed], sums: Vec<(usize, [u8; 32])>) {
-    for (id, sum) in sums {
-        if let Some(e) = observed.get_mut(id) {
-            e.sha256 = Some(sum);
-        }
-    }
 }
 
 /// Owner, mode and mtime a directory gets once its content is complete.

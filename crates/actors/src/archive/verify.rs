@@ -15,7 +15,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::check::{
-    CopyError, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
+    CopyError, EntryDigest, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
     copy_entry_data, parse_entry, stream_error,
 };
 use super::format::INFO_PATH;
@@ -71,7 +71,17 @@ pub fn verify(
         problems: Vec::new(),
     };
     crate::faults::point("verify.before_scan");
-    let scanned = scan(file, path, threads, progress, cancel, &mut report);
+    let mut scanned = scan(file, path, threads, progress, cancel, &mut report, false);
+    if let Ok(false) = scanned {
+        // The archive differs from its manifest somewhere (or an entry was refused): the
+        // exact comparison, reading it again, says where.
+        report.entries = 0;
+        report.files_checked = 0;
+        report.problems.clear();
+        scanned = File::open(path)
+            .ctx("cannot open archive", path)
+            .and_then(|file| scan(file, path, threads, progress, cancel, &mut report, true));
+    }
     let hashed = hasher
         .join()
         .map_err(|_| Error::Internal("the hashing thread panicked".into()))?;
@@ -128,6 +138,11 @@ fn hash_file_contents(mut file: File, cancel: &CancelFlag) -> io::Result<Option<
 }
 
 /// The content checks. Problems go into `report`; `Err` only for I/O errors and cancel.
+///
+/// Not `exact`, the entries read are compared with the manifest through their fingerprints
+/// ([`EntryDigest`]), keeping none of them; `Ok(false)` then means that the exact comparison
+/// must run (a difference, or an entry refused: the findings are those of the exact one).
+/// `exact`, every entry is kept until the manifest and compared with it one by one.
 fn scan(
     file: File,
     path: &Path,
@@ -135,7 +150,8 @@ fn scan(
     progress: &Progress,
     cancel: &CancelFlag,
     report: &mut VerifyReport,
-) -> Result<()> {
+    exact: bool,
+) -> Result<bool> {
     let index = file.try_clone().ctx("cannot open archive", path)?;
     let size = report.size;
     // Records a finding; an OS-level read error aborts verification instead.
@@ -150,7 +166,7 @@ fn scan(
     };
     let reader = match pgzip::open_reader(file, resolve_threads(threads)) {
         Ok(r) => r,
-        Err(e) => return note(stream_error(e, "not a valid gzip file"), report),
+        Err(e) => return note(stream_error(e, "not a valid gzip file"), report).map(|()| true),
     };
     let reader = CancelRead {
         inner: reader,
@@ -162,11 +178,12 @@ fn scan(
     let mut meta = Meta::new();
     let mut tracker = Tracker::default();
     let mut observed = Vec::new();
+    let mut digest = EntryDigest::default();
     let mut buf = vec![0u8; BUF];
     let mut broken = false;
     let entries = match archive.entries() {
         Ok(e) => e,
-        Err(e) => return note(stream_error(e, "reading the tar stream"), report),
+        Err(e) => return note(stream_error(e, "reading the tar stream"), report).map(|()| true),
     };
     for entry in entries {
         cancel.check()?;
@@ -187,7 +204,12 @@ fn scan(
                 continue;
             }
         };
-        match meta.accept(&parsed, &mut entry) {
+        let accepted = if exact {
+            meta.accept(&parsed, &mut entry)
+        } else {
+            meta.accept_digest(&parsed, &mut entry)
+        };
+        match accepted {
             Ok(true) => continue,
             Ok(false) => {}
             Err(r) => {
@@ -205,6 +227,7 @@ fn scan(
         }
         report.entries += 1;
         let entries_so_far = report.entries;
+        let slot = (!exact).then(|| digest.entry(&parsed.fields()));
         let sha = if parsed.kind == EntryKind::File {
             match copy_entry_data(
                 &mut entry,
@@ -228,7 +251,17 @@ fn scan(
         } else {
             None
         };
-        observed.push(parsed.to_manifest_entry(sha));
+        match slot {
+            Some(slot) => {
+                if let Some(sha) = &sha {
+                    let mut raw = [0u8; 32];
+                    hex::decode_to_slice(sha, &mut raw)
+                        .map_err(|e| Error::Internal(format!("bad checksum {sha}: {e}")))?;
+                    digest.sha(slot, &raw);
+                }
+            }
+            None => observed.push(parsed.to_manifest_entry(sha)),
+        }
         progress.advance(position.position(), report.entries, None);
     }
     report.info = meta.info.clone();
@@ -237,19 +270,56 @@ fn scan(
             "the archive could not be read to its end; {} entries were checked before that",
             report.entries
         ));
-        return Ok(());
+        return Ok(true);
     }
     let mut rest = archive.into_inner();
     if let Err(r) = check_trailing(&mut rest) {
         note(r, report)?;
     }
+    let clean = report.problems.is_empty();
     match meta.finish() {
+        Ok(_) if !exact => {
+            let same = meta.digest.as_ref().is_some_and(|m| m.matches(&digest));
+            return Ok(clean && same);
+        }
         Ok((_, manifest)) => report
             .problems
             .extend(compare_manifest(manifest, &observed)),
         Err(r) => note(r, report)?,
     }
-    Ok(())
+    Ok(true)
+}
+
+/// The exact comparison of the archive at `path` with its manifest (every entry kept until
+/// the manifest, then compared one by one), for an extraction whose fingerprints differed:
+/// the findings, which may be none (a manifest in another order or spelling).
+pub(super) fn manifest_problems(
+    path: &Path,
+    threads: usize,
+    cancel: &CancelFlag,
+) -> Result<Vec<String>> {
+    let file = File::open(path).ctx("cannot open archive", path)?;
+    let size = file.metadata().ctx("cannot stat archive", path)?.len();
+    let mut report = VerifyReport {
+        size,
+        sha256: String::new(),
+        checksum_matches: None,
+        entries: 0,
+        files_checked: 0,
+        info: None,
+        problems: Vec::new(),
+    };
+    scan(
+        file,
+        path,
+        threads,
+        &Progress::none(),
+        cancel,
+        &mut report,
+        true,
+    )?;
+    cancel.check()?;
+    Ok(report.problems)
 }
 
 /// Reads the archive's `info.json` (its first entry after the `.nuwax-backup/` directory),
