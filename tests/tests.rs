@@ -22,6 +22,7 @@ mod interop;
 mod list;
 mod retention;
 mod rollback;
+mod scale;
 mod services;
 mod signals;
 mod upgrade;
