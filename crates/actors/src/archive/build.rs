@@ -445,6 +445,9 @@ struct Frame {
     /// a directory, its content (its name and `/`).
     items: Vec<(Vec<u8>, Option<Stat>)>,
     next: usize,
+    /// Items before this index have been handed to the listers if they are directory
+    /// contents (see [`Listers`]).
+    queued: usize,
 }
 
 /// Lists the directory at `rel` (relative to `root`) as a [`Frame`]: excluded children
@@ -483,6 +486,7 @@ fn list_dir(root: &Path, rel: Vec<u8>, excludes: &Excludes) -> Result<Frame> {
         rel,
         items,
         next: 0,
+        queued: 0,
     })
 }
 
@@ -496,21 +500,130 @@ fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
     rel
 }
 
+/// Directories listed ahead of the walk, at most this many at a time (done or not)...
+const LIST_AHEAD: usize = 64;
+/// ...and while the finished ones hold fewer items than this (a few MB).
+const LIST_AHEAD_ITEMS: usize = 1 << 16;
+
+/// Threads that list (readdir and lstat) the directories the walk will enter next, so that
+/// the walk itself, which must go in byte order, only consumes finished listings. The
+/// directories handed out are the next ones in walk order (the deepest frame's next
+/// subdirectories first), a bounded number of them: memory stays the chain of directories
+/// being walked plus at most [`LIST_AHEAD`] listings.
+struct Listers {
+    jobs: Option<crossbeam_channel::Sender<Vec<u8>>>,
+    done: crossbeam_channel::Receiver<(Vec<u8>, Result<Frame>)>,
+    /// Finished listings not yet taken by the walk.
+    ready: HashMap<Vec<u8>, Result<Frame>>,
+    ready_items: usize,
+    /// Handed out and not yet taken.
+    pending: usize,
+}
+
+impl Listers {
+    /// Hands out the next directories in walk order until the look-ahead is full.
+    fn top_up(&mut self, stack: &mut [Frame]) {
+        let Some(jobs) = &self.jobs else { return };
+        for frame in stack.iter_mut().rev() {
+            frame.queued = frame.queued.max(frame.next);
+            while self.pending < LIST_AHEAD && self.ready_items < LIST_AHEAD_ITEMS {
+                let Some((key, stat)) = frame.items.get(frame.queued) else {
+                    break;
+                };
+                frame.queued += 1;
+                if stat.is_none() {
+                    let rel = join_rel(&frame.rel, &key[..key.len() - 1]);
+                    if jobs.send(rel).is_err() {
+                        return;
+                    }
+                    self.pending += 1;
+                }
+            }
+        }
+    }
+
+    /// The listing of `rel`, which was handed out: waits for it if needed.
+    fn take(&mut self, rel: &[u8]) -> Result<Frame> {
+        loop {
+            if let Some(frame) = self.ready.remove(rel) {
+                self.pending -= 1;
+                if let Ok(f) = &frame {
+                    self.ready_items -= f.items.len();
+                }
+                return frame;
+            }
+            let (done_rel, frame) = self
+                .done
+                .recv()
+                .map_err(|_| Error::Internal("the directory listers stopped".into()))?;
+            if let Ok(f) = &frame {
+                self.ready_items += f.items.len();
+            }
+            self.ready.insert(done_rel, frame);
+        }
+    }
+}
+
 /// Calls `f` with every path under `root` (relative, in byte order) and its lstat. Memory is
-/// the chain of directories being listed, never the whole tree.
+/// the chain of directories being listed and a bounded look-ahead, never the whole tree.
+/// Directories are listed on `threads` threads (see [`Listers`]); `f` runs on this one.
 fn walk_sorted(
     root: &Path,
     excludes: &Excludes,
+    threads: usize,
+    cancel: &CancelFlag,
+    f: &mut dyn FnMut(&[u8], Stat) -> Result<()>,
+) -> Result<()> {
+    let (job_tx, job_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (job_rx, done_tx, stop) = (job_rx.clone(), done_tx.clone(), &stop);
+            s.spawn(move || {
+                for rel in job_rx {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let frame = list_dir(root, rel.clone(), excludes);
+                    if done_tx.send((rel, frame)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut listers = Listers {
+            jobs: Some(job_tx),
+            done: done_rx,
+            ready: HashMap::new(),
+            ready_items: 0,
+            pending: 0,
+        };
+        let result = walk_in_order(root, excludes, &mut listers, cancel, f);
+        // On an error the listers stop at their next directory; on success none is left.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        listers.jobs = None;
+        result
+    })
+}
+
+fn walk_in_order(
+    root: &Path,
+    excludes: &Excludes,
+    listers: &mut Listers,
     cancel: &CancelFlag,
     f: &mut dyn FnMut(&[u8], Stat) -> Result<()>,
 ) -> Result<()> {
     let mut stack = vec![list_dir(root, Vec::new(), excludes)?];
+    listers.top_up(&mut stack);
     while let Some(top) = stack.last_mut() {
         cancel.check()?;
         let Some((key, stat)) = top.items.get(top.next) else {
             stack.pop();
             continue;
         };
+        let handed_out = top.next < top.queued;
         top.next += 1;
         match stat {
             Some(stat) => {
@@ -519,8 +632,13 @@ fn walk_sorted(
             }
             None => {
                 let rel = join_rel(&top.rel, &key[..key.len() - 1]);
-                let frame = list_dir(root, rel, excludes)?;
+                let frame = if handed_out {
+                    listers.take(&rel)?
+                } else {
+                    list_dir(root, rel, excludes)?
+                };
                 stack.push(frame);
+                listers.top_up(&mut stack);
             }
         }
     }
@@ -553,7 +671,9 @@ fn scan(
     let mut top_level_bytes = std::collections::BTreeMap::new();
     let (mut entries, mut special, mut total_bytes) = (0u64, 0u64, 0u64);
     let mut current_top: Option<(Vec<u8>, Option<crate::relpath::TopName>)> = None;
-    walk_sorted(&root, &excludes, cancel, &mut |rel, meta| {
+    // As many listers as the walk that preceded this one (jwalk on a private pool).
+    let threads = resolve_threads(0).clamp(1, 8);
+    walk_sorted(&root, &excludes, threads, cancel, &mut |rel, meta| {
         let top = top_level_of(rel);
         let kind = if meta.is_dir() {
             ItemKind::Dir
@@ -598,6 +718,12 @@ fn scan(
         }
         if entries.is_multiple_of(1024) {
             progress.advance(0, entries, Some(Path::new(OsStr::from_bytes(rel))));
+        }
+        // The listings' memory is freed as the walk goes, but glibc keeps it in the threads'
+        // arenas: measured 70 MB resident at the end of a 700 000-entry scan (15 MB live),
+        // 25 MB with this.
+        if entries.is_multiple_of(1 << 15) {
+            release_free_memory();
         }
         plan.push(rel, &meta, &kind).map_err(werr)?;
         entries += 1;
