@@ -57,7 +57,8 @@ fn generate(root: &Path) {
 }
 
 /// Runs `nuwax-cli -C <work> args` and returns (exit code, peak RSS in KiB, stderr).
-#[allow(unsafe_code)]
+// The child is reaped by the `wait4` below, which also gives its rusage.
+#[allow(unsafe_code, clippy::zombie_processes)]
 fn run_measured(env: &TestEnv, args: &[&str]) -> (i32, i64, String) {
     let bin = std::env::var_os("SCALE_TEST_BIN").unwrap_or_else(|| BIN.into());
     let mut cmd = Command::new(&bin);
@@ -116,6 +117,8 @@ fn count_files(dir: &Path) -> usize {
 }
 
 #[test]
+// The measured peaks are this test's report (`--nocapture` shows them when it passes).
+#[allow(clippy::print_stderr)]
 fn peak_memory_does_not_grow_with_the_number_of_files() {
     let env = TestEnv::new();
     let compose = env.compose_dir();
