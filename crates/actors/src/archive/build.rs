@@ -1,10 +1,11 @@
 //! Writing an archive (format in `archive/mod.rs`).
 //!
-//! Design note: the build is two passes. The scan walks the source (jwalk, in parallel, lstat
-//! on the walker's threads), drops excluded paths, sorts by raw path bytes and decides which
-//! paths become hard-link entries; it also yields the totals for progress. The write pass
-//! then streams the entries through the tar builder into the parallel gzip writer, hashing
-//! the archive bytes on their way to `<dest>.partial`.
+//! Design note: the build is two passes. The scan walks the source in archive order (raw path
+//! bytes) one directory at a time, the directories it will enter next listed and lstat'ed
+//! ahead on a few threads ([`Listers`]), drops excluded paths and decides which paths become
+//! hard-link entries; it spills the plan to an unlinked temporary file and yields the totals
+//! for progress. The write pass then streams the planned entries through the tar builder
+//! into the parallel gzip writer, hashing the archive bytes on their way to `<dest>.partial`.
 //!
 //! A file is opened without following links and checked against its scan-time lstat (same
 //! inode, size and mtime) before a header is written, read to exactly that size (one byte
@@ -671,7 +672,7 @@ fn scan(
     let mut top_level_bytes = std::collections::BTreeMap::new();
     let (mut entries, mut special, mut total_bytes) = (0u64, 0u64, 0u64);
     let mut current_top: Option<(Vec<u8>, Option<crate::relpath::TopName>)> = None;
-    // As many listers as the walk that preceded this one (jwalk on a private pool).
+    // As many listers as the jwalk walk this replaced had threads (a private pool of up to 8).
     let threads = resolve_threads(0).clamp(1, 8);
     walk_sorted(&root, &excludes, threads, cancel, &mut |rel, meta| {
         let top = top_level_of(rel);
