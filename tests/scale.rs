@@ -56,17 +56,78 @@ fn generate(root: &Path) {
     });
 }
 
+/// Environment of the [`measurer`] run: the command (`\x1f`-separated), its working dir
+/// and the file that receives `<exit code> <peak RSS KiB>\n<stderr>`.
+const MEASURE_CMD: &str = "SCALE_MEASURE_CMD";
+const MEASURE_CWD: &str = "SCALE_MEASURE_CWD";
+const MEASURE_OUT: &str = "SCALE_MEASURE_OUT";
+
 /// Runs `nuwax-cli -C <work> args` and returns (exit code, peak RSS in KiB, stderr).
-// The child is reaped by the `wait4` below, which also gives its rusage.
-#[allow(unsafe_code, clippy::zombie_processes)]
+///
+/// Not spawned from this process: a child's `ru_maxrss` starts at its parent's resident
+/// size when it was spawned (Linux records the replaced memory's peak at `exec`), and this
+/// test binary runs many tests at once (135 MiB in the full suite). A fresh, small copy of
+/// this binary ([`measurer`]) spawns the command and reports its rusage.
 fn run_measured(env: &TestEnv, args: &[&str]) -> (i32, i64, String) {
     let bin = std::env::var_os("SCALE_TEST_BIN").unwrap_or_else(|| BIN.into());
-    let mut cmd = Command::new(&bin);
-    let mut full: Vec<OsString> = vec!["-C".into(), env.work.clone().into()];
+    let mut full: Vec<OsString> = vec![bin, "-C".into(), env.work.clone().into()];
     full.extend(args.iter().map(OsString::from));
-    cmd.args(&full)
-        .current_dir(&env.cwd)
-        .stdin(Stdio::null())
+    let joined = full.join(std::ffi::OsStr::new("\x1f"));
+    let out = env.work.join("measure.out");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "scale::measurer",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(MEASURE_CMD, joined)
+        .env(MEASURE_CWD, &env.cwd)
+        .env(MEASURE_OUT, &out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the measuring process failed: {status}");
+    let text = fs::read_to_string(&out).unwrap();
+    fs::remove_file(&out).unwrap();
+    let (first, stderr) = text.split_once('\n').unwrap();
+    let (code, rss) = first.split_once(' ').unwrap();
+    (
+        code.parse().unwrap(),
+        rss.parse().unwrap(),
+        stderr.to_owned(),
+    )
+}
+
+/// Not a test of its own: the process [`run_measured`] starts (a no-op otherwise).
+#[test]
+fn measurer() {
+    let Some(cmd) = std::env::var_os(MEASURE_CMD) else {
+        return;
+    };
+    let mut parts = cmd
+        .as_bytes()
+        .split(|&b| b == 0x1f)
+        .map(std::ffi::OsStr::from_bytes);
+    let mut command = Command::new(parts.next().unwrap());
+    command
+        .args(parts)
+        .current_dir(std::env::var_os(MEASURE_CWD).unwrap());
+    let (code, rss, stderr) = spawn_measured(command);
+    fs::write(
+        std::env::var_os(MEASURE_OUT).unwrap(),
+        format!("{code} {rss}\n{stderr}"),
+    )
+    .unwrap();
+}
+
+/// Runs `cmd` and returns (exit code, peak RSS in KiB, stderr).
+// The child is reaped by the `wait4` below, which also gives its rusage.
+#[allow(unsafe_code, clippy::zombie_processes)]
+fn spawn_measured(mut cmd: Command) -> (i32, i64, String) {
+    let bin = cmd.get_program().to_owned();
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .env("NO_COLOR", "1")
