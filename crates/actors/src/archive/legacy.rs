@@ -154,7 +154,8 @@ pub fn adopt_legacy(
         progress,
         cancel,
         &mut report,
-    )?;
+    )?
+    .entries;
     cancel.check()?;
     // Whatever the decompressor left unread is part of the file: hash it too.
     let mut raw = gz.into_inner().into_inner();
