@@ -31,6 +31,7 @@
 set -euo pipefail
 
 SIZE_MB="${1:-1000}"
+MODE="$SIZE_MB"
 TINY_FILES="${TINY_FILES:-}"
 if [[ "$SIZE_MB" == many ]]; then SIZE_MB=300; TINY_FILES="${TINY_FILES:-500000}"; fi
 ROUNDS="${ROUNDS:-3}"
@@ -229,7 +230,7 @@ RSS_R=$(maxrss ours_restore)
 echo
 echo "Benchmark $(date -u +%Y-%m-%d), $(nproc) cores ($CPU), $MEM RAM, $(uname -sr);"
 echo "corpus: make_corpus.py --size-mb $SIZE_MB ${TINY_ARGS[*]} ($CORPUS_BYTES bytes of file content, $CORPUS_FILES files); warm cache; median of $ROUNDS rounds, tool order rotating;"
-echo "nuwax-cli compression level: ${LEVEL:-default (config)}; \`bench/run.sh $SIZE_MB\`."
+echo "nuwax-cli compression level: ${LEVEL:-default (config)}; \`bench/run.sh $MODE\`."
 echo
 if [[ "$ONLY_OURS" == 1 ]]; then
     echo "| | time (s) | archive (bytes) | peak RSS |"
