@@ -344,6 +344,8 @@ pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String
     let compose_dir = &ctx.settings.paths.compose_dir;
     let plan = j.plan.clone().map(|p| p.checked(compose_dir)).transpose()?;
     let committed = op.phase == "committed";
+    // The services were started (or left stopped, as asked): only the removal is left.
+    let cleaning = op.phase == "cleaning";
     let mut what = match (op.phase.as_str(), &plan) {
         ("swapping", Some(plan)) => {
             ctx.swap_revert(plan).await?;
@@ -352,11 +354,17 @@ pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String
                 j.backup_id, op.pid
             )
         }
-        ("committed", Some(plan)) => {
+        ("committed" | "cleaning", Some(plan)) => {
             ctx.swap_commit(plan).await?;
             let mut what = format!(
-                "rollback to backup {} had completed when pid {} died; cleaned up",
-                j.backup_id, op.pid
+                "rollback to backup {} had completed when pid {} died; {}",
+                j.backup_id,
+                op.pid,
+                if cleaning {
+                    "the replaced files it was removing were removed"
+                } else {
+                    "cleaned up"
+                }
             );
             match rollback::record_version(ctx, &j) {
                 Some(rollback::VersionUpdate::Written { version, .. }) => what.push_str(&format!(
@@ -388,7 +396,7 @@ pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String
             let names: Vec<_> = j.stopped.iter().map(|c| c.name.as_str()).collect();
             what.push_str(&format!("; started {} again", names.join(", ")));
         }
-    } else {
+    } else if !cleaning {
         what.push_str(&services::restart_stopped(ctx, &j.stopped).await?);
     }
     Ok(what)
