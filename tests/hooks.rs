@@ -279,7 +279,7 @@ fn invalid_hooks_and_notify_settings_are_config_errors() {
         let out = env.run(&["backup"]);
         out.assert_code(exit::USAGE);
         out.assert_stderr_has("invalid configuration");
-        assert!(env.list().is_empty(), "{text}");
+        assert!(env.backup_files().is_empty(), "{text}");
     }
 }
 

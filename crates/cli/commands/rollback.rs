@@ -282,6 +282,7 @@ fn document(r: &RollbackReport) -> RollbackDocument {
         services_started: r.services_started,
         files: r.files,
         bytes: r.bytes,
+        committed_after_ms: r.committed_after.as_millis() as u64,
         started_after_ms: r.started_after.map(|d| d.as_millis() as u64),
         downtime_ms: r.downtime.map(|d| d.as_millis() as u64),
         cleanup_ms: r.cleanup.as_millis() as u64,

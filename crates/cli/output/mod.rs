@@ -90,6 +90,9 @@ pub(crate) struct RollbackDocument {
     pub services_started: bool,
     pub files: u64,
     pub bytes: u64,
+    /// Milliseconds from the start of the rollback until the swap was committed (the
+    /// restored files live; the services start from here).
+    pub committed_after_ms: u64,
     /// Milliseconds from the start of the rollback until the services were started again
     /// and healthy (before the replaced files were removed); null when not started.
     pub started_after_ms: Option<u64>,

@@ -6,7 +6,8 @@
 //! - backup: the `.partial` is removed; an archive already renamed to its final name is
 //!   verified and its row completed, or removed and the row marked failed;
 //! - rollback: an unfinished swap is reverted item by item (each item wholly old), a committed
-//!   one is cleaned up; the work dir is removed;
+//!   one is cleaned up and its services started (a `cleaning` one, whose services were
+//!   already started, is only cleaned up); the work dir is removed;
 //! - any kind: containers the operation stopped are started again.
 //!
 //! Every step is idempotent, so a crash during recovery is recovered by the next run.

@@ -72,6 +72,9 @@ pub struct RollbackReport {
     pub legacy: bool,
     /// `config.toml`'s `[versions] docker_service` after an app restore: what was written.
     pub version: Option<VersionUpdate>,
+    /// From the start of the rollback until the swap was committed: the restored files are
+    /// live and the services can start.
+    pub committed_after: std::time::Duration,
     /// From the start of the rollback until the services were started again and healthy
     /// (before the replaced files are removed); `None` when they were not started.
     pub started_after: Option<std::time::Duration>,
@@ -248,6 +251,7 @@ pub(crate) async fn rollback(
             plan,
             stopped_at,
         }) => {
+            report.committed_after = began.elapsed();
             report.scope = req.scope;
             report.legacy = legacy.is_some();
             report.version = record_version(ctx, &journal);
@@ -446,6 +450,7 @@ pub(crate) async fn rollback_inner(
         start_error: None,
         legacy: false,
         version: None,
+        committed_after: std::time::Duration::ZERO,
         started_after: None,
         downtime: None,
         cleanup: std::time::Duration::ZERO,
