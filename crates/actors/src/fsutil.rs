@@ -153,7 +153,7 @@ fn remove_tree_parallel(root: &Path) {
         }
     });
     let mut dirs = dirs.into_inner().unwrap_or_default();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     for (_, dir) in dirs {
         let _ = std::fs::remove_dir(&dir);
     }
