@@ -507,6 +507,11 @@ fn auto_backup_restarts_only_what_was_running() {
             "last_archive",
             "last_error",
             "cron_line",
+            "last_success_id",
+            "last_success_at",
+            "last_success_age_seconds",
+            "max_age_seconds",
+            "stale",
         ]),
     );
     assert_eq!(st["success"], true, "{out}");
