@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Backup/restore benchmark: nuwax-cli against `tar czf`, `tar -I pigz` and `tar xzf`.
+# Backup/restore benchmark: nuwax-cli against `tar czf`, `tar -I pigz` and `tar xzf`, and a
+# rollback over a live tree against `rm -rf && tar xzf`.
 #
 #   bench/run.sh [SIZE_MB]          # default 1000 (the 1 GB corpus)
 #   bench/run.sh many               # many small files: --size-mb 300 --tiny-files 500000
@@ -27,7 +28,7 @@
 # whoever extracts first pays, up to 5x; the warm-up absorbs deletions of earlier runs.)
 # Our backup includes its fsyncs and catalog writes; our restore includes the SHA-256 check
 # of the archive, staged extraction with per-file verification, syncfs and the swap. tar and
-# pigz neither fsync nor verify anything. Disk: about (3 x ROUNDS + 2) x the corpus.
+# pigz neither fsync nor verify anything. Disk: about (3 x ROUNDS + 4) x the corpus.
 set -euo pipefail
 
 SIZE_MB="${1:-1000}"
@@ -95,7 +96,7 @@ TRASH="$SCRATCH/trash"
 mkdir -p "$TRASH"
 
 # Three restored trees per round, the warm-up tree, and the archives.
-need=$((SIZE_MB * 1000000 / 100 * (300 * ROUNDS + 200)))
+need=$((SIZE_MB * 1000000 / 100 * (300 * ROUNDS + 400)))
 avail=$(df -B1 --output=avail "$SCRATCH" | tail -1)
 [[ "$avail" -gt "$need" ]] || die "needs about $((need / 1000000000)) GB free in $CACHE, has $((avail / 1000000000)) GB"
 
@@ -216,6 +217,30 @@ if ! (cd "$CORPUS" && tar cf - . | tar df - -C "$SCRATCH/work/docker" >/dev/null
     die "restored tree differs from the corpus"
 fi
 
+# --- rollback over a live tree (issue 16, item 7) ----------------------------------------
+# What an operator does: replace a live tree. Ours: `rollback --rollback-data` over the tree
+# the restore rounds left in the work dir (staged extraction, swap, then, once the swap is
+# committed and the services would start, removal of the replaced tree); theirs: `rm -rf` the
+# live tree, then `tar xzf` of the same archive. Both delete and create a whole corpus.
+LIVE_TAR="$SCRATCH/live_tar"
+mkdir -p "$LIVE_TAR"
+tar xzf "$OURS" -C "$LIVE_TAR"
+live_rm_tar() {
+    timed rm_tar bash -c 'rm -rf "$1" && mkdir "$1" && tar xzf "$2" -C "$1"' _ "$LIVE_TAR" "$OURS"
+}
+live_ours() {
+    timed ours_live "$BIN" -C "$SCRATCH/work" -q rollback "$OURS_ID" --force --no-start --rollback-data --json >"$SCRATCH/live.json"
+    python3 -c 'import json,sys; print("%.3f" % (json.load(open(sys.argv[1]))["committed_after_ms"] / 1000))' \
+        "$SCRATCH/live.json" >>"$SCRATCH/t.ours_live_commit"
+}
+for r in $(seq 1 "$ROUNDS"); do
+    say "rollback over a live tree, round $r/$ROUNDS"
+    for t in $(rotated "$r" live_rm_tar live_ours); do "$t"; done
+done
+if ! (cd "$CORPUS" && tar cf - . | tar df - -C "$SCRATCH/work/docker" >/dev/null); then
+    die "the tree rolled back over a live tree differs from the corpus"
+fi
+
 # --- report ------------------------------------------------------------------------------
 fmt() { printf '%.2f' "$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
@@ -232,7 +257,20 @@ echo "Benchmark $(date -u +%Y-%m-%d), $(nproc) cores ($CPU), $MEM RAM, $(uname -
 echo "corpus: make_corpus.py --size-mb $SIZE_MB ${TINY_ARGS[*]} ($CORPUS_BYTES bytes of file content, $CORPUS_FILES files); warm cache; median of $ROUNDS rounds, tool order rotating;"
 echo "nuwax-cli compression level: ${LEVEL:-default (config)}; \`bench/run.sh $MODE\`."
 echo
+RT=$(median rm_tar); OL=$(median ours_live); OLC=$(median ours_live_commit)
+live_table() {
+    echo "| rollback over a live tree | time (s) | \`rm -rf\` + \`tar xzf\` / ours (speed-up) |"
+    echo "|---|---:|---:|"
+    echo "| \`rm -rf\` + \`tar xzf\` | $(fmt "$RT") | |"
+    echo "| **nuwax-cli rollback --rollback-data**, until the swap is committed (the services start here) | **$(fmt "$OLC")** | $(fmt "$(ratio "$RT" "$OLC")")x |"
+    echo "| nuwax-cli rollback --rollback-data, whole command (the replaced tree removed after the start) | $(fmt "$OL") | $(fmt "$(ratio "$RT" "$OL")")x |"
+    echo
+    echo "Per round (s): rm -rf + tar xzf $(raw rm_tar); ours until committed $(raw ours_live_commit); ours whole $(raw ours_live)."
+}
+raw() { tr '\n' ' ' <"$SCRATCH/t.$1" | sed 's/ $//'; }
 if [[ "$ONLY_OURS" == 1 ]]; then
+    live_table
+    echo
     echo "| | time (s) | archive (bytes) | peak RSS |"
     echo "|---|---:|---:|---:|"
     echo "| nuwax-cli backup | $(fmt "$OB") | $OURS_SIZE | $((RSS_B / 1024)) MiB |"
@@ -260,7 +298,8 @@ mib() { echo "$(($(maxrss "$1") / 1024)) MiB"; }
 echo "Peak RSS (max over rounds): tar czf $(mib tar_czf), tar -I pigz $(mib pigz_c), nuwax-cli backup $(mib ours_backup);"
 echo "tar xzf $(mib tar_xzf), pigz -dc | tar x $(mib pigz_x) (the largest process), nuwax-cli rollback $(mib ours_restore);"
 echo "nuwax-cli verify (after each backup): $(fmt "$(median ours_verify)") s, $(mib ours_verify)."
-raw() { tr '\n' ' ' <"$SCRATCH/t.$1" | sed 's/ $//'; }
+echo
+live_table
 echo
 echo "Per round (s), in round order (the tool order rotates): tar czf $(raw tar_czf); pigz $(raw pigz_c); ours $(raw ours_backup);"
 echo "tar xzf $(raw tar_xzf); pigz -dc | tar x $(raw pigz_x); ours $(raw ours_restore)."

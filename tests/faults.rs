@@ -143,6 +143,8 @@ const ROLLBACK_POINTS: &[&str] = &[
     "rollback.mid_swap",
     "rollback.after_swap",
     "rollback.after_commit",
+    // Started (here: left stopped, as asked), the replaced files not yet removed.
+    "rollback.after_start",
 ];
 
 fn rollback_crash_case(point: &str, scope: &[&str]) {

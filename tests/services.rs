@@ -507,6 +507,11 @@ fn auto_backup_restarts_only_what_was_running() {
             "last_archive",
             "last_error",
             "cron_line",
+            "last_success_id",
+            "last_success_at",
+            "last_success_age_seconds",
+            "max_age_seconds",
+            "stale",
         ]),
     );
     assert_eq!(st["success"], true, "{out}");
@@ -549,6 +554,83 @@ fn auto_backup_restarts_only_what_was_running() {
     assert_ne!(
         st["last_backup_id"], auto.id,
         "status must describe the latest run"
+    );
+}
+
+/// The `.nuwax-*` work dirs in the compose dir.
+fn work_dirs(env: &TestEnv) -> Vec<String> {
+    fs::read_dir(env.compose_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".nuwax-"))
+        .collect()
+}
+
+/// A stack backed up, changed (app and data) and running again: what a rollback replaces.
+fn stack_to_roll_back() -> (TestEnv, Tree, String) {
+    let env = running_stack();
+    env.run(&["docker-service", "stop"]).assert_ok();
+    let original = env.snapshot_compose();
+    let row = env.backup();
+    env.mutate();
+    env.run(&["docker-service", "start"]).assert_ok();
+    (env, original, row.id.to_string())
+}
+
+/// Issue 16 item 7: the services start as soon as the swap is committed; the replaced files
+/// are removed afterwards, and the time until the start is reported on its own.
+#[test]
+fn rollback_reports_the_time_until_the_services_started_apart_from_the_removal() {
+    let (env, original, id) = stack_to_roll_back();
+    let out = env.run(&["rollback", &id, "--force", "--rollback-data", "--json"]);
+    out.assert_ok();
+    assert_all_running(&env, &out);
+    let doc = out.json();
+    let started = doc["started_after_ms"].as_u64().expect("started_after_ms");
+    let down = doc["downtime_ms"].as_u64().expect("downtime_ms");
+    assert!(down <= started, "{out}");
+    assert!(doc["cleanup_ms"].is_u64(), "{out}");
+    out.assert_stderr_has("after the rollback began (down for");
+    out.assert_stderr_has("the replaced files were removed afterwards");
+    assert!(work_dirs(&env).is_empty(), "{out}");
+    assert_same_tree(
+        "everything == backup",
+        &except(&original, EXCLUDED),
+        &except(&env.snapshot_compose(), EXCLUDED),
+    );
+}
+
+/// Killed after the services were started and before the replaced files were removed: the
+/// next command only removes them (the services keep running, never restarted).
+#[test]
+fn a_rollback_killed_after_the_start_is_finished_without_restarting_anything() {
+    let (env, original, id) = stack_to_roll_back();
+    let out = env.run_env(
+        &["rollback", &id, "--force", "--rollback-data"],
+        &[("NUWAX_TEST_CRASH_AT", OsStr::new("rollback.after_start"))],
+    );
+    assert_eq!(out.code, None, "not killed at rollback.after_start\n{out}");
+    // The services were started before the kill; the replaced files are still there.
+    assert_all_running(&env, &out);
+    assert_eq!(work_dirs(&env).len(), 1, "{out}");
+    let started: Vec<i128> = SERVICES.iter().map(|s| started_at(&env, s)).collect();
+
+    let out = env.run(&["list-backups"]);
+    out.assert_ok().assert_stderr_has("recovery");
+    out.assert_stderr_has("the replaced files it was removing were removed");
+    assert!(work_dirs(&env).is_empty(), "left behind\n{out}");
+    for (s, before) in SERVICES.iter().zip(&started) {
+        assert_eq!(state(&env, s), "running", "{s}\n{out}");
+        assert_eq!(
+            started_at(&env, s),
+            *before,
+            "recovery restarted service {s}\n{out}"
+        );
+    }
+    assert_same_tree(
+        "everything == backup",
+        &except(&original, EXCLUDED),
+        &except(&env.snapshot_compose(), EXCLUDED),
     );
 }
 

@@ -18,6 +18,7 @@ mod gate;
 mod gui;
 mod hardening;
 mod hardening_inputs;
+mod hooks;
 mod hostile;
 mod inspect;
 mod interactive;

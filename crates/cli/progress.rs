@@ -245,12 +245,17 @@ async fn render(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, output: Output) 
                     _ => {}
                 }
             }
+            // `error: ...` notices (a post hook or a notification that failed without
+            // changing the result) are errors: shown under `--quiet` too.
             ProgressEvent::Notice(msg) => match output {
-                Output::Quiet => {}
+                Output::Quiet if !msg.starts_with("error: ") => {}
                 Output::Json => {
-                    let (level, text) = match msg.strip_prefix("warning: ") {
-                        Some(rest) => ("warning", rest),
-                        None => ("info", msg.as_str()),
+                    let (level, text) = if let Some(rest) = msg.strip_prefix("warning: ") {
+                        ("warning", rest)
+                    } else if let Some(rest) = msg.strip_prefix("error: ") {
+                        ("error", rest)
+                    } else {
+                        ("info", msg.as_str())
                     };
                     emit_json(ProgressLine::message(level, text));
                 }

@@ -21,6 +21,10 @@ pub struct Config {
     pub upgrade: UpgradeConfig,
     /// Offsite copies (`[remote]`, see `remote.rs`).
     pub remote: Option<crate::remote::RemoteConfig>,
+    /// Host commands around backups and rollbacks (`[hooks]`, see `hook.rs`).
+    pub hooks: crate::hook::HooksConfig,
+    /// Notifications (`[notify]`, see `notify.rs`).
+    pub notify: crate::notify::NotifyConfig,
     /// Sections the original nuwax-cli writes that this tool does not use.
     #[serde(rename = "cache")]
     pub _cache: Option<toml::Value>,
@@ -228,6 +232,17 @@ impl Config {
                 "backup.compression_level must be 1..=9, got {}",
                 self.backup.compression_level
             )));
+        }
+        for (key, hook) in self.hooks.all() {
+            if let Some(p) = hook.and_then(crate::hook::HookCommand::problem) {
+                return Err(bad(format!("hooks.{key} {p}")));
+            }
+        }
+        if self.hooks.timeout == 0 {
+            return Err(bad("hooks.timeout must be at least 1 (seconds)".into()));
+        }
+        if let Some(p) = self.notify.problem() {
+            return Err(bad(p));
         }
         Ok(())
     }
@@ -458,6 +473,40 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let text = format!("[backup]\nstorage_dir = \"{}\"", other.path().display());
         assert_eq!(load_with(&text).unwrap().paths.storage_dir, other.path());
+    }
+
+    #[test]
+    fn hooks_and_notify_are_parsed_and_checked() {
+        let s = load_with(
+            "[hooks]\npre_backup = \"echo hi && true\"\npost_rollback = [\"/bin/true\", \"x\"]\ntimeout = 20\n[notify]\nwebhook = \"http://127.0.0.1:9/x\"\non = [\"always\"]\n",
+        )
+        .unwrap();
+        let h = &s.config.hooks;
+        assert_eq!(
+            h.pre_backup,
+            Some(crate::hook::HookCommand::Shell("echo hi && true".into()))
+        );
+        assert!(
+            matches!(&h.post_rollback, Some(crate::hook::HookCommand::Argv(v)) if v.len() == 2)
+        );
+        assert_eq!(h.timeout, 20);
+        assert_eq!(s.config.notify.on, [crate::notify::NotifyOn::Always]);
+        let d = load_with("").unwrap();
+        assert_eq!(d.config.hooks.timeout, 300);
+        assert_eq!(d.config.notify.on, [crate::notify::NotifyOn::Failure]);
+        for bad in [
+            "[hooks]\npre_bakup = \"x\"",
+            "[hooks]\npre_backup = \"\"",
+            "[hooks]\npre_backup = []",
+            "[hooks]\npre_backup = 3",
+            "[hooks]\ntimeout = 0",
+            "[notify]\nwebhook = \"file:///etc/passwd\"",
+            "[notify]\non = [\"sometimes\"]",
+            "[notify]\nurl = \"http://x\"",
+        ] {
+            let err = load_with(bad).unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");
+        }
     }
 
     #[test]

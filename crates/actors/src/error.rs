@@ -111,6 +111,10 @@ pub enum Error {
     /// A request to the remote (S3) failed; the message names the remote and what was done.
     #[error("{0}")]
     Remote(String),
+    /// A host command of `[hooks]` or `[notify]` failed, timed out or could not start; the
+    /// message names it and its exit status.
+    #[error("{0}")]
+    Hook(String),
     /// The message says what failed and that the previous release and data are back.
     #[error("{0}")]
     UpgradeRolledBack(String),
@@ -185,6 +189,7 @@ impl Error {
             Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => "disk_full",
             Error::Io { .. } => "io",
             Error::Internal(_) => "internal",
+            Error::Hook(_) => "hook_failed",
             _ => self.kind().code(),
         }
     }

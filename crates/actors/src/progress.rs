@@ -27,6 +27,8 @@ pub enum Phase {
     Waiting,
     Uploading,
     Downloading,
+    /// A rollback removes the replaced files, after the services were started.
+    Removing,
 }
 
 impl Phase {
@@ -44,6 +46,7 @@ impl Phase {
             Phase::Waiting => "waiting for health",
             Phase::Uploading => "uploading",
             Phase::Downloading => "downloading",
+            Phase::Removing => "removing replaced files",
         }
     }
 }

@@ -183,7 +183,7 @@ impl Runtime {
     }
 
     pub async fn backup(&self, req: BackupRequest, progress: Progress) -> Result<BackupEntry> {
-        ops::backup::backup(&self.ctx, req, progress).await
+        ops::hooks::backup(&self.ctx, req, progress).await
     }
 
     pub async fn rollback(
@@ -191,7 +191,7 @@ impl Runtime {
         req: RollbackRequest,
         progress: Progress,
     ) -> Result<RollbackReport> {
-        ops::rollback::rollback(&self.ctx, req, progress).await
+        ops::hooks::rollback(&self.ctx, req, progress).await
     }
 
     /// What `rollback --dry-run` would do; touches nothing.
@@ -237,7 +237,7 @@ impl Runtime {
     }
 
     pub async fn auto_backup(&self, progress: Progress) -> Result<AutoBackupReport> {
-        ops::auto_backup::auto_backup(&self.ctx, progress).await
+        ops::hooks::auto_backup(&self.ctx, progress).await
     }
 
     pub async fn auto_backup_status(&self) -> Result<AutoBackupStatus> {

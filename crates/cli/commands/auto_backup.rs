@@ -7,7 +7,7 @@
 //! no space, 1 for a failed backup, 128 + the signal when interrupted); `--json` failures
 //! carry `error`. With `--quiet` it prints nothing on success, so cron mails only failures.
 
-use nuwax_actors::Runtime;
+use nuwax_actors::{BackupStatus, Runtime};
 use serde::Serialize;
 
 use crate::exit::{ExitStatus, Failure};
@@ -26,7 +26,7 @@ pub(crate) enum Action {
     /// Stop the services, back up, start exactly what was running.
     Run(Flags),
     /// Last run, result, backup id, archive, and a cron line to paste.
-    Status(Flags),
+    Status(StatusFlags),
 }
 
 #[derive(clap::Args, Debug)]
@@ -36,10 +36,23 @@ pub(crate) struct Flags {
     pub json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub(crate) struct StatusFlags {
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when the last successful backup (of any type, its archive here or on the
+    /// remote) is older than this, or there is none: for cron, Nagios or a healthcheck.
+    /// `26h`, `90m`, `2d`, `1h30m`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_age: Option<std::time::Duration>,
+}
+
 impl Action {
     pub fn json(&self) -> bool {
         match self {
-            Action::Run(f) | Action::Status(f) => f.json,
+            Action::Run(f) => f.json,
+            Action::Status(f) => f.json,
         }
     }
 }
@@ -66,12 +79,22 @@ struct StatusDocument {
     last_error: Option<String>,
     /// A crontab line that runs it nightly at 02:00.
     cron_line: String,
+    /// The newest Completed backup of any type whose archive is here or on the remote.
+    last_success_id: Option<i64>,
+    /// Its creation time, UTC `YYYY-MM-DD HH:MM:SS`.
+    last_success_at: Option<String>,
+    /// Its age in seconds.
+    last_success_age_seconds: Option<u64>,
+    /// `--max-age` in seconds; null without it.
+    max_age_seconds: Option<u64>,
+    /// With `--max-age`: the last success is older, or there is none (exit 1). Null without.
+    stale: Option<bool>,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
     match args.action {
         Action::Run(f) => run_backup(rt, printer, f.json).await,
-        Action::Status(f) => status(rt, printer, f.json).await,
+        Action::Status(f) => status(rt, printer, f).await,
     }
 }
 
@@ -140,7 +163,8 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
         .map_or(ExitStatus::Success, crate::exit::status_of_error))
 }
 
-async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<ExitStatus> {
+async fn status(rt: &Runtime, printer: &Printer, flags: StatusFlags) -> anyhow::Result<ExitStatus> {
+    let json = flags.json;
     let st = rt.auto_backup_status().await?;
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -149,6 +173,40 @@ async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<E
         "0 2 * * * {exe} -C {} auto-backup run --quiet",
         shell_quote(&rt.settings().paths.work_dir.display().to_string())
     );
+    // The newest backup that is a way back: Completed, its archive here or remote.
+    let last_success = rt
+        .list_backups()
+        .await?
+        .into_iter()
+        .filter(|b| b.record.status == BackupStatus::Completed && (b.file_exists || b.remote_copy))
+        .max_by_key(|b| (b.record.created_at, b.record.id));
+    let age = last_success.as_ref().map(|b| {
+        (chrono::Utc::now() - b.record.created_at)
+            .to_std()
+            .unwrap_or_default()
+    });
+    let stale = flags.max_age.map(|max| age.is_none_or(|a| a > max));
+    let failure = match (stale, flags.max_age) {
+        (Some(true), Some(max)) => Some(Failure::new(
+            ExitStatus::Failed,
+            "stale_backup",
+            match (&last_success, age) {
+                (Some(b), Some(age)) => format!(
+                    "the last successful backup ({}, {} UTC) is {} old, more than --max-age {}",
+                    b.record.id,
+                    b.record.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    human_age(age),
+                    human_age(max)
+                ),
+                _ => format!(
+                    "there is no successful backup (--max-age {}): take one with `nuwax-cli backup` or `nuwax-cli auto-backup run`",
+                    human_age(max)
+                ),
+            },
+        )),
+        _ => None,
+    };
+    let status = failure.as_ref().map_or(ExitStatus::Success, |f| f.status);
     if json {
         printer.document(
             &StatusDocument {
@@ -158,10 +216,17 @@ async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<E
                 last_archive: st.last_archive,
                 last_error: st.last_error,
                 cron_line,
+                last_success_id: last_success.as_ref().map(|b| b.record.id),
+                last_success_at: last_success
+                    .as_ref()
+                    .map(|b| b.record.created_at.format("%Y-%m-%d %H:%M:%S").to_string()),
+                last_success_age_seconds: age.map(|a| a.as_secs()),
+                max_age_seconds: flags.max_age.map(|m| m.as_secs()),
+                stale,
             },
-            None,
+            failure.as_ref(),
         );
-        return Ok(ExitStatus::Success);
+        return Ok(status);
     }
     let mut out = String::new();
     match &st.last_run {
@@ -183,9 +248,33 @@ async fn status(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<E
             }
         }
     }
+    match (&last_success, age) {
+        (Some(b), Some(age)) => out.push_str(&format!(
+            "last success: backup {} at {} UTC ({} ago)\n",
+            b.record.id,
+            b.record.created_at.format("%Y-%m-%d %H:%M:%S"),
+            human_age(age)
+        )),
+        _ => out.push_str("last success: none\n"),
+    }
     out.push_str(&format!("cron line:   {cron_line}\n"));
     printer.data(&out);
-    Ok(ExitStatus::Success)
+    if let Some(f) = &failure {
+        printer.error(&f.message);
+    }
+    Ok(status)
+}
+
+/// `27h 5m`, `2d 3h`, `45m`, `30s`: an age at the precision an operator reads.
+fn human_age(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, minutes) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    match () {
+        _ if s < 60 => format!("{s}s"),
+        _ if s < 3600 => format!("{minutes}m"),
+        _ if s < 2 * 86_400 => format!("{}h {minutes}m", s / 3600),
+        _ => format!("{days}d {hours}h"),
+    }
 }
 
 fn shell_quote(s: &str) -> String {

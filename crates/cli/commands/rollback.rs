@@ -256,7 +256,15 @@ fn print_report(printer: &Printer, r: &RollbackReport, start: bool, totals: &Tot
         ));
     }
     if r.services_started {
-        printer.info("the services are running and healthy");
+        let secs = |d: std::time::Duration| format!("{:.1} s", d.as_secs_f64());
+        printer.info(&format!(
+            "the services are running and healthy: started {} after the rollback began{}; the replaced files were removed afterwards in {}",
+            r.started_after.map(secs).unwrap_or_default(),
+            r.downtime
+                .map(|d| format!(" (down for {})", secs(d)))
+                .unwrap_or_default(),
+            secs(r.cleanup)
+        ));
     } else if !start {
         printer.info(
             "the services are left stopped (--no-start); start them with `nuwax-cli docker-service start`",
@@ -274,5 +282,9 @@ fn document(r: &RollbackReport) -> RollbackDocument {
         services_started: r.services_started,
         files: r.files,
         bytes: r.bytes,
+        committed_after_ms: r.committed_after.as_millis() as u64,
+        started_after_ms: r.started_after.map(|d| d.as_millis() as u64),
+        downtime_ms: r.downtime.map(|d| d.as_millis() as u64),
+        cleanup_ms: r.cleanup.as_millis() as u64,
     }
 }

@@ -90,6 +90,17 @@ pub(crate) struct RollbackDocument {
     pub services_started: bool,
     pub files: u64,
     pub bytes: u64,
+    /// Milliseconds from the start of the rollback until the swap was committed (the
+    /// restored files live; the services start from here).
+    pub committed_after_ms: u64,
+    /// Milliseconds from the start of the rollback until the services were started again
+    /// and healthy (before the replaced files were removed); null when not started.
+    pub started_after_ms: Option<u64>,
+    /// Milliseconds from the stop of the services until they were started again (the
+    /// downtime); null when nothing was stopped or started.
+    pub downtime_ms: Option<u64>,
+    /// Milliseconds spent removing the replaced files, after the start.
+    pub cleanup_ms: u64,
 }
 
 /// Result of `verify --json`.

@@ -6,7 +6,8 @@
 //! - backup: the `.partial` is removed; an archive already renamed to its final name is
 //!   verified and its row completed, or removed and the row marked failed;
 //! - rollback: an unfinished swap is reverted item by item (each item wholly old), a committed
-//!   one is cleaned up; the work dir is removed;
+//!   one is cleaned up and its services started (a `cleaning` one, whose services were
+//!   already started, is only cleaned up); the work dir is removed;
 //! - any kind: containers the operation stopped are started again.
 //!
 //! Every step is idempotent, so a crash during recovery is recovered by the next run.
@@ -344,6 +345,8 @@ pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String
     let compose_dir = &ctx.settings.paths.compose_dir;
     let plan = j.plan.clone().map(|p| p.checked(compose_dir)).transpose()?;
     let committed = op.phase == "committed";
+    // The services were started (or left stopped, as asked): only the removal is left.
+    let cleaning = op.phase == "cleaning";
     let mut what = match (op.phase.as_str(), &plan) {
         ("swapping", Some(plan)) => {
             ctx.swap_revert(plan).await?;
@@ -352,11 +355,17 @@ pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String
                 j.backup_id, op.pid
             )
         }
-        ("committed", Some(plan)) => {
+        ("committed" | "cleaning", Some(plan)) => {
             ctx.swap_commit(plan).await?;
             let mut what = format!(
-                "rollback to backup {} had completed when pid {} died; cleaned up",
-                j.backup_id, op.pid
+                "rollback to backup {} had completed when pid {} died; {}",
+                j.backup_id,
+                op.pid,
+                if cleaning {
+                    "the replaced files it was removing were removed"
+                } else {
+                    "cleaned up"
+                }
             );
             match rollback::record_version(ctx, &j) {
                 Some(rollback::VersionUpdate::Written { version, .. }) => what.push_str(&format!(
@@ -388,7 +397,7 @@ pub(crate) async fn recover_rollback(ctx: &Ctx, op: &Operation) -> Result<String
             let names: Vec<_> = j.stopped.iter().map(|c| c.name.as_str()).collect();
             what.push_str(&format!("; started {} again", names.join(", ")));
         }
-    } else {
+    } else if !cleaning {
         what.push_str(&services::restart_stopped(ctx, &j.stopped).await?);
     }
     Ok(what)

@@ -1,5 +1,7 @@
 //! `rollback` / `rollback-data-only`: checksum while extracting into a staging dir, stop, the
-//! swap (`restore.rs`), start with health (DESIGN.md section 5).
+//! swap (`restore.rs`), start with health (DESIGN.md section 5), and only then the removal
+//! of the replaced files (journaled as `cleaning`: recovery finishes it), so the services
+//! are down for the swap, not for the removal of a large tree.
 
 use nuwax_store::{BackupRecord, BackupStatus, OperationKind, OperationState};
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,7 @@ use crate::docker::ContainerInfo;
 use crate::restore::{self, SwapPlan};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::Ctx;
 use crate::actors::archive_actor::ArchiveMsg;
@@ -69,6 +72,17 @@ pub struct RollbackReport {
     pub legacy: bool,
     /// `config.toml`'s `[versions] docker_service` after an app restore: what was written.
     pub version: Option<VersionUpdate>,
+    /// From the start of the rollback until the swap was committed: the restored files are
+    /// live and the services can start.
+    pub committed_after: std::time::Duration,
+    /// From the start of the rollback until the services were started again and healthy
+    /// (before the replaced files are removed); `None` when they were not started.
+    pub started_after: Option<std::time::Duration>,
+    /// From the stop of the services until they were started again: the downtime; `None`
+    /// when nothing was stopped or nothing started.
+    pub downtime: Option<std::time::Duration>,
+    /// Removing the replaced files after the start.
+    pub cleanup: std::time::Duration,
 }
 
 /// What a rollback that restored the app did to `[versions] docker_service`.
@@ -113,6 +127,7 @@ pub(crate) async fn rollback(
     req: RollbackRequest,
     progress: Progress,
 ) -> Result<RollbackReport> {
+    let began = Instant::now();
     let entry = ctx.get_backup(req.id).await?;
     // Only the remote has the archive (a new host after `reindex --remote`): pull it first.
     let entry = if entry.record.status == BackupStatus::Completed {
@@ -231,16 +246,44 @@ pub(crate) async fn rollback(
     )
     .await;
     match result {
-        Ok(mut report) => {
+        Ok(Committed {
+            mut report,
+            plan,
+            stopped_at,
+        }) => {
+            report.committed_after = began.elapsed();
             report.scope = req.scope;
             report.legacy = legacy.is_some();
             report.version = record_version(ctx, &journal);
+            // The services first, the replaced files after: they are not needed any more,
+            // and removing a large tree takes longer than extracting it.
             if req.start {
                 match start_after_rollback(ctx, &journal, &progress).await {
-                    Ok(()) => report.services_started = true,
+                    Ok(()) => {
+                        report.services_started = true;
+                        report.started_after = Some(began.elapsed());
+                        report.downtime = stopped_at.map(|t| t.elapsed());
+                    }
                     Err(e) => report.start_error = Some(e.to_string()),
                 }
             }
+            // Journaled: a crash from here on only removes what is left (the services are
+            // not started again by recovery).
+            journal.plan = Some(plan.clone());
+            if let Err(e) = ctx.set_phase(op, "cleaning", &journal).await {
+                progress.notice(format!(
+                    "warning: cannot record the rollback's progress: {e}"
+                ));
+            }
+            crate::faults::point("rollback.after_start");
+            let removing = Instant::now();
+            progress.phase(crate::progress::Phase::Removing, None, None);
+            if let Err(e) = ctx.swap_commit(&plan).await {
+                progress.notice(format!(
+                    "warning: the rollback is complete but the replaced files could not be removed: {e}"
+                ));
+            }
+            report.cleanup = removing.elapsed();
             ctx.store(|r| StoreMsg::FinishOperation(op, OperationState::Succeeded, None, r))
                 .await?;
             Ok(report)
@@ -290,6 +333,14 @@ pub(crate) async fn rollback(
     }
 }
 
+/// A rollback whose swap is committed: its report, the plan whose replaced files are still
+/// to be removed, and when the services were stopped.
+pub(crate) struct Committed {
+    pub report: RollbackReport,
+    pub plan: SwapPlan,
+    pub stopped_at: Option<Instant>,
+}
+
 pub(crate) async fn rollback_inner(
     ctx: &Ctx,
     op: i64,
@@ -298,7 +349,7 @@ pub(crate) async fn rollback_inner(
     (filter, manifest): (TopLevelFilter, Option<Arc<Manifest>>),
     containers: Option<Vec<ContainerInfo>>,
     progress: &Progress,
-) -> Result<RollbackReport> {
+) -> Result<Committed> {
     let paths = &ctx.settings.paths;
     // Journaled before it exists: a kill right after creating it leaves nothing unknown.
     journal.work_dir = restore::new_work_dir_path(&paths.compose_dir, restore::WORK_PREFIX, op)?;
@@ -340,7 +391,9 @@ pub(crate) async fn rollback_inner(
         .into_iter()
         .filter(|c| crate::docker::policy::is_active(&c.state))
         .collect();
+    let mut stopped_at = None;
     if !running.is_empty() {
+        stopped_at = Some(Instant::now());
         progress.phase(
             crate::progress::Phase::Stopping,
             None,
@@ -375,12 +428,7 @@ pub(crate) async fn rollback_inner(
     ctx.set_phase(op, "committed", journal).await?;
     crate::faults::point("rollback.after_commit");
     journal.plan = None; // committed: failures from here on must not revert
-    if let Err(e) = ctx.swap_commit(&plan).await {
-        progress.notice(format!(
-            "warning: the rollback is complete but the old content could not be removed: {e}"
-        ));
-    }
-    Ok(RollbackReport {
+    let report = RollbackReport {
         backup: entry.clone(),
         scope: RollbackScope::All,
         restored: plan
@@ -402,6 +450,15 @@ pub(crate) async fn rollback_inner(
         start_error: None,
         legacy: false,
         version: None,
+        committed_after: std::time::Duration::ZERO,
+        started_after: None,
+        downtime: None,
+        cleanup: std::time::Duration::ZERO,
+    };
+    Ok(Committed {
+        report,
+        plan,
+        stopped_at,
     })
 }
 
