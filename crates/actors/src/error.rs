@@ -117,6 +117,9 @@ pub enum Error {
     /// The message says exactly what state things are in.
     #[error("{0}")]
     UpgradeRollbackFailed(String),
+    /// A database dump (or `restore-dump`) failed inside the service's container (exit 1).
+    #[error("{0}")]
+    DumpFailed(String),
 }
 
 impl Error {
@@ -185,6 +188,7 @@ impl Error {
             Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => "disk_full",
             Error::Io { .. } => "io",
             Error::Internal(_) => "internal",
+            Error::DumpFailed(_) => "dump_failed",
             _ => self.kind().code(),
         }
     }

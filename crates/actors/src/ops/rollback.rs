@@ -380,6 +380,8 @@ pub(crate) async fn rollback_inner(
             "warning: the rollback is complete but the old content could not be removed: {e}"
         ));
     }
+    // A hot backup's datadirs were never in it: kept live; say how to load its dumps.
+    super::dumps::rollback_notice(&extracted.info, entry.record.id, &progress);
     Ok(RollbackReport {
         backup: entry.clone(),
         scope: RollbackScope::All,

@@ -27,7 +27,7 @@ pub(super) use entry::Observed;
 pub(super) use entry::{
     CopyError, Parsed, Tracker, check_trailing, copy_entry_data, parse_entry, top_level,
 };
-pub(super) use manifest::{Meta, compare_manifest};
+pub(super) use manifest::{Meta, check_dump, compare_manifest};
 pub(super) use progress::ProgressMap;
 
 /// Why an entry (or the archive) is refused.
