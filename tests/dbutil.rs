@@ -23,7 +23,11 @@ use sha2::{Digest, Sha256};
 
 use crate::dockerutil::{docker, docker_ok, require_docker};
 
-const BINARIES: &[&str] = &["/usr/sbin/mariadbd", "/usr/bin/mariadb", "/usr/bin/mariadb-dump"];
+const BINARIES: &[&str] = &[
+    "/usr/sbin/mariadbd",
+    "/usr/bin/mariadb",
+    "/usr/bin/mariadb-dump",
+];
 const APPLETS: &[&str] = &[
     "sh", "cp", "mkdir", "cat", "sleep", "ls", "rm", "test", "echo", "printf", "true", "seq",
 ];
@@ -92,7 +96,15 @@ fn build() -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = dir.path().join("root");
     let template = root.join("opt/template");
-    for d in ["bin", "tmp", "run/mysqld", "var/lib/mysql", "usr/share/mysql", "opt", "etc"] {
+    for d in [
+        "bin",
+        "tmp",
+        "run/mysqld",
+        "var/lib/mysql",
+        "usr/share/mysql",
+        "opt",
+        "etc",
+    ] {
         fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
     }
     let out = Command::new("mariadb-install-db")
@@ -202,8 +214,16 @@ fn ldd(bin: &Path) -> Vec<PathBuf> {
 pub fn sql(container: &str, statements: &str) -> Result<String, String> {
     let env = format!("MYSQL_PWD={ROOT_PASSWORD}");
     let out = docker(&[
-        "exec", "-e", &env, container, "mariadb", "--user=root", "--batch",
-        "--skip-column-names", "-e", statements,
+        "exec",
+        "-e",
+        &env,
+        container,
+        "mariadb",
+        "--user=root",
+        "--batch",
+        "--skip-column-names",
+        "-e",
+        statements,
     ]);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
