@@ -220,7 +220,7 @@ fn a_failing_dump_fails_the_backup_and_stops_nothing() {
     );
     let rows = db.env.list();
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].status, "failed");
+    assert_eq!(rows[0].status, "Failed");
     assert!(
         rows[0]
             .error
@@ -250,7 +250,7 @@ fn a_failing_dump_fails_the_backup_and_stops_nothing() {
     assert_eq!(db.started_at(), started);
     let rows = db.env.list();
     assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r.status == "failed"), "{rows:?}");
+    assert!(rows.iter().all(|r| r.status == "Failed"), "{rows:?}");
     assert!(db.leftovers().is_empty(), "{:?}", db.leftovers());
 }
 
