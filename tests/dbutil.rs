@@ -1,3 +1,4 @@
+#![allow(clippy::print_stderr)] // the skip notice when the MariaDB image cannot be built (never under CI)
 //! A real MariaDB server in a container, for the dump tests (issue 15).
 //!
 //! No image registry here: the image is made with `docker import` from a rootfs of

@@ -381,7 +381,7 @@ pub(crate) async fn rollback_inner(
         ));
     }
     // A hot backup's datadirs were never in it: kept live; say how to load its dumps.
-    super::dumps::rollback_notice(&extracted.info, entry.record.id, &progress);
+    super::dumps::rollback_notice(&extracted.info, entry.record.id, progress);
     Ok(RollbackReport {
         backup: entry.clone(),
         scope: RollbackScope::All,
