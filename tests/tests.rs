@@ -6,12 +6,14 @@
 //! Every test is independent: its own temp dir and its own compose project name.
 
 mod archutil;
+mod dbutil;
 mod dockerutil;
 mod util;
 
 mod backup;
 mod delete;
 mod demo;
+mod dumps;
 mod excludes;
 mod faults;
 mod gate;

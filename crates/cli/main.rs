@@ -155,6 +155,9 @@ enum Command {
     /// Copy chosen files or directories out of a backup into a separate directory (--to DIR);
     /// never into live data.
     Restore(commands::restore::Args),
+    /// Load a backup's database dump into the running service (exec stdin):
+    /// restore-dump ID --service NAME.
+    RestoreDump(commands::restore_dump::Args),
     /// Print a shell completion script on stdout (bash, zsh, fish...).
     Completions(commands::completions::Args),
     /// Print the man page (roff) on stdout: `nuwax-cli man > nuwax-cli.1`.
@@ -166,7 +169,7 @@ impl Command {
     /// Whether the command changes live data or the catalog (and so takes the lock).
     fn mutating(&self) -> bool {
         match self {
-            Command::Backup(_) | Command::DeleteBackup(_) => true,
+            Command::Backup(_) | Command::DeleteBackup(_) | Command::RestoreDump(_) => true,
             Command::RollbackDataOnly(a) => !a.dry_run,
             Command::Rollback(a) => !a.list_json && !a.dry_run,
             // Read the catalog and archives; `restore` writes only outside the working dir.
@@ -368,6 +371,7 @@ async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Re
         Command::Ls(args) => commands::ls::run(args, &rt, printer).await,
         Command::Diff(args) => commands::diff::run(args, &rt, printer).await,
         Command::Restore(args) => commands::restore::run(args, &rt, printer).await,
+        Command::RestoreDump(args) => commands::restore_dump::run(args, &rt, printer).await,
         Command::Completions(_) | Command::Man => unreachable!("handled before the runtime"),
     };
     rt.shutdown().await;

@@ -70,6 +70,10 @@ pub struct BackupConfig {
     pub data_paths: Vec<TopName>,
     pub compression_level: u32,
     pub retention: RetentionConfig,
+    /// `[[backup.dumps]]`: database dumps taken through the engine (see `dumps.rs`).
+    pub dumps: Vec<crate::dumps::DumpConfig>,
+    /// Services whose files are safe to copy while they run (`backup --hot`).
+    pub hot_safe: Vec<crate::dumps::ServiceName>,
 }
 
 impl Default for BackupConfig {
@@ -90,6 +94,8 @@ impl Default for BackupConfig {
             .collect(),
             compression_level: 3,
             retention: RetentionConfig::default(),
+            dumps: Vec::new(),
+            hot_safe: Vec::new(),
         }
     }
 }
@@ -244,6 +250,7 @@ impl Config {
         if let Some(p) = self.notify.problem() {
             return Err(bad(p));
         }
+        crate::dumps::validate(&self.backup.dumps).map_err(bad)?;
         Ok(())
     }
 }

@@ -121,6 +121,9 @@ pub enum Error {
     /// The message says exactly what state things are in.
     #[error("{0}")]
     UpgradeRollbackFailed(String),
+    /// A database dump (or `restore-dump`) failed inside the service's container (exit 1).
+    #[error("{0}")]
+    DumpFailed(String),
 }
 
 impl Error {
@@ -190,6 +193,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Internal(_) => "internal",
             Error::Hook(_) => "hook_failed",
+            Error::DumpFailed(_) => "dump_failed",
             _ => self.kind().code(),
         }
     }

@@ -19,6 +19,7 @@ pub(crate) mod config_edit;
 pub mod docker;
 #[cfg(not(feature = "test-support"))]
 pub(crate) mod docker;
+pub(crate) mod dumps;
 pub(crate) mod error;
 pub(crate) mod exclude;
 pub(crate) mod faults;
@@ -46,6 +47,7 @@ pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 pub use ops::BackupEntry;
 pub use ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 pub use ops::backup::BackupRequest;
+pub use ops::dumps::RestoreDumpReport;
 pub use ops::inspect::{
     ArchiveEntry, DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest,
     RollbackPlan,

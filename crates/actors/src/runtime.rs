@@ -13,6 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::lock::OperationLock;
 use crate::ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 use crate::ops::backup::BackupRequest;
+use crate::ops::dumps::RestoreDumpReport;
 use crate::ops::inspect::{
     DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest, RollbackPlan,
 };
@@ -237,7 +238,22 @@ impl Runtime {
     }
 
     pub async fn auto_backup(&self, progress: Progress) -> Result<AutoBackupReport> {
-        ops::hooks::auto_backup(&self.ctx, progress).await
+        ops::hooks::auto_backup(&self.ctx, false, progress).await
+    }
+
+    /// `auto-backup run --hot`: dumps and a hot backup, nothing stopped.
+    pub async fn auto_backup_hot(&self, progress: Progress) -> Result<AutoBackupReport> {
+        ops::hooks::auto_backup(&self.ctx, true, progress).await
+    }
+
+    /// `restore-dump ID --service NAME`.
+    pub async fn restore_dump(
+        &self,
+        id: i64,
+        service: &str,
+        progress: Progress,
+    ) -> Result<RestoreDumpReport> {
+        ops::dumps::restore_dump(&self.ctx, id, service, &progress).await
     }
 
     pub async fn auto_backup_status(&self) -> Result<AutoBackupStatus> {

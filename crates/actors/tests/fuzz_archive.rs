@@ -297,6 +297,8 @@ fn info() -> ArchiveInfo {
         excluded: vec![],
         images: vec![],
         top_level_bytes: Default::default(),
+        dumps: Vec::new(),
+        hot: false,
     }
 }
 
@@ -367,6 +369,7 @@ fn build_fixture(big: bool) -> Built {
             level: 6,
             threads: 2,
             info: info(),
+            dump_files: Vec::new(),
         },
         &Progress::none(),
         &CancelFlag::default(),

@@ -23,8 +23,9 @@ pub(crate) struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum Action {
-    /// Stop the services, back up, start exactly what was running.
-    Run(Flags),
+    /// Stop the services, back up, start exactly what was running (--hot: stop nothing; take
+    /// the database dumps and archive everything else, see `backup --hot`).
+    Run(RunFlags),
     /// Last run, result, backup id, archive, and a cron line to paste.
     Status(StatusFlags),
 }
@@ -48,10 +49,21 @@ pub(crate) struct StatusFlags {
     pub max_age: Option<std::time::Duration>,
 }
 
+#[derive(clap::Args, Debug)]
+pub(crate) struct RunFlags {
+    #[command(flatten)]
+    pub flags: Flags,
+    /// Keep the services running: the `[[backup.dumps]]` are the databases' copy and their
+    /// `hot_exclude` datadirs are left out (refused while a running service has neither a
+    /// dump nor a place in `[backup] hot_safe`).
+    #[arg(long)]
+    pub hot: bool,
+}
+
 impl Action {
     pub fn json(&self) -> bool {
         match self {
-            Action::Run(f) => f.json,
+            Action::Run(f) => f.flags.json,
             Action::Status(f) => f.json,
         }
     }
@@ -93,14 +105,23 @@ struct StatusDocument {
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
     match args.action {
-        Action::Run(f) => run_backup(rt, printer, f.json).await,
+        Action::Run(f) => run_backup(rt, printer, f.flags.json, f.hot).await,
         Action::Status(f) => status(rt, printer, f).await,
     }
 }
 
-async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<ExitStatus> {
+async fn run_backup(
+    rt: &Runtime,
+    printer: &Printer,
+    json: bool,
+    hot: bool,
+) -> anyhow::Result<ExitStatus> {
     let (renderer, progress) = Renderer::start(printer);
-    let result = rt.auto_backup(progress.clone()).await;
+    let result = if hot {
+        rt.auto_backup_hot(progress.clone()).await
+    } else {
+        rt.auto_backup(progress.clone()).await
+    };
     let totals = renderer.finish(progress).await;
     let report = result?;
     if let Some(b) = &report.backup {

@@ -20,6 +20,11 @@ pub(crate) struct Args {
     /// faster, higher is smaller (see "Speed" in the README).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: Option<u32>,
+    /// Keep the services running: take the `[[backup.dumps]]` first and archive everything
+    /// except their `hot_exclude` datadirs. Refused (exit 3) while a running persistent
+    /// service has neither a dump nor a place in `[backup] hot_safe`.
+    #[arg(long, conflicts_with = "skip_docker_check")]
+    pub hot: bool,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
@@ -30,6 +35,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                 backup_type: BackupType::Manual,
                 skip_docker_check: args.skip_docker_check,
                 compression_level: args.compression_level,
+                hot: args.hot,
             },
             progress.clone(),
         )

@@ -14,6 +14,7 @@ pub(crate) mod recover;
 pub(crate) mod reindex;
 pub(crate) mod remote;
 pub(crate) mod restore;
+pub(crate) mod restore_dump;
 pub(crate) mod rollback;
 pub(crate) mod upgrade;
 pub(crate) mod verify;
@@ -40,6 +41,7 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::Ls(a) => a.json,
         Command::Diff(a) => a.json,
         Command::Restore(a) => a.json,
+        Command::RestoreDump(a) => a.json,
         Command::Completions(_) | Command::Man => false,
     }
 }

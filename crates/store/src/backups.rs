@@ -137,6 +137,27 @@ impl Store {
         expect_one(changed, Error::BackupNotFound(id))
     }
 
+    /// Records that backup `id` was taken hot (the services running).
+    pub fn mark_hot(&self, id: i64) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("UPDATE backups SET hot = 1 WHERE id = ?1")?;
+        let changed = stmt.execute(params![id])?;
+        expect_one(changed, Error::BackupNotFound(id))
+    }
+
+    /// Whether backup `id` was taken hot; `false` for an unknown id.
+    pub fn is_hot(&self, id: i64) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT hot FROM backups WHERE id = ?1")?;
+        let mut rows = stmt.query(params![id])?;
+        Ok(match rows.next()? {
+            Some(row) => row.get::<_, i64>(0)? != 0,
+            None => false,
+        })
+    }
+
     /// Inserts a whole record (import, reindex from archives); `rec.id` is ignored and the
     /// new id returned.
     pub fn insert_completed_backup(&self, rec: &BackupRecord) -> Result<i64> {

@@ -173,6 +173,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "verified_at",
             "compose_project",
             "legacy",
+            "hot",
         ],
     ),
     ("legacy_manifests", &["backup_id", "manifest"]),

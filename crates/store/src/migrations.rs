@@ -125,4 +125,11 @@ CREATE TABLE legacy_manifests (
 );
 "#,
     ),
+    // 4: hot backups (issue 15): taken while the services ran; the database files named by
+    // each dump's `hot_exclude` are not in the archive, its dumps stand in for them.
+    M::up(
+        r#"
+ALTER TABLE backups ADD COLUMN hot INTEGER NOT NULL DEFAULT 0;
+"#,
+    ),
 ];

@@ -51,6 +51,17 @@ pub(crate) enum DockerMsg {
         CancelFlag,
         Reply<()>,
     ),
+    /// The environment (`KEY=value`) of a container: where a dump finds its credentials.
+    ContainerEnv(String, Reply<Vec<String>>),
+    /// Runs a command in a running container (a dump, or `restore-dump`), streaming its
+    /// stdout to a file or a file to its stdin. Runs on its own task, so a long dump does not
+    /// hold up other requests; ends at once with `Error::Interrupted` when the flag is set.
+    Exec(
+        Box<engine::ExecRequest>,
+        engine::ExecIo,
+        CancelFlag,
+        Reply<engine::ExecOutcome>,
+    ),
     /// `docker compose up -d` for the project (creates containers that do not exist yet).
     ComposeUp {
         compose_file: PathBuf,
@@ -193,6 +204,26 @@ impl Actor for DockerActor {
                 .await;
                 reply(r, result);
             }
+            DockerMsg::ContainerEnv(container, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Err(no_engine()),
+                        Some(engine) => engine.container_env(&container).await,
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::Exec(request, io, cancel, r) => match st.engine().await {
+                Ok(Some(engine)) => {
+                    let engine = engine.clone();
+                    tokio::spawn(async move {
+                        reply(r, engine.exec(&request, io, &cancel).await);
+                    });
+                }
+                Ok(None) => reply(r, Err(no_engine())),
+                Err(e) => reply(r, Err(e)),
+            },
             DockerMsg::ComposeUp {
                 compose_file,
                 env_file,
@@ -205,4 +236,11 @@ impl Actor for DockerActor {
         }
         Ok(())
     }
+}
+
+/// A dump needs the engine: there is no other way into the container.
+fn no_engine() -> crate::error::Error {
+    crate::error::Error::Refused(
+        "no Docker engine socket found on this machine; database dumps run inside the containers through the engine: start it (or set DOCKER_HOST)".into(),
+    )
 }

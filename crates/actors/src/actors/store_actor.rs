@@ -137,6 +137,8 @@ pub(crate) enum StoreMsg {
     FailBackup(i64, String, Reply<()>),
     DeleteBackup(i64, Reply<bool>),
     MarkVerified(i64, DateTime<Utc>, Reply<()>),
+    /// The backup was taken hot (issue 15).
+    MarkHot(i64, Reply<()>),
     BeginOperation(OperationKind, serde_json::Value, Reply<i64>),
     SetOperationPhase(i64, String, Option<serde_json::Value>, Reply<()>),
     FinishOperation(i64, OperationState, Option<String>, Reply<()>),
@@ -304,6 +306,7 @@ impl Actor for StoreActor {
             StoreMsg::MarkVerified(id, at, r) => {
                 reply(r, st.run(move |s| s.mark_verified(id, at)).await)
             }
+            StoreMsg::MarkHot(id, r) => reply(r, st.run(move |s| s.mark_hot(id)).await),
             StoreMsg::BeginOperation(kind, details, r) => {
                 let boot = crate::lock::boot_id();
                 reply(

@@ -24,6 +24,8 @@ fn info() -> ArchiveInfo {
         excluded: vec![],
         images: vec![],
         top_level_bytes: Default::default(),
+        dumps: Vec::new(),
+        hot: false,
     }
 }
 
@@ -66,6 +68,7 @@ fn build_opts(src: &Path, dest: &Path) -> BuildOptions {
         level: 1,
         threads: 2,
         info: info(),
+        dump_files: Vec::new(),
     }
 }
 

@@ -832,6 +832,7 @@ fn write_archive(
     );
     append_raw(&mut tar, &mut h, INFO_PATH.as_bytes(), None).map_err(werr)?;
     write_padded(tar.get_mut(), &info_json).map_err(werr)?;
+    append_dumps(&mut tar, opts, meta_mtime, partial, cancel)?;
 
     // The manifest's JSON is written as the entries are (what `serde_json::to_vec` of a
     // `Manifest` gives, byte for byte) to an unlinked temporary file next to the archive, and
@@ -972,6 +973,64 @@ fn write_archive(
         entries: entry_count,
         source_bytes: bytes_done,
     })
+}
+
+/// The dumps, right after `info.json` (`.nuwax-backup/dumps/` and one file per dump), each
+/// copied exactly and checked against the size and checksum `info.json` already promised.
+fn append_dumps(
+    tar: &mut Tar,
+    opts: &BuildOptions,
+    mtime: i64,
+    partial: &Path,
+    cancel: &CancelFlag,
+) -> Result<()> {
+    if opts.info.dumps.is_empty() {
+        return Ok(());
+    }
+    if opts.info.dumps.len() != opts.dump_files.len() {
+        return Err(Error::Internal(
+            "dump files and records differ in number".into(),
+        ));
+    }
+    let werr = |e: io::Error| Error::io("cannot write archive", partial, e);
+    let mut h = meta_header(tar::EntryType::Directory, 0o755, mtime, 0);
+    let dir = format!("{}/", crate::dumps::DUMPS_DIR);
+    append_raw(tar, &mut h, dir.as_bytes(), None).map_err(werr)?;
+    let mut buf = vec![0u8; READ_BUF];
+    for (record, file) in opts.info.dumps.iter().zip(&opts.dump_files) {
+        let changed = |detail: String| Error::SourceChanged {
+            path: file.clone(),
+            detail,
+        };
+        let mut src = File::open(file).ctx("cannot read dump", file)?;
+        let mut h = meta_header(tar::EntryType::Regular, 0o600, mtime, record.size);
+        append_raw(tar, &mut h, record.archive_path().as_bytes(), None).map_err(werr)?;
+        let sha = match copy_exact(
+            &mut src,
+            record.size,
+            tar.get_mut(),
+            &mut buf,
+            cancel,
+            &mut |_| {},
+        ) {
+            Ok(sha) => sha,
+            Err(CopyFailure::Read(e)) => return Err(Error::io("cannot read dump", file, e)),
+            Err(CopyFailure::Write(e)) => return Err(werr(e)),
+            Err(CopyFailure::Shrank { got }) => {
+                return Err(changed(format!(
+                    "it ended after {got} of {} bytes",
+                    record.size
+                )));
+            }
+            Err(CopyFailure::Grew) => return Err(changed("it grew after the dump".into())),
+            Err(CopyFailure::Cancelled) => return Err(Error::Interrupted),
+        };
+        if sha != record.sha256 {
+            return Err(changed("its checksum changed after the dump".into()));
+        }
+        pad(tar.get_mut(), record.size).map_err(werr)?;
+    }
+    Ok(())
 }
 
 /// Writes `{"info":<info>,"entries":[`: the start of the compact JSON of a [`Manifest`].
@@ -1219,6 +1278,8 @@ mod tests {
             excluded: vec![],
             images: vec![],
             top_level_bytes: [("data".parse().unwrap(), 7u64)].into_iter().collect(),
+            dumps: Vec::new(),
+            hot: false,
         };
         let entry = |i: u64| {
             let (path, path_hex) = encode_bytes(format!("a/\u{e9}{i}").as_bytes());

@@ -38,6 +38,32 @@ pub struct ArchiveInfo {
     /// Bytes of file content per top-level item (what a restore of that item needs).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub top_level_bytes: std::collections::BTreeMap<TopName, u64>,
+    /// Database dumps stored under `.nuwax-backup/dumps/` (right after this file), each with
+    /// its size and checksum: every read of the archive checks them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dumps: Vec<DumpRecord>,
+    /// Taken while the services ran (`backup --hot`): the paths in `excluded` include each
+    /// dump's `hot_exclude` (live datadirs), whose content is in the dumps instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hot: bool,
+}
+
+/// One database dump in the archive (`.nuwax-backup/dumps/SERVICE.sql`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DumpRecord {
+    /// The compose service it was taken from (a checked name: the file name is made of it).
+    pub service: crate::dumps::ServiceName,
+    pub kind: crate::dumps::DumpKind,
+    pub size: u64,
+    /// SHA-256 of the dump, lowercase hex.
+    pub sha256: String,
+}
+
+impl DumpRecord {
+    /// Its path inside the archive.
+    pub fn archive_path(&self) -> String {
+        crate::dumps::archive_path(&self.service)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -100,6 +100,8 @@ impl LegacyName {
             excluded: Vec::new(),
             images: Vec::new(),
             top_level_bytes: Default::default(),
+            dumps: Vec::new(),
+            hot: false,
         }
     }
 }

@@ -42,12 +42,12 @@ use std::sync::atomic::{AtomicI32, Ordering};
 pub use build::build;
 pub use extract::extract;
 pub use format::{
-    ArchiveInfo, EntryKind, FORMAT_VERSION, ImageRecord, META_DIR, Manifest, ManifestEntry,
-    encode_bytes,
+    ArchiveInfo, DumpRecord, EntryKind, FORMAT_VERSION, ImageRecord, META_DIR, Manifest,
+    ManifestEntry, encode_bytes,
 };
 pub use legacy::{LEGACY_ITEMS, LegacyAdoption, LegacyName, adopt_legacy};
 pub use listing::{Listing, list};
-pub use verify::{probe_info, read_info, sha256_file, verify, verify_against};
+pub use verify::{probe_info, read_dump, read_info, sha256_file, verify, verify_against};
 
 /// Set from a signal handler (SIGINT, SIGTERM, SIGHUP); long-running work checks it between
 /// entries, chunks and polls and returns [`crate::error::Error::Interrupted`] after cleaning up.
@@ -137,6 +137,8 @@ pub struct BuildOptions {
     pub threads: usize,
     /// Metadata written into the archive (the caller fixes `created_at`).
     pub info: ArchiveInfo,
+    /// The file of each of `info.dumps`, in that order (finished dumps outside the source).
+    pub dump_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -39,6 +39,8 @@ fn info() -> ArchiveInfo {
         excluded: vec!["logs".parse().unwrap(), "app/cache".parse().unwrap()],
         images: vec![],
         top_level_bytes: Default::default(),
+        dumps: Vec::new(),
+        hot: false,
     }
 }
 
@@ -51,6 +53,8 @@ fn info_as_built(got: &ArchiveInfo) -> ArchiveInfo {
     );
     ArchiveInfo {
         top_level_bytes: got.top_level_bytes.clone(),
+        dumps: got.dumps.clone(),
+        hot: got.hot,
         ..info()
     }
 }
@@ -260,6 +264,7 @@ fn opts(src: &Path, dest: &Path) -> BuildOptions {
         level: 6,
         threads: 3,
         info: info(),
+        dump_files: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -499,6 +500,55 @@ pub fn probe_info(path: &Path) -> Result<Option<ArchiveInfo>> {
         path: path.to_path_buf(),
         detail: format!("{INFO_PATH} is missing (not a nuwax-cli archive?)"),
     })
+}
+
+/// Copies the dump of `service` out of the archive into `out` (a new file), checking it
+/// against the size and checksum in `info.json`; reads no further than the dump (dumps come
+/// right after `info.json`). `Ok(None)` when the archive holds no dump of that service.
+pub fn read_dump(
+    path: &Path,
+    service: &crate::dumps::ServiceName,
+    out: &Path,
+) -> Result<Option<super::DumpRecord>> {
+    let file = File::open(path).ctx("cannot open archive", path)?;
+    let gz = super::pgzip::open_reader(file, 1).ctx("cannot read archive", path)?;
+    let mut archive = tar::Archive::new(gz);
+    let entries = archive
+        .entries()
+        .map_err(|e| stream_error(e, "reading the tar stream").into_error(path))?;
+    let mut meta = Meta::new();
+    let wanted = crate::dumps::archive_path(service);
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| stream_error(e, "reading the tar stream").into_error(path))?;
+        let parsed = parse_entry(&entry).map_err(|r| r.into_error(path))?;
+        if top_level(&parsed.path) != META_DIR.as_bytes() {
+            break;
+        }
+        if parsed.path == wanted.as_bytes() {
+            let mut sink = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(out)
+                .ctx("cannot create dump file", out)?;
+            let record =
+                super::check::check_dump(meta.info.as_ref(), &parsed, &mut entry, &mut sink)
+                    .map_err(|r| r.into_error(path))?;
+            sink.sync_all().ctx("cannot sync dump file", out)?;
+            return Ok(Some(record));
+        }
+        meta.accept(&parsed, &mut entry)
+            .map_err(|r| r.into_error(path))?;
+        if meta
+            .info
+            .as_ref()
+            .is_some_and(|i| i.dumps.iter().all(|d| d.service != *service))
+        {
+            return Ok(None);
+        }
+    }
+    Ok(None)
 }
 
 /// Fails reads once cancelled, so a Ctrl-C in the middle of a large entry ends the scan at

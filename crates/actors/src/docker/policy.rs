@@ -76,6 +76,27 @@ pub fn gate(project: &str, compose: &ComposeProject, containers: &[ContainerInfo
     report
 }
 
+/// The hot-backup gate: the active persistent containers whose service has neither a dump
+/// (`dumped`) nor a place in `hot_safe`: copying their files live could give an inconsistent
+/// copy, so a hot backup is refused while any runs. Sorted by container name.
+pub fn hot_blocking<'a>(
+    compose: &ComposeProject,
+    containers: &'a [ContainerInfo],
+    dumped: &[&str],
+    hot_safe: &[&str],
+) -> Vec<&'a ContainerInfo> {
+    let mut out: Vec<&ContainerInfo> = containers
+        .iter()
+        .filter(|c| is_active(&c.state) && is_persistent(compose, c))
+        .filter(|c| {
+            let service = c.service.as_deref().unwrap_or_default();
+            !dumped.contains(&service) && !hot_safe.contains(&service)
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    out
+}
+
 /// Containers made by compose v1 carry no `com.docker.compose.depends_on` label: take their
 /// dependencies from the compose file instead. Containers that already list dependencies are
 /// left alone (the label describes how they were actually created).
@@ -249,6 +270,25 @@ mod tests {
         ));
         // Service no longer in the compose file: persistent.
         assert!(!is_one_shot(None, &stopped_no));
+    }
+
+    #[test]
+    fn hot_gate_lets_dumped_and_hot_safe_services_run() {
+        let mut compose = ComposeProject {
+            name: "p".into(),
+            ..ComposeProject::default()
+        };
+        compose.services.insert("job".into(), service(Some("no")));
+        let containers = vec![
+            container("p-web-1", Some("web"), "running", "always"),
+            container("p-db-1", Some("db"), "running", "always"),
+            container("p-cache-1", Some("cache"), "running", "always"),
+            container("p-job-1", Some("job"), "running", "no"),
+            container("p-old-1", Some("old"), "exited", "always"),
+        ];
+        let blocking = hot_blocking(&compose, &containers, &["db"], &["cache"]);
+        assert_eq!(names(&blocking), ["p-web-1"]);
+        assert!(hot_blocking(&compose, &containers, &["db", "web"], &["cache"]).is_empty());
     }
 
     #[test]

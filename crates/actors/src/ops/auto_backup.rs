@@ -36,6 +36,17 @@ pub struct AutoBackupReport {
 }
 
 impl AutoBackupReport {
+    /// A hot backup: nothing was stopped.
+    fn hot(entry: BackupEntry) -> Self {
+        AutoBackupReport {
+            backup: Some(entry),
+            backup_error: None,
+            stopped: Vec::new(),
+            restart_error: None,
+            pruned: 0,
+        }
+    }
+
     /// The backup was taken and everything that ran runs again.
     pub fn ok(&self) -> bool {
         self.backup_error.is_none() && self.restart_error.is_none()
@@ -80,9 +91,19 @@ const AUTO_STATUS_KEY: &str = "auto_backup.status";
 
 /// `auto-backup run`: stop what runs, back up (type Auto), start exactly what ran, also
 /// when the backup fails; then record the result and apply `[backup.retention]`.
-pub(crate) async fn auto_backup(ctx: &Ctx, progress: Progress) -> Result<AutoBackupReport> {
+pub(crate) async fn auto_backup(
+    ctx: &Ctx,
+    hot: bool,
+    progress: Progress,
+) -> Result<AutoBackupReport> {
     let started_at = Utc::now();
-    let run = stopped_backup(ctx, BackupType::Auto, progress.clone()).await;
+    let run = if hot {
+        super::dumps::hot_backup(ctx, BackupType::Auto, None, &progress)
+            .await
+            .map(AutoBackupReport::hot)
+    } else {
+        stopped_backup(ctx, BackupType::Auto, progress.clone()).await
+    };
     let (ok, err) = match &run {
         Ok(report) => (report.ok(), report.error_text()),
         Err(e) => (false, e.to_string()),
@@ -127,6 +148,11 @@ pub(crate) async fn stopped_backup(
     // Whatever would make the backup fail for sure is checked before anything is stopped.
     backup::backup_preflight(ctx).await?;
     ctx.cancel.clone().check()?;
+    // The dumps need the databases running: taken before anything is stopped (a failed one
+    // ends the run here, recorded as a failed backup).
+    let dumps =
+        super::dumps::take_for_backup(ctx, kind, &compose, containers.as_deref(), false, &progress)
+            .await?;
     // Journal first: if we die after stopping, the next run starts them again.
     let op = ctx
         .store(|r| {
@@ -159,7 +185,7 @@ pub(crate) async fn stopped_backup(
         // The gate must pass now; it also records the images.
         let images =
             backup::images_after_gate(ctx, &compose, containers.is_some(), &progress).await?;
-        backup::backup_locked(ctx, kind, compose.clone(), images, &progress).await
+        backup::backup_locked_with(ctx, kind, compose.clone(), images, &dumps, &progress).await
     }
     .await;
     match backup_result {

@@ -28,6 +28,8 @@ pub struct BackupRequest {
     pub skip_docker_check: bool,
     /// gzip level 1..=9 for this backup; `None` = config `backup.compression_level`.
     pub compression_level: Option<u32>,
+    /// Keep the services running: dumps plus the files minus `hot_exclude` (`ops/dumps.rs`).
+    pub hot: bool,
 }
 
 /// Journal details of a backup operation.
@@ -87,6 +89,10 @@ pub(crate) async fn backup(
     req: BackupRequest,
     progress: Progress,
 ) -> Result<BackupEntry> {
+    if req.hot {
+        return super::dumps::hot_backup(ctx, req.backup_type, req.compression_level, &progress)
+            .await;
+    }
     let compose = ctx.compose_project()?;
     let images = if req.skip_docker_check {
         progress.notice("warning: --skip-docker-check: not checking that the services are stopped");
@@ -94,12 +100,22 @@ pub(crate) async fn backup(
     } else {
         images_after_gate(ctx, &compose, true, &progress).await?
     };
+    // The gate passed, so the databases are stopped: their dumps are skipped with a notice
+    // (unless --skip-docker-check left them running).
+    let dumps = if ctx.settings.config.backup.dumps.is_empty() {
+        Default::default()
+    } else {
+        let containers = ctx.containers(&compose).await?;
+        let (t, c) = (req.backup_type, containers.as_deref());
+        super::dumps::take_for_backup(ctx, t, &compose, c, false, &progress).await?
+    };
     backup_at_level(
         ctx,
         req.backup_type,
         compose,
         images,
         req.compression_level,
+        &dumps,
         &progress,
     )
     .await
@@ -114,7 +130,60 @@ pub(crate) async fn backup_locked(
     images: Vec<ImageRecord>,
     progress: &Progress,
 ) -> Result<BackupEntry> {
-    backup_at_level(ctx, backup_type, compose, images, None, progress).await
+    let none = super::dumps::Dumps::default();
+    backup_at_level(ctx, backup_type, compose, images, None, &none, progress).await
+}
+
+/// [`backup_locked`] with the dumps taken before the services were stopped.
+pub(crate) async fn backup_locked_with(
+    ctx: &Ctx,
+    backup_type: BackupType,
+    compose: ComposeProject,
+    images: Vec<ImageRecord>,
+    dumps: &super::dumps::Dumps,
+    progress: &Progress,
+) -> Result<BackupEntry> {
+    backup_at_level(ctx, backup_type, compose, images, None, dumps, progress).await
+}
+
+/// A backup that failed before its archive was started (a dump failed): its catalog row,
+/// `failed` with the reason, and its finished journal entry, in one use case.
+pub(crate) async fn record_failed(
+    ctx: &Ctx,
+    backup_type: BackupType,
+    compose: &ComposeProject,
+    message: &str,
+) -> Result<()> {
+    let created_at = Utc::now();
+    let version = ctx.settings.service_version();
+    let dest = unique_archive_path(
+        &ctx.settings.paths.storage_dir,
+        backup_type,
+        &version,
+        created_at,
+    );
+    let journal = BackupJournal {
+        backup_id: None,
+        partial: partial_path(&dest),
+        dest: dest.clone(),
+        stopped: Vec::new(),
+    };
+    let new = NewBackup {
+        file_path: dest,
+        backup_type,
+        service_version: version,
+        created_at,
+        owner_pid: std::process::id(),
+        compose_project: Some(compose.name.clone()),
+    };
+    let details = serde_json::to_value(&journal)
+        .map_err(|e| Error::Internal(format!("cannot encode journal: {e}")))?;
+    let (op, id) = ctx
+        .store(|r| StoreMsg::BeginBackup(new, details, r))
+        .await?;
+    let msg = message.to_owned();
+    ctx.store(|r| StoreMsg::FailBackupOperation(op, id, msg, r))
+        .await
 }
 
 /// The storage dir can be created and written to (refused with exit 3 otherwise).
@@ -172,6 +241,7 @@ pub(crate) async fn backup_at_level(
     compose: ComposeProject,
     images: Vec<ImageRecord>,
     level: Option<u32>,
+    dumps: &super::dumps::Dumps,
     progress: &Progress,
 ) -> Result<BackupEntry> {
     let paths = &ctx.settings.paths;
@@ -204,7 +274,7 @@ pub(crate) async fn backup_at_level(
         .await?;
     crate::faults::point("backup.after_catalog_insert");
     crate::faults::point("backup.after_journal");
-    let opts = BuildOptions {
+    let mut opts = BuildOptions {
         source_dir: paths.compose_dir.clone(),
         dest: dest.clone(),
         exclude: cfg.backup.exclude.rules.clone(),
@@ -223,8 +293,12 @@ pub(crate) async fn backup_at_level(
             images,
             // Filled in by the build from its scan.
             top_level_bytes: Default::default(),
+            dumps: Vec::new(),
+            hot: false,
         },
+        dump_files: dumps.files.clone(),
     };
+    dumps.apply(&mut opts.info, &mut opts.exclude);
     let built = ctx
         .archive(|r| ArchiveMsg::Build(Box::new(opts), progress.clone(), ctx.cancel.clone(), r))
         .await;

@@ -101,7 +101,11 @@ pub(crate) async fn backup(
 
 /// `auto-backup run` under the backup hooks: `pre_backup` before anything is stopped,
 /// `post_backup` once the services run again.
-pub(crate) async fn auto_backup(ctx: &Ctx, progress: Progress) -> Result<AutoBackupReport> {
+pub(crate) async fn auto_backup(
+    ctx: &Ctx,
+    hot: bool,
+    progress: Progress,
+) -> Result<AutoBackupReport> {
     let hooks = &ctx.settings.config.hooks;
     let hooked = Hooked {
         operation: "auto-backup",
@@ -114,7 +118,7 @@ pub(crate) async fn auto_backup(ctx: &Ctx, progress: Progress) -> Result<AutoBac
         ctx,
         hooked,
         &progress,
-        auto_backup::auto_backup(ctx, progress.clone()),
+        auto_backup::auto_backup(ctx, hot, progress.clone()),
         |r| match r {
             Ok(report) => {
                 let (id, archive) = report

@@ -10,6 +10,7 @@
 pub(crate) mod auto_backup;
 pub(crate) mod backup;
 pub(crate) mod hooks;
+pub(crate) mod dumps;
 pub(crate) mod inspect;
 pub(crate) mod maintenance;
 pub(crate) mod recovery;

@@ -428,6 +428,8 @@ pub(crate) async fn rollback_inner(
     ctx.set_phase(op, "committed", journal).await?;
     crate::faults::point("rollback.after_commit");
     journal.plan = None; // committed: failures from here on must not revert
+    // A hot backup's datadirs were never in it: kept live; say how to load its dumps.
+    super::dumps::rollback_notice(&extracted.info, entry.record.id, progress);
     let report = RollbackReport {
         backup: entry.clone(),
         scope: RollbackScope::All,

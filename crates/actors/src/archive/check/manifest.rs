@@ -10,6 +10,7 @@ use super::entry::{Parsed, kind_name, top_level};
 use super::{Refusal, display_bytes, stream_error};
 use crate::archive::format::{INFO_PATH, MANIFEST_PATH};
 use crate::archive::{ArchiveInfo, EntryKind, META_DIR, Manifest, ManifestEntry};
+use crate::dumps::DUMPS_DIR;
 
 /// Largest `info.json` we read into memory.
 const MAX_INFO_BYTES: u64 = 1 << 20;
@@ -116,6 +117,10 @@ impl Meta {
                 self.info = Some(info);
                 self.phase = MetaPhase::InfoSeen;
             }
+            (p, EntryKind::Dir, MetaPhase::InfoSeen) if p == DUMPS_DIR.as_bytes() => {}
+            (p, EntryKind::File, MetaPhase::InfoSeen) if is_dump_path(p) => {
+                check_dump(self.info.as_ref(), e, data, &mut io::sink())?;
+            }
             (p, EntryKind::File, MetaPhase::InfoSeen | MetaPhase::NoInfo)
                 if p == MANIFEST_PATH.as_bytes() =>
             {
@@ -163,6 +168,56 @@ impl Meta {
         }
         Ok((info, manifest))
     }
+}
+
+/// `.nuwax-backup/dumps/<something>`.
+fn is_dump_path(p: &[u8]) -> bool {
+    p.len() > DUMPS_DIR.len() + 1
+        && p.starts_with(DUMPS_DIR.as_bytes())
+        && p[DUMPS_DIR.len()] == b'/'
+}
+
+/// Reads a dump entry into `out` while hashing it, and checks it is one `info.json` lists,
+/// with the size and checksum recorded there.
+pub(in crate::archive) fn check_dump(
+    info: Option<&ArchiveInfo>,
+    e: &Parsed,
+    data: &mut dyn Read,
+    out: &mut dyn io::Write,
+) -> Result<crate::archive::DumpRecord, Refusal> {
+    let shown = display_bytes(&e.path);
+    let record = info
+        .and_then(|i| {
+            i.dumps
+                .iter()
+                .find(|d| d.archive_path().as_bytes() == e.path.as_slice())
+        })
+        .ok_or_else(|| Refusal::Corrupt(format!("dump {shown:?} is not listed in {INFO_PATH}")))?;
+    if e.size != record.size {
+        return Err(Refusal::Corrupt(format!(
+            "dump {shown:?} has {} bytes, {INFO_PATH} says {}",
+            e.size, record.size
+        )));
+    }
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(stream_error(err, "reading a dump")),
+        };
+        sha2::Digest::update(&mut hasher, &buf[..n]);
+        out.write_all(&buf[..n]).map_err(Refusal::Io)?;
+    }
+    let sha = hex::encode(sha2::Digest::finalize(hasher));
+    if sha != record.sha256 {
+        return Err(Refusal::Corrupt(format!(
+            "dump {shown:?} does not match its checksum in {INFO_PATH}"
+        )));
+    }
+    Ok(record.clone())
 }
 
 /// The numbers of `info.json` that code adds up: `top_level_bytes` is summed by the rollback's
@@ -435,6 +490,8 @@ mod tests {
             excluded: vec![],
             images: vec![],
             top_level_bytes: Default::default(),
+            dumps: Vec::new(),
+            hot: false,
         }
     }
 

@@ -30,7 +30,7 @@ pub(super) use digest::{EntryDigest, ShaSum};
 pub(super) use entry::{
     CopyError, Parsed, PathSet, Tracker, check_trailing, copy_entry_data, parse_entry, top_level,
 };
-pub(super) use manifest::{Meta, compare_manifest};
+pub(super) use manifest::{Meta, check_dump, compare_manifest};
 pub(super) use progress::ProgressMap;
 
 /// Why an entry (or the archive) is refused.

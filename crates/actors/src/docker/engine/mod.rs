@@ -14,6 +14,7 @@
 
 mod compose_cli;
 mod endpoint;
+mod exec;
 mod health;
 mod lifecycle;
 
@@ -22,6 +23,7 @@ pub use compose_cli::COMPOSE_UP_TIMEOUT;
 pub use compose_cli::compose_up;
 #[cfg(any(test, feature = "test-support"))]
 pub use endpoint::DEFAULT_SOCKET;
+pub use exec::{ExecIo, ExecOutcome, ExecRequest};
 #[cfg(any(test, feature = "test-support"))]
 pub use health::DEPENDENCY_TIMEOUT;
 
