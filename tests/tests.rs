@@ -12,6 +12,7 @@ mod util;
 mod backup;
 mod delete;
 mod demo;
+mod drill;
 mod excludes;
 mod faults;
 mod gate;

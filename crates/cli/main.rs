@@ -155,6 +155,9 @@ enum Command {
     /// Copy chosen files or directories out of a backup into a separate directory (--to DIR);
     /// never into live data.
     Restore(commands::restore::Args),
+    /// Restore drill: bring a backup up beside the live stack (own project, no ports, internal
+    /// networks), wait for health, run [[drill.checks]], remove it. The live stack is untouched.
+    Drill(commands::drill::Args),
     /// Print a shell completion script on stdout (bash, zsh, fish...).
     Completions(commands::completions::Args),
     /// Print the man page (roff) on stdout: `nuwax-cli man > nuwax-cli.1`.
@@ -177,6 +180,8 @@ impl Command {
                 matches!(a.action, commands::auto_backup::Action::Run(_))
             }
             Command::Upgrade(_) | Command::Reindex(_) | Command::Import(_) => true,
+            // Journaled (a killed drill is cleaned up by the next command) and recorded.
+            Command::Drill(_) => true,
             Command::Prune(a) => !a.dry_run,
             Command::Recover(a) => a.resolves(),
             Command::Remote(a) => a.action.mutating(),
@@ -368,6 +373,7 @@ async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Re
         Command::Ls(args) => commands::ls::run(args, &rt, printer).await,
         Command::Diff(args) => commands::diff::run(args, &rt, printer).await,
         Command::Restore(args) => commands::restore::run(args, &rt, printer).await,
+        Command::Drill(args) => commands::drill::run(args, &rt, printer).await,
         Command::Completions(_) | Command::Man => unreachable!("handled before the runtime"),
     };
     rt.shutdown().await;

@@ -117,6 +117,9 @@ pub enum Error {
     /// The message says exactly what state things are in.
     #[error("{0}")]
     UpgradeRollbackFailed(String),
+    /// A restore drill ran and the backup did not come up (the message names the service).
+    #[error("{0}")]
+    DrillFailed(String),
 }
 
 impl Error {
@@ -185,6 +188,7 @@ impl Error {
             Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => "disk_full",
             Error::Io { .. } => "io",
             Error::Internal(_) => "internal",
+            Error::DrillFailed(_) => "drill_failed",
             _ => self.kind().code(),
         }
     }

@@ -13,6 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::lock::OperationLock;
 use crate::ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 use crate::ops::backup::BackupRequest;
+use crate::ops::drill::{DrillReport, DrillRequest};
 use crate::ops::inspect::{
     DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest, RollbackPlan,
 };
@@ -236,8 +237,14 @@ impl Runtime {
         ops::services::start_services(&self.ctx, progress).await
     }
 
-    pub async fn auto_backup(&self, progress: Progress) -> Result<AutoBackupReport> {
-        ops::auto_backup::auto_backup(&self.ctx, progress).await
+    /// `drill`: also drill the new backup (`auto-backup run --drill`).
+    pub async fn auto_backup(&self, progress: Progress, drill: bool) -> Result<AutoBackupReport> {
+        ops::auto_backup::auto_backup(&self.ctx, progress, drill).await
+    }
+
+    /// A restore drill: the backup brought up beside the live stack, checked, removed.
+    pub async fn drill(&self, req: DrillRequest, progress: Progress) -> Result<DrillReport> {
+        ops::drill::drill(&self.ctx, req, progress).await
     }
 
     pub async fn auto_backup_status(&self) -> Result<AutoBackupStatus> {

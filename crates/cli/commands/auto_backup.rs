@@ -24,7 +24,7 @@ pub(crate) struct Args {
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum Action {
     /// Stop the services, back up, start exactly what was running.
-    Run(Flags),
+    Run(RunFlags),
     /// Last run, result, backup id, archive, and a cron line to paste.
     Status(Flags),
 }
@@ -36,10 +36,22 @@ pub(crate) struct Flags {
     pub json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub(crate) struct RunFlags {
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Then drill the new backup (after the services run again): bring it up beside the live
+    /// stack, wait for health, run the [[drill.checks]]. A failed drill fails the run (exit 1).
+    #[arg(long)]
+    pub drill: bool,
+}
+
 impl Action {
     pub fn json(&self) -> bool {
         match self {
-            Action::Run(f) | Action::Status(f) => f.json,
+            Action::Run(f) => f.json,
+            Action::Status(f) => f.json,
         }
     }
 }
@@ -52,6 +64,9 @@ struct RunDocument {
     stopped: Vec<String>,
     backup_error: Option<String>,
     restart_error: Option<String>,
+    /// With `--drill`: the drill of the new backup (as `drill --json` prints it); null
+    /// without `--drill` or when no backup was made.
+    drill: Option<crate::output::DrillJson>,
 }
 
 /// `auto-backup status --json`.
@@ -70,14 +85,19 @@ struct StatusDocument {
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
     match args.action {
-        Action::Run(f) => run_backup(rt, printer, f.json).await,
+        Action::Run(f) => run_backup(rt, printer, f.json, f.drill).await,
         Action::Status(f) => status(rt, printer, f.json).await,
     }
 }
 
-async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Result<ExitStatus> {
+async fn run_backup(
+    rt: &Runtime,
+    printer: &Printer,
+    json: bool,
+    drill: bool,
+) -> anyhow::Result<ExitStatus> {
     let (renderer, progress) = Renderer::start(printer);
-    let result = rt.auto_backup(progress.clone()).await;
+    let result = rt.auto_backup(progress.clone(), drill).await;
     let totals = renderer.finish(progress).await;
     let report = result?;
     if let Some(b) = &report.backup {
@@ -107,6 +127,11 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
             rt.settings().paths.work_dir.display()
         ));
     }
+    if let Some(d) = &report.drill {
+        super::drill::print_outcome(printer, d);
+    } else if let Some(e) = &report.drill_error {
+        printer.error(&format!("drill of the new backup could not run: {e}"));
+    }
     let push_error = match (&report.backup, report.ok()) {
         (Some(b), true) => super::remote::after_backup(rt, printer, b.record.id).await,
         _ => None,
@@ -126,6 +151,7 @@ async fn run_backup(rt: &Runtime, printer: &Printer, json: bool) -> anyhow::Resu
                 stopped: report.stopped.clone(),
                 backup_error: report.backup_error.as_ref().map(ToString::to_string),
                 restart_error: report.restart_error.as_ref().map(ToString::to_string),
+                drill: report.drill.as_ref().map(crate::output::DrillJson::from),
             },
             failure.as_ref(),
         );

@@ -6,6 +6,7 @@ pub(crate) mod completions;
 pub(crate) mod delete;
 pub(crate) mod diff;
 pub(crate) mod docker_service;
+pub(crate) mod drill;
 pub(crate) mod dry_run;
 pub(crate) mod list;
 pub(crate) mod ls;
@@ -40,6 +41,7 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::Ls(a) => a.json,
         Command::Diff(a) => a.json,
         Command::Restore(a) => a.json,
+        Command::Drill(a) => a.json,
         Command::Completions(_) | Command::Man => false,
     }
 }

@@ -51,6 +51,18 @@ pub(crate) enum DockerMsg {
         CancelFlag,
         Reply<()>,
     ),
+    /// Runs a command in a container through the exec API (a drill's checks).
+    Exec {
+        container: String,
+        command: Vec<String>,
+        timeout: Duration,
+        reply: Reply<engine::ExecOutput>,
+    },
+    /// The last lines a container printed; `None` when there is nothing (or no engine).
+    LogTail(String, usize, Reply<Option<String>>),
+    /// Removes the containers, networks and volumes labelled with exactly this compose
+    /// project (a drill's own project, never the live one); returns what was removed.
+    RemoveProject(String, Reply<Vec<String>>),
     /// `docker compose up -d` for the project (creates containers that do not exist yet).
     ComposeUp {
         compose_file: PathBuf,
@@ -188,6 +200,43 @@ impl Actor for DockerActor {
                                 )
                                 .await
                         }
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::Exec {
+                container,
+                command,
+                timeout,
+                reply: r,
+            } => {
+                let result = async {
+                    let engine = st.engine().await?.ok_or_else(|| {
+                        crate::error::Error::Refused(
+                            "no Docker engine socket found on this machine (set DOCKER_HOST if it listens elsewhere)".into(),
+                        )
+                    })?;
+                    engine.exec(&container, &command, timeout).await
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::LogTail(id, lines, r) => {
+                let result = async {
+                    Ok(match st.engine().await? {
+                        None => None,
+                        Some(engine) => engine.log_tail(&id, lines).await,
+                    })
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::RemoveProject(project, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(Vec::new()),
+                        Some(engine) => engine.remove_project(&project).await,
                     }
                 }
                 .await;

@@ -13,6 +13,7 @@
 //! when the containers themselves are gone. This file holds the client and what they share.
 
 mod compose_cli;
+mod drill;
 mod endpoint;
 mod health;
 mod lifecycle;
@@ -20,6 +21,7 @@ mod lifecycle;
 #[cfg(any(test, feature = "test-support"))]
 pub use compose_cli::COMPOSE_UP_TIMEOUT;
 pub use compose_cli::compose_up;
+pub use drill::ExecOutput;
 #[cfg(any(test, feature = "test-support"))]
 pub use endpoint::DEFAULT_SOCKET;
 #[cfg(any(test, feature = "test-support"))]
