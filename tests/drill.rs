@@ -153,13 +153,19 @@ fn a_good_backup_drills_green_beside_the_running_live_stack_and_a_failing_check_
     assert_eq!(drill["checks"][0]["passed"], true, "{doc}");
     assert_eq!(drill["checks"][0]["exit_code"], 0, "{doc}");
     assert!(
-        drill["notes"].to_string().contains("container_name dropped"),
+        drill["notes"]
+            .to_string()
+            .contains("container_name dropped"),
         "{doc}"
     );
     assert_drill_gone(&env, &project);
     // The live stack: the same containers, still running, never restarted; its files as
     // they were.
-    assert_eq!(live_state(&env), before, "the drill touched the live containers");
+    assert_eq!(
+        live_state(&env),
+        before,
+        "the drill touched the live containers"
+    );
     assert_same_tree("live compose dir after the drill", &tree, &live_tree(&env));
 
     let row = env.row(backup.id);
@@ -188,7 +194,11 @@ fn a_good_backup_drills_green_beside_the_running_live_stack_and_a_failing_check_
         "{doc}"
     );
     assert_drill_gone(&env, &project);
-    assert_eq!(live_state(&env), before, "the red drill touched the live containers");
+    assert_eq!(
+        live_state(&env),
+        before,
+        "the red drill touched the live containers"
+    );
     assert_eq!(env.row(backup.id).drill_status.as_deref(), Some("failed"));
 }
 
@@ -208,7 +218,11 @@ fn a_backup_whose_service_exits_on_start_drills_red_naming_it_while_live_keeps_r
     out.assert_stderr_has("service db");
     out.assert_stderr_has("data damaged");
     assert_drill_gone(&env, &format!("{}-drill-{}", env.project, damaged.id));
-    assert_eq!(live_state(&env), before, "the drill touched the live containers");
+    assert_eq!(
+        live_state(&env),
+        before,
+        "the drill touched the live containers"
+    );
     assert_same_tree("live compose dir after the drill", &tree, &live_tree(&env));
     let row = env.row(damaged.id);
     assert_eq!(row.drill_status.as_deref(), Some("failed"), "{row:?}");
@@ -222,7 +236,10 @@ fn a_backup_whose_service_exits_on_start_drills_red_naming_it_while_live_keeps_r
     let id = doc["backup"]["id"].as_i64().unwrap();
     assert_eq!(doc["drill"]["backup_id"], id, "{out}");
     for (_, state, _) in live_state(&env) {
-        assert_eq!(state, "running", "auto-backup must start the live stack again");
+        assert_eq!(
+            state, "running",
+            "auto-backup must start the live stack again"
+        );
     }
     assert_eq!(env.row(id).drill_status.as_deref(), Some("passed"));
 }
@@ -256,7 +273,10 @@ fn a_writable_bind_mount_outside_the_compose_dir_is_refused_and_nothing_is_left(
     fs::create_dir_all(&outside).unwrap();
     let yaml = compose_yaml(&env.project).replace(
         "      - ./data:/data\n",
-        &format!("      - ./data:/data\n      - {}:/host\n", outside.display()),
+        &format!(
+            "      - ./data:/data\n      - {}:/host\n",
+            outside.display()
+        ),
     );
     fs::write(env.path("docker-compose.yml"), yaml).unwrap();
     let backup = env.backup();

@@ -38,12 +38,12 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
+pub use drills::DrillFinish;
 pub use error::{Error, Result};
 pub use model::{
     BackupCompletion, BackupRecord, BackupStatus, BackupType, DrillOutcome, DrillRecord, NewBackup,
     Operation, OperationKind, OperationState, UpgradeOutcome, UpgradeRecord,
 };
-pub use drills::DrillFinish;
 pub use remote::{RemoteCopyRecord, RemoteUpload};
 
 use migrations::MIGRATIONS;

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use nuwax_store::{
-    BackupCompletion, BackupRecord, DrillFinish, DrillRecord, NewBackup, Operation, OperationKind, OperationState,
-    RemoteCopyRecord, RemoteUpload, Store, UpgradeOutcome, UpgradeRecord,
+    BackupCompletion, BackupRecord, DrillFinish, DrillRecord, NewBackup, Operation, OperationKind,
+    OperationState, RemoteCopyRecord, RemoteUpload, Store, UpgradeOutcome, UpgradeRecord,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 

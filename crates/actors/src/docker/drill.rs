@@ -452,7 +452,10 @@ mod tests {
             Some("/srv/app/backups/.nuwax-drill-7/staged/conf")
         );
         assert_eq!(v.len(), 5, "the read-only host mount is dropped: {v:?}");
-        assert!(notes.iter().any(|n| n.contains("/etc/localtime")), "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("/etc/localtime")),
+            "{notes:?}"
+        );
     }
 
     #[test]
@@ -475,7 +478,8 @@ mod tests {
 
     #[test]
     fn a_fixed_volume_name_is_dropped() {
-        let (doc, _) = run("services:\n  db:\n    image: x\nvolumes:\n  v:\n    name: live_v\n").unwrap();
+        let (doc, _) =
+            run("services:\n  db:\n    image: x\nvolumes:\n  v:\n    name: live_v\n").unwrap();
         assert!(doc["volumes"]["v"].get("name").is_none());
     }
 }

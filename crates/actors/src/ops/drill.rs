@@ -369,8 +369,7 @@ impl DrillRun<'_> {
             notes,
             compose_file,
         };
-        match services::wait_healthy_for(ctx, &drilled, Vec::new(), timeout, self.progress).await
-        {
+        match services::wait_healthy_for(ctx, &drilled, Vec::new(), timeout, self.progress).await {
             Ok(()) => {}
             Err(Error::Interrupted) => return Err(Error::Interrupted),
             Err(e @ (Error::Docker(_) | Error::Refused(_))) => {
@@ -472,10 +471,8 @@ impl DrillRun<'_> {
             ));
             return Ok(result);
         };
-        self.progress.notice(format!(
-            "drill check in service {}: {shown}",
-            check.service
-        ));
+        self.progress
+            .notice(format!("drill check in service {}: {shown}", check.service));
         let (id, command) = (container.id.clone(), check.command.clone());
         let timeout = Duration::from_secs(check.timeout);
         match self
@@ -648,9 +645,8 @@ fn tail(s: &str, max: usize) -> String {
 /// Start-up recovery of a drill whose process died: its project and scratch dir go, its
 /// row says `interrupted`. Only a project named like a drill, not the live one, is removed.
 pub(crate) async fn recover_drill(ctx: &Ctx, op: &Operation) -> Result<String> {
-    let j: DrillJournal = serde_json::from_value(op.details.clone()).map_err(|e| {
-        Error::Internal(format!("unreadable journal of operation {}: {e}", op.id))
-    })?;
+    let j: DrillJournal = serde_json::from_value(op.details.clone())
+        .map_err(|e| Error::Internal(format!("unreadable journal of operation {}: {e}", op.id)))?;
     let live = ctx.project_name();
     if !j.project.contains("-drill-")
         || j.project == live
@@ -677,10 +673,8 @@ pub(crate) async fn recover_drill(ctx: &Ctx, op: &Operation) -> Result<String> {
             let finish = DrillFinish {
                 outcome: DrillOutcome::Interrupted,
                 finished_at: Utc::now(),
-                duration_ms: u64::try_from(
-                    (Utc::now() - op.started_at).num_milliseconds().max(0),
-                )
-                .unwrap_or(0),
+                duration_ms: u64::try_from((Utc::now() - op.started_at).num_milliseconds().max(0))
+                    .unwrap_or(0),
                 failed_service: None,
                 log_tail: None,
                 error: Some(format!(

@@ -49,7 +49,9 @@ impl Engine {
         let run = async {
             let mut output = String::new();
             match self.docker.start_exec(&created.id, None).await {
-                Ok(StartExecResults::Attached { output: mut stream, .. }) => {
+                Ok(StartExecResults::Attached {
+                    output: mut stream, ..
+                }) => {
                     while let Some(chunk) = stream.next().await {
                         let chunk = chunk.map_err(|e| {
                             Error::Docker(format!("exec `{shown}` in container {id}: {e}"))
