@@ -267,6 +267,35 @@ fn a_killed_drill_is_cleaned_up_by_the_next_command() {
 }
 
 #[test]
+fn sigterm_during_a_drill_removes_it_before_the_exit() {
+    use crate::signals::{finish, send, spawn, wait_until};
+    use std::time::Duration;
+    let (env, _sweep) = stack_env();
+    let backup = env.backup();
+    let project = format!("{}-drill-{}", env.project, backup.id);
+    let args = ["drill", "--timeout", "60s"];
+    let child = spawn(
+        &env,
+        &args,
+        &[
+            ("NUWAX_TEST_PAUSE_AT", "drill.after_up"),
+            ("NUWAX_TEST_PAUSE_SECS", "10"),
+        ],
+    );
+    wait_until(
+        "the drill's containers exist",
+        Duration::from_secs(120),
+        || !project_containers(&project, None).is_empty(),
+    );
+    send(&child, libc::SIGTERM);
+    let out = finish(child, &args, Duration::from_secs(120));
+    out.assert_code(143);
+    assert_drill_gone(&env, &project);
+    let row = env.row(backup.id);
+    assert_eq!(row.drill_status.as_deref(), Some("interrupted"), "{row:?}");
+}
+
+#[test]
 fn a_writable_bind_mount_outside_the_compose_dir_is_refused_and_nothing_is_left() {
     let (env, _sweep) = stack_env();
     let outside = env.root.join("host-data");

@@ -27,7 +27,7 @@ const SIGNALS: [(i32, i32, &str); 3] = [
 ];
 
 /// Starts `nuwax-cli -C <work> <args>` in the background with `envs`.
-fn spawn(env: &TestEnv, args: &[&str], envs: &[(&str, &str)]) -> Child {
+pub(crate) fn spawn(env: &TestEnv, args: &[&str], envs: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(BIN);
     cmd.arg("-C")
         .arg(&env.work)
@@ -50,14 +50,14 @@ fn spawn(env: &TestEnv, args: &[&str], envs: &[(&str, &str)]) -> Child {
 }
 
 #[allow(unsafe_code)]
-fn send(child: &Child, signal: i32) {
+pub(crate) fn send(child: &Child, signal: i32) {
     // SAFETY: kill(2) on a child's pid with a valid signal number.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     assert_eq!(rc, 0, "kill({}, {signal})", child.id());
 }
 
 /// Waits for the child (at most `limit`) and collects its output.
-fn finish(mut child: Child, args: &[&str], limit: Duration) -> Output {
+pub(crate) fn finish(mut child: Child, args: &[&str], limit: Duration) -> Output {
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_t = std::thread::spawn(move || {
@@ -96,7 +96,7 @@ fn finish(mut child: Child, args: &[&str], limit: Duration) -> Output {
 }
 
 #[track_caller]
-fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
