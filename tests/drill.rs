@@ -267,6 +267,37 @@ fn a_killed_drill_is_cleaned_up_by_the_next_command() {
 }
 
 #[test]
+fn a_kept_drill_stays_up_says_how_to_remove_it_and_blocks_a_second_drill_of_that_backup() {
+    let (env, _sweep) = stack_env();
+    let backup = env.backup();
+    let project = format!("{}-drill-{}", env.project, backup.id);
+    let doc = drill_json(&env, &["--keep"], exit::OK);
+    let kept = &doc["drill"]["kept"];
+    assert!(
+        kept["remove_with"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&project),
+        "{doc}"
+    );
+    let work_dir = kept["work_dir"].as_str().unwrap().to_string();
+    assert!(Path::new(&work_dir).is_dir(), "{doc}");
+    let ids = project_containers(&project, None);
+    assert_eq!(ids.len(), 2, "both services stay up: {ids:?}");
+    for id in &ids {
+        assert_eq!(inspect(id, "{{.State.Status}}"), "running");
+    }
+    // Not an interrupted operation: the next command leaves it alone.
+    env.run(&["list-backups"]).assert_ok();
+    assert_eq!(project_containers(&project, None).len(), 2);
+    // A second drill of the same backup would collide with it: refused, naming it.
+    let out = env.run(&["drill", &backup.id.to_string()]);
+    out.assert_code(exit::REFUSED);
+    out.assert_stderr_has(&project);
+    fs::remove_dir_all(&work_dir).unwrap();
+}
+
+#[test]
 fn sigterm_during_a_drill_removes_it_before_the_exit() {
     use crate::signals::{finish, send, spawn, wait_until};
     use std::time::Duration;
