@@ -14,6 +14,7 @@ mod backup;
 mod delete;
 mod demo;
 mod dumps;
+mod drill;
 mod excludes;
 mod faults;
 mod gate;

@@ -158,6 +158,9 @@ enum Command {
     /// Load a backup's database dump into the running service (exec stdin):
     /// restore-dump ID --service NAME.
     RestoreDump(commands::restore_dump::Args),
+    /// Restore drill: bring a backup up beside the live stack (own project, no ports, internal
+    /// networks), wait for health, run [[drill.checks]], remove it. The live stack is untouched.
+    Drill(commands::drill::Args),
     /// Print a shell completion script on stdout (bash, zsh, fish...).
     Completions(commands::completions::Args),
     /// Print the man page (roff) on stdout: `nuwax-cli man > nuwax-cli.1`.
@@ -180,6 +183,8 @@ impl Command {
                 matches!(a.action, commands::auto_backup::Action::Run(_))
             }
             Command::Upgrade(_) | Command::Reindex(_) | Command::Import(_) => true,
+            // Journaled (a killed drill is cleaned up by the next command) and recorded.
+            Command::Drill(_) => true,
             Command::Prune(a) => !a.dry_run,
             Command::Recover(a) => a.resolves(),
             Command::Remote(a) => a.action.mutating(),
@@ -372,6 +377,7 @@ async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Re
         Command::Diff(args) => commands::diff::run(args, &rt, printer).await,
         Command::Restore(args) => commands::restore::run(args, &rt, printer).await,
         Command::RestoreDump(args) => commands::restore_dump::run(args, &rt, printer).await,
+        Command::Drill(args) => commands::drill::run(args, &rt, printer).await,
         Command::Completions(_) | Command::Man => unreachable!("handled before the runtime"),
     };
     rt.shutdown().await;

@@ -26,6 +26,10 @@ pub struct BackupRow {
     pub verified_at: Option<String>,
     /// Made by the original nuwax-cli (adopted by `import`/`reindex`).
     pub legacy: bool,
+    /// When the newest restore drill ended, if ever.
+    pub drilled_at: Option<String>,
+    /// `passed`, `failed`, `interrupted`, `running`, or null.
+    pub drill_status: Option<String>,
 }
 
 /// Every key of a row; `Option` fields must be present (as `null`), not left out.
@@ -43,6 +47,8 @@ pub const ROW_KEYS: &[&str] = &[
     "error",
     "verified_at",
     "legacy",
+    "drilled_at",
+    "drill_status",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

@@ -19,6 +19,8 @@ pub struct Config {
     pub docker: DockerConfig,
     pub backup: BackupConfig,
     pub upgrade: UpgradeConfig,
+    /// Restore drills (`[drill]`, see `ops/drill.rs`).
+    pub drill: DrillConfig,
     /// Offsite copies (`[remote]`, see `remote.rs`).
     pub remote: Option<crate::remote::RemoteConfig>,
     /// Host commands around backups and rollbacks (`[hooks]`, see `hook.rs`).
@@ -112,6 +114,40 @@ impl Default for UpgradeConfig {
             health_timeout: 300,
         }
     }
+}
+
+/// `[drill]`: how long a drill waits for the services, and the checks it runs in them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrillConfig {
+    /// Seconds to wait for the drilled services to be running and healthy; default
+    /// `[upgrade] health_timeout`.
+    pub timeout: Option<u64>,
+    /// `[[drill.checks]]`, run in order once every service is up.
+    pub checks: Vec<DrillCheck>,
+}
+
+/// One `[[drill.checks]]`: a command run through the engine's exec API in the drilled
+/// container of `service`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillCheck {
+    pub service: String,
+    /// The argv, not a shell line (`["sh", "-c", "..."]` for one).
+    pub command: Vec<String>,
+    /// Exit status that passes (default 0).
+    #[serde(default)]
+    pub expect_status: i64,
+    /// Text the output (stdout and stderr) must contain.
+    #[serde(default)]
+    pub expect_output: Option<String>,
+    /// Seconds the command may run (default 60).
+    #[serde(default = "default_check_timeout")]
+    pub timeout: u64,
+}
+
+fn default_check_timeout() -> u64 {
+    60
 }
 
 /// Absolute paths derived from the working dir and the config.
@@ -251,6 +287,14 @@ impl Config {
             return Err(bad(p));
         }
         crate::dumps::validate(&self.backup.dumps).map_err(bad)?;
+        for (i, check) in self.drill.checks.iter().enumerate() {
+            if check.service.trim().is_empty() || check.command.is_empty() {
+                return Err(bad(format!(
+                    "[[drill.checks]] number {} needs a `service` and a non-empty `command` list",
+                    i + 1
+                )));
+            }
+        }
         Ok(())
     }
 }

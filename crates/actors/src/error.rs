@@ -124,6 +124,9 @@ pub enum Error {
     /// A database dump (or `restore-dump`) failed inside the service's container (exit 1).
     #[error("{0}")]
     DumpFailed(String),
+    /// A restore drill ran and the backup did not come up (the message names the service).
+    #[error("{0}")]
+    DrillFailed(String),
 }
 
 impl Error {
@@ -194,6 +197,7 @@ impl Error {
             Error::Internal(_) => "internal",
             Error::Hook(_) => "hook_failed",
             Error::DumpFailed(_) => "dump_failed",
+            Error::DrillFailed(_) => "drill_failed",
             _ => self.kind().code(),
         }
     }

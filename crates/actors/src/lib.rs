@@ -43,11 +43,12 @@ pub use config::Settings;
 pub use docker::ContainerInfo;
 pub use docker::GateEntry;
 pub use error::{Error, ErrorKind, Result};
-pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
+pub use nuwax_store::{BackupRecord, BackupStatus, BackupType, DrillOutcome, DrillRecord};
 pub use ops::BackupEntry;
 pub use ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 pub use ops::backup::BackupRequest;
 pub use ops::dumps::RestoreDumpReport;
+pub use ops::drill::{CheckResult, DrillReport, DrillRequest, KeptDrill};
 pub use ops::inspect::{
     ArchiveEntry, DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest,
     RollbackPlan,

@@ -14,6 +14,7 @@ use crate::lock::OperationLock;
 use crate::ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 use crate::ops::backup::BackupRequest;
 use crate::ops::dumps::RestoreDumpReport;
+use crate::ops::drill::{DrillReport, DrillRequest};
 use crate::ops::inspect::{
     DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest, RollbackPlan,
 };
@@ -237,13 +238,18 @@ impl Runtime {
         ops::services::start_services(&self.ctx, progress).await
     }
 
-    pub async fn auto_backup(&self, progress: Progress) -> Result<AutoBackupReport> {
-        ops::hooks::auto_backup(&self.ctx, false, progress).await
+    /// `drill`: also drill the new backup (`auto-backup run --drill`).
+    pub async fn auto_backup(&self, progress: Progress, drill: bool) -> Result<AutoBackupReport> {
+        ops::hooks::auto_backup(&self.ctx, false, drill, progress).await
     }
 
     /// `auto-backup run --hot`: dumps and a hot backup, nothing stopped.
-    pub async fn auto_backup_hot(&self, progress: Progress) -> Result<AutoBackupReport> {
-        ops::hooks::auto_backup(&self.ctx, true, progress).await
+    pub async fn auto_backup_hot(
+        &self,
+        progress: Progress,
+        drill: bool,
+    ) -> Result<AutoBackupReport> {
+        ops::hooks::auto_backup(&self.ctx, true, drill, progress).await
     }
 
     /// `restore-dump ID --service NAME`.
@@ -254,6 +260,11 @@ impl Runtime {
         progress: Progress,
     ) -> Result<RestoreDumpReport> {
         ops::dumps::restore_dump(&self.ctx, id, service, &progress).await
+    }
+
+    /// A restore drill: the backup brought up beside the live stack, checked, removed.
+    pub async fn drill(&self, req: DrillRequest, progress: Progress) -> Result<DrillReport> {
+        ops::drill::drill(&self.ctx, req, progress).await
     }
 
     pub async fn auto_backup_status(&self) -> Result<AutoBackupStatus> {

@@ -24,7 +24,8 @@ pub(crate) struct Args {
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum Action {
     /// Stop the services, back up, start exactly what was running (--hot: stop nothing; take
-    /// the database dumps and archive everything else, see `backup --hot`).
+    /// the database dumps and archive everything else, see `backup --hot`; --drill: then drill
+    /// the new backup).
     Run(RunFlags),
     /// Last run, result, backup id, archive, and a cron line to paste.
     Status(StatusFlags),
@@ -58,6 +59,10 @@ pub(crate) struct RunFlags {
     /// dump nor a place in `[backup] hot_safe`).
     #[arg(long)]
     pub hot: bool,
+    /// Then drill the new backup (after the services run again): bring it up beside the live
+    /// stack, wait for health, run the [[drill.checks]]. A failed drill fails the run (exit 1).
+    #[arg(long)]
+    pub drill: bool,
 }
 
 impl Action {
@@ -77,6 +82,9 @@ struct RunDocument {
     stopped: Vec<String>,
     backup_error: Option<String>,
     restart_error: Option<String>,
+    /// With `--drill`: the drill of the new backup (as `drill --json` prints it); null
+    /// without `--drill` or when no backup was made.
+    drill: Option<crate::output::DrillJson>,
 }
 
 /// `auto-backup status --json`.
@@ -105,7 +113,7 @@ struct StatusDocument {
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
     match args.action {
-        Action::Run(f) => run_backup(rt, printer, f.flags.json, f.hot).await,
+        Action::Run(f) => run_backup(rt, printer, f.flags.json, f.hot, f.drill).await,
         Action::Status(f) => status(rt, printer, f).await,
     }
 }
@@ -115,12 +123,13 @@ async fn run_backup(
     printer: &Printer,
     json: bool,
     hot: bool,
+    drill: bool,
 ) -> anyhow::Result<ExitStatus> {
     let (renderer, progress) = Renderer::start(printer);
     let result = if hot {
-        rt.auto_backup_hot(progress.clone()).await
+        rt.auto_backup_hot(progress.clone(), drill).await
     } else {
-        rt.auto_backup(progress.clone()).await
+        rt.auto_backup(progress.clone(), drill).await
     };
     let totals = renderer.finish(progress).await;
     let report = result?;
@@ -151,6 +160,11 @@ async fn run_backup(
             rt.settings().paths.work_dir.display()
         ));
     }
+    if let Some(d) = &report.drill {
+        super::drill::print_outcome(printer, d);
+    } else if let Some(e) = &report.drill_error {
+        printer.error(&format!("drill of the new backup could not run: {e}"));
+    }
     let push_error = match (&report.backup, report.ok()) {
         (Some(b), true) => super::remote::after_backup(rt, printer, b.record.id).await,
         _ => None,
@@ -170,6 +184,7 @@ async fn run_backup(
                 stopped: report.stopped.clone(),
                 backup_error: report.backup_error.as_ref().map(ToString::to_string),
                 restart_error: report.restart_error.as_ref().map(ToString::to_string),
+                drill: report.drill.as_ref().map(crate::output::DrillJson::from),
             },
             failure.as_ref(),
         );

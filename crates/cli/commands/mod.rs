@@ -6,6 +6,7 @@ pub(crate) mod completions;
 pub(crate) mod delete;
 pub(crate) mod diff;
 pub(crate) mod docker_service;
+pub(crate) mod drill;
 pub(crate) mod dry_run;
 pub(crate) mod list;
 pub(crate) mod ls;
@@ -42,6 +43,7 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::Diff(a) => a.json,
         Command::Restore(a) => a.json,
         Command::RestoreDump(a) => a.json,
+        Command::Drill(a) => a.json,
         Command::Completions(_) | Command::Man => false,
     }
 }

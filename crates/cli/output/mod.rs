@@ -36,6 +36,12 @@ pub(crate) struct BackupJson {
     /// Made by the original nuwax-cli (adopted by `import` or `reindex`): it holds only
     /// `data/` and `app/`, and a rollback restores only those.
     pub legacy: bool,
+    /// When the newest restore drill of this backup ended (`drill`), `YYYY-MM-DD HH:MM:SS`
+    /// UTC; null when it was never drilled (or the drill is still running).
+    pub drilled_at: Option<String>,
+    /// How that drill ended: `passed`, `failed`, `interrupted` (`running` while one runs);
+    /// null when never drilled.
+    pub drill_status: Option<&'static str>,
 }
 
 impl From<&BackupEntry> for BackupJson {
@@ -57,6 +63,98 @@ impl From<&BackupEntry> for BackupJson {
                 .verified_at
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
             legacy: r.legacy,
+            drilled_at: e
+                .last_drill
+                .as_ref()
+                .and_then(|d| d.finished_at)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+            drill_status: e.last_drill.as_ref().map(|d| d.outcome.as_str()),
+        }
+    }
+}
+
+/// Result of `drill --json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct DrillDocument {
+    pub drill: DrillJson,
+}
+
+/// One restore drill.
+#[derive(Debug, Serialize)]
+pub(crate) struct DrillJson {
+    /// The drill's id in the catalog.
+    pub id: i64,
+    pub backup_id: i64,
+    /// The compose project the drill ran as (`<project>-drill-<backup id>`).
+    pub project: String,
+    /// `passed` or `failed`.
+    pub outcome: &'static str,
+    pub duration_ms: u64,
+    /// The persistent services that came up.
+    pub services: Vec<String>,
+    pub checks: Vec<DrillCheckJson>,
+    /// The service that did not come up, or whose check failed.
+    pub failed_service: Option<String>,
+    /// Its last log lines (or the failed check's output).
+    pub log_tail: Option<String>,
+    pub error: Option<String>,
+    /// What the compose file rewrite dropped or re-pointed.
+    pub notes: Vec<String>,
+    /// `--keep`: the drill is still up; how to remove it. Null otherwise.
+    pub kept: Option<KeptJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct DrillCheckJson {
+    pub service: String,
+    pub command: Vec<String>,
+    pub passed: bool,
+    /// null when the command could not run.
+    pub exit_code: Option<i64>,
+    /// The end of its output.
+    pub output: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct KeptJson {
+    /// The scratch copy the drill runs from.
+    pub work_dir: String,
+    pub compose_file: String,
+    /// The commands that remove the drill.
+    pub remove_with: String,
+}
+
+impl From<&nuwax_actors::DrillReport> for DrillJson {
+    fn from(r: &nuwax_actors::DrillReport) -> Self {
+        DrillJson {
+            id: r.drill_id,
+            backup_id: r.backup.record.id,
+            project: r.project.clone(),
+            outcome: r.outcome.as_str(),
+            duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+            services: r.services.clone(),
+            checks: r
+                .checks
+                .iter()
+                .map(|c| DrillCheckJson {
+                    service: c.service.clone(),
+                    command: c.command.clone(),
+                    passed: c.passed,
+                    exit_code: c.exit_code,
+                    output: c.output.clone(),
+                    error: c.error.clone(),
+                })
+                .collect(),
+            failed_service: r.failed_service.clone(),
+            log_tail: r.log_tail.clone(),
+            error: r.error.clone(),
+            notes: r.notes.clone(),
+            kept: r.kept.as_ref().map(|k| KeptJson {
+                work_dir: k.work_dir.display().to_string(),
+                compose_file: k.compose_file.display().to_string(),
+                remove_with: k.remove_with.clone(),
+            }),
         }
     }
 }
@@ -238,6 +336,7 @@ pub(crate) fn table(entries: &[&BackupEntry]) -> String {
         "VERSION".into(),
         "STATUS".into(),
         "SIZE".into(),
+        "DRILL".into(),
         "FILE".into(),
     ]];
     for e in entries {
@@ -258,6 +357,10 @@ pub(crate) fn table(entries: &[&BackupEntry]) -> String {
             r.service_version.clone(),
             status,
             e.file_size.map(human_bytes).unwrap_or_else(|| "-".into()),
+            e.last_drill
+                .as_ref()
+                .map(|d| d.outcome.as_str().to_string())
+                .unwrap_or_else(|| "-".into()),
             r.file_path
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())

@@ -46,6 +46,9 @@ pub enum Error {
     #[error("upgrade {0} not found in the catalog")]
     UpgradeNotFound(i64),
 
+    #[error("drill {0} not found in the catalog")]
+    DrillNotFound(i64),
+
     /// A path that this platform cannot store losslessly (non-UTF-8 outside unix).
     #[error("path {} cannot be stored in the catalog: not valid UTF-8", .0.display())]
     UnrepresentablePath(PathBuf),

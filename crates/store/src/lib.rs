@@ -20,6 +20,7 @@
 
 mod backups;
 mod codec;
+mod drills;
 mod error;
 mod migrations;
 mod model;
@@ -37,10 +38,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
+pub use drills::DrillFinish;
 pub use error::{Error, Result};
 pub use model::{
-    BackupCompletion, BackupRecord, BackupStatus, BackupType, NewBackup, Operation, OperationKind,
-    OperationState, UpgradeOutcome, UpgradeRecord,
+    BackupCompletion, BackupRecord, BackupStatus, BackupType, DrillOutcome, DrillRecord, NewBackup,
+    Operation, OperationKind, OperationState, UpgradeOutcome, UpgradeRecord,
 };
 pub use remote::{RemoteCopyRecord, RemoteUpload};
 
@@ -177,6 +179,20 @@ const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("legacy_manifests", &["backup_id", "manifest"]),
+    (
+        "drills",
+        &[
+            "id",
+            "backup_id",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "outcome",
+            "failed_service",
+            "log_tail",
+            "error",
+        ],
+    ),
     (
         "operations",
         &[

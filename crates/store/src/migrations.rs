@@ -132,4 +132,22 @@ CREATE TABLE legacy_manifests (
 ALTER TABLE backups ADD COLUMN hot INTEGER NOT NULL DEFAULT 0;
 "#,
     ),
+    // 5 (restore drills, issue 17): every drill of a backup: when, how long, how it ended,
+    // and when it failed, the service that did and its last log lines. Goes with its backup.
+    M::up(
+        r#"
+CREATE TABLE drills (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    backup_id      INTEGER NOT NULL REFERENCES backups(id) ON DELETE CASCADE,
+    started_at     TEXT    NOT NULL,
+    finished_at    TEXT,
+    duration_ms    INTEGER,
+    outcome        TEXT    NOT NULL,
+    failed_service TEXT,
+    log_tail       TEXT,
+    error          TEXT
+);
+CREATE INDEX drills_backup_id ON drills(backup_id);
+"#,
+    ),
 ];

@@ -133,16 +133,18 @@ pub enum OperationKind {
     Rollback,
     AutoBackup,
     Upgrade,
+    Drill,
 }
 
 impl OperationKind {
-    /// `"backup"`, `"rollback"`, `"auto-backup"`, `"upgrade"`.
+    /// `"backup"`, `"rollback"`, `"auto-backup"`, `"upgrade"`, `"drill"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Backup => "backup",
             Self::Rollback => "rollback",
             Self::AutoBackup => "auto-backup",
             Self::Upgrade => "upgrade",
+            Self::Drill => "drill",
         }
     }
 
@@ -152,6 +154,7 @@ impl OperationKind {
             "rollback" => Some(Self::Rollback),
             "auto-backup" => Some(Self::AutoBackup),
             "upgrade" => Some(Self::Upgrade),
+            "drill" => Some(Self::Drill),
             _ => None,
         }
     }
@@ -262,6 +265,57 @@ pub struct UpgradeRecord {
     pub error: Option<String>,
 }
 
+/// How a restore drill ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillOutcome {
+    Running,
+    /// Every persistent service came up healthy and every check passed.
+    Passed,
+    /// A service did not come up, or a check failed.
+    Failed,
+    /// Stopped by a signal, or by a crash (cleaned up by the next command).
+    Interrupted,
+}
+
+impl DrillOutcome {
+    /// `"running"`, `"passed"`, `"failed"`, `"interrupted"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(Self::Running),
+            "passed" => Some(Self::Passed),
+            "failed" => Some(Self::Failed),
+            "interrupted" => Some(Self::Interrupted),
+            _ => None,
+        }
+    }
+}
+
+/// One restore drill of a backup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillRecord {
+    pub id: i64,
+    pub backup_id: i64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub outcome: DrillOutcome,
+    /// The service that did not come up (or whose check failed).
+    pub failed_service: Option<String>,
+    /// Its last log lines.
+    pub log_tail: Option<String>,
+    pub error: Option<String>,
+}
+
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -277,5 +331,6 @@ display_as_str!(
     BackupStatus,
     OperationKind,
     OperationState,
-    UpgradeOutcome
+    UpgradeOutcome,
+    DrillOutcome
 );

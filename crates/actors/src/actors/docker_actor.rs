@@ -62,6 +62,11 @@ pub(crate) enum DockerMsg {
         CancelFlag,
         Reply<engine::ExecOutcome>,
     ),
+    /// The last lines a container printed; `None` when there is nothing (or no engine).
+    LogTail(String, usize, Reply<Option<String>>),
+    /// Removes the containers, networks and volumes labelled with exactly this compose
+    /// project (a drill's own project, never the live one); returns what was removed.
+    RemoveProject(String, Reply<Vec<String>>),
     /// `docker compose up -d` for the project (creates containers that do not exist yet).
     ComposeUp {
         compose_file: PathBuf,
@@ -209,6 +214,26 @@ impl Actor for DockerActor {
                     match st.engine().await? {
                         None => Err(no_engine()),
                         Some(engine) => engine.container_env(&container).await,
+                    }
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::LogTail(id, lines, r) => {
+                let result = async {
+                    Ok(match st.engine().await? {
+                        None => None,
+                        Some(engine) => engine.log_tail(&id, lines).await,
+                    })
+                }
+                .await;
+                reply(r, result);
+            }
+            DockerMsg::RemoveProject(project, r) => {
+                let result = async {
+                    match st.engine().await? {
+                        None => Ok(Vec::new()),
+                        Some(engine) => engine.remove_project(&project).await,
                     }
                 }
                 .await;

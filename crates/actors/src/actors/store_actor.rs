@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use nuwax_store::{
-    BackupCompletion, BackupRecord, NewBackup, Operation, OperationKind, OperationState,
-    RemoteCopyRecord, RemoteUpload, Store, UpgradeOutcome, UpgradeRecord,
+    BackupCompletion, BackupRecord, DrillFinish, DrillRecord, NewBackup, Operation, OperationKind,
+    OperationState, RemoteCopyRecord, RemoteUpload, Store, UpgradeOutcome, UpgradeRecord,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -156,6 +156,15 @@ pub(crate) enum StoreMsg {
     SetSetting(String, String, Reply<()>),
     /// Where an unusable catalog was moved aside at start-up, if it was.
     MovedAside(Reply<Option<PathBuf>>),
+    /// Use case: a drill's row and its journal row; replies (operation id, drill id).
+    BeginDrillOperation(i64, serde_json::Value, Reply<(i64, i64)>),
+    /// Use case: the drill ends, and its operation with it (in that state).
+    FinishDrillOperation(i64, i64, Box<DrillFinish>, OperationState, Reply<()>),
+    /// The drill row alone (its operation stays for recovery).
+    FinishDrill(i64, Box<DrillFinish>, Reply<()>),
+    GetDrill(i64, Reply<Option<DrillRecord>>),
+    /// The newest drill of each backup.
+    LatestDrills(Reply<Vec<DrillRecord>>),
 }
 
 impl StoreState {
@@ -284,6 +293,24 @@ impl Actor for StoreActor {
                         .await,
                 )
             }
+            StoreMsg::BeginDrillOperation(backup, details, r) => {
+                let boot = crate::lock::boot_id();
+                reply(
+                    r,
+                    st.run(move |s| s.begin_drill_operation(backup, pid, &boot, details))
+                        .await,
+                )
+            }
+            StoreMsg::FinishDrillOperation(op, drill, finish, state, r) => reply(
+                r,
+                st.run(move |s| s.finish_drill_operation(op, drill, &finish, state))
+                    .await,
+            ),
+            StoreMsg::FinishDrill(drill, finish, r) => {
+                reply(r, st.run(move |s| s.finish_drill(drill, &finish)).await)
+            }
+            StoreMsg::GetDrill(id, r) => reply(r, st.run(move |s| s.get_drill(id)).await),
+            StoreMsg::LatestDrills(r) => reply(r, st.run(|s| s.latest_drills()).await),
             StoreMsg::FinishUpgradeOperation(op, up, outcome, error, r) => reply(
                 r,
                 st.run(move |s| s.finish_upgrade_operation(op, up, outcome, error.as_deref()))

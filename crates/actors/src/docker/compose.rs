@@ -291,7 +291,7 @@ fn healthcheck_enabled(healthcheck: &Value, vars: &Vars<'_>) -> bool {
 }
 
 /// A YAML scalar as compose would see it as a string.
-fn scalar_string(v: &Value) -> Option<String> {
+pub(super) fn scalar_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(b.to_string()),
@@ -303,7 +303,7 @@ fn scalar_string(v: &Value) -> Option<String> {
 /// Reads a dotenv file: `KEY=VALUE` lines, optional `export `, `#` comments, single quotes
 /// literal, double quotes with `\n`/`\"`/`\\` escapes, ` #` starting an inline comment in an
 /// unquoted value. A missing file is an empty environment.
-fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
+pub(super) fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -366,8 +366,8 @@ fn parse_env_value(raw: &str) -> String {
 }
 
 /// Variable lookup for interpolation: env file first, then the process environment.
-struct Vars<'a> {
-    env: &'a BTreeMap<String, String>,
+pub(super) struct Vars<'a> {
+    pub(super) env: &'a BTreeMap<String, String>,
 }
 
 impl Vars<'_> {
@@ -380,7 +380,7 @@ impl Vars<'_> {
 
     /// Compose-style interpolation. Unknown or malformed syntax is kept literally: we only
     /// read a few keys and must not fail on a value compose itself would accept.
-    fn interpolate(&self, s: &str) -> String {
+    pub(super) fn interpolate(&self, s: &str) -> String {
         let mut out = String::with_capacity(s.len());
         let mut rest = s;
         while let Some(i) = rest.find('$') {

@@ -5,6 +5,7 @@
 
 pub mod compose;
 pub mod discovery;
+pub mod drill;
 pub mod engine;
 pub mod policy;
 

@@ -33,6 +33,10 @@ pub struct AutoBackupReport {
     pub restart_error: Option<Error>,
     /// Backups deleted by `[backup.retention]` afterwards.
     pub pruned: usize,
+    /// `auto-backup run --drill`: the drill of the backup just made.
+    pub drill: Option<super::drill::DrillReport>,
+    /// Why the drill failed (a red drill is [`Error::DrillFailed`]): the run fails (exit 1).
+    pub drill_error: Option<Error>,
 }
 
 impl AutoBackupReport {
@@ -49,7 +53,7 @@ impl AutoBackupReport {
 
     /// The backup was taken and everything that ran runs again.
     pub fn ok(&self) -> bool {
-        self.backup_error.is_none() && self.restart_error.is_none()
+        self.backup_error.is_none() && self.restart_error.is_none() && self.drill_error.is_none()
     }
 
     /// The error that decides the exit code: an interruption first (the operator asked to
@@ -59,9 +63,11 @@ impl AutoBackupReport {
         self.backup_error
             .iter()
             .chain(&self.restart_error)
+            .chain(&self.drill_error)
             .find(interrupted)
             .or(self.backup_error.as_ref())
             .or(self.restart_error.as_ref())
+            .or(self.drill_error.as_ref())
     }
 
     /// Both errors, joined.
@@ -69,6 +75,7 @@ impl AutoBackupReport {
         self.backup_error
             .iter()
             .chain(&self.restart_error)
+            .chain(&self.drill_error)
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ")
@@ -90,20 +97,40 @@ pub struct AutoBackupStatus {
 const AUTO_STATUS_KEY: &str = "auto_backup.status";
 
 /// `auto-backup run`: stop what runs, back up (type Auto), start exactly what ran, also
-/// when the backup fails; then record the result and apply `[backup.retention]`.
+/// when the backup fails; with `drill`, drill the new backup (after the restart, so the
+/// downtime does not grow); then record the result and apply `[backup.retention]`.
 pub(crate) async fn auto_backup(
     ctx: &Ctx,
     hot: bool,
+    drill: bool,
     progress: Progress,
 ) -> Result<AutoBackupReport> {
     let started_at = Utc::now();
-    let run = if hot {
+    let mut run = if hot {
         super::dumps::hot_backup(ctx, BackupType::Auto, None, &progress)
             .await
             .map(AutoBackupReport::hot)
     } else {
         stopped_backup(ctx, BackupType::Auto, progress.clone()).await
     };
+    if drill
+        && let Ok(report) = &mut run
+        && report.ok()
+        && let Some(id) = report.backup.as_ref().map(|b| b.record.id)
+    {
+        let req = super::drill::DrillRequest {
+            id: Some(id),
+            keep: false,
+            timeout: None,
+        };
+        match super::drill::drill(ctx, req, progress.clone()).await {
+            Ok(d) => {
+                report.drill_error = d.failure();
+                report.drill = Some(d);
+            }
+            Err(e) => report.drill_error = Some(e),
+        }
+    }
     let (ok, err) = match &run {
         Ok(report) => (report.ok(), report.error_text()),
         Err(e) => (false, e.to_string()),
@@ -172,6 +199,8 @@ pub(crate) async fn stopped_backup(
         stopped: running.iter().map(|c| c.name.clone()).collect(),
         restart_error: None,
         pruned: 0,
+        drill: None,
+        drill_error: None,
     };
     let backup_result = async {
         if !running.is_empty() {

@@ -104,6 +104,7 @@ pub(crate) async fn backup(
 pub(crate) async fn auto_backup(
     ctx: &Ctx,
     hot: bool,
+    drill: bool,
     progress: Progress,
 ) -> Result<AutoBackupReport> {
     let hooks = &ctx.settings.config.hooks;
@@ -118,7 +119,7 @@ pub(crate) async fn auto_backup(
         ctx,
         hooked,
         &progress,
-        auto_backup::auto_backup(ctx, hot, progress.clone()),
+        auto_backup::auto_backup(ctx, hot, drill, progress.clone()),
         |r| match r {
             Ok(report) => {
                 let (id, archive) = report

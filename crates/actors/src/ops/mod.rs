@@ -11,6 +11,7 @@ pub(crate) mod auto_backup;
 pub(crate) mod backup;
 pub(crate) mod hooks;
 pub(crate) mod dumps;
+pub(crate) mod drill;
 pub(crate) mod inspect;
 pub(crate) mod maintenance;
 pub(crate) mod recovery;
@@ -55,6 +56,8 @@ pub struct BackupEntry {
     /// The catalog records a remote copy (offsite copies). With `!file_exists` the backup is
     /// remote-only: restorable, its archive downloaded when needed.
     pub remote_copy: bool,
+    /// The newest restore drill of this backup (`ops/drill.rs`), if it had one.
+    pub last_drill: Option<nuwax_store::DrillRecord>,
 }
 
 impl BackupEntry {
@@ -67,6 +70,7 @@ impl BackupEntry {
             file_size: meta.map(|m| m.len()),
             record,
             remote_copy: false,
+            last_drill: None,
         }
     }
 }
@@ -487,6 +491,11 @@ impl Ctx {
             .store(move |r| StoreMsg::GetRemoteCopy(id, r))
             .await?
             .is_some();
+        entry.last_drill = self
+            .store(StoreMsg::LatestDrills)
+            .await?
+            .into_iter()
+            .find(|d| d.backup_id == id);
         Ok(entry)
     }
 
@@ -500,11 +509,18 @@ impl Ctx {
             .into_iter()
             .map(|c| c.backup_id)
             .collect();
+        let mut drills: std::collections::HashMap<i64, nuwax_store::DrillRecord> = self
+            .store(StoreMsg::LatestDrills)
+            .await?
+            .into_iter()
+            .map(|d| (d.backup_id, d))
+            .collect();
         Ok(records
             .into_iter()
             .map(|r| {
                 let mut e = BackupEntry::from_record(r);
                 e.remote_copy = remote.contains(&e.record.id);
+                e.last_drill = drills.remove(&e.record.id);
                 e
             })
             .collect())

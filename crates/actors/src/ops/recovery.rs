@@ -192,6 +192,7 @@ pub(crate) async fn recover(ctx: &Ctx) -> Result<RecoveryOutcome> {
             OperationKind::Backup => recover_backup(ctx, &op).await,
             OperationKind::Rollback => recover_rollback(ctx, &op).await,
             OperationKind::Upgrade => upgrade::recover_upgrade(ctx, &op).await,
+            OperationKind::Drill => super::drill::recover_drill(ctx, &op).await,
             _ => recover_generic(ctx, &op).await,
         };
         match note {

@@ -1,5 +1,6 @@
 //! Running a command inside a container through the engine's exec API: its stdout streamed
-//! into a file (a database dump), or a file streamed into its stdin (`restore-dump`). The
+//! into a file (a database dump), or a file streamed into its stdin (`restore-dump`), or
+//! only kept as a tail (a drill's check). The
 //! command's stderr is kept (its tail, for the error message), its exit status comes from
 //! inspecting the exec afterwards. Credentials travel in the exec's environment, never on
 //! its command line.
@@ -52,6 +53,8 @@ pub enum ExecIo {
     StdoutTo(PathBuf),
     /// This file into stdin (then closed), stdout kept only as a tail.
     StdinFrom(PathBuf),
+    /// No stdin; stdout kept only as a tail (a drill's check).
+    Capture,
 }
 
 /// Keeps the last `STDERR_TAIL` bytes written.
@@ -126,7 +129,7 @@ impl Engine {
                 Ok(r) => r?,
                 Err(_) => {
                     return Err(Error::Docker(format!(
-                        "{what} did not finish within {}s (raise `timeout` in its [[backup.dumps]] entry)",
+                        "{what} did not finish within {}s (raise its `timeout` in config.toml)",
                         req.timeout.as_secs()
                     )));
                 }
@@ -186,7 +189,7 @@ impl Engine {
                     .ctx("cannot create dump file", path)?,
                 path.clone(),
             )),
-            ExecIo::StdinFrom(_) => None,
+            ExecIo::StdinFrom(_) | ExecIo::Capture => None,
         };
         // stdin is fed concurrently with reading the output: a client that answers while it
         // reads would otherwise block on a full pipe.

@@ -13,6 +13,7 @@
 //! when the containers themselves are gone. This file holds the client and what they share.
 
 mod compose_cli;
+mod drill;
 mod endpoint;
 mod exec;
 mod health;
