@@ -2,9 +2,10 @@
 //!
 //! Design note: one thread reads the tar stream (it must: tar is sequential) and decides
 //! everything (path checks, directories, links); the contents of regular files go to worker
-//! threads, which create the file (`O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600, inside a
-//! directory the reader already created), hash and write the data, and set owner, mode and
-//! mtime through the handle. On this kind of machine, copying data into the page cache and
+//! threads, which create the file (`O_CREAT | O_EXCL | O_NOFOLLOW`, inside a directory the
+//! reader already created; with its final permission bits when the umask keeps them and it
+//! has no setuid/setgid/sticky bit, else mode 0600), hash and write the data, and set owner,
+//! mode (unless set at creation) and mtime through the handle. On this kind of machine, copying data into the page cache and
 //! hashing it cost more than decompressing it, so one thread doing all of it was the
 //! bottleneck of a restore.
 //!
@@ -335,6 +336,8 @@ struct Open {
     direct: bool,
     /// Zero blocks were skipped (left as holes): the length is set at the end.
     holes: bool,
+    /// The file was created with its final mode (no chmod at the end).
+    mode_set: bool,
 }
 
 fn worker(jobs: &Receiver<Job>, free: &Sender<Piece>, shared: &Shared) -> Sums {
@@ -365,8 +368,18 @@ fn worker(jobs: &Receiver<Job>, free: &Sender<Piece>, shared: &Shared) -> Sums {
 fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piece>) -> Result<()> {
     match job {
         Job::Begin { id, target, direct } => {
+            let mut mode_set = false;
             let file = match target {
-                Some(t) => Some((create(&t.full)?, t)),
+                Some(t) => {
+                    // Created with its final permission bits where the umask leaves them as
+                    // they are and no chown will clear them (setuid/setgid): no chmod later.
+                    // Never more than the final mode, so nothing is readable that will not be.
+                    let at_open = t.mode & 0o777;
+                    let settled = t.mode & 0o7000 == 0 && at_open & !process_umask() == at_open;
+                    let f = create_with_mode(&t.full, if settled { at_open } else { 0o600 })?;
+                    mode_set = settled;
+                    Some((f, t))
+                }
                 None => None,
             };
             // A filesystem without direct I/O refuses the flag: then the page cache it is.
@@ -382,6 +395,7 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
                 unflushed: 0,
                 direct,
                 holes: false,
+                mode_set,
             });
         }
         Job::Data { buf, len } => {
@@ -421,7 +435,8 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
                     f.set_len(open.written)
                         .ctx("cannot set the length of", &t.full)?;
                 }
-                apply_meta(f, &t.full, t.owner, t.mode, t.mtime)?;
+                let mode = (!open.mode_set).then_some(t.mode);
+                apply_meta_with(f, &t.full, t.owner, mode, t.mtime)?;
                 if open.written >= WRITEBACK && open.written > open.unflushed {
                     start_writeback(f, open.unflushed, open.written);
                 }
@@ -551,14 +566,37 @@ pub(super) fn start_writeback(file: &File, from: u64, to: u64) {
 }
 
 /// Creates a new private file; never follows or replaces anything.
+#[cfg(test)]
 pub(super) fn create(full: &Path) -> Result<File> {
+    create_with_mode(full, 0o600)
+}
+
+/// Creates a new file with `mode` (as the umask leaves it); never follows or replaces
+/// anything.
+fn create_with_mode(full: &Path, mode: u32) -> Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(full)
         .ctx("cannot create", full)
+}
+
+/// The process's umask, read once from `/proc/self/status` (setting it to read it would race
+/// with the other threads' file creation). Unknown: all bits, so every mode is set by chmod.
+fn process_umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o777)
+    })
 }
 
 /// Owner, then mode (chown clears setuid bits), then mtime, all through the handle.
@@ -569,11 +607,24 @@ pub(super) fn apply_meta(
     mode: u32,
     mtime: i64,
 ) -> Result<()> {
+    apply_meta_with(file, full, owner, Some(mode), mtime)
+}
+
+/// [`apply_meta`] where `mode` is `None` when the file already has it (set at creation).
+fn apply_meta_with(
+    file: &File,
+    full: &Path,
+    owner: Option<(u32, u32)>,
+    mode: Option<u32>,
+    mtime: i64,
+) -> Result<()> {
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(file, Some(uid), Some(gid)).ctx("cannot chown", full)?;
     }
-    file.set_permissions(Permissions::from_mode(mode))
-        .ctx("cannot chmod", full)?;
+    if let Some(mode) = mode {
+        file.set_permissions(Permissions::from_mode(mode))
+            .ctx("cannot chmod", full)?;
+    }
     let t = FileTime::from_unix_time(mtime, 0);
     filetime::set_file_handle_times(file, Some(t), Some(t))
         .ctx("cannot set modification time of", full)
