@@ -48,6 +48,8 @@ impl AutoBackupReport {
             stopped: Vec::new(),
             restart_error: None,
             pruned: 0,
+            drill: None,
+            drill_error: None,
         }
     }
 
