@@ -130,6 +130,25 @@ fn a_failing_pre_backup_hook_aborts_before_anything_and_runs_on_failure() {
 }
 
 #[test]
+fn auto_backup_status_records_a_run_its_pre_hook_stopped() {
+    let env = TestEnv::new();
+    configure(&env, "[hooks]\npre_backup = \"exit 6\"\n");
+    let out = env.run(&["auto-backup", "run"]);
+    out.assert_code(exit::FAILED);
+    out.assert_stderr_has("pre_backup hook `exit 6` exited with status 6");
+    let doc = env.run_json(&["auto-backup", "status", "--json"]);
+    assert_eq!(doc["last_result"], "failed", "{doc}");
+    assert!(
+        doc["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with status 6"),
+        "{doc}"
+    );
+    assert!(doc["last_backup_id"].is_null(), "{doc}");
+}
+
+#[test]
 fn a_failing_post_hook_is_reported_and_changes_nothing() {
     let env = TestEnv::new();
     configure(&env, "[hooks]\npost_backup = \"echo oops; exit 5\"\n");

@@ -145,9 +145,7 @@ pub(crate) async fn auto_backup(
         last_archive: backup.map(|b| b.record.file_path.display().to_string()),
         last_error: (!ok).then_some(err),
     };
-    let text = serde_json::to_string(&status).unwrap_or_default();
-    ctx.store(|r| StoreMsg::SetSetting(AUTO_STATUS_KEY.into(), text, r))
-        .await?;
+    save_status(ctx, &status).await?;
     let mut report = run?;
     let rules = crate::retention::KeepRules::from(&ctx.settings.config.backup.retention);
     if ok && !rules.is_empty() {
@@ -242,6 +240,14 @@ pub(crate) async fn stopped_backup(
     })
     .await?;
     Ok(report)
+}
+
+/// Records the result of a run for `auto-backup status` (also of one a failed `pre_backup`
+/// hook kept from starting).
+pub(crate) async fn save_status(ctx: &Ctx, status: &AutoBackupStatus) -> Result<()> {
+    let text = serde_json::to_string(status).unwrap_or_default();
+    ctx.store(|r| StoreMsg::SetSetting(AUTO_STATUS_KEY.into(), text, r))
+        .await
 }
 
 pub(crate) async fn auto_backup_status(ctx: &Ctx) -> Result<AutoBackupStatus> {

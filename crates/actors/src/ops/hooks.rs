@@ -216,6 +216,20 @@ async fn around<T>(
                 )),
                 other => other,
             };
+            if hooked.operation == "auto-backup" {
+                // `auto-backup status` tells this run from the last one that ran.
+                let status = auto_backup::AutoBackupStatus {
+                    last_run: Some(
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    ),
+                    last_result: Some("failed".into()),
+                    last_error: Some(e.to_string()),
+                    ..Default::default()
+                };
+                if let Err(se) = auto_backup::save_status(ctx, &status).await {
+                    progress.notice(format!("warning: cannot record the failed run: {se}"));
+                }
+            }
             let after = Outcome::failed(&e, before.backup_id, before.archive);
             after_operation(ctx, &hooked, on_failure, &after, progress).await;
             return Err(e);
