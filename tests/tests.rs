@@ -11,6 +11,7 @@ mod util;
 
 mod backup;
 mod delete;
+mod encryption;
 mod demo;
 mod excludes;
 mod faults;

@@ -26,6 +26,8 @@ pub struct BackupRow {
     pub verified_at: Option<String>,
     /// Made by the original nuwax-cli (adopted by `import`/`reindex`).
     pub legacy: bool,
+    /// The archive is encrypted with age (`*.tar.gz.age`).
+    pub encrypted: bool,
 }
 
 /// Every key of a row; `Option` fields must be present (as `null`), not left out.
@@ -43,6 +45,7 @@ pub const ROW_KEYS: &[&str] = &[
     "error",
     "verified_at",
     "legacy",
+    "encrypted",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

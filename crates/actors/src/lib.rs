@@ -19,6 +19,7 @@ pub(crate) mod config_edit;
 pub mod docker;
 #[cfg(not(feature = "test-support"))]
 pub(crate) mod docker;
+pub(crate) mod encryption;
 pub(crate) mod error;
 pub(crate) mod exclude;
 pub(crate) mod faults;
@@ -39,6 +40,7 @@ pub use archive::{CancelFlag, VerifyReport};
 pub use config::Settings;
 pub use docker::ContainerInfo;
 pub use docker::GateEntry;
+pub use encryption::KeySource;
 pub use error::{Error, ErrorKind, Result};
 pub use nuwax_store::{BackupRecord, BackupStatus, BackupType};
 pub use ops::BackupEntry;

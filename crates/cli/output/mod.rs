@@ -36,6 +36,8 @@ pub(crate) struct BackupJson {
     /// Made by the original nuwax-cli (adopted by `import` or `reindex`): it holds only
     /// `data/` and `app/`, and a rollback restores only those.
     pub legacy: bool,
+    /// The archive is encrypted with age (`*.tar.gz.age`): a restore needs `--identity`.
+    pub encrypted: bool,
 }
 
 impl From<&BackupEntry> for BackupJson {
@@ -57,6 +59,7 @@ impl From<&BackupEntry> for BackupJson {
                 .verified_at
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
             legacy: r.legacy,
+            encrypted: e.encrypted,
         }
     }
 }
@@ -109,6 +112,9 @@ pub(crate) struct VerifyJson {
     pub files_checked: u64,
     /// Each problem found, naming the entry.
     pub problems: Vec<String>,
+    /// `false` for an encrypted backup verified without its key (`--identity`): only the
+    /// archive's checksum was checked, not its content.
+    pub content_checked: bool,
 }
 
 /// Result of `delete-backup --json`.
@@ -238,10 +244,10 @@ pub(crate) fn table(entries: &[&BackupEntry]) -> String {
         };
         rows.push([
             r.id.to_string(),
-            if r.legacy {
-                format!("{} (legacy)", r.backup_type.as_str())
-            } else {
-                r.backup_type.as_str().to_string()
+            match (r.legacy, e.encrypted) {
+                (true, _) => format!("{} (legacy)", r.backup_type.as_str()),
+                (false, true) => format!("{} (encrypted)", r.backup_type.as_str()),
+                (false, false) => r.backup_type.as_str().to_string(),
             },
             r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             r.service_version.clone(),

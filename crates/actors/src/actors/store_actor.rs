@@ -137,6 +137,8 @@ pub(crate) enum StoreMsg {
     FailBackup(i64, String, Reply<()>),
     DeleteBackup(i64, Reply<bool>),
     MarkVerified(i64, DateTime<Utc>, Reply<()>),
+    /// How an encrypted backup was encrypted (ciphertext SHA-256, recipients' fingerprints).
+    RecordEncryption(i64, nuwax_store::EncryptionFacts, Reply<()>),
     BeginOperation(OperationKind, serde_json::Value, Reply<i64>),
     SetOperationPhase(i64, String, Option<serde_json::Value>, Reply<()>),
     FinishOperation(i64, OperationState, Option<String>, Reply<()>),
@@ -303,6 +305,9 @@ impl Actor for StoreActor {
             StoreMsg::DeleteBackup(id, r) => reply(r, st.run(move |s| s.delete_backup(id)).await),
             StoreMsg::MarkVerified(id, at, r) => {
                 reply(r, st.run(move |s| s.mark_verified(id, at)).await)
+            }
+            StoreMsg::RecordEncryption(id, facts, r) => {
+                reply(r, st.run(move |s| s.record_encryption(id, &facts)).await)
             }
             StoreMsg::BeginOperation(kind, details, r) => {
                 let boot = crate::lock::boot_id();

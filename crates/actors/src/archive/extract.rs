@@ -38,7 +38,7 @@ use super::check::{
 use super::filepool::{FilePool, PIECE, Target, apply_meta};
 use super::format::MANIFEST_PATH;
 use super::threads::resolve_threads;
-use super::{CancelFlag, EntryKind, ExtractOptions, ExtractReport, pgzip};
+use super::{CancelFlag, EntryKind, ExtractOptions, ExtractReport};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
 
@@ -117,8 +117,9 @@ fn extract_entries(
         .len();
     let index = file.try_clone().ctx("cannot open archive", archive_path)?;
     let threads = resolve_threads(opts.threads);
-    let reader = pgzip::open_reader(file, threads)
-        .map_err(|e| refuse(stream_error(e, "not a valid gzip file")))?;
+    let reader = super::crypt::open_plain(archive_path, file, opts.key.as_ref(), threads, |e| {
+        refuse(stream_error(e, "not a valid gzip file"))
+    })?;
     let (position, reader) = ProgressMap::new(&index, total, reader);
     drop(index);
     progress.phase(Phase::Extracting, position.total(), None);

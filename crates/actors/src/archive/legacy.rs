@@ -144,6 +144,7 @@ pub fn adopt_legacy(
         files_checked: 0,
         info: None,
         problems: Vec::new(),
+        content_checked: true,
     };
     let position = || count.load(Ordering::Relaxed);
     let observed = scan_stream(

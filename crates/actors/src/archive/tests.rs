@@ -260,6 +260,7 @@ fn opts(src: &Path, dest: &Path) -> BuildOptions {
         level: 6,
         threads: 3,
         info: info(),
+        encryption: None,
     }
 }
 
@@ -273,6 +274,7 @@ fn extract_opts(archive: &Path, staging: &Path, filter: TopLevelFilter) -> Extra
         threads: 2,
         expected_sha256: None,
         manifest: None,
+        key: None,
     }
 }
 
@@ -517,6 +519,7 @@ fn verify_accepts_a_good_archive() {
     let r = verify(
         &f.archive,
         Some(&f.report.sha256.to_uppercase()),
+        None,
         2,
         &Progress::none(),
         &CancelFlag::default(),
@@ -531,6 +534,7 @@ fn verify_accepts_a_good_archive() {
     let r = verify(
         &f.archive,
         Some("00"),
+        None,
         0,
         &Progress::none(),
         &CancelFlag::default(),
@@ -543,7 +547,7 @@ fn verify_accepts_a_good_archive() {
 fn verify_bytes(dir: &Path, name: &str, bytes: &[u8]) -> VerifyReport {
     let p = dir.join(name);
     fs::write(&p, bytes).unwrap();
-    verify(&p, None, 2, &Progress::none(), &CancelFlag::default()).unwrap()
+    verify(&p, None, None, 2, &Progress::none(), &CancelFlag::default()).unwrap()
 }
 
 fn extract_bytes(dir: &Path, name: &str, bytes: &[u8]) -> crate::Result<ExtractReport> {
@@ -578,6 +582,7 @@ fn damaged_archives_are_reported() {
     let r = verify(
         &p,
         Some(&f.report.sha256),
+        None,
         2,
         &Progress::none(),
         &CancelFlag::default(),
@@ -1005,6 +1010,7 @@ fn an_archive_inside_the_source_does_not_include_itself() {
     let v = verify(
         &dest,
         Some(&r.sha256),
+        None,
         1,
         &Progress::none(),
         &CancelFlag::default(),

@@ -21,7 +21,7 @@ use super::check::{
 use super::format::INFO_PATH;
 use super::threads::resolve_threads;
 use super::{
-    ArchiveInfo, CancelFlag, EntryKind, META_DIR, Manifest, ManifestEntry, VerifyReport, pgzip,
+    ArchiveInfo, CancelFlag, EntryKind, META_DIR, Manifest, ManifestEntry, VerifyReport,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
@@ -31,9 +31,13 @@ const BUF: usize = 1 << 20;
 /// Verifies the archive at `path`: gzip integrity, tar structure, entry safety, metadata
 /// entries, every entry against the manifest (file contents re-hashed), nothing trailing, and
 /// the archive's SHA-256 against `expected_sha256` when given.
+///
+/// An encrypted archive is decrypted with `key`; without one only its checksum is checked
+/// (the report says `content_checked: false`).
 pub fn verify(
     path: &Path,
     expected_sha256: Option<&str>,
+    key: Option<&crate::encryption::DecryptKey>,
     threads: usize,
     progress: &Progress,
     cancel: &CancelFlag,
@@ -41,7 +45,7 @@ pub fn verify(
     verify_with(
         path,
         expected_sha256,
-        Expect::Embedded,
+        Expect::Embedded(key),
         threads,
         progress,
         cancel,
@@ -72,8 +76,9 @@ pub fn verify_against(
 /// What the entries of an archive are compared with.
 #[derive(Clone, Copy)]
 pub(super) enum Expect<'a> {
-    /// The archive's own metadata entries: `info.json` first, `manifest.json` last.
-    Embedded,
+    /// The archive's own metadata entries: `info.json` first, `manifest.json` last; the
+    /// key of an encrypted archive, if given.
+    Embedded(Option<&'a crate::encryption::DecryptKey>),
     /// A manifest kept outside the archive (a legacy backup's, from the catalog); the
     /// archive has no metadata entries.
     Given(&'a Manifest),
@@ -128,6 +133,7 @@ fn verify_with(
         files_checked: 0,
         info: None,
         problems: Vec::new(),
+        content_checked: true,
     };
     crate::faults::point("verify.before_scan");
     let scanned = scan(file, path, threads, expect, progress, cancel, &mut report);
@@ -198,11 +204,25 @@ fn scan(
 ) -> Result<()> {
     let index = file.try_clone().ctx("cannot open archive", path)?;
     let size = report.size;
-    let reader = match pgzip::open_reader(file, resolve_threads(threads)) {
+    let key = match expect {
+        Expect::Embedded(key) => key,
+        _ => None,
+    };
+    if key.is_none() && super::crypt::is_age_file(&file).ctx("cannot read archive", path)? {
+        // Encrypted and no key: the checksum is all that can be checked.
+        report.content_checked = false;
+        return Ok(());
+    }
+    let threads = resolve_threads(threads);
+    let reader = match super::crypt::open_plain(path, file, key, threads, |e| {
+        Error::io("cannot read archive", path, e)
+    }) {
         Ok(r) => r,
-        Err(e) => {
-            return note(stream_error(e, "not a valid gzip file"), path, report);
+        Err(e @ Error::Decrypt { .. }) => {
+            report.problems.push(e.to_string());
+            return Ok(());
         }
+        Err(e) => return Err(e),
     };
     let (position, reader) = ProgressMap::new(&index, size, reader);
     drop(index);
@@ -283,7 +303,7 @@ pub(super) fn scan_stream(
         // Without metadata entries (a legacy archive) the tracker refuses the reserved
         // names, `.nuwax-backup/` included.
         let metadata = match expect {
-            Expect::Embedded => meta.accept(&parsed, &mut entry),
+            Expect::Embedded(_) => meta.accept(&parsed, &mut entry),
             Expect::Given(_) | Expect::Nothing => Ok(false),
         };
         match metadata {
@@ -331,7 +351,7 @@ pub(super) fn scan_stream(
         progress.advance(position(), report.entries, None);
     }
     report.info = match expect {
-        Expect::Embedded => meta.info.clone(),
+        Expect::Embedded(_) => meta.info.clone(),
         Expect::Given(m) => Some(m.info.clone()),
         Expect::Nothing => None,
     };
@@ -347,7 +367,7 @@ pub(super) fn scan_stream(
         note(r, report)?;
     }
     match expect {
-        Expect::Embedded => match meta.finish() {
+        Expect::Embedded(_) => match meta.finish() {
             Ok((_, manifest)) => report
                 .problems
                 .extend(compare_manifest(manifest, &observed)),
@@ -363,8 +383,17 @@ pub(super) fn scan_stream(
 
 /// Reads the archive's `info.json` (its first entry after the `.nuwax-backup/` directory),
 /// decompressing nothing beyond it.
+#[allow(dead_code)] // the archive tests read plain archives' info with it
 pub fn read_info(path: &Path) -> Result<ArchiveInfo> {
-    probe_info(path)?.ok_or_else(|| Error::Corrupt {
+    read_info_with(path, None)
+}
+
+/// [`read_info`] of an archive that may be encrypted, with its key.
+pub fn read_info_with(
+    path: &Path,
+    key: Option<&crate::encryption::DecryptKey>,
+) -> Result<ArchiveInfo> {
+    probe_info_with(path, key)?.ok_or_else(|| Error::Corrupt {
         path: path.to_path_buf(),
         detail: format!("{INFO_PATH} is missing (not a nuwax-cli archive?)"),
     })
@@ -374,10 +403,20 @@ pub fn read_info(path: &Path) -> Result<ArchiveInfo> {
 /// metadata, such as the original nuwax-cli made. A damaged head is an error as for
 /// [`read_info`].
 pub fn probe_info(path: &Path) -> Result<Option<ArchiveInfo>> {
+    probe_info_with(path, None)
+}
+
+/// [`probe_info`] of an archive that may be encrypted, with its key.
+pub fn probe_info_with(
+    path: &Path,
+    key: Option<&crate::encryption::DecryptKey>,
+) -> Result<Option<ArchiveInfo>> {
     let file = File::open(path).ctx("cannot open archive", path)?;
     // The verifying reader: a member's CRC is checked before any of its bytes are used, and a
     // truncated file says so; one thread is plenty for the first entry or two.
-    let gz = super::pgzip::open_reader(file, 1).ctx("cannot read archive", path)?;
+    let gz = super::crypt::open_plain(path, file, key, 1, |e| {
+        Error::io("cannot read archive", path, e)
+    })?;
     let mut archive = tar::Archive::new(gz);
     let entries = archive
         .entries()

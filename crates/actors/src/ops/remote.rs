@@ -236,7 +236,7 @@ fn stale_orphans(
                     .strip_prefix(prefix)
                     .and_then(|r| r.strip_prefix('/')),
             };
-            name.is_some_and(|n| !n.contains('/') && n.ends_with(".tar.gz"))
+            name.is_some_and(|n| !n.contains('/') && crate::encryption::is_archive_name(n))
                 && !recorded.contains(&p.upload_id)
                 && now - p.initiated >= STALE_UPLOAD_AGE
         })
@@ -752,11 +752,13 @@ async fn fetch(
         Some(e) => ctx.legacy_manifest(&e.record).await.map_err(fail)?,
         None => None,
     };
+    let key = ctx.given_key().map_err(fail)?;
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: partial.clone(),
             expected_sha256: Some(sidecar.sha256.clone()),
             manifest,
+            key,
             progress: progress.clone(),
             cancel: ctx.cancel.clone(),
             reply: r,
