@@ -303,6 +303,13 @@ async fn push_one(
             "backup {id} was made by the original nuwax-cli and is not pushed: its manifest lives only in this catalog, so a copy could not be verified on another host; take a new backup (nuwax-cli backup) and push that"
         )));
     }
+    if ctx.settings.config.encryption.enabled() && !entry.encrypted {
+        // Offsite copies must be unreadable to whoever holds the bucket: a plain archive
+        // (a PreUpgrade backup, one made before encryption was set up) is not sent.
+        return Err(Error::Refused(format!(
+            "backup {id} is not encrypted and [encryption] is configured, so it is not pushed: an offsite copy must be encrypted (encrypting at push time is not supported yet; with scope = \"all\" new backups are encrypted here and pushed as they are)"
+        )));
+    }
     if !entry.file_exists {
         return Err(Error::Usage(format!(
             "backup {id}'s archive {} is not here; nothing to push",
