@@ -15,7 +15,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::check::{
-    CopyError, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
+    CopyError, EntryDigest, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
     copy_entry_data, parse_entry, stream_error, top_level,
 };
 use super::format::INFO_PATH;
@@ -23,6 +23,7 @@ use super::threads::resolve_threads;
 use super::{
     ArchiveInfo, CancelFlag, EntryKind, META_DIR, Manifest, ManifestEntry, VerifyReport,
 };
+use crate::encryption::DecryptKey;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
 
@@ -37,7 +38,7 @@ const BUF: usize = 1 << 20;
 pub fn verify(
     path: &Path,
     expected_sha256: Option<&str>,
-    key: Option<&crate::encryption::DecryptKey>,
+    key: Option<&DecryptKey>,
     threads: usize,
     progress: &Progress,
     cancel: &CancelFlag,
@@ -45,7 +46,8 @@ pub fn verify(
     verify_with(
         path,
         expected_sha256,
-        Expect::Embedded(key),
+        Expect::Embedded,
+        key,
         threads,
         progress,
         cancel,
@@ -67,6 +69,7 @@ pub fn verify_against(
         path,
         expected_sha256,
         Expect::Given(manifest),
+        None,
         threads,
         progress,
         cancel,
@@ -76,9 +79,14 @@ pub fn verify_against(
 /// What the entries of an archive are compared with.
 #[derive(Clone, Copy)]
 pub(super) enum Expect<'a> {
-    /// The archive's own metadata entries: `info.json` first, `manifest.json` last; the
-    /// key of an encrypted archive, if given.
-    Embedded(Option<&'a crate::encryption::DecryptKey>),
+    /// The archive's own metadata entries: `info.json` first, `manifest.json` last. The
+    /// entries read are compared with the manifest through fingerprints
+    /// (`check/digest.rs`), keeping none of them; when the fingerprints differ the scan is
+    /// not settled and [`Expect::EmbeddedExact`] finds the differences.
+    Embedded,
+    /// [`Expect::Embedded`] with every entry kept until the manifest and compared with it
+    /// one by one (reading the archive a second time, only for one that differs).
+    EmbeddedExact,
     /// A manifest kept outside the archive (a legacy backup's, from the catalog); the
     /// archive has no metadata entries.
     Given(&'a Manifest),
@@ -103,6 +111,7 @@ fn verify_with(
     path: &Path,
     expected_sha256: Option<&str>,
     expect: Expect<'_>,
+    key: Option<&DecryptKey>,
     threads: usize,
     progress: &Progress,
     cancel: &CancelFlag,
@@ -136,7 +145,28 @@ fn verify_with(
         content_checked: true,
     };
     crate::faults::point("verify.before_scan");
-    let scanned = scan(file, path, threads, expect, progress, cancel, &mut report);
+    let mut scanned = scan(file, path, key, threads, expect, progress, cancel, &mut report);
+    if let (Ok(false), Expect::Embedded) = (&scanned, expect) {
+        // The archive differs from its manifest somewhere (or an entry was refused): the
+        // exact comparison, reading it again, says where.
+        report.entries = 0;
+        report.files_checked = 0;
+        report.problems.clear();
+        scanned = File::open(path)
+            .ctx("cannot open archive", path)
+            .and_then(|file| {
+                scan(
+                    file,
+                    path,
+                    key,
+                    threads,
+                    Expect::EmbeddedExact,
+                    progress,
+                    cancel,
+                    &mut report,
+                )
+            });
+    }
     let hashed = hasher
         .join()
         .map_err(|_| Error::Internal("the hashing thread panicked".into()))?;
@@ -192,37 +222,41 @@ fn hash_file_contents(mut file: File, cancel: &CancelFlag) -> io::Result<Option<
     Ok(Some((hex::encode(hasher.finalize()), len)))
 }
 
-/// The content checks. Problems go into `report`; `Err` only for I/O errors and cancel.
+/// The content checks of [`scan_stream`] over the archive file. Problems go into `report`;
+/// `Err` only for I/O errors and cancel. `Ok(false)`: not settled (see [`Scanned`]).
+#[allow(clippy::too_many_arguments)]
 fn scan(
     file: File,
     path: &Path,
+    key: Option<&DecryptKey>,
     threads: usize,
     expect: Expect<'_>,
     progress: &Progress,
     cancel: &CancelFlag,
     report: &mut VerifyReport,
-) -> Result<()> {
+) -> Result<bool> {
     let index = file.try_clone().ctx("cannot open archive", path)?;
     let size = report.size;
-    let key = match expect {
-        Expect::Embedded(key) => key,
-        _ => None,
-    };
     if key.is_none() && super::crypt::is_age_file(&file).ctx("cannot read archive", path)? {
         // Encrypted and no key: the checksum is all that can be checked.
         report.content_checked = false;
-        return Ok(());
+        return Ok(true);
     }
-    let threads = resolve_threads(threads);
-    let reader = match super::crypt::open_plain(path, file, key, threads, |e| {
-        Error::io("cannot read archive", path, e)
-    }) {
-        Ok(r) => r,
-        Err(e @ Error::Decrypt { .. }) => {
-            report.problems.push(e.to_string());
-            return Ok(());
+    let mut gzip_error = None;
+    let opened = super::crypt::open_plain(path, file, key, resolve_threads(threads), |e| {
+        gzip_error = Some(e);
+        Error::Internal(String::new())
+    });
+    let reader = match (opened, gzip_error) {
+        (Ok(r), _) => r,
+        (Err(_), Some(e)) => {
+            return note(stream_error(e, "not a valid gzip file"), path, report).map(|()| true);
         }
-        Err(e) => return Err(e),
+        (Err(e @ Error::Decrypt { .. }), None) => {
+            report.problems.push(e.to_string());
+            return Ok(true);
+        }
+        (Err(e), None) => return Err(e),
     };
     let (position, reader) = ProgressMap::new(&index, size, reader);
     drop(index);
@@ -235,7 +269,7 @@ fn scan(
         cancel,
         report,
     )
-    .map(drop)
+    .map(|s| s.settled)
 }
 
 /// Records a finding; an OS-level read error aborts the scan instead.
@@ -249,10 +283,19 @@ fn note(r: Refusal, path: &Path, report: &mut VerifyReport) -> Result<()> {
     }
 }
 
+/// What [`scan_stream`] found besides the report's problems.
+pub(super) struct Scanned {
+    /// The entries read (with checksums), the manifest entries of the archive as it is;
+    /// empty for [`Expect::Embedded`], which only fingerprints them.
+    pub entries: Vec<ManifestEntry>,
+    /// False when, for [`Expect::Embedded`], the fingerprints differ or an entry was
+    /// refused: the findings are then those of an [`Expect::EmbeddedExact`] scan.
+    pub settled: bool,
+}
+
 /// The content checks over a decompressed stream: every entry through the entry rules,
 /// file contents hashed, the tail checked, and the entries compared with what `expect`
-/// says. Problems go into `report`; returns the entries read (with checksums), the manifest
-/// entries of this archive as it is. `position` says where in the archive file the reading
+/// says. Problems go into `report`. `position` says where in the archive file the reading
 /// is, for progress.
 pub(super) fn scan_stream(
     reader: impl Read,
@@ -262,7 +305,12 @@ pub(super) fn scan_stream(
     progress: &Progress,
     cancel: &CancelFlag,
     report: &mut VerifyReport,
-) -> Result<Vec<ManifestEntry>> {
+) -> Result<Scanned> {
+    let fingerprint = matches!(expect, Expect::Embedded);
+    let done = |entries: Vec<ManifestEntry>| Scanned {
+        entries,
+        settled: true,
+    };
     let note = |r: Refusal, report: &mut VerifyReport| note(r, path, report);
     let reader = CancelRead {
         inner: reader,
@@ -272,13 +320,14 @@ pub(super) fn scan_stream(
     let mut meta = Meta::new();
     let mut tracker = Tracker::default();
     let mut observed = Vec::new();
+    let mut digest = EntryDigest::default();
     let mut buf = vec![0u8; BUF];
     let mut broken = false;
     let entries = match archive.entries() {
         Ok(e) => e,
         Err(e) => {
             note(stream_error(e, "reading the tar stream"), report)?;
-            return Ok(Vec::new());
+            return Ok(done(Vec::new()));
         }
     };
     for entry in entries {
@@ -303,7 +352,8 @@ pub(super) fn scan_stream(
         // Without metadata entries (a legacy archive) the tracker refuses the reserved
         // names, `.nuwax-backup/` included.
         let metadata = match expect {
-            Expect::Embedded(_) => meta.accept(&parsed, &mut entry),
+            Expect::Embedded => meta.accept_digest(&parsed, &mut entry),
+            Expect::EmbeddedExact => meta.accept(&parsed, &mut entry),
             Expect::Given(_) | Expect::Nothing => Ok(false),
         };
         match metadata {
@@ -324,6 +374,7 @@ pub(super) fn scan_stream(
         }
         report.entries += 1;
         let entries_so_far = report.entries;
+        let slot = fingerprint.then(|| digest.entry(&parsed.fields()));
         let sha = if parsed.kind == EntryKind::File {
             match copy_entry_data(
                 &mut entry,
@@ -347,11 +398,21 @@ pub(super) fn scan_stream(
         } else {
             None
         };
-        observed.push(parsed.to_manifest_entry(sha));
+        match slot {
+            Some(slot) => {
+                if let Some(sha) = &sha {
+                    let mut raw = [0u8; 32];
+                    hex::decode_to_slice(sha, &mut raw)
+                        .map_err(|e| Error::Internal(format!("bad checksum {sha}: {e}")))?;
+                    digest.sha(slot, &raw);
+                }
+            }
+            None => observed.push(parsed.to_manifest_entry(sha)),
+        }
         progress.advance(position(), report.entries, None);
     }
     report.info = match expect {
-        Expect::Embedded(_) => meta.info.clone(),
+        Expect::Embedded | Expect::EmbeddedExact => meta.info.clone(),
         Expect::Given(m) => Some(m.info.clone()),
         Expect::Nothing => None,
     };
@@ -360,14 +421,25 @@ pub(super) fn scan_stream(
             "the archive could not be read to its end; {} entries were checked before that",
             report.entries
         ));
-        return Ok(observed);
+        return Ok(done(observed));
     }
     let mut rest = archive.into_inner();
     if let Err(r) = check_trailing(&mut rest) {
         note(r, report)?;
     }
+    let clean = report.problems.is_empty();
     match expect {
-        Expect::Embedded(_) => match meta.finish() {
+        Expect::Embedded => match meta.finish() {
+            Ok(_) => {
+                let same = meta.digest.as_ref().is_some_and(|m| m.matches(&digest));
+                return Ok(Scanned {
+                    entries: observed,
+                    settled: clean && same,
+                });
+            }
+            Err(r) => note(r, report)?,
+        },
+        Expect::EmbeddedExact => match meta.finish() {
             Ok((_, manifest)) => report
                 .problems
                 .extend(compare_manifest(manifest, &observed)),
@@ -378,7 +450,44 @@ pub(super) fn scan_stream(
             .extend(compare_manifest(manifest, &observed)),
         Expect::Nothing => {}
     }
-    Ok(observed)
+    Ok(done(observed))
+}
+
+/// The exact comparison of the archive at `path` with its manifest (`expect`: its own,
+/// [`Expect::EmbeddedExact`], or a given one; every entry kept and compared one by one), for
+/// an extraction whose fingerprints differed: the findings, which may be none (a manifest in
+/// another order or spelling).
+pub(super) fn manifest_problems(
+    path: &Path,
+    key: Option<&DecryptKey>,
+    expect: Expect<'_>,
+    threads: usize,
+    cancel: &CancelFlag,
+) -> Result<Vec<String>> {
+    let file = File::open(path).ctx("cannot open archive", path)?;
+    let size = file.metadata().ctx("cannot stat archive", path)?.len();
+    let mut report = VerifyReport {
+        size,
+        sha256: String::new(),
+        checksum_matches: None,
+        entries: 0,
+        files_checked: 0,
+        info: None,
+        problems: Vec::new(),
+        content_checked: true,
+    };
+    scan(
+        file,
+        path,
+        key,
+        threads,
+        expect,
+        &Progress::none(),
+        cancel,
+        &mut report,
+    )?;
+    cancel.check()?;
+    Ok(report.problems)
 }
 
 /// Reads the archive's `info.json` (its first entry after the `.nuwax-backup/` directory),
@@ -389,10 +498,7 @@ pub fn read_info(path: &Path) -> Result<ArchiveInfo> {
 }
 
 /// [`read_info`] of an archive that may be encrypted, with its key.
-pub fn read_info_with(
-    path: &Path,
-    key: Option<&crate::encryption::DecryptKey>,
-) -> Result<ArchiveInfo> {
+pub fn read_info_with(path: &Path, key: Option<&DecryptKey>) -> Result<ArchiveInfo> {
     probe_info_with(path, key)?.ok_or_else(|| Error::Corrupt {
         path: path.to_path_buf(),
         detail: format!("{INFO_PATH} is missing (not a nuwax-cli archive?)"),
@@ -407,10 +513,7 @@ pub fn probe_info(path: &Path) -> Result<Option<ArchiveInfo>> {
 }
 
 /// [`probe_info`] of an archive that may be encrypted, with its key.
-pub fn probe_info_with(
-    path: &Path,
-    key: Option<&crate::encryption::DecryptKey>,
-) -> Result<Option<ArchiveInfo>> {
+pub fn probe_info_with(path: &Path, key: Option<&DecryptKey>) -> Result<Option<ArchiveInfo>> {
     let file = File::open(path).ctx("cannot open archive", path)?;
     // The verifying reader: a member's CRC is checked before any of its bytes are used, and a
     // truncated file says so; one thread is plenty for the first entry or two.
