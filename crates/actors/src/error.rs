@@ -271,6 +271,14 @@ mod tests {
             (Error::Usage("bad".into()), "usage"),
             (Error::Interrupted, "interrupted"),
             (Error::UpgradeRolledBack("x".into()), "upgrade_rolled_back"),
+            (Error::KeyRequired("x".into()), "key_required"),
+            (
+                Error::Decrypt {
+                    path: "/x".into(),
+                    detail: "wrong key".into(),
+                },
+                "decryption_failed",
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "{error}");
