@@ -75,7 +75,10 @@ fn encrypted_backup() -> Option<Encrypted> {
     let env = TestEnv::new();
     let keys = keys_dir(&env);
     let (identity, public) = keygen(&keys, "key.txt");
-    configure(&env, &format!("recipients = [\"{public}\"]\nscope = \"all\"\n"));
+    configure(
+        &env,
+        &format!("recipients = [\"{public}\"]\nscope = \"all\"\n"),
+    );
     let original = env.snapshot_compose();
     let row = env.backup();
     assert!(row.encrypted, "{row:?}");
@@ -100,14 +103,23 @@ fn an_encrypted_backup_is_unreadable_without_its_key_and_restores_with_it() {
     assert!(bytes.starts_with(b"age-encryption.org/v1\n"));
     // The catalog's checksum is the ciphertext's.
     let row = env.list().into_iter().next().unwrap();
-    assert_eq!(row.sha256.as_deref(), Some(crate::util::sha256_file(&s.archive).as_str()));
+    assert_eq!(
+        row.sha256.as_deref(),
+        Some(crate::util::sha256_file(&s.archive).as_str())
+    );
     let table = env.run(&["list-backups"]);
     table.assert_ok();
     assert!(table.stdout.contains("(encrypted)"), "{}", table.stdout);
 
     // No key: exit 2 saying what to pass; nothing touched.
     let mutated = env.snapshot_compose();
-    let out = env.run(&["rollback", &s.id, "--force", "--no-start", "--rollback-data"]);
+    let out = env.run(&[
+        "rollback",
+        &s.id,
+        "--force",
+        "--no-start",
+        "--rollback-data",
+    ]);
     out.assert_code(exit::USAGE).assert_stderr_has("--identity");
     assert_same_tree("compose dir", &mutated, &env.snapshot_compose());
 
@@ -305,7 +317,10 @@ fn a_passphrase_round_trip_and_bad_recipients_refuse_the_backup() {
     write(&wrong, b"not it\n", 0o600);
     configure(
         &env,
-        &format!("passphrase_file = \"{}\"\nscope = \"all\"\n", pass.display()),
+        &format!(
+            "passphrase_file = \"{}\"\nscope = \"all\"\n",
+            pass.display()
+        ),
     );
     let original = env.snapshot_compose();
     // The scrypt work factor is lowered for tests (fault-injection builds only).

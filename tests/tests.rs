@@ -11,8 +11,8 @@ mod util;
 
 mod backup;
 mod delete;
-mod encryption;
 mod demo;
+mod encryption;
 mod excludes;
 mod faults;
 mod gate;

@@ -175,7 +175,10 @@ impl std::fmt::Debug for Encryption {
 
 impl Encryption {
     /// Wraps `output` in an age encrypting writer (call `finish` on it at the end).
-    pub fn writer<W: std::io::Write>(&self, output: W) -> std::io::Result<age::stream::StreamWriter<W>> {
+    pub fn writer<W: std::io::Write>(
+        &self,
+        output: W,
+    ) -> std::io::Result<age::stream::StreamWriter<W>> {
         let encryptor = match &self.kind {
             EncKind::Recipients(list) => {
                 let parsed: Vec<Box<dyn age::Recipient + Send>> = list
@@ -224,8 +227,12 @@ impl EncryptionConfig {
                 ));
             }
             let path = work_dir.join(pf);
-            let pass = read_passphrase(&path)
-                .map_err(|e| bad(format!("encryption.passphrase_file {}: {e}", path.display())))?;
+            let pass = read_passphrase(&path).map_err(|e| {
+                bad(format!(
+                    "encryption.passphrase_file {}: {e}",
+                    path.display()
+                ))
+            })?;
             return Ok(Some(Encryption {
                 kind: EncKind::Passphrase(pass),
                 fingerprints: vec!["scrypt".into()],
@@ -235,7 +242,10 @@ impl EncryptionConfig {
         if let Some(rf) = &self.recipients_file {
             let path = work_dir.join(rf);
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                bad(format!("encryption.recipients_file {}: {e}", path.display()))
+                bad(format!(
+                    "encryption.recipients_file {}: {e}",
+                    path.display()
+                ))
             })?;
             list.extend(
                 text.lines()

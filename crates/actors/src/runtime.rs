@@ -257,7 +257,10 @@ impl Runtime {
     }
 
     /// `encryption check`: decrypts and verifies the newest encrypted backup with the key.
-    pub async fn encryption_check(&self, progress: Progress) -> Result<(BackupEntry, VerifyReport)> {
+    pub async fn encryption_check(
+        &self,
+        progress: Progress,
+    ) -> Result<(BackupEntry, VerifyReport)> {
         ops::encryption::check(&self.ctx, progress).await
     }
 

@@ -240,7 +240,9 @@ impl Store {
         for row in rows {
             let (id, sha, recipients) = row?;
             let recipients = serde_json::from_str(&recipients).map_err(|e| {
-                Error::Corrupt(format!("backup_encryption row {id}, column recipients: {e}"))
+                Error::Corrupt(format!(
+                    "backup_encryption row {id}, column recipients: {e}"
+                ))
             })?;
             out.push((
                 id,

@@ -78,7 +78,11 @@ async fn a_child_that_panics_is_restarted_and_the_next_request_is_answered() {
     let missing = dir.path().join("missing.tar.gz");
     // Answered (with a domain error) before the panic.
     let m = missing.clone();
-    assert!(ctx.archive(|r| ArchiveMsg::ReadInfo(m, None, r)).await.is_err());
+    assert!(
+        ctx.archive(|r| ArchiveMsg::ReadInfo(m, None, r))
+            .await
+            .is_err()
+    );
     before.cast(ArchiveMsg::Panic).unwrap();
     // The supervisor restarts it; the cached ref is noticed dead and fetched again.
     let mut after = None;

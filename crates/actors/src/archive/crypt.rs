@@ -105,9 +105,9 @@ pub(super) fn open_plain(
             detail,
         })?;
     let stream = Decrypted::spawn(plain).map_err(|e| Error::io("cannot decrypt", path, e))?;
-    Ok(Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
-        BLOCK, stream,
-    ))))
+    Ok(Box::new(flate2::read::MultiGzDecoder::new(
+        BufReader::with_capacity(BLOCK, stream),
+    )))
 }
 
 /// Checks that `key` opens the age file at `path` (header only: cheap).

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::check::{Meta, Parsed, ProgressMap, Tracker, parse_entry, stream_error, top_level};
 use super::threads::resolve_threads;
-use super::{ArchiveInfo, CancelFlag, META_DIR, ManifestEntry, };
+use super::{ArchiveInfo, CancelFlag, META_DIR, ManifestEntry};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
 
@@ -178,7 +178,14 @@ mod tests {
         assert_eq!(paths, ["data", "data/x.txt"]);
         assert_eq!(l.entries[1].size, 5);
         // The catalog's checksum is checked.
-        let err = list(&path, Some("00"), None, &Progress::none(), &CancelFlag::default()).unwrap_err();
+        let err = list(
+            &path,
+            Some("00"),
+            None,
+            &Progress::none(),
+            &CancelFlag::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
     }
 }

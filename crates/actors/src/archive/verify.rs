@@ -20,9 +20,7 @@ use super::check::{
 };
 use super::format::INFO_PATH;
 use super::threads::resolve_threads;
-use super::{
-    ArchiveInfo, CancelFlag, EntryKind, META_DIR, Manifest, ManifestEntry, VerifyReport,
-};
+use super::{ArchiveInfo, CancelFlag, EntryKind, META_DIR, Manifest, ManifestEntry, VerifyReport};
 use crate::encryption::DecryptKey;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
@@ -145,7 +143,16 @@ fn verify_with(
         content_checked: true,
     };
     crate::faults::point("verify.before_scan");
-    let mut scanned = scan(file, path, key, threads, expect, progress, cancel, &mut report);
+    let mut scanned = scan(
+        file,
+        path,
+        key,
+        threads,
+        expect,
+        progress,
+        cancel,
+        &mut report,
+    );
     if let (Ok(false), Expect::Embedded) = (&scanned, expect) {
         // The archive differs from its manifest somewhere (or an entry was refused): the
         // exact comparison, reading it again, says where.

@@ -360,7 +360,10 @@ pub(crate) fn unique_archive_path(
         };
         let p = dir.join(name);
         let sealed = encrypted_path(&p);
-        if !p.exists() && !partial_path(&p).exists() && !sealed.exists() && !partial_path(&sealed).exists()
+        if !p.exists()
+            && !partial_path(&p).exists()
+            && !sealed.exists()
+            && !partial_path(&sealed).exists()
         {
             return p;
         }
