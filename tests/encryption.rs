@@ -1,3 +1,4 @@
+#![allow(clippy::print_stderr)] // the skip notice of a test without the `age` tools
 //! Encryption at rest (README "Encryption"): `*.tar.gz.age` archives, restores with
 //! `--identity` / `--passphrase-file`, exit codes for a missing key (2), a wrong key and a
 //! damaged ciphertext (4, nothing live touched), interop with the `age` command both ways, and

@@ -329,6 +329,7 @@ mod tests {
                     threads: 2,
                     expected_sha256: None,
                     manifest: Some(Arc::new(manifest.clone())),
+                    key: None,
                 },
                 &none,
                 &cancel,
