@@ -15,6 +15,7 @@ mod delete;
 mod demo;
 mod dumps;
 mod drill;
+mod encryption;
 mod excludes;
 mod faults;
 mod gate;

@@ -161,6 +161,8 @@ enum Command {
     /// Restore drill: bring a backup up beside the live stack (own project, no ports, internal
     /// networks), wait for health, run [[drill.checks]], remove it. The live stack is untouched.
     Drill(commands::drill::Args),
+    /// Encryption at rest: `encryption check` test-decrypts the newest encrypted backup.
+    Encryption(commands::encryption::Args),
     /// Print a shell completion script on stdout (bash, zsh, fish...).
     Completions(commands::completions::Args),
     /// Print the man page (roff) on stdout: `nuwax-cli man > nuwax-cli.1`.
@@ -177,7 +179,7 @@ impl Command {
             Command::Rollback(a) => !a.list_json && !a.dry_run,
             // Read the catalog and archives; `restore` writes only outside the working dir.
             Command::Ls(_) | Command::Diff(_) | Command::Restore(_) => false,
-            Command::ListBackups(_) | Command::Verify(_) => false,
+            Command::ListBackups(_) | Command::Verify(_) | Command::Encryption(_) => false,
             Command::DockerService(a) => a.action.mutating(),
             Command::AutoBackup(a) => {
                 matches!(a.action, commands::auto_backup::Action::Run(_))
@@ -344,7 +346,10 @@ async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Re
         Command::Man => return commands::completions::run_man(printer),
         _ => {}
     }
-    let settings = nuwax_actors::Settings::load(&cli.work_dir, cli.config.as_deref())?;
+    let mut settings = nuwax_actors::Settings::load(&cli.work_dir, cli.config.as_deref())?;
+    if let Some(key) = commands::key_source(&cli.command) {
+        settings.set_key(key);
+    }
     let opts = nuwax_actors::RuntimeOptions {
         command: command_line(),
         mutating: cli.command.mutating(),
@@ -378,6 +383,7 @@ async fn dispatch(cli: Cli, printer: &Printer, cancel: CancelFlag) -> anyhow::Re
         Command::Restore(args) => commands::restore::run(args, &rt, printer).await,
         Command::RestoreDump(args) => commands::restore_dump::run(args, &rt, printer).await,
         Command::Drill(args) => commands::drill::run(args, &rt, printer).await,
+        Command::Encryption(args) => commands::encryption::run(args, &rt, printer).await,
         Command::Completions(_) | Command::Man => unreachable!("handled before the runtime"),
     };
     rt.shutdown().await;

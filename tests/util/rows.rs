@@ -30,6 +30,8 @@ pub struct BackupRow {
     pub drilled_at: Option<String>,
     /// `passed`, `failed`, `interrupted`, `running`, or null.
     pub drill_status: Option<String>,
+    /// The archive is encrypted with age (`*.tar.gz.age`).
+    pub encrypted: bool,
 }
 
 /// Every key of a row; `Option` fields must be present (as `null`), not left out.
@@ -49,6 +51,7 @@ pub const ROW_KEYS: &[&str] = &[
     "legacy",
     "drilled_at",
     "drill_status",
+    "encrypted",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

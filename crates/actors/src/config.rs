@@ -27,6 +27,8 @@ pub struct Config {
     pub hooks: crate::hook::HooksConfig,
     /// Notifications (`[notify]`, see `notify.rs`).
     pub notify: crate::notify::NotifyConfig,
+    /// Encryption at rest (`[encryption]`, see `encryption.rs`).
+    pub encryption: crate::encryption::EncryptionConfig,
     /// Sections the original nuwax-cli writes that this tool does not use.
     #[serde(rename = "cache")]
     pub _cache: Option<toml::Value>,
@@ -173,9 +175,25 @@ pub struct Settings {
     pub config_found: bool,
     /// `[remote]` resolved; `None` without the section.
     pub remote: Option<crate::remote::RemoteSettings>,
+    /// The key a restore of an encrypted backup uses: `--identity`/`--passphrase-file`, or
+    /// `[encryption] identity_file`.
+    pub decrypt_with: Option<crate::encryption::KeySource>,
 }
 
 impl Settings {
+    /// The key named on the command line, which wins over `[encryption] identity_file`.
+    pub fn set_key(&mut self, key: crate::encryption::KeySource) {
+        let resolve = |p: &Path| absolute(p, &self.paths.work_dir);
+        self.decrypt_with = Some(match key {
+            crate::encryption::KeySource::Identity(p) => {
+                crate::encryption::KeySource::Identity(resolve(&p))
+            }
+            crate::encryption::KeySource::Passphrase(p) => {
+                crate::encryption::KeySource::Passphrase(resolve(&p))
+            }
+        });
+    }
+
     /// Loads `config` (default `<work_dir>/config.toml`). A missing default file means
     /// defaults; a missing file named explicitly with `--config` is an error.
     pub fn load(work_dir: &Path, config: Option<&Path>) -> Result<Settings> {
@@ -245,7 +263,13 @@ impl Settings {
             Some(r) => Some(r.resolve(&paths.work_dir).map_err(bad)?),
             None => None,
         };
+        let decrypt_with = config
+            .encryption
+            .identity_file
+            .as_ref()
+            .map(|p| crate::encryption::KeySource::Identity(absolute(p, &paths.work_dir)));
         Ok(Settings {
+            decrypt_with,
             remote,
             config,
             paths,

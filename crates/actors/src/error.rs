@@ -51,6 +51,12 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     Refused(String),
+    /// An encrypted backup and no key to decrypt it (or a key file that cannot be used).
+    #[error("{0}")]
+    KeyRequired(String),
+    /// The key does not open the archive, or its ciphertext is damaged (nothing was touched).
+    #[error("cannot decrypt {path}: {detail}")]
+    Decrypt { path: PathBuf, detail: String },
     #[error(
         "not enough free space at {path}: needs {needed} bytes (with margin), {available} available; free some space or move [backup] storage_dir"
     )]
@@ -151,6 +157,7 @@ impl Error {
             Error::Usage(_)
             | Error::BackupNotFound(_)
             | Error::Config { .. }
+            | Error::KeyRequired(_)
             | Error::Store(nuwax_store::Error::BackupNotFound(_)) => ErrorKind::Usage,
             Error::Refused(_)
             | Error::SwapConflict { .. }
@@ -161,6 +168,7 @@ impl Error {
             Error::Corrupt { .. }
             | Error::UnsafeEntry { .. }
             | Error::ChecksumMismatch { .. }
+            | Error::Decrypt { .. }
             | Error::UnsafePath { .. } => ErrorKind::Integrity,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::UpgradeRolledBack(_) => ErrorKind::UpgradeRolledBack,
@@ -187,6 +195,8 @@ impl Error {
             Error::DockerUnreachable { .. } => "docker_unreachable",
             Error::Docker(_) => "docker",
             Error::Corrupt { .. } => "corrupt",
+            Error::KeyRequired(_) => "key_required",
+            Error::Decrypt { .. } => "decryption_failed",
             Error::UnsafeEntry { .. } => "unsafe_entry",
             Error::ChecksumMismatch { .. } => "checksum_mismatch",
             Error::SourceChanged { .. } => "source_changed",
@@ -274,6 +284,14 @@ mod tests {
             (Error::Usage("bad".into()), "usage"),
             (Error::Interrupted, "interrupted"),
             (Error::UpgradeRolledBack("x".into()), "upgrade_rolled_back"),
+            (Error::KeyRequired("x".into()), "key_required"),
+            (
+                Error::Decrypt {
+                    path: "/x".into(),
+                    detail: "wrong key".into(),
+                },
+                "decryption_failed",
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "{error}");

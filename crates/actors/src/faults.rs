@@ -100,3 +100,20 @@ pub fn skip_space_check() -> bool {
 pub fn skip_space_check() -> bool {
     false
 }
+
+/// `NUWAX_TEST_SCRYPT_LOG_N=N` lowers the scrypt work factor of passphrase encryption to
+/// 2^N, so tests do not spend a second per backup (decryption accepts any lower factor).
+#[cfg(feature = "fault-injection")]
+pub fn scrypt_work_factor() -> Option<u8> {
+    std::env::var("NUWAX_TEST_SCRYPT_LOG_N")
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok())
+        .filter(|n| (1..64).contains(n))
+}
+
+/// Without `fault-injection`: age's own work factor (about a second on this machine).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn scrypt_work_factor() -> Option<u8> {
+    None
+}

@@ -20,6 +20,7 @@ pub mod docker;
 #[cfg(not(feature = "test-support"))]
 pub(crate) mod docker;
 pub(crate) mod dumps;
+pub(crate) mod encryption;
 pub(crate) mod error;
 pub(crate) mod exclude;
 pub(crate) mod faults;
@@ -42,6 +43,7 @@ pub use archive::{CancelFlag, VerifyReport};
 pub use config::Settings;
 pub use docker::ContainerInfo;
 pub use docker::GateEntry;
+pub use encryption::KeySource;
 pub use error::{Error, ErrorKind, Result};
 pub use nuwax_store::{BackupRecord, BackupStatus, BackupType, DrillOutcome, DrillRecord};
 pub use ops::BackupEntry;

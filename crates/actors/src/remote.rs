@@ -322,7 +322,7 @@ impl Sidecar {
             detail: format!("remote sidecar is not valid: {e}"),
         })?;
         let name_ok = crate::relpath::RelPath::from_name(std::ffi::OsStr::new(&s.archive)).is_ok()
-            && s.archive.ends_with(".tar.gz")
+            && crate::encryption::is_archive_name(&s.archive)
             && !s.archive.contains('/');
         if !name_ok || s.sha256.len() != 64 || !s.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::Corrupt {

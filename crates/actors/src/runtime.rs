@@ -283,6 +283,14 @@ impl Runtime {
         ops::maintenance::verify(&self.ctx, id, progress).await
     }
 
+    /// `encryption check`: decrypts and verifies the newest encrypted backup with the key.
+    pub async fn encryption_check(
+        &self,
+        progress: Progress,
+    ) -> Result<(BackupEntry, VerifyReport)> {
+        ops::encryption::check(&self.ctx, progress).await
+    }
+
     /// Deletes a backup's local archive (and with `remote` its remote copy); the catalog
     /// entry stays while a remote copy does.
     pub async fn delete_backup(&self, id: i64, remote: bool) -> Result<DeleteReport> {

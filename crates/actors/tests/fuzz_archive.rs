@@ -228,6 +228,7 @@ fn read_back_in(sb: &Sandbox, bytes: &[u8]) -> Result<Outcome, TestCaseError> {
     let report = archive::verify(
         &sb.archive,
         None,
+        None,
         2,
         &Progress::none(),
         &CancelFlag::default(),
@@ -245,6 +246,7 @@ fn read_back_in(sb: &Sandbox, bytes: &[u8]) -> Result<Outcome, TestCaseError> {
             threads: 2,
             expected_sha256: None,
             manifest: None,
+            key: None,
         },
         &Progress::none(),
         &CancelFlag::default(),
@@ -370,6 +372,7 @@ fn build_fixture(big: bool) -> Built {
             threads: 2,
             info: info(),
             dump_files: Vec::new(),
+            encryption: None,
         },
         &Progress::none(),
         &CancelFlag::default(),

@@ -19,6 +19,9 @@ pub(crate) struct Args {
     /// Print the differences as one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// The key of an encrypted backup.
+    #[command(flatten)]
+    pub key: super::encryption::KeyArgs,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {

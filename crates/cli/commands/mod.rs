@@ -8,6 +8,7 @@ pub(crate) mod diff;
 pub(crate) mod docker_service;
 pub(crate) mod drill;
 pub(crate) mod dry_run;
+pub(crate) mod encryption;
 pub(crate) mod list;
 pub(crate) mod ls;
 pub(crate) mod prune;
@@ -44,7 +45,23 @@ pub(crate) fn wants_json(cmd: &Command) -> bool {
         Command::Restore(a) => a.json,
         Command::RestoreDump(a) => a.json,
         Command::Drill(a) => a.json,
+        Command::Encryption(a) => a.action.json(),
         Command::Completions(_) | Command::Man => false,
+    }
+}
+
+/// The key given on the command line for an encrypted backup (`--identity`,
+/// `--passphrase-file`), if the command takes one.
+pub(crate) fn key_source(cmd: &Command) -> Option<nuwax_actors::KeySource> {
+    match cmd {
+        Command::Rollback(a) => a.key.source(),
+        Command::RollbackDataOnly(a) => a.key.source(),
+        Command::Verify(a) => a.key.source(),
+        Command::Ls(a) => a.key.source(),
+        Command::Diff(a) => a.key.source(),
+        Command::Restore(a) => a.key.source(),
+        Command::Encryption(a) => a.action.key().source(),
+        _ => None,
     }
 }
 

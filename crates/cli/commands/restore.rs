@@ -30,6 +30,9 @@ pub(crate) struct Args {
     /// Print the result as one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// The key of an encrypted backup.
+    #[command(flatten)]
+    pub key: super::encryption::KeyArgs,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {

@@ -35,6 +35,9 @@ pub(crate) struct Args {
     /// containers that would stop; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// The key of an encrypted backup.
+    #[command(flatten)]
+    pub key: super::encryption::KeyArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -57,6 +60,9 @@ pub(crate) struct DataOnlyArgs {
     /// containers that would stop; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// The key of an encrypted backup.
+    #[command(flatten)]
+    pub key: super::encryption::KeyArgs,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {

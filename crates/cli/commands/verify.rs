@@ -19,6 +19,9 @@ pub(crate) struct Args {
     /// Print the results as one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// The key of an encrypted backup.
+    #[command(flatten)]
+    pub key: super::encryption::KeyArgs,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
@@ -65,7 +68,12 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                         ),
                     );
                 }
-                if ok {
+                if ok && !report.content_checked {
+                    printer.info(&format!(
+                        "backup {id}: checksum OK; encrypted, content not checked (pass --identity FILE for a full decrypt-and-verify) {}",
+                        totals.suffix()
+                    ));
+                } else if ok {
                     printer.info(&format!(
                         "backup {id}: OK ({} entries, {} files checked) {}",
                         report.entries,
@@ -88,6 +96,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                     entries: report.entries,
                     files_checked: report.files_checked,
                     problems,
+                    content_checked: report.content_checked,
                 }
             }
             // An interruption is no verdict: never "FAILED", never exit 4 (whatever --json).
@@ -113,6 +122,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                     entries: 0,
                     files_checked: 0,
                     problems: vec![msg],
+                    content_checked: false,
                 };
                 if status == ExitStatus::Interrupted {
                     results.push(json);

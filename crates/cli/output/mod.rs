@@ -42,6 +42,8 @@ pub(crate) struct BackupJson {
     /// How that drill ended: `passed`, `failed`, `interrupted` (`running` while one runs);
     /// null when never drilled.
     pub drill_status: Option<&'static str>,
+    /// The archive is encrypted with age (`*.tar.gz.age`): a restore needs `--identity`.
+    pub encrypted: bool,
 }
 
 impl From<&BackupEntry> for BackupJson {
@@ -63,6 +65,7 @@ impl From<&BackupEntry> for BackupJson {
                 .verified_at
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
             legacy: r.legacy,
+            encrypted: e.encrypted,
             drilled_at: e
                 .last_drill
                 .as_ref()
@@ -218,6 +221,9 @@ pub(crate) struct VerifyJson {
     pub files_checked: u64,
     /// Each problem found, naming the entry.
     pub problems: Vec<String>,
+    /// `false` for an encrypted backup verified without its key (`--identity`): only the
+    /// archive's checksum was checked, not its content.
+    pub content_checked: bool,
 }
 
 /// Result of `delete-backup --json`.
@@ -348,10 +354,10 @@ pub(crate) fn table(entries: &[&BackupEntry]) -> String {
         };
         rows.push([
             r.id.to_string(),
-            if r.legacy {
-                format!("{} (legacy)", r.backup_type.as_str())
-            } else {
-                r.backup_type.as_str().to_string()
+            match (r.legacy, e.encrypted) {
+                (true, _) => format!("{} (legacy)", r.backup_type.as_str()),
+                (false, true) => format!("{} (encrypted)", r.backup_type.as_str()),
+                (false, false) => r.backup_type.as_str().to_string(),
             },
             r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             r.service_version.clone(),

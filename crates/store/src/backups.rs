@@ -232,4 +232,47 @@ impl Store {
         let changed = stmt.execute(params![id, encode_path(path)?])?;
         expect_one(changed, Error::BackupNotFound(id))
     }
+
+    /// Records how backup `id`'s archive was encrypted (replaces an earlier record).
+    pub fn record_encryption(&self, id: i64, facts: &crate::EncryptionFacts) -> Result<()> {
+        let recipients = serde_json::to_string(&facts.recipients)
+            .map_err(|e| Error::Corrupt(format!("cannot encode recipients: {e}")))?;
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO backup_encryption (backup_id, ciphertext_sha256, recipients) \
+             VALUES (?1, ?2, ?3)",
+        )?;
+        stmt.execute(params![id, facts.ciphertext_sha256, recipients])?;
+        Ok(())
+    }
+
+    /// The encryption facts of every encrypted backup, by backup id.
+    pub fn encryption_facts(&self) -> Result<Vec<(i64, crate::EncryptionFacts)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT backup_id, ciphertext_sha256, recipients FROM backup_encryption ORDER BY backup_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sha, recipients) = row?;
+            let recipients = serde_json::from_str(&recipients).map_err(|e| {
+                Error::Corrupt(format!(
+                    "backup_encryption row {id}, column recipients: {e}"
+                ))
+            })?;
+            out.push((
+                id,
+                crate::EncryptionFacts {
+                    ciphertext_sha256: sha,
+                    recipients,
+                },
+            ));
+        }
+        Ok(out)
+    }
 }

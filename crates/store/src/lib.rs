@@ -46,6 +46,15 @@ pub use model::{
 };
 pub use remote::{RemoteCopyRecord, RemoteUpload};
 
+/// How an encrypted archive was encrypted (catalog table `backup_encryption`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionFacts {
+    /// SHA-256 of the `*.tar.gz.age` file (lowercase hex).
+    pub ciphertext_sha256: String,
+    /// A fingerprint per recipient (`sha256:…`), or `scrypt` for a passphrase.
+    pub recipients: Vec<String>,
+}
+
 use migrations::MIGRATIONS;
 
 /// How long a statement waits for another process's lock before failing with "busy".
@@ -192,6 +201,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "log_tail",
             "error",
         ],
+    ),
+    (
+        "backup_encryption",
+        &["backup_id", "ciphertext_sha256", "recipients"],
     ),
     (
         "operations",

@@ -150,4 +150,16 @@ CREATE TABLE drills (
 CREATE INDEX drills_backup_id ON drills(backup_id);
 "#,
     ),
+    // 6 (issue 13, encryption at rest): the encryption facts of an encrypted archive (a
+    // `*.tar.gz.age` in the storage dir): the ciphertext's SHA-256 and a fingerprint per
+    // recipient (a JSON array; `["scrypt"]` for a passphrase). Never a key. Goes with its row.
+    M::up(
+        r#"
+CREATE TABLE backup_encryption (
+    backup_id         INTEGER PRIMARY KEY REFERENCES backups(id) ON DELETE CASCADE,
+    ciphertext_sha256 TEXT    NOT NULL,
+    recipients        TEXT    NOT NULL
+);
+"#,
+    ),
 ];

@@ -837,3 +837,19 @@ fn enum_text_forms() {
         assert_eq!(o.to_string(), o.as_str());
     }
 }
+
+#[test]
+fn encryption_facts_are_recorded_and_go_with_their_row() {
+    let store = Store::open_in_memory().unwrap();
+    let id = store
+        .insert_backup(&new_backup("/b/x.tar.gz.age", t(0, 0)))
+        .unwrap();
+    let facts = crate::EncryptionFacts {
+        ciphertext_sha256: "ab".repeat(32),
+        recipients: vec!["sha256:0011223344556677".into(), "scrypt".into()],
+    };
+    store.record_encryption(id, &facts).unwrap();
+    assert_eq!(store.encryption_facts().unwrap(), vec![(id, facts)]);
+    store.delete_backup(id).unwrap();
+    assert!(store.encryption_facts().unwrap().is_empty());
+}

@@ -11,6 +11,7 @@ use crate::archive::{
     self, ArchiveInfo, BuildOptions, BuildReport, CancelFlag, ExtractOptions, ExtractReport,
     LegacyAdoption, LegacyName, Manifest, VerifyReport,
 };
+use crate::encryption::DecryptKey;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::restore::{self, SwapPlan};
@@ -27,6 +28,8 @@ pub(crate) enum ArchiveMsg {
         expected_sha256: Option<String>,
         /// A legacy backup's manifest (from the catalog); `None`: the archive's own.
         manifest: Option<Arc<Manifest>>,
+        /// The key of an encrypted archive; without it only the checksum is checked.
+        key: Option<DecryptKey>,
         progress: Progress,
         cancel: CancelFlag,
         reply: Reply<VerifyReport>,
@@ -34,11 +37,12 @@ pub(crate) enum ArchiveMsg {
     /// SHA-256 of the whole file, for the check before a restore.
     Checksum(PathBuf, Progress, CancelFlag, Reply<String>),
     Extract(ExtractOptions, Progress, CancelFlag, Reply<ExtractReport>),
-    ReadInfo(PathBuf, Reply<ArchiveInfo>),
+    ReadInfo(PathBuf, Option<DecryptKey>, Reply<ArchiveInfo>),
     /// What the archive holds (`ls`, `diff`, dry run), its checksum checked when given.
     List {
         path: PathBuf,
         expected_sha256: Option<String>,
+        key: Option<DecryptKey>,
         progress: Progress,
         cancel: CancelFlag,
         reply: Reply<archive::Listing>,
@@ -119,6 +123,7 @@ impl Actor for ArchiveActor {
                 path,
                 expected_sha256,
                 manifest,
+                key,
                 progress,
                 cancel,
                 reply: r,
@@ -133,9 +138,14 @@ impl Actor for ArchiveActor {
                         &progress,
                         &cancel,
                     ),
-                    None => {
-                        archive::verify(&path, expected_sha256.as_deref(), 0, &progress, &cancel)
-                    }
+                    None => archive::verify(
+                        &path,
+                        expected_sha256.as_deref(),
+                        key.as_ref(),
+                        0,
+                        &progress,
+                        &cancel,
+                    ),
                 })
                 .await,
             ),
@@ -163,19 +173,27 @@ impl Actor for ArchiveActor {
             ArchiveMsg::List {
                 path,
                 expected_sha256,
+                key,
                 progress,
                 cancel,
                 reply: r,
             } => reply(
                 r,
                 blocking(move || {
-                    archive::list(&path, expected_sha256.as_deref(), &progress, &cancel)
+                    archive::list(
+                        &path,
+                        expected_sha256.as_deref(),
+                        key.as_ref(),
+                        &progress,
+                        &cancel,
+                    )
                 })
                 .await,
             ),
-            ArchiveMsg::ReadInfo(path, r) => {
-                reply(r, blocking(move || archive::read_info(&path)).await)
-            }
+            ArchiveMsg::ReadInfo(path, key, r) => reply(
+                r,
+                blocking(move || archive::read_info_with(&path, key.as_ref())).await,
+            ),
             ArchiveMsg::ValidatePackage(package, compose, data, r) => reply(
                 r,
                 blocking(move || crate::package::validate_opened(&package, &compose, &data)).await,

@@ -352,10 +352,10 @@ async fn list(state: &RemoteState) -> Result<RemoteListing> {
             continue; // not ours: only names directly under the prefix
         }
         if let Some(archive) = rel.strip_suffix(SIDECAR_SUFFIX) {
-            if archive.ends_with(".tar.gz") {
+            if crate::encryption::is_archive_name(archive) {
                 sidecars.push(archive.to_string());
             }
-        } else if rel.ends_with(".tar.gz") {
+        } else if crate::encryption::is_archive_name(rel) {
             out.objects.insert(rel.to_string(), meta.size);
         }
     }

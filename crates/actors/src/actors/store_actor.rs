@@ -139,6 +139,8 @@ pub(crate) enum StoreMsg {
     MarkVerified(i64, DateTime<Utc>, Reply<()>),
     /// The backup was taken hot (issue 15).
     MarkHot(i64, Reply<()>),
+    /// How an encrypted backup was encrypted (ciphertext SHA-256, recipients' fingerprints).
+    RecordEncryption(i64, nuwax_store::EncryptionFacts, Reply<()>),
     BeginOperation(OperationKind, serde_json::Value, Reply<i64>),
     SetOperationPhase(i64, String, Option<serde_json::Value>, Reply<()>),
     FinishOperation(i64, OperationState, Option<String>, Reply<()>),
@@ -334,6 +336,9 @@ impl Actor for StoreActor {
                 reply(r, st.run(move |s| s.mark_verified(id, at)).await)
             }
             StoreMsg::MarkHot(id, r) => reply(r, st.run(move |s| s.mark_hot(id)).await),
+            StoreMsg::RecordEncryption(id, facts, r) => {
+                reply(r, st.run(move |s| s.record_encryption(id, &facts)).await)
+            }
             StoreMsg::BeginOperation(kind, details, r) => {
                 let boot = crate::lock::boot_id();
                 reply(

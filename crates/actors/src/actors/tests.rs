@@ -69,6 +69,7 @@ fn build_opts(src: &Path, dest: &Path) -> BuildOptions {
         threads: 2,
         info: info(),
         dump_files: Vec::new(),
+        encryption: None,
     }
 }
 
@@ -80,7 +81,11 @@ async fn a_child_that_panics_is_restarted_and_the_next_request_is_answered() {
     let missing = dir.path().join("missing.tar.gz");
     // Answered (with a domain error) before the panic.
     let m = missing.clone();
-    assert!(ctx.archive(|r| ArchiveMsg::ReadInfo(m, r)).await.is_err());
+    assert!(
+        ctx.archive(|r| ArchiveMsg::ReadInfo(m, None, r))
+            .await
+            .is_err()
+    );
     before.cast(ArchiveMsg::Panic).unwrap();
     // The supervisor restarts it; the cached ref is noticed dead and fetched again.
     let mut after = None;
@@ -95,7 +100,7 @@ async fn a_child_that_panics_is_restarted_and_the_next_request_is_answered() {
     let after = after.expect("the archive actor was not restarted");
     assert!(matches!(after.get_status(), ractor::ActorStatus::Running));
     let err = ctx
-        .archive(|r| ArchiveMsg::ReadInfo(missing, r))
+        .archive(|r| ArchiveMsg::ReadInfo(missing, None, r))
         .await
         .unwrap_err();
     assert!(!err.to_string().contains("not running"), "{err}");

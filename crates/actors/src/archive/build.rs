@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::crypt::Sealed;
 use super::filepool::start_writeback;
 use super::format::{INFO_PATH, MANIFEST_PATH, encode_bytes};
 use super::pgzip::{CHUNK_SIZE, ParallelGzWriter};
@@ -798,7 +799,7 @@ struct Written {
     source_bytes: u64,
 }
 
-type Tar = tar::Builder<ParallelGzWriter<HashingWriter>>;
+type Tar = tar::Builder<ParallelGzWriter<Sealed<HashingWriter>>>;
 
 fn write_archive(
     file: File,
@@ -814,6 +815,8 @@ fn write_archive(
         count: 0,
         unflushed: 0,
     };
+    let sink = Sealed::new(sink, opts.encryption.as_ref())
+        .map_err(|e| Error::io("cannot start encrypting the archive", partial, e))?;
     let gz = ParallelGzWriter::new(sink, opts.level, resolve_threads(opts.threads), CHUNK_SIZE);
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
@@ -955,7 +958,7 @@ fn write_archive(
     pad(tar.get_mut(), manifest_len).map_err(werr)?;
 
     let gz = tar.into_inner().map_err(werr)?;
-    let sink = gz.finish().map_err(werr)?;
+    let sink = gz.finish().and_then(Sealed::finish).map_err(werr)?;
     let written = sink
         .file
         .metadata()

@@ -40,7 +40,7 @@ use super::filepool::{FilePool, PIECE, Target, apply_meta};
 use super::format::MANIFEST_PATH;
 use super::threads::resolve_threads;
 use super::verify::Expect;
-use super::{CancelFlag, EntryKind, ExtractOptions, ExtractReport, pgzip};
+use super::{CancelFlag, EntryKind, ExtractOptions, ExtractReport};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
 
@@ -119,8 +119,9 @@ fn extract_entries(
         .len();
     let index = file.try_clone().ctx("cannot open archive", archive_path)?;
     let threads = resolve_threads(opts.threads);
-    let reader = pgzip::open_reader(file, threads)
-        .map_err(|e| refuse(stream_error(e, "not a valid gzip file")))?;
+    let reader = super::crypt::open_plain(archive_path, file, opts.key.as_ref(), threads, |e| {
+        refuse(stream_error(e, "not a valid gzip file"))
+    })?;
     let (position, reader) = ProgressMap::new(&index, total, reader);
     drop(index);
     progress.phase(Phase::Extracting, position.total(), None);
@@ -283,7 +284,7 @@ fn extract_entries(
         // The archive differs from its manifest somewhere: the exact comparison (reading
         // the archive again, keeping every entry) says where, or finds the difference
         // harmless (a manifest in another order or spelling).
-        super::verify::manifest_problems(archive_path, expect, threads, cancel)?
+        super::verify::manifest_problems(archive_path, opts.key.as_ref(), expect, threads, cancel)?
     };
     if !problems.is_empty() {
         let mut detail = problems[..problems.len().min(MAX_LISTED)].join("; ");

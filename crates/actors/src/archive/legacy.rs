@@ -146,6 +146,7 @@ pub fn adopt_legacy(
         files_checked: 0,
         info: None,
         problems: Vec::new(),
+        content_checked: true,
     };
     let position = || count.load(Ordering::Relaxed);
     let observed = scan_stream(
@@ -330,6 +331,7 @@ mod tests {
                     threads: 2,
                     expected_sha256: None,
                     manifest: Some(Arc::new(manifest.clone())),
+                    key: None,
                 },
                 &none,
                 &cancel,

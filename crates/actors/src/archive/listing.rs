@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::check::{Meta, Parsed, ProgressMap, Tracker, parse_entry, stream_error, top_level};
 use super::threads::resolve_threads;
-use super::{ArchiveInfo, CancelFlag, META_DIR, ManifestEntry, pgzip};
+use super::{ArchiveInfo, CancelFlag, META_DIR, ManifestEntry};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
 
@@ -34,6 +34,7 @@ pub struct Listing {
 pub fn list(
     path: &Path,
     expected_sha256: Option<&str>,
+    key: Option<&crate::encryption::DecryptKey>,
     progress: &Progress,
     cancel: &CancelFlag,
 ) -> Result<Listing> {
@@ -49,7 +50,7 @@ pub fn list(
         }
         None => None,
     };
-    let result = list_entries(path, progress, cancel);
+    let result = list_entries(path, key, progress, cancel);
     if let (Some(h), Some(expected)) = (hasher, expected_sha256) {
         let actual = h
             .join()
@@ -65,13 +66,19 @@ pub fn list(
     result
 }
 
-fn list_entries(path: &Path, progress: &Progress, cancel: &CancelFlag) -> Result<Listing> {
+fn list_entries(
+    path: &Path,
+    key: Option<&crate::encryption::DecryptKey>,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<Listing> {
     let refuse = |r: super::check::Refusal| r.into_error(path);
     let file = File::open(path).ctx("cannot open archive", path)?;
     let total = file.metadata().ctx("cannot stat archive", path)?.len();
     let index = file.try_clone().ctx("cannot open archive", path)?;
-    let reader = pgzip::open_reader(file, resolve_threads(0))
-        .map_err(|e| refuse(stream_error(e, "not a valid gzip file")))?;
+    let reader = super::crypt::open_plain(path, file, key, resolve_threads(0), |e| {
+        refuse(stream_error(e, "not a valid gzip file"))
+    })?;
     let (position, reader) = ProgressMap::new(&index, total, reader);
     drop(index);
     progress.phase(Phase::Checking, position.total(), None);
@@ -164,14 +171,21 @@ mod tests {
         b.append_data(&mut file, "data/x.txt", &b"hello"[..])
             .unwrap();
         b.into_inner().unwrap().finish().unwrap();
-        let l = list(&path, None, &Progress::none(), &CancelFlag::default()).unwrap();
+        let l = list(&path, None, None, &Progress::none(), &CancelFlag::default()).unwrap();
         assert!(!l.from_manifest);
         assert!(l.info.is_none());
         let paths: Vec<_> = l.entries.iter().map(|e| e.path.clone().unwrap()).collect();
         assert_eq!(paths, ["data", "data/x.txt"]);
         assert_eq!(l.entries[1].size, 5);
         // The catalog's checksum is checked.
-        let err = list(&path, Some("00"), &Progress::none(), &CancelFlag::default()).unwrap_err();
+        let err = list(
+            &path,
+            Some("00"),
+            None,
+            &Progress::none(),
+            &CancelFlag::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
     }
 }

@@ -23,6 +23,7 @@
 
 mod build;
 mod check;
+pub mod crypt;
 mod extract;
 mod filepool;
 mod format;
@@ -47,7 +48,9 @@ pub use format::{
 };
 pub use legacy::{LEGACY_ITEMS, LegacyAdoption, LegacyName, adopt_legacy};
 pub use listing::{Listing, list};
-pub use verify::{probe_info, read_dump, read_info, sha256_file, verify, verify_against};
+pub use verify::{
+    probe_info, read_dump, read_info, read_info_with, sha256_file, verify, verify_against,
+};
 
 /// Set from a signal handler (SIGINT, SIGTERM, SIGHUP); long-running work checks it between
 /// entries, chunks and polls and returns [`crate::error::Error::Interrupted`] after cleaning up.
@@ -139,6 +142,8 @@ pub struct BuildOptions {
     pub info: ArchiveInfo,
     /// The file of each of `info.dumps`, in that order (finished dumps outside the source).
     pub dump_files: Vec<PathBuf>,
+    /// Encrypt the archive with age (`crypt.rs`); `dest` then ends in `.tar.gz.age`.
+    pub encryption: Option<crate::encryption::Encryption>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +177,9 @@ pub struct VerifyReport {
     pub files_checked: u64,
     pub info: Option<ArchiveInfo>,
     pub problems: Vec<String>,
+    /// `false` for an encrypted archive verified without its key: only the checksum (of
+    /// the ciphertext) was checked.
+    pub content_checked: bool,
 }
 
 impl VerifyReport {
@@ -218,6 +226,9 @@ pub struct ExtractOptions {
     /// The manifest to check the entries against when the archive carries none (a legacy
     /// backup: the one computed when it was adopted). `None`: the archive's own.
     pub manifest: Option<Arc<Manifest>>,
+    /// The key of an encrypted archive (`crypt.rs`); an encrypted archive without one is
+    /// [`crate::error::Error::KeyRequired`].
+    pub key: Option<crate::encryption::DecryptKey>,
 }
 
 #[derive(Debug, Clone)]

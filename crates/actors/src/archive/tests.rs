@@ -265,6 +265,7 @@ fn opts(src: &Path, dest: &Path) -> BuildOptions {
         threads: 3,
         info: info(),
         dump_files: Vec::new(),
+        encryption: None,
     }
 }
 
@@ -278,6 +279,7 @@ fn extract_opts(archive: &Path, staging: &Path, filter: TopLevelFilter) -> Extra
         threads: 2,
         expected_sha256: None,
         manifest: None,
+        key: None,
     }
 }
 
@@ -522,6 +524,7 @@ fn verify_accepts_a_good_archive() {
     let r = verify(
         &f.archive,
         Some(&f.report.sha256.to_uppercase()),
+        None,
         2,
         &Progress::none(),
         &CancelFlag::default(),
@@ -536,6 +539,7 @@ fn verify_accepts_a_good_archive() {
     let r = verify(
         &f.archive,
         Some("00"),
+        None,
         0,
         &Progress::none(),
         &CancelFlag::default(),
@@ -548,7 +552,7 @@ fn verify_accepts_a_good_archive() {
 fn verify_bytes(dir: &Path, name: &str, bytes: &[u8]) -> VerifyReport {
     let p = dir.join(name);
     fs::write(&p, bytes).unwrap();
-    verify(&p, None, 2, &Progress::none(), &CancelFlag::default()).unwrap()
+    verify(&p, None, None, 2, &Progress::none(), &CancelFlag::default()).unwrap()
 }
 
 fn extract_bytes(dir: &Path, name: &str, bytes: &[u8]) -> crate::Result<ExtractReport> {
@@ -583,6 +587,7 @@ fn damaged_archives_are_reported() {
     let r = verify(
         &p,
         Some(&f.report.sha256),
+        None,
         2,
         &Progress::none(),
         &CancelFlag::default(),
@@ -1010,6 +1015,7 @@ fn an_archive_inside_the_source_does_not_include_itself() {
     let v = verify(
         &dest,
         Some(&r.sha256),
+        None,
         1,
         &Progress::none(),
         &CancelFlag::default(),

@@ -246,11 +246,27 @@ pub(crate) async fn backup_at_level(
 ) -> Result<BackupEntry> {
     let paths = &ctx.settings.paths;
     let cfg = &ctx.settings.config;
+    // Recipients that cannot be parsed refuse the backup (exit 2) whatever the scope: the
+    // push after it would fail, and a key mistake must show the day it is made.
+    let encryption = cfg
+        .encryption
+        .encryptor(&paths.config_file, &paths.work_dir)?;
+    // A PreUpgrade backup is never encrypted here: the upgrade's automatic rollback restores
+    // it without an identity on the host (a push still encrypts its offsite copy).
+    let encryption = encryption.filter(|_| {
+        cfg.encryption.scope == crate::encryption::Scope::All
+            && backup_type != BackupType::PreUpgrade
+    });
     // Before anything is recorded (DESIGN.md section 4, step 3 before step 4).
     backup_preflight(ctx).await?;
     let created_at = Utc::now();
     let version = ctx.settings.service_version();
     let dest = unique_archive_path(&paths.storage_dir, backup_type, &version, created_at);
+    let dest = match &encryption {
+        Some(_) => encrypted_path(&dest),
+        None => dest,
+    };
+    let fingerprints = encryption.as_ref().map(|e| e.fingerprints.clone());
     let partial = partial_path(&dest);
     // One use case, one transaction: the journal row and the catalog row (`running`).
     let journal = BackupJournal {
@@ -297,6 +313,7 @@ pub(crate) async fn backup_at_level(
             hot: false,
         },
         dump_files: dumps.files.clone(),
+        encryption,
     };
     dumps.apply(&mut opts.info, &mut opts.exclude);
     let built = ctx
@@ -333,6 +350,14 @@ pub(crate) async fn backup_at_level(
                 reply,
             })
             .await?;
+            if let Some(recipients) = fingerprints {
+                let facts = nuwax_store::EncryptionFacts {
+                    ciphertext_sha256: report.sha256.clone(),
+                    recipients,
+                };
+                ctx.store(|r| StoreMsg::RecordEncryption(id, facts, r))
+                    .await?;
+            }
             ctx.get_backup(id).await
         }
         Err(e) => {
@@ -371,6 +396,13 @@ pub(crate) async fn images_after_gate(
 }
 
 /// `backup_{type}_v{version}_{UTC}.tar.gz`, with `_2`, `_3`... when taken.
+/// `<name>.tar.gz.age`: the name of the archive encrypted.
+pub(crate) fn encrypted_path(plain: &Path) -> PathBuf {
+    let mut name = plain.as_os_str().to_owned();
+    name.push(crate::encryption::AGE_SUFFIX);
+    PathBuf::from(name)
+}
+
 pub(crate) fn unique_archive_path(
     dir: &Path,
     backup_type: BackupType,
@@ -401,7 +433,12 @@ pub(crate) fn unique_archive_path(
             format!("{stem}_{n}.tar.gz")
         };
         let p = dir.join(name);
-        if !p.exists() && !partial_path(&p).exists() {
+        let sealed = encrypted_path(&p);
+        if !p.exists()
+            && !partial_path(&p).exists()
+            && !sealed.exists()
+            && !partial_path(&sealed).exists()
+        {
             return p;
         }
         n += 1;

@@ -187,8 +187,10 @@ pub(crate) async fn drill(ctx: &Ctx, req: DrillRequest, progress: Progress) -> R
             ctx.settings.paths.storage_dir.display()
         )));
     }
+    // An encrypted backup needs its key ([encryption] identity_file): exit 2 before anything.
+    let key = ctx.key_for(&entry.record.file_path)?;
     let info = ctx
-        .archive(|r| ArchiveMsg::ReadInfo(entry.record.file_path.clone(), r))
+        .archive(|r| ArchiveMsg::ReadInfo(entry.record.file_path.clone(), key, r))
         .await?;
     let storage = ctx.settings.paths.storage_dir.clone();
     crate::space::ensure(
@@ -272,6 +274,7 @@ impl DrillRun<'_> {
         crate::faults::point("drill.journaled_work_dir");
         restore::create_recorded_work_dir(&self.journal.work_dir)?;
         let staged = self.journal.work_dir.join("staged");
+        let key = ctx.key_for(&entry.record.file_path)?;
         ctx.archive(|r| {
             ArchiveMsg::Extract(
                 ExtractOptions {
@@ -283,6 +286,7 @@ impl DrillRun<'_> {
                     threads: 0,
                     expected_sha256: entry.record.sha256.clone(),
                     manifest: None,
+                    key,
                 },
                 self.progress.clone(),
                 ctx.cancel.clone(),

@@ -145,9 +145,11 @@ async fn usable_backup(ctx: &Ctx, id: i64) -> Result<BackupEntry> {
 }
 
 async fn listing(ctx: &Ctx, entry: &BackupEntry, progress: &Progress) -> Result<Listing> {
+    let key = ctx.key_for(&entry.record.file_path)?;
     ctx.archive(|reply| ArchiveMsg::List {
         path: entry.record.file_path.clone(),
         expected_sha256: entry.record.sha256.clone(),
+        key,
         progress: progress.clone(),
         cancel: ctx.cancel.clone(),
         reply,
@@ -507,6 +509,7 @@ async fn restore_inner(
 ) -> Result<(u64, u64)> {
     // A legacy backup's manifest is the one computed at adoption (the archive holds none).
     let manifest = ctx.legacy_manifest(&entry.record).await?;
+    let key = ctx.key_for(&entry.record.file_path)?;
     let extracted = ctx
         .archive(|r| {
             ArchiveMsg::Extract(
@@ -519,6 +522,7 @@ async fn restore_inner(
                     threads: 0,
                     expected_sha256: entry.record.sha256.clone(),
                     manifest,
+                    key,
                 },
                 progress.clone(),
                 ctx.cancel.clone(),

@@ -128,7 +128,9 @@ pub(crate) async fn reindex(ctx: &Ctx, progress: Progress) -> Result<ReindexRepo
             .flatten()
             .map(|e| e.path())
             .filter(|p| {
-                p.to_string_lossy().ends_with(".tar.gz") && refuse_partial(p).is_ok() && p.is_file()
+                crate::encryption::is_archive_name(&p.to_string_lossy())
+                    && refuse_partial(p).is_ok()
+                    && p.is_file()
             })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -212,11 +214,13 @@ pub(crate) async fn import(ctx: &Ctx, file: &Path, progress: Progress) -> Result
         return insert_legacy(ctx, &dest, adoption).await;
     }
     // Verify the source before copying anything.
+    let key = ctx.given_key()?;
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: file.clone(),
             expected_sha256: None,
             manifest: None,
+            key,
             progress: progress.clone(),
             cancel: ctx.cancel.clone(),
             reply: r,
@@ -316,11 +320,13 @@ pub(crate) async fn adopt(ctx: &Ctx, path: &Path, progress: Progress) -> Result<
         let adoption = read_legacy(ctx, path, progress).await?;
         return insert_legacy(ctx, path, adoption).await;
     }
+    let key = ctx.given_key()?;
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: path.to_path_buf(),
             expected_sha256: None,
             manifest: None,
+            key,
             progress,
             cancel: CancelFlag::default(),
             reply: r,
@@ -507,17 +513,19 @@ pub(crate) async fn verify(
         });
     }
     let manifest = ctx.legacy_manifest(&entry.record).await?;
+    let key = ctx.given_key()?;
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: entry.record.file_path.clone(),
             expected_sha256: entry.record.sha256.clone(),
             manifest,
+            key,
             progress,
             cancel: ctx.cancel.clone(),
             reply: r,
         })
         .await?;
-    if report.is_ok() && entry.record.status == BackupStatus::Completed {
+    if report.is_ok() && report.content_checked && entry.record.status == BackupStatus::Completed {
         ctx.store(|r| StoreMsg::MarkVerified(id, Utc::now(), r))
             .await?;
     }

@@ -12,6 +12,7 @@ pub(crate) mod backup;
 pub(crate) mod hooks;
 pub(crate) mod dumps;
 pub(crate) mod drill;
+pub(crate) mod encryption;
 pub(crate) mod inspect;
 pub(crate) mod maintenance;
 pub(crate) mod recovery;
@@ -58,6 +59,8 @@ pub struct BackupEntry {
     pub remote_copy: bool,
     /// The newest restore drill of this backup (`ops/drill.rs`), if it had one.
     pub last_drill: Option<nuwax_store::DrillRecord>,
+    /// The archive is encrypted (`*.tar.gz.age`, README "Encryption").
+    pub encrypted: bool,
 }
 
 impl BackupEntry {
@@ -68,6 +71,7 @@ impl BackupEntry {
         BackupEntry {
             file_exists: meta.is_some(),
             file_size: meta.map(|m| m.len()),
+            encrypted: crate::encryption::is_encrypted_name(&record.file_path),
             record,
             remote_copy: false,
             last_drill: None,
@@ -363,7 +367,7 @@ impl Ctx {
         };
         let name = path.file_name().unwrap_or_default();
         if crate::relpath::RelPath::from_name(name).is_err()
-            || !name.to_string_lossy().ends_with(".tar.gz")
+            || !crate::encryption::is_archive_name(&name.to_string_lossy())
         {
             return Err(refuse(
                 "it does not name a .tar.gz archive; nothing was deleted. Rebuild the catalog with `nuwax-cli reindex`".into(),
@@ -377,6 +381,33 @@ impl Ctx {
             )));
         }
         Ok(dir.join(name))
+    }
+
+    /// The key to read the archive at `path`: `None` for a plain archive; for an encrypted
+    /// one (`*.tar.gz.age`) the configured or given key, loaded now, or exit 2 saying what to
+    /// pass. Checked before anything is stopped, extracted or downloaded.
+    pub(crate) fn key_for(&self, path: &Path) -> Result<Option<crate::encryption::DecryptKey>> {
+        if !crate::encryption::is_encrypted_name(path) {
+            return Ok(None);
+        }
+        match &self.settings.decrypt_with {
+            Some(source) => source.load().map(Some),
+            None => Err(Error::KeyRequired(format!(
+                "{} is encrypted; pass the identity whose public key it was encrypted to with --identity FILE (or --passphrase-file FILE for a passphrase), or set [encryption] identity_file; nothing was changed",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The key given (`--identity`, `--passphrase-file`, `[encryption] identity_file`), if
+    /// any: what `verify`, `import` and `remote pull` decrypt with; without one they check an
+    /// encrypted archive's checksum only.
+    pub(crate) fn given_key(&self) -> Result<Option<crate::encryption::DecryptKey>> {
+        self.settings
+            .decrypt_with
+            .as_ref()
+            .map(crate::encryption::KeySource::load)
+            .transpose()
     }
 
     /// The top-level filter of a rollback scope.

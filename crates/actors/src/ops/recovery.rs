@@ -250,8 +250,8 @@ pub(crate) async fn recover(ctx: &Ctx) -> Result<RecoveryOutcome> {
             if fsutil::is_partial(&path)
                 && path
                     .with_extension("")
-                    .to_string_lossy()
-                    .ends_with(".tar.gz")
+                    .to_str()
+                    .is_some_and(crate::encryption::is_archive_name)
                 && e.file_type().is_ok_and(|t| t.is_file())
             {
                 let _ = std::fs::remove_file(&path);
@@ -294,6 +294,7 @@ pub(crate) async fn recover_backup(ctx: &Ctx, op: &Operation) -> Result<String> 
                         path: dest.clone(),
                         expected_sha256: None,
                         manifest: None,
+                        key: None,
                         progress: Progress::none(),
                         cancel: CancelFlag::default(),
                         reply: r,

@@ -236,7 +236,7 @@ fn stale_orphans(
                     .strip_prefix(prefix)
                     .and_then(|r| r.strip_prefix('/')),
             };
-            name.is_some_and(|n| !n.contains('/') && n.ends_with(".tar.gz"))
+            name.is_some_and(|n| !n.contains('/') && crate::encryption::is_archive_name(n))
                 && !recorded.contains(&p.upload_id)
                 && now - p.initiated >= STALE_UPLOAD_AGE
         })
@@ -301,6 +301,13 @@ async fn push_one(
         // another host could not be checked, so it is not sent.
         return Err(Error::Usage(format!(
             "backup {id} was made by the original nuwax-cli and is not pushed: its manifest lives only in this catalog, so a copy could not be verified on another host; take a new backup (nuwax-cli backup) and push that"
+        )));
+    }
+    if ctx.settings.config.encryption.enabled() && !entry.encrypted {
+        // Offsite copies must be unreadable to whoever holds the bucket: a plain archive
+        // (a PreUpgrade backup, one made before encryption was set up) is not sent.
+        return Err(Error::Refused(format!(
+            "backup {id} is not encrypted and [encryption] is configured, so it is not pushed: an offsite copy must be encrypted (encrypting at push time is not supported yet; with scope = \"all\" new backups are encrypted here and pushed as they are)"
         )));
     }
     if !entry.file_exists {
@@ -752,11 +759,13 @@ async fn fetch(
         Some(e) => ctx.legacy_manifest(&e.record).await.map_err(fail)?,
         None => None,
     };
+    let key = ctx.given_key().map_err(fail)?;
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: partial.clone(),
             expected_sha256: Some(sidecar.sha256.clone()),
             manifest,
+            key,
             progress: progress.clone(),
             cancel: ctx.cancel.clone(),
             reply: r,

@@ -129,6 +129,9 @@ pub(crate) async fn rollback(
 ) -> Result<RollbackReport> {
     let began = Instant::now();
     let entry = ctx.get_backup(req.id).await?;
+    // An encrypted backup needs its key: without one, exit 2 before anything is downloaded,
+    // stopped or extracted.
+    let key = ctx.key_for(&entry.record.file_path)?;
     // Only the remote has the archive (a new host after `reindex --remote`): pull it first.
     let entry = if entry.record.status == BackupStatus::Completed {
         super::remote::ensure_local(ctx, entry, &progress).await?
@@ -153,6 +156,11 @@ pub(crate) async fn rollback(
             id: req.id,
             path: record.file_path.clone(),
         });
+    }
+    if let Some(key) = &key {
+        // A wrong key is exit 4 here, before the services are asked about or stopped.
+        let (path, key) = (record.file_path.clone(), key.clone());
+        super::blocking(move || crate::archive::crypt::check_key(&path, &key)).await?;
     }
     let paths = ctx.settings.paths.clone();
     if !paths.compose_dir.is_dir() {
@@ -207,7 +215,7 @@ pub(crate) async fn rollback(
     let info = match &legacy {
         Some(manifest) => manifest.info.clone(),
         None => match ctx
-            .archive(|r| ArchiveMsg::ReadInfo(record.file_path.clone(), r))
+            .archive(|r| ArchiveMsg::ReadInfo(record.file_path.clone(), key.clone(), r))
             .await
         {
             Ok(info) => info,
@@ -358,6 +366,7 @@ pub(crate) async fn rollback_inner(
     restore::create_recorded_work_dir(&journal.work_dir)?;
     let staged = journal.work_dir.join("staged");
     crate::faults::point("rollback.after_work_dir");
+    let key = ctx.key_for(&entry.record.file_path)?;
     let extracted = ctx
         .archive(|r| {
             ArchiveMsg::Extract(
@@ -370,6 +379,7 @@ pub(crate) async fn rollback_inner(
                     threads: 0,
                     expected_sha256: entry.record.sha256.clone(),
                     manifest: manifest.clone(),
+                    key: key.clone(),
                 },
                 progress.clone(),
                 ctx.cancel.clone(),

@@ -1,0 +1,201 @@
+//! The age layer around an archive's bytes (README "Encryption").
+//!
+//! Design note: an encrypted archive is the ordinary `.tar.gz` byte stream encrypted with age
+//! (`age -d -i key.txt FILE | tar -xz` reads it). Writing, [`Sealed`] sits between the
+//! parallel gzip writer and the hashing file sink, so the checksum the catalog records is the
+//! ciphertext's (what `remote verify` and the pre-restore check compare without a key).
+//! Reading, [`open_plain`] tells an age file by its first line; the decryption runs on a
+//! thread of its own (the STREAM chunks of age are authenticated one by one, a truncated or
+//! altered ciphertext fails there) and hands plaintext blocks to the gzip reader on the
+//! caller's thread, so decryption and decompression overlap. Everything past the decryption
+//! (tar parsing, the entry checks, the manifest comparison, the parallel file writers) is the
+//! same code as for a plain archive.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+
+use crossbeam_channel::{Receiver, bounded};
+
+use super::pgzip;
+use crate::encryption::{DecryptKey, Encryption};
+use crate::error::{Error, Result};
+
+/// The first line of every binary age file.
+const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+/// Plaintext handed from the decryption thread per message, and how many may wait.
+const BLOCK: usize = 1 << 20;
+const QUEUE: usize = 4;
+
+/// The archive file's sink: plain, or through an age encrypting writer.
+pub(super) enum Sealed<W: Write> {
+    Plain(W),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Sealed<W> {
+    pub(super) fn new(inner: W, encryption: Option<&Encryption>) -> io::Result<Self> {
+        Ok(match encryption {
+            None => Sealed::Plain(inner),
+            Some(e) => Sealed::Age(e.writer(inner)?),
+        })
+    }
+
+    /// Writes age's last chunk; returns the file sink.
+    pub(super) fn finish(self) -> io::Result<W> {
+        match self {
+            Sealed::Plain(w) => Ok(w),
+            Sealed::Age(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Sealed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sealed::Plain(w) => w.write(buf),
+            Sealed::Age(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sealed::Plain(w) => w.flush(),
+            Sealed::Age(w) => w.flush(),
+        }
+    }
+}
+
+/// Whether the open archive is an age file (by its first line, whatever its name).
+pub fn is_age_file(file: &File) -> io::Result<bool> {
+    let mut head = [0u8; AGE_MAGIC.len()];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read_at(&mut head[got..], got as u64)? {
+            0 => return Ok(false),
+            n => got += n,
+        }
+    }
+    Ok(head == AGE_MAGIC)
+}
+
+/// The plaintext `.tar.gz` stream's decompressed bytes (the tar stream) of `file`: a plain
+/// archive through the parallel gzip reader, an age file decrypted with `key` first.
+/// `gzip_error` maps the gzip reader's I/O error as each caller reports it.
+pub(super) fn open_plain(
+    path: &std::path::Path,
+    file: File,
+    key: Option<&DecryptKey>,
+    threads: usize,
+    gzip_error: impl FnOnce(io::Error) -> Error,
+) -> Result<Box<dyn Read + Send>> {
+    let encrypted = is_age_file(&file).map_err(|e| Error::io("cannot read archive", path, e))?;
+    if !encrypted {
+        return pgzip::open_reader(file, threads).map_err(gzip_error);
+    }
+    let Some(key) = key else {
+        return Err(Error::KeyRequired(format!(
+            "{} is encrypted; pass the identity whose public key it was encrypted to with --identity FILE (or --passphrase-file FILE, or set [encryption] identity_file)",
+            path.display()
+        )));
+    };
+    let plain = key
+        .decryptor(BufReader::with_capacity(BLOCK, file))
+        .map_err(|detail| Error::Decrypt {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+    let stream = Decrypted::spawn(plain).map_err(|e| Error::io("cannot decrypt", path, e))?;
+    Ok(Box::new(flate2::read::MultiGzDecoder::new(
+        BufReader::with_capacity(BLOCK, stream),
+    )))
+}
+
+/// Checks that `key` opens the age file at `path` (header only: cheap).
+pub fn check_key(path: &std::path::Path, key: &DecryptKey) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io("cannot open archive", path, e))?;
+    key.decryptor(BufReader::new(file))
+        .map(drop)
+        .map_err(|detail| Error::Decrypt {
+            path: path.to_path_buf(),
+            detail,
+        })
+}
+
+/// Plaintext decrypted on a thread of its own, in blocks.
+struct Decrypted {
+    blocks: Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Decrypted {
+    fn spawn<R: Read + Send + 'static>(mut plain: R) -> io::Result<Self> {
+        let (tx, rx) = bounded::<io::Result<Vec<u8>>>(QUEUE);
+        std::thread::Builder::new()
+            .name("age-decrypt".into())
+            .spawn(move || {
+                loop {
+                    let mut block = vec![0u8; BLOCK];
+                    let mut filled = 0;
+                    let r = loop {
+                        match plain.read(&mut block[filled..]) {
+                            Ok(0) => break Ok(()),
+                            Ok(n) => {
+                                filled += n;
+                                if filled == block.len() {
+                                    break Ok(());
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    block.truncate(filled);
+                    let end = filled == 0;
+                    let msg = match r {
+                        Ok(()) => Ok(block),
+                        Err(e) => Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("age ciphertext is damaged or truncated: {e}"),
+                        )),
+                    };
+                    let failed = msg.is_err();
+                    if tx.send(msg).is_err() || end || failed {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Decrypted {
+            blocks: rx,
+            cur: Vec::new(),
+            pos: 0,
+            done: false,
+        })
+    }
+}
+
+impl Read for Decrypted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.blocks.recv() {
+                Ok(Ok(block)) if block.is_empty() => self.done = true,
+                Ok(Ok(block)) => {
+                    self.cur = block;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(io::Error::other("the decryption thread ended early"));
+                }
+            }
+        }
+        let n = (self.cur.len() - self.pos).min(buf.len());
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
