@@ -19,6 +19,7 @@ mod gui;
 mod hardening;
 mod hardening_inputs;
 mod hostile;
+mod incremental;
 mod inspect;
 mod interactive;
 mod interop;

@@ -66,6 +66,9 @@ pub struct BackupConfig {
     pub data_paths: Vec<TopName>,
     pub compression_level: u32,
     pub retention: RetentionConfig,
+    /// Every N-th backup reads every file instead of copying the unchanged ones from the
+    /// previous archive (`archive/incremental.rs`); 0 (the default): only `backup --full`.
+    pub full_every: u32,
 }
 
 impl Default for BackupConfig {
@@ -86,6 +89,7 @@ impl Default for BackupConfig {
             .collect(),
             compression_level: 3,
             retention: RetentionConfig::default(),
+            full_every: 0,
         }
     }
 }

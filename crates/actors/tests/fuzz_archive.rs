@@ -367,6 +367,7 @@ fn build_fixture(big: bool) -> Built {
             level: 6,
             threads: 2,
             info: info(),
+            previous: None,
         },
         &Progress::none(),
         &CancelFlag::default(),
@@ -708,6 +709,8 @@ fn manifest_for(entries: &[GenEntry]) -> Manifest {
     let mut m = Manifest {
         info: info(),
         entries: vec![],
+        layout: None,
+        spans: Vec::new(),
     };
     for e in entries {
         let kind = match e.typeflag {
@@ -735,6 +738,7 @@ fn manifest_for(entries: &[GenEntry]) -> Manifest {
             sha256: (kind == EntryKind::File).then(|| hex::encode(Sha256::digest(&e.data))),
             target: t,
             target_hex: th,
+            stat: None,
         });
     }
     m

@@ -20,6 +20,10 @@ pub(crate) struct Args {
     /// faster, higher is smaller (see "Speed" in the README).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: Option<u32>,
+    /// Read and compress every file, copying nothing from the previous backup (by default
+    /// the compressed data of unchanged large files is copied from it).
+    #[arg(long)]
+    pub full: bool,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
@@ -30,6 +34,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                 backup_type: BackupType::Manual,
                 skip_docker_check: args.skip_docker_check,
                 compression_level: args.compression_level,
+                full: args.full,
             },
             progress.clone(),
         )

@@ -66,6 +66,7 @@ fn build_opts(src: &Path, dest: &Path) -> BuildOptions {
         level: 1,
         threads: 2,
         info: info(),
+        previous: None,
     }
 }
 

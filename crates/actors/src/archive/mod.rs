@@ -26,6 +26,7 @@ mod check;
 mod extract;
 mod filepool;
 mod format;
+mod incremental;
 mod legacy;
 mod listing;
 pub mod pgzip;
@@ -137,6 +138,10 @@ pub struct BuildOptions {
     pub threads: usize,
     /// Metadata written into the archive (the caller fixes `created_at`).
     pub info: ArchiveInfo,
+    /// The previous archive, whose members of unchanged big files are copied instead of
+    /// compressed again (`incremental.rs`); `None`, or one that cannot serve: every file is
+    /// read.
+    pub previous: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -149,8 +154,11 @@ pub struct BuildReport {
     pub sha256: String,
     /// Number of tar entries of the source tree (excluding the two metadata entries).
     pub entries: u64,
-    /// Bytes of file content read from the source.
+    /// Bytes of file content archived (read from the source or copied).
     pub source_bytes: u64,
+    /// Of `source_bytes`, the bytes of unchanged files whose members were copied from the
+    /// previous archive.
+    pub reused_bytes: u64,
     /// The exclude rules that matched nothing in the source tree (as written).
     pub unmatched_excludes: Vec<String>,
     /// Sockets, fifos and device files left out (each was named in a progress notice).

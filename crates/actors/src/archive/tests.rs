@@ -260,6 +260,7 @@ fn opts(src: &Path, dest: &Path) -> BuildOptions {
         level: 6,
         threads: 3,
         info: info(),
+        previous: None,
     }
 }
 
@@ -657,6 +658,8 @@ fn manifest_for(entries: &[Raw]) -> Raw {
     let mut m = Manifest {
         info: info(),
         entries: vec![],
+        layout: None,
+        spans: Vec::new(),
     };
     for e in entries
         .iter()
@@ -683,6 +686,7 @@ fn manifest_for(entries: &[Raw]) -> Raw {
             sha256: (kind == EntryKind::File).then(|| hex::encode(Sha256::digest(&e.data))),
             target: t,
             target_hex: th,
+            stat: None,
         });
     }
     file(MANIFEST_PATH.as_bytes(), &serde_json::to_vec(&m).unwrap())

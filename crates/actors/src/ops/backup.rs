@@ -20,6 +20,9 @@ use crate::progress::Progress;
 
 /// Settings key: archive size / source bytes of the last backup (for the space preflight).
 const RATIO_KEY: &str = "backup.last_ratio";
+/// Settings key: how many backups in a row copied unchanged files from their predecessor
+/// (`[backup] full_every`).
+const STREAK_KEY: &str = "backup.incremental_streak";
 
 #[derive(Debug, Clone)]
 pub struct BackupRequest {
@@ -28,6 +31,8 @@ pub struct BackupRequest {
     pub skip_docker_check: bool,
     /// gzip level 1..=9 for this backup; `None` = config `backup.compression_level`.
     pub compression_level: Option<u32>,
+    /// Read every file, copy nothing from the previous archive (`backup --full`).
+    pub full: bool,
 }
 
 /// Journal details of a backup operation.
@@ -100,6 +105,7 @@ pub(crate) async fn backup(
         compose,
         images,
         req.compression_level,
+        req.full,
         &progress,
     )
     .await
@@ -114,7 +120,7 @@ pub(crate) async fn backup_locked(
     images: Vec<ImageRecord>,
     progress: &Progress,
 ) -> Result<BackupEntry> {
-    backup_at_level(ctx, backup_type, compose, images, None, progress).await
+    backup_at_level(ctx, backup_type, compose, images, None, false, progress).await
 }
 
 /// The storage dir can be created and written to (refused with exit 3 otherwise).
@@ -165,6 +171,47 @@ pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<()> {
     crate::space::ensure(&paths.storage_dir, (source as f64 * ratio) as u64)
 }
 
+/// The previous archive an incremental build may copy unchanged files from: the newest
+/// completed backup of this project with a recorded SHA-256 whose file is here (`None`, with
+/// a notice saying why, when `full` or `[backup] full_every` asks for a full read).
+async fn previous_archive(
+    ctx: &Ctx,
+    project: &str,
+    full: bool,
+    progress: &Progress,
+) -> Result<Option<PathBuf>> {
+    if full {
+        progress.notice("--full: reading every file");
+        return Ok(None);
+    }
+    let every = ctx.settings.config.backup.full_every;
+    if every > 0 {
+        let streak = ctx
+            .store(|r| StoreMsg::GetSetting(STREAK_KEY.into(), r))
+            .await?
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        if streak.saturating_add(1) >= every {
+            progress.notice(format!(
+                "[backup] full_every = {every}: this backup reads every file"
+            ));
+            return Ok(None);
+        }
+    }
+    let backups = ctx.store(StoreMsg::ListBackups).await?;
+    Ok(backups
+        .into_iter()
+        .filter(|b| {
+            b.status == nuwax_store::BackupStatus::Completed
+                && !b.legacy
+                && b.sha256.is_some()
+                && b.compose_project.as_deref() == Some(project)
+                && b.file_path.is_file()
+        })
+        .max_by_key(|b| (b.created_at, b.id))
+        .map(|b| b.file_path))
+}
+
 /// [`Runtime::backup_locked`] with an optional compression level overriding the config.
 pub(crate) async fn backup_at_level(
     ctx: &Ctx,
@@ -172,12 +219,14 @@ pub(crate) async fn backup_at_level(
     compose: ComposeProject,
     images: Vec<ImageRecord>,
     level: Option<u32>,
+    full: bool,
     progress: &Progress,
 ) -> Result<BackupEntry> {
     let paths = &ctx.settings.paths;
     let cfg = &ctx.settings.config;
     // Before anything is recorded (DESIGN.md section 4, step 3 before step 4).
     backup_preflight(ctx).await?;
+    let previous = previous_archive(ctx, &compose.name, full, progress).await?;
     let created_at = Utc::now();
     let version = ctx.settings.service_version();
     let dest = unique_archive_path(&paths.storage_dir, backup_type, &version, created_at);
@@ -224,6 +273,7 @@ pub(crate) async fn backup_at_level(
             // Filled in by the build from its scan.
             top_level_bytes: Default::default(),
         },
+        previous: previous.clone(),
     };
     let built = ctx
         .archive(|r| ArchiveMsg::Build(Box::new(opts), progress.clone(), ctx.cancel.clone(), r))
@@ -239,6 +289,14 @@ pub(crate) async fn backup_at_level(
                         paths.compose_dir.display()
                     ));
                 }
+            }
+            if report.reused_bytes > 0 {
+                progress.notice(format!(
+                    "copied {:.1} MiB of unchanged files from {}, read {:.1} MiB",
+                    report.reused_bytes as f64 / 1048576.0,
+                    previous.as_deref().unwrap_or(Path::new("?")).display(),
+                    (report.source_bytes - report.reused_bytes) as f64 / 1048576.0
+                ));
             }
             crate::faults::point("backup.before_catalog_complete");
             let setting = (report.source_bytes > 0).then(|| {
@@ -259,6 +317,17 @@ pub(crate) async fn backup_at_level(
                 reply,
             })
             .await?;
+            let streak = if report.reused_bytes > 0 {
+                ctx.store(|r| StoreMsg::GetSetting(STREAK_KEY.into(), r))
+                    .await?
+                    .and_then(|s| s.parse::<u32>().ok())
+                    .unwrap_or(0)
+                    .saturating_add(1)
+            } else {
+                0
+            };
+            ctx.store(|r| StoreMsg::SetSetting(STREAK_KEY.into(), streak.to_string(), r))
+                .await?;
             ctx.get_backup(id).await
         }
         Err(e) => {

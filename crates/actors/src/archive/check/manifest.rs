@@ -226,6 +226,8 @@ fn stream_manifest(
     let mut manifest = Manifest {
         info,
         entries: Vec::new(),
+        layout: None,
+        spans: Vec::new(),
     };
     let problems = match check.collected {
         None if check.next == observed.len() => Vec::new(),
@@ -489,6 +491,7 @@ mod tests {
                 sha256: None,
                 target,
                 target_hex,
+                stat: None,
             };
         }
         ManifestEntry {
@@ -503,6 +506,7 @@ mod tests {
             sha256: Some(format!("{i:064x}")),
             target: None,
             target_hex: None,
+            stat: None,
         }
     }
 
@@ -586,6 +590,8 @@ mod tests {
             let manifest = Manifest {
                 info: sample_info(),
                 entries,
+                layout: None,
+                spans: Vec::new(),
             };
             let json = serde_json::to_vec(&manifest).unwrap();
             let want = compare_manifest(&manifest, &observed);
