@@ -36,7 +36,7 @@ use super::build::HashingWriter;
 use super::format::{
     ArchiveInfo, EntryKind, FORMAT_VERSION, FileStat, Layout, MANIFEST_PATH, ManifestEntry, Span,
 };
-use super::pgzip::{InOrderJob, copy_range, member_offsets};
+use super::pgzip::{InOrderJob, copy_range, member_offsets, read_range};
 
 /// Regular files of at least this many bytes start their own gzip members.
 pub(super) const BIG_FILE: u64 = 1 << 20;
@@ -194,21 +194,28 @@ impl HashingWriter {
         Ok((start, self.count - start, hex::encode(h.finalize())))
     }
 
-    /// Appends `len` bytes at `offset` of `src` (see [`copy_range`]), hashing them into the
-    /// archive's hash and the current span; returns their own SHA-256 (hex).
+    /// Appends `len` bytes at `offset` of `src` (see [`copy_range`]) as the whole content
+    /// of the span just begun, then reads them back from the archive: into the archive's
+    /// hash, and on a second thread into their own SHA-256 (hex, returned), which is the span's.
     fn copy_in(&mut self, src: &File, offset: u64, len: u64) -> io::Result<String> {
-        let mut own = sha2::Sha256::new();
         let at = self.count;
-        let (hasher, span) = (&mut self.hasher, &mut self.span);
-        copy_range(src, offset, len, &mut self.file, at, &mut |b| {
-            hasher.update(b);
-            if let Some((_, h)) = span.as_mut() {
-                h.update(b);
-            }
-            own.update(b);
+        if !matches!(self.span, Some((start, _)) if start == at) {
+            return Err(io::Error::other("a copy must be the whole of a span"));
+        }
+        copy_range(src, offset, len, &mut self.file)?;
+        let (file, hasher) = (&self.file, &mut self.hasher);
+        let own = std::thread::scope(|scope| {
+            let own = scope.spawn(|| {
+                let mut h = sha2::Sha256::new();
+                read_range(file, at, len, &mut |b| h.update(b)).map(|()| h)
+            });
+            read_range(file, at, len, &mut |b| hasher.update(b))?;
+            own.join()
+                .map_err(|_| io::Error::other("the hashing thread panicked"))?
         })?;
         self.count += len;
         self.writeback();
+        self.span = Some((at, own.clone()));
         Ok(hex::encode(own.finalize()))
     }
 }

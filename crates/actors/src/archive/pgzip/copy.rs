@@ -15,31 +15,25 @@ use std::os::unix::fs::FileExt;
 /// Piece size for the read/write fallback and the read-back.
 const PIECE: usize = 1 << 20;
 
-/// Appends `len` bytes found at `offset` in `src` to `dst` at its current file position,
-/// which must be `dst_at` (the caller keeps the count). Then reads the appended range back
-/// from `dst` and hands it to `seen` piece by piece, in order. A source shorter than
-/// `offset + len` is an `UnexpectedEof` error.
-pub fn copy_range(
-    src: &File,
-    offset: u64,
-    len: u64,
-    dst: &mut File,
-    dst_at: u64,
-    seen: &mut dyn FnMut(&[u8]),
-) -> io::Result<()> {
-    let mut buf = Vec::new();
+/// Appends `len` bytes found at `offset` in `src` to `dst` at its current file position.
+/// A source shorter than `offset + len` is an `UnexpectedEof` error.
+pub fn copy_range(src: &File, offset: u64, len: u64, dst: &mut File) -> io::Result<()> {
     let copied = kernel_copy(src, offset, len, dst)?;
     if copied < len {
-        buf.resize(PIECE, 0);
+        let mut buf = vec![0u8; PIECE];
         user_copy(src, offset + copied, len - copied, dst, &mut buf)?;
     }
-    if buf.is_empty() {
-        buf.resize(PIECE, 0);
-    }
+    Ok(())
+}
+
+/// Reads `len` bytes at `at` of `file` and hands them to `seen` piece by piece, in order
+/// (the read-back of a copy: what the file now holds).
+pub fn read_range(file: &File, at: u64, len: u64, seen: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+    let mut buf = vec![0u8; PIECE.min(usize::try_from(len).unwrap_or(PIECE))];
     let mut done = 0u64;
     while done < len {
         let want = buf.len().min((len - done).try_into().unwrap_or(usize::MAX));
-        dst.read_exact_at(&mut buf[..want], dst_at + done)?;
+        file.read_exact_at(&mut buf[..want], at + done)?;
         seen(&buf[..want]);
         done += want as u64;
     }
@@ -121,11 +115,9 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let src = file_with(&data);
         let mut dst = file_with(b"head");
+        copy_range(&src, 1000, 2_500_000, &mut dst).unwrap();
         let mut seen = Vec::new();
-        copy_range(&src, 1000, 2_500_000, &mut dst, 4, &mut |b| {
-            seen.extend_from_slice(b)
-        })
-        .unwrap();
+        read_range(&dst, 4, 2_500_000, &mut |b| seen.extend_from_slice(b)).unwrap();
         assert!(seen == data[1000..2_501_000]);
         // Appended at the position, which moved on: the next write follows.
         dst.write_all(b"tail").unwrap();
@@ -142,7 +134,7 @@ mod tests {
     fn a_short_source_is_an_error() {
         let src = file_with(b"0123456789");
         let mut dst = file_with(b"");
-        let e = copy_range(&src, 5, 10, &mut dst, 0, &mut |_| {}).unwrap_err();
+        let e = copy_range(&src, 5, 10, &mut dst).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
     }
 

@@ -58,7 +58,7 @@ mod write;
 use std::io;
 use std::sync::Mutex;
 
-pub use copy::copy_range;
+pub use copy::{copy_range, read_range};
 pub use member::member_offsets;
 pub use read::open_reader;
 pub use write::{InOrderJob, ParallelGzWriter};
