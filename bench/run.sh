@@ -2,6 +2,7 @@
 # Backup/restore benchmark: nuwax-cli against `tar czf`, `tar -I pigz` and `tar xzf`.
 #
 #   bench/run.sh [SIZE_MB]          # default 1000 (the 1 GB corpus)
+#   bench/run.sh many               # many small files: --size-mb 300 --tiny-files 500000
 #
 # Builds the release binary once, generates (or reuses) a corpus with
 # $SHARED_DIR/bench/make_corpus.py, then, with a warm page cache, times the three backups and
@@ -14,6 +15,9 @@
 #   LEVEL        pass --compression-level LEVEL to our backup (default: the config default)
 #   BENCH_CACHE  where corpora are cached, one per size (default ${TMPDIR:-/tmp}/nuwax-bench)
 #   ONLY_OURS=1  skip tar and pigz (quick runs, e.g. a compression-level sweep)
+#   TINY_FILES   pass --tiny-files N to make_corpus.py (files in app/node_modules; `many` sets
+#                500000).
+# Every tool's peak RSS is measured (/usr/bin/time -v), and our `verify` is timed too.
 #   SECOND=0     skip the second-backup section (issue 16; on by default)
 #   ONLY_SECOND=1  run only the second-backup section
 #
@@ -36,6 +40,9 @@
 set -euo pipefail
 
 SIZE_MB="${1:-1000}"
+MODE="$SIZE_MB"
+TINY_FILES="${TINY_FILES:-}"
+if [[ "$SIZE_MB" == many ]]; then SIZE_MB=300; TINY_FILES="${TINY_FILES:-500000}"; fi
 ROUNDS="${ROUNDS:-3}"
 LEVEL="${LEVEL:-}"
 ONLY_OURS="${ONLY_OURS:-0}"
@@ -77,13 +84,15 @@ BIN="$TARGET_DIR/release/nuwax-cli"
 [[ -x "$BIN" ]] || die "$BIN was not built"
 
 # --- corpus (cached per size) ------------------------------------------------------------
-CORPUS_ROOT="$CACHE/corpus-${SIZE_MB}MB"
+CORPUS_ROOT="$CACHE/corpus-${SIZE_MB}MB${TINY_FILES:+-${TINY_FILES}files}"
+TINY_ARGS=()
+[[ -n "$TINY_FILES" ]] && TINY_ARGS=(--tiny-files "$TINY_FILES")
 CORPUS="$CORPUS_ROOT/docker"
 if [[ ! -f "$CORPUS_ROOT/.complete" ]]; then
     say "generating a ${SIZE_MB} MB corpus in $CORPUS (cached for later runs)"
     rm -rf "$CORPUS_ROOT"
     mkdir -p "$CORPUS_ROOT"
-    python3 "$MAKE_CORPUS" "$CORPUS" --size-mb "$SIZE_MB" --quiet >"$CORPUS_ROOT/summary.json"
+    python3 "$MAKE_CORPUS" "$CORPUS" --size-mb "$SIZE_MB" "${TINY_ARGS[@]}" --quiet >"$CORPUS_ROOT/summary.json"
     touch "$CORPUS_ROOT/.complete"
 else
     say "reusing the corpus in $CORPUS"
@@ -217,11 +226,11 @@ PGZ="$SCRATCH/pigz.tar.gz"
 OURS=""
 backup_tar() {
     discard "$TGZ"
-    timed tar_czf tar czf "$TGZ" -C "$CORPUS" .
+    timed_rss tar_czf tar czf "$TGZ" -C "$CORPUS" .
 }
 backup_pigz() {
     discard "$PGZ"
-    timed pigz_c tar -I pigz -cf "$PGZ" -C "$CORPUS" .
+    timed_rss pigz_c tar -I pigz -cf "$PGZ" -C "$CORPUS" .
 }
 backup_ours() {
     # A fresh work dir each time: no archive or catalog row from the previous one.
@@ -229,14 +238,15 @@ backup_ours() {
     write_config "$SCRATCH/work" "$CORPUS/docker-compose.yml"
     timed_rss ours_backup "$BIN" -C "$SCRATCH/work" -q backup --skip-docker-check "${LEVEL_ARGS[@]}"
     OURS=$(ls "$SCRATCH"/work/backups/*.tar.gz)
+    timed_rss ours_verify "$BIN" -C "$SCRATCH/work" -q verify --all
 }
 restore_tar() {
     discard "$SCRATCH/x_tar" new
-    timed tar_xzf tar xzf "$TGZ" -C "$SCRATCH/x_tar"
+    timed_rss tar_xzf tar xzf "$TGZ" -C "$SCRATCH/x_tar"
 }
 restore_pigz() {
     discard "$SCRATCH/x_pigz" new
-    timed pigz_x bash -c 'pigz -dc "$1" | tar xf - -C "$2"' _ "$TGZ" "$SCRATCH/x_pigz"
+    timed_rss pigz_x bash -c 'pigz -dc "$1" | tar xf - -C "$2"' _ "$TGZ" "$SCRATCH/x_pigz"
 }
 restore_ours() {
     discard "$SCRATCH/work/docker" new
@@ -288,8 +298,8 @@ RSS_R=$(maxrss ours_restore)
 
 echo
 echo "Benchmark $(date -u +%Y-%m-%d), $(nproc) cores ($CPU), $MEM RAM, $(uname -sr);"
-echo "corpus: make_corpus.py --size-mb $SIZE_MB ($CORPUS_BYTES bytes of file content, $CORPUS_FILES files); warm cache; median of $ROUNDS rounds, tool order rotating;"
-echo "nuwax-cli compression level: ${LEVEL:-default (config)}; \`bench/run.sh $SIZE_MB\`."
+echo "corpus: make_corpus.py --size-mb $SIZE_MB ${TINY_ARGS[*]} ($CORPUS_BYTES bytes of file content, $CORPUS_FILES files); warm cache; median of $ROUNDS rounds, tool order rotating;"
+echo "nuwax-cli compression level: ${LEVEL:-default (config)}; \`bench/run.sh $MODE\`."
 echo
 if [[ "$ONLY_OURS" == 1 ]]; then
     echo "| | time (s) | archive (bytes) | peak RSS |"
@@ -315,7 +325,10 @@ echo "| \`tar xzf\` | $(fmt "$TX") | $(fmt "$(ratio "$OR" "$TX")") | $(fmt "$(ra
 echo "| \`pigz -dc \| tar x\` | $(fmt "$PX") | $(fmt "$(ratio "$OR" "$PX")") | $(fmt "$(ratio "$PX" "$OR")")x |"
 echo "| **nuwax-cli rollback --rollback-data** | **$(fmt "$OR")** | | |"
 echo
-echo "nuwax-cli peak RSS (max over rounds): backup $((RSS_B / 1024)) MiB, restore $((RSS_R / 1024)) MiB."
+mib() { echo "$(($(maxrss "$1") / 1024)) MiB"; }
+echo "Peak RSS (max over rounds): tar czf $(mib tar_czf), tar -I pigz $(mib pigz_c), nuwax-cli backup $(mib ours_backup);"
+echo "tar xzf $(mib tar_xzf), pigz -dc | tar x $(mib pigz_x) (the largest process), nuwax-cli rollback $(mib ours_restore);"
+echo "nuwax-cli verify (after each backup): $(fmt "$(median ours_verify)") s, $(mib ours_verify)."
 raw() { tr '\n' ' ' <"$SCRATCH/t.$1" | sed 's/ $//'; }
 echo
 echo "Per round (s), in round order (the tool order rotates): tar czf $(raw tar_czf); pigz $(raw pigz_c); ours $(raw ours_backup);"

@@ -29,6 +29,7 @@ mod messages;
 mod remote;
 mod retention;
 mod rollback;
+mod scale;
 mod services;
 mod signals;
 mod upgrade;

@@ -38,6 +38,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use filetime::FileTime;
 use sha2::{Digest, Sha256};
 
+use super::check::ShaSum;
 use crate::error::{Error, IoContext, Result};
 
 /// Bytes per data buffer (a multiple of [`ALIGN`]).
@@ -131,8 +132,9 @@ impl std::ops::DerefMut for Piece {
     }
 }
 
-/// Content SHA-256 of the files a worker finished, by job id.
-type Sums = Vec<(usize, [u8; 32])>;
+/// Content SHA-256 of the files a worker finished, summed by job id (see
+/// [`super::check::ShaSum`]): nothing per file stays in memory.
+type Sums = ShaSum;
 
 pub(super) struct FilePool {
     workers: Vec<(Sender<Job>, JoinHandle<Sums>)>,
@@ -287,14 +289,15 @@ impl FilePool {
         self.check()
     }
 
-    /// Waits for all work and returns the SHA-256 of every file by id, or the first error.
+    /// Waits for all work and returns the sum of the SHA-256 of every file by id, or the
+    /// first error.
     pub(super) fn finish(mut self) -> Result<Sums> {
-        let mut sums = Vec::new();
+        let mut sums = ShaSum::default();
         let mut panicked = false;
         for (tx, handle) in std::mem::take(&mut self.workers) {
             drop(tx);
             match handle.join() {
-                Ok(s) => sums.extend(s),
+                Ok(s) => sums.merge(s),
                 Err(_) => panicked = true,
             }
         }
@@ -335,7 +338,7 @@ struct Open {
 }
 
 fn worker(jobs: &Receiver<Job>, free: &Sender<Piece>, shared: &Shared) -> Sums {
-    let mut sums = Vec::new();
+    let mut sums = ShaSum::default();
     let mut cur: Option<Open> = None;
     for job in jobs.iter() {
         if let Job::Barrier(ack) = job {
@@ -423,7 +426,7 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
                     start_writeback(f, open.unflushed, open.written);
                 }
             }
-            sums.push((open.id, open.hasher.finalize().into()));
+            sums.add(open.id as u64, &open.hasher.finalize().into());
         }
         Job::Barrier(_) => {}
     }
@@ -613,11 +616,16 @@ mod tests {
             want.push((id, sha(&data), data));
         }
         pool.barrier().unwrap();
-        let mut sums = pool.finish().unwrap();
-        sums.sort();
-        assert_eq!(sums.len(), 40);
-        for ((id, sum), (wid, wsum, data)) in sums.iter().zip(&want) {
-            assert_eq!((id, sum), (wid, wsum));
+        let sums = pool.finish().unwrap();
+        let mut expected = ShaSum::default();
+        for (id, sum, _) in &want {
+            expected.add(*id as u64, sum);
+        }
+        assert_eq!(sums, expected, "every file's checksum, by id");
+        let mut one_off = expected;
+        one_off.add(41, &want[3].1);
+        assert_ne!(sums, one_off);
+        for (id, _, data) in &want {
             let p = dir.path().join(format!("f{id}"));
             if id % 5 == 0 {
                 assert!(!p.exists(), "hash-only entry {id} was written");
@@ -704,10 +712,13 @@ mod tests {
             pool.end().unwrap();
             want.push((id, sha(&data), full, data));
         }
-        let mut sums = pool.finish().unwrap();
-        sums.sort();
-        for ((id, sum), (wid, wsum, full, data)) in sums.iter().zip(&want) {
-            assert_eq!((id, sum), (wid, wsum));
+        let sums = pool.finish().unwrap();
+        let mut expected = ShaSum::default();
+        for (id, sum, _, _) in &want {
+            expected.add(*id as u64, sum);
+        }
+        assert_eq!(sums, expected);
+        for (id, _, full, data) in &want {
             assert!(std::fs::read(full).unwrap() == *data, "content of {id}");
             let m = std::fs::metadata(full).unwrap();
             assert_eq!(m.len(), data.len() as u64);
@@ -759,11 +770,14 @@ mod tests {
             }
             pool.end().unwrap();
         }
-        let mut sums = pool.finish().unwrap();
-        sums.sort();
-        for ((id, sum), (name, data, _)) in sums.iter().zip(&cases) {
+        let sums = pool.finish().unwrap();
+        let mut expected = ShaSum::default();
+        for (id, (_, data, _)) in cases.iter().enumerate() {
+            expected.add(id as u64, &sha(data));
+        }
+        assert_eq!(sums, expected, "the data as received is hashed");
+        for (id, (name, data, _)) in cases.iter().enumerate() {
             let full = dir.path().join(name);
-            assert_eq!(*sum, sha(data), "{name}");
             assert!(
                 std::fs::read(&full).unwrap() == *data,
                 "content of {name} ({id})"

@@ -154,7 +154,8 @@ pub fn adopt_legacy(
         progress,
         cancel,
         &mut report,
-    )?;
+    )?
+    .entries;
     cancel.check()?;
     // Whatever the decompressor left unread is part of the file: hash it too.
     let mut raw = gz.into_inner().into_inner();
@@ -298,6 +299,53 @@ mod tests {
             bad.problems.iter().any(|p| p.contains("data/a.db")),
             "{:?}",
             bad.problems
+        );
+    }
+
+    /// A restore checks a legacy archive against the manifest given from the catalog: the
+    /// adopted one restores; one that says otherwise about a file fails the extraction,
+    /// naming it (the exact comparison runs when the fingerprints differ).
+    #[test]
+    fn extraction_checks_the_given_manifest_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = legacy_tar(
+            tmp.path(),
+            &[
+                ("data/", None),
+                ("data/a.db", Some(b"0123456789")),
+                ("app/b.jar", Some(b"jar")),
+            ],
+        );
+        let (none, cancel) = (Progress::none(), CancelFlag::default());
+        let got = adopt_legacy(&path, &name(), &none, &cancel).unwrap();
+        let extract = |manifest: &Manifest, staging: &Path| {
+            std::fs::create_dir(staging).unwrap();
+            super::super::extract(
+                &super::super::ExtractOptions {
+                    archive: path.clone(),
+                    staging: staging.to_path_buf(),
+                    filter: super::super::TopLevelFilter::All,
+                    select: Vec::new(),
+                    restore_owner: false,
+                    threads: 2,
+                    expected_sha256: None,
+                    manifest: Some(Arc::new(manifest.clone())),
+                },
+                &none,
+                &cancel,
+            )
+        };
+        let ok = tmp.path().join("ok");
+        extract(&got.manifest, &ok).unwrap();
+        assert_eq!(std::fs::read(ok.join("data/a.db")).unwrap(), b"0123456789");
+
+        let mut other = got.manifest.clone();
+        other.entries[1].sha256 = Some("00".repeat(32));
+        let err = extract(&other, &tmp.path().join("bad")).unwrap_err();
+        assert!(
+            matches!(err, crate::error::Error::Corrupt { .. })
+                && err.to_string().contains("data/a.db"),
+            "{err}"
         );
     }
 

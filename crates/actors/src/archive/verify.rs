@@ -15,7 +15,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::check::{
-    CopyError, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
+    CopyError, EntryDigest, Meta, ProgressMap, Refusal, Tracker, check_trailing, compare_manifest,
     copy_entry_data, parse_entry, stream_error, top_level,
 };
 use super::format::INFO_PATH;
@@ -72,8 +72,14 @@ pub fn verify_against(
 /// What the entries of an archive are compared with.
 #[derive(Clone, Copy)]
 pub(super) enum Expect<'a> {
-    /// The archive's own metadata entries: `info.json` first, `manifest.json` last.
+    /// The archive's own metadata entries: `info.json` first, `manifest.json` last. The
+    /// entries read are compared with the manifest through fingerprints
+    /// (`check/digest.rs`), keeping none of them; when the fingerprints differ the scan is
+    /// not settled and [`Expect::EmbeddedExact`] finds the differences.
     Embedded,
+    /// [`Expect::Embedded`] with every entry kept until the manifest and compared with it
+    /// one by one (reading the archive a second time, only for one that differs).
+    EmbeddedExact,
     /// A manifest kept outside the archive (a legacy backup's, from the catalog); the
     /// archive has no metadata entries.
     Given(&'a Manifest),
@@ -130,7 +136,27 @@ fn verify_with(
         problems: Vec::new(),
     };
     crate::faults::point("verify.before_scan");
-    let scanned = scan(file, path, threads, expect, progress, cancel, &mut report);
+    let mut scanned = scan(file, path, threads, expect, progress, cancel, &mut report);
+    if let (Ok(false), Expect::Embedded) = (&scanned, expect) {
+        // The archive differs from its manifest somewhere (or an entry was refused): the
+        // exact comparison, reading it again, says where.
+        report.entries = 0;
+        report.files_checked = 0;
+        report.problems.clear();
+        scanned = File::open(path)
+            .ctx("cannot open archive", path)
+            .and_then(|file| {
+                scan(
+                    file,
+                    path,
+                    threads,
+                    Expect::EmbeddedExact,
+                    progress,
+                    cancel,
+                    &mut report,
+                )
+            });
+    }
     let hashed = hasher
         .join()
         .map_err(|_| Error::Internal("the hashing thread panicked".into()))?;
@@ -186,7 +212,8 @@ fn hash_file_contents(mut file: File, cancel: &CancelFlag) -> io::Result<Option<
     Ok(Some((hex::encode(hasher.finalize()), len)))
 }
 
-/// The content checks. Problems go into `report`; `Err` only for I/O errors and cancel.
+/// The content checks of [`scan_stream`] over the archive file. Problems go into `report`;
+/// `Err` only for I/O errors and cancel. `Ok(false)`: not settled (see [`Scanned`]).
 fn scan(
     file: File,
     path: &Path,
@@ -195,13 +222,13 @@ fn scan(
     progress: &Progress,
     cancel: &CancelFlag,
     report: &mut VerifyReport,
-) -> Result<()> {
+) -> Result<bool> {
     let index = file.try_clone().ctx("cannot open archive", path)?;
     let size = report.size;
     let reader = match pgzip::open_reader(file, resolve_threads(threads)) {
         Ok(r) => r,
         Err(e) => {
-            return note(stream_error(e, "not a valid gzip file"), path, report);
+            return note(stream_error(e, "not a valid gzip file"), path, report).map(|()| true);
         }
     };
     let (position, reader) = ProgressMap::new(&index, size, reader);
@@ -215,7 +242,7 @@ fn scan(
         cancel,
         report,
     )
-    .map(drop)
+    .map(|s| s.settled)
 }
 
 /// Records a finding; an OS-level read error aborts the scan instead.
@@ -229,10 +256,19 @@ fn note(r: Refusal, path: &Path, report: &mut VerifyReport) -> Result<()> {
     }
 }
 
+/// What [`scan_stream`] found besides the report's problems.
+pub(super) struct Scanned {
+    /// The entries read (with checksums), the manifest entries of the archive as it is;
+    /// empty for [`Expect::Embedded`], which only fingerprints them.
+    pub entries: Vec<ManifestEntry>,
+    /// False when, for [`Expect::Embedded`], the fingerprints differ or an entry was
+    /// refused: the findings are then those of an [`Expect::EmbeddedExact`] scan.
+    pub settled: bool,
+}
+
 /// The content checks over a decompressed stream: every entry through the entry rules,
 /// file contents hashed, the tail checked, and the entries compared with what `expect`
-/// says. Problems go into `report`; returns the entries read (with checksums), the manifest
-/// entries of this archive as it is. `position` says where in the archive file the reading
+/// says. Problems go into `report`. `position` says where in the archive file the reading
 /// is, for progress.
 pub(super) fn scan_stream(
     reader: impl Read,
@@ -242,7 +278,12 @@ pub(super) fn scan_stream(
     progress: &Progress,
     cancel: &CancelFlag,
     report: &mut VerifyReport,
-) -> Result<Vec<ManifestEntry>> {
+) -> Result<Scanned> {
+    let fingerprint = matches!(expect, Expect::Embedded);
+    let done = |entries: Vec<ManifestEntry>| Scanned {
+        entries,
+        settled: true,
+    };
     let note = |r: Refusal, report: &mut VerifyReport| note(r, path, report);
     let reader = CancelRead {
         inner: reader,
@@ -252,13 +293,14 @@ pub(super) fn scan_stream(
     let mut meta = Meta::new();
     let mut tracker = Tracker::default();
     let mut observed = Vec::new();
+    let mut digest = EntryDigest::default();
     let mut buf = vec![0u8; BUF];
     let mut broken = false;
     let entries = match archive.entries() {
         Ok(e) => e,
         Err(e) => {
             note(stream_error(e, "reading the tar stream"), report)?;
-            return Ok(Vec::new());
+            return Ok(done(Vec::new()));
         }
     };
     for entry in entries {
@@ -283,7 +325,8 @@ pub(super) fn scan_stream(
         // Without metadata entries (a legacy archive) the tracker refuses the reserved
         // names, `.nuwax-backup/` included.
         let metadata = match expect {
-            Expect::Embedded => meta.accept(&parsed, &mut entry),
+            Expect::Embedded => meta.accept_digest(&parsed, &mut entry),
+            Expect::EmbeddedExact => meta.accept(&parsed, &mut entry),
             Expect::Given(_) | Expect::Nothing => Ok(false),
         };
         match metadata {
@@ -304,6 +347,7 @@ pub(super) fn scan_stream(
         }
         report.entries += 1;
         let entries_so_far = report.entries;
+        let slot = fingerprint.then(|| digest.entry(&parsed.fields()));
         let sha = if parsed.kind == EntryKind::File {
             match copy_entry_data(
                 &mut entry,
@@ -327,11 +371,21 @@ pub(super) fn scan_stream(
         } else {
             None
         };
-        observed.push(parsed.to_manifest_entry(sha));
+        match slot {
+            Some(slot) => {
+                if let Some(sha) = &sha {
+                    let mut raw = [0u8; 32];
+                    hex::decode_to_slice(sha, &mut raw)
+                        .map_err(|e| Error::Internal(format!("bad checksum {sha}: {e}")))?;
+                    digest.sha(slot, &raw);
+                }
+            }
+            None => observed.push(parsed.to_manifest_entry(sha)),
+        }
         progress.advance(position(), report.entries, None);
     }
     report.info = match expect {
-        Expect::Embedded => meta.info.clone(),
+        Expect::Embedded | Expect::EmbeddedExact => meta.info.clone(),
         Expect::Given(m) => Some(m.info.clone()),
         Expect::Nothing => None,
     };
@@ -340,14 +394,25 @@ pub(super) fn scan_stream(
             "the archive could not be read to its end; {} entries were checked before that",
             report.entries
         ));
-        return Ok(observed);
+        return Ok(done(observed));
     }
     let mut rest = archive.into_inner();
     if let Err(r) = check_trailing(&mut rest) {
         note(r, report)?;
     }
+    let clean = report.problems.is_empty();
     match expect {
         Expect::Embedded => match meta.finish() {
+            Ok(_) => {
+                let same = meta.digest.as_ref().is_some_and(|m| m.matches(&digest));
+                return Ok(Scanned {
+                    entries: observed,
+                    settled: clean && same,
+                });
+            }
+            Err(r) => note(r, report)?,
+        },
+        Expect::EmbeddedExact => match meta.finish() {
             Ok((_, manifest)) => report
                 .problems
                 .extend(compare_manifest(manifest, &observed)),
@@ -358,7 +423,41 @@ pub(super) fn scan_stream(
             .extend(compare_manifest(manifest, &observed)),
         Expect::Nothing => {}
     }
-    Ok(observed)
+    Ok(done(observed))
+}
+
+/// The exact comparison of the archive at `path` with its manifest (`expect`: its own,
+/// [`Expect::EmbeddedExact`], or a given one; every entry kept and compared one by one), for
+/// an extraction whose fingerprints differed: the findings, which may be none (a manifest in
+/// another order or spelling).
+pub(super) fn manifest_problems(
+    path: &Path,
+    expect: Expect<'_>,
+    threads: usize,
+    cancel: &CancelFlag,
+) -> Result<Vec<String>> {
+    let file = File::open(path).ctx("cannot open archive", path)?;
+    let size = file.metadata().ctx("cannot stat archive", path)?.len();
+    let mut report = VerifyReport {
+        size,
+        sha256: String::new(),
+        checksum_matches: None,
+        entries: 0,
+        files_checked: 0,
+        info: None,
+        problems: Vec::new(),
+    };
+    scan(
+        file,
+        path,
+        threads,
+        expect,
+        &Progress::none(),
+        cancel,
+        &mut report,
+    )?;
+    cancel.check()?;
+    Ok(report.problems)
 }
 
 /// Reads the archive's `info.json` (its first entry after the `.nuwax-backup/` directory),

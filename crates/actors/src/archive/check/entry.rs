@@ -2,7 +2,7 @@
 //! link target, numbers), the [`Tracker`] that refuses entries escaping the target or clashing
 //! with earlier ones, the copy of an entry's data, and what may follow the last entry.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
@@ -35,6 +35,21 @@ pub(in crate::archive) struct Parsed {
 }
 
 impl Parsed {
+    /// What an [`super::digest::EntryDigest`] takes of this entry.
+    pub(in crate::archive) fn fields(&self) -> super::digest::EntryFields<'_> {
+        super::digest::EntryFields {
+            path: &self.path,
+            kind: self.kind,
+            size: self.size,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            target: self.target.as_deref(),
+            has_sha: self.kind == EntryKind::File,
+        }
+    }
+
     /// The manifest record this entry corresponds to (`sha256` for regular files).
     pub(in crate::archive) fn to_manifest_entry(&self, sha256: Option<String>) -> ManifestEntry {
         ManifestEntry {
@@ -178,10 +193,76 @@ pub(in crate::archive) fn normalize_path(raw: &[u8], kind: EntryKind) -> Result<
 
 /// Tracks the entries seen so far and refuses any that could escape the target directory or
 /// clash with an earlier one.
+///
+/// Paths are not kept: each is remembered as a keyed 128-bit hash (two SipHash-1-3 with
+/// random keys; a false match needs a collision of both, about 2^-100 for millions of
+/// entries), with the entry's kind in its two low bits: 16 bytes per entry instead of the
+/// path and a `Vec` (more than 100 bytes for a typical path).
 #[derive(Default)]
 pub(in crate::archive) struct Tracker {
-    seen: HashMap<Vec<u8>, EntryKind>,
-    implicit_dirs: HashSet<Vec<u8>>,
+    keys: PathKeys,
+    /// Hash of each path seen, `| kind code`.
+    seen: HashSet<u128>,
+    /// Hash of each path that an entry needs to be a directory.
+    implicit_dirs: HashSet<u128>,
+}
+
+/// The keyed hashes of [`Tracker`].
+#[derive(Default)]
+struct PathKeys(std::hash::RandomState, std::hash::RandomState);
+
+impl PathKeys {
+    /// The path's key, low two bits clear (they hold the kind in `Tracker::seen`).
+    fn key(&self, path: &[u8]) -> u128 {
+        use std::hash::BuildHasher;
+        let (a, b) = (self.0.hash_one(path), self.1.hash_one(path));
+        ((u128::from(a) << 64) | u128::from(b)) & !3
+    }
+}
+
+/// A set of paths kept as [`PathKeys`] hashes (16 bytes each, whatever the path's length):
+/// the extraction's record of the directories it created.
+#[derive(Default)]
+pub(in crate::archive) struct PathSet {
+    keys: PathKeys,
+    set: HashSet<u128>,
+}
+
+impl PathSet {
+    pub(in crate::archive) fn contains(&self, path: &[u8]) -> bool {
+        self.set.contains(&self.keys.key(path))
+    }
+
+    /// Adds `path`; false if it was there already.
+    pub(in crate::archive) fn insert(&mut self, path: &[u8]) -> bool {
+        self.set.insert(self.keys.key(path))
+    }
+}
+
+const KINDS: [EntryKind; 4] = [
+    EntryKind::Dir,
+    EntryKind::File,
+    EntryKind::Symlink,
+    EntryKind::Hardlink,
+];
+
+fn kind_bits(kind: EntryKind) -> u128 {
+    match kind {
+        EntryKind::Dir => 0,
+        EntryKind::File => 1,
+        EntryKind::Symlink => 2,
+        EntryKind::Hardlink => 3,
+    }
+}
+
+impl Tracker {
+    /// The kind of the entry seen at `path`, if any.
+    fn seen(&self, path: &[u8]) -> Option<EntryKind> {
+        let key = self.keys.key(path);
+        KINDS
+            .into_iter()
+            .find(|&k| self.seen.contains(&(key | kind_bits(k))))
+    }
 }
 
 impl Tracker {
@@ -195,9 +276,10 @@ impl Tracker {
                 format!("names beginning with {INTERNAL_PREFIX:?} are reserved for nuwax-cli"),
             ));
         }
-        match self.seen.get(path.as_slice()) {
+        let key = self.keys.key(path);
+        match self.seen(path) {
             Some(_) => return Err(Refusal::unsafe_entry(path, "duplicate entry")),
-            None if self.implicit_dirs.contains(path.as_slice()) && e.kind != EntryKind::Dir => {
+            None if self.implicit_dirs.contains(&key) && e.kind != EntryKind::Dir => {
                 return Err(Refusal::unsafe_entry(
                     path,
                     "an earlier entry needs this path to be a directory",
@@ -209,7 +291,7 @@ impl Tracker {
         let mut new_implicit = Vec::new();
         for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
             let ancestor = &path[..i];
-            match self.seen.get(ancestor) {
+            match self.seen(ancestor) {
                 Some(EntryKind::Dir) => {}
                 Some(EntryKind::Symlink) => {
                     return Err(Refusal::unsafe_entry(
@@ -222,19 +304,19 @@ impl Tracker {
                         path,
                         format!(
                             "lies beneath the {} {:?}",
-                            kind_name(*k),
+                            kind_name(k),
                             display_bytes(ancestor)
                         ),
                     ));
                 }
-                None => new_implicit.push(ancestor.to_vec()),
+                None => new_implicit.push(self.keys.key(ancestor)),
             }
         }
         if e.kind == EntryKind::Hardlink {
             let target = e.target.as_deref().unwrap_or_default();
             let target = normalize_path(target, EntryKind::File)
                 .map_err(|r| Refusal::unsafe_entry(path, format!("hard link target {r}")))?;
-            match self.seen.get(target.as_slice()) {
+            match self.seen(&target) {
                 Some(EntryKind::File | EntryKind::Hardlink) => {}
                 _ => {
                     return Err(Refusal::unsafe_entry(
@@ -257,7 +339,7 @@ impl Tracker {
             }
         }
         self.implicit_dirs.extend(new_implicit);
-        self.seen.insert(path.clone(), e.kind);
+        self.seen.insert(key | kind_bits(e.kind));
         Ok(())
     }
 }
@@ -399,6 +481,7 @@ impl Observed {
     }
 
     /// Whether `m` equals [`Observed::to_manifest_entry`] exactly.
+    #[cfg(test)]
     pub(in crate::archive) fn same_as(&self, m: &ManifestEntry) -> bool {
         let bytes_equal =
             |raw: Option<&[u8]>, text: &Option<String>, hex_: &Option<String>| match raw {

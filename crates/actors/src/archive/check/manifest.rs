@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use super::entry::{Observed, Parsed, kind_name, top_level};
+use super::digest::EntryDigest;
+use super::entry::{Parsed, kind_name, top_level};
 use super::{Refusal, display_bytes, stream_error};
 use crate::archive::format::{INFO_PATH, MANIFEST_PATH};
 use crate::archive::{ArchiveInfo, EntryKind, META_DIR, Manifest, ManifestEntry};
@@ -28,15 +29,23 @@ enum MetaPhase {
     ManifestSeen,
 }
 
+/// How `manifest.json` is read.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Parsed whole into [`Meta::manifest`].
+    Whole,
+    /// Only its fingerprint is kept.
+    Digest,
+}
+
 /// Follows the metadata entries: `.nuwax-backup/` and `info.json` first, `manifest.json` last.
 pub(in crate::archive) struct Meta {
     phase: MetaPhase,
     pub info: Option<ArchiveInfo>,
     pub manifest: Option<Manifest>,
-    /// Set by [`Meta::accept_against`]: the manifest's differences from the observed
-    /// entries, found while it was parsed. `manifest.entries` is then empty when there are
-    /// none (the entries were compared one by one and dropped).
-    pub problems: Option<Vec<String>>,
+    /// Set by [`Meta::accept_digest`]: the fingerprint of the manifest's entries (which are
+    /// not kept; `manifest.entries` is empty).
+    pub digest: Option<EntryDigest>,
 }
 
 impl Meta {
@@ -45,7 +54,7 @@ impl Meta {
             phase: MetaPhase::Start,
             info: None,
             manifest: None,
-            problems: None,
+            digest: None,
         }
     }
 
@@ -57,28 +66,24 @@ impl Meta {
         e: &Parsed,
         data: &mut dyn Read,
     ) -> Result<bool, Refusal> {
-        self.accept_inner(e, data, None)
+        self.accept_inner(e, data, Mode::Whole)
     }
 
-    /// [`Meta::accept`] that compares `manifest.json` with `observed` (every content entry of
-    /// the stream, in order, checksums filled in) while parsing it, without keeping its
-    /// entries in memory: with 120 000 entries the parsed manifest, its text and the observed
-    /// list would be three copies of about 30 MB each. The result, in `problems`, is what
-    /// [`compare_manifest`] says.
-    pub(in crate::archive) fn accept_against(
+    /// [`Meta::accept`] that keeps only the fingerprint of the manifest's entries (in
+    /// `digest`), for a comparison with the [`EntryDigest`] of the entries read.
+    pub(in crate::archive) fn accept_digest(
         &mut self,
         e: &Parsed,
         data: &mut dyn Read,
-        observed: &[Observed],
     ) -> Result<bool, Refusal> {
-        self.accept_inner(e, data, Some(observed))
+        self.accept_inner(e, data, Mode::Digest)
     }
 
     fn accept_inner(
         &mut self,
         e: &Parsed,
         data: &mut dyn Read,
-        observed: Option<&[Observed]>,
+        mode: Mode,
     ) -> Result<bool, Refusal> {
         let shown = display_bytes(&e.path);
         if self.phase == MetaPhase::ManifestSeen {
@@ -114,10 +119,15 @@ impl Meta {
             (p, EntryKind::File, MetaPhase::InfoSeen | MetaPhase::NoInfo)
                 if p == MANIFEST_PATH.as_bytes() =>
             {
-                if let Some(observed) = observed {
-                    let (manifest, problems) = stream_manifest(data, e.size, observed)?;
-                    self.manifest = Some(manifest);
-                    self.problems = Some(problems);
+                if let Mode::Digest = mode {
+                    let (info, digest) = stream_manifest_digest(data, e.size)?;
+                    self.manifest = Some(Manifest {
+                        info,
+                        entries: Vec::new(),
+                        layout: None,
+                        spans: Vec::new(),
+                    });
+                    self.digest = Some(digest);
                     self.phase = MetaPhase::ManifestSeen;
                     return Ok(true);
                 }
@@ -174,16 +184,24 @@ pub(in crate::archive) fn check_info_numbers(info: &ArchiveInfo) -> Result<(), R
         })
 }
 
-/// Parses `manifest.json` (`size` bytes of `data`) from the stream, comparing each entry with
-/// the next observed one and dropping it. While they are all equal nothing is kept; from the
-/// first difference on, the manifest is collected whole (the equal entries before it are the
-/// observed ones) and handed to [`compare_manifest`], so the findings are exactly its
-/// findings. The errors are those of reading it whole (too large, truncated, invalid JSON).
-fn stream_manifest(
+/// Parses `manifest.json` (`size` bytes of `data`) from the stream into its info and the
+/// fingerprint of its entries, keeping none of them. The errors are those of reading it whole.
+fn stream_manifest_digest(
     data: &mut dyn Read,
     size: u64,
-    observed: &[Observed],
-) -> Result<(Manifest, Vec<String>), Refusal> {
+) -> Result<(ArchiveInfo, EntryDigest), Refusal> {
+    let mut digest = EntryDigest::default();
+    let info = parse_streamed(data, size, &mut |m| digest.manifest_entry(&m))?;
+    Ok((info, digest))
+}
+
+/// Parses `manifest.json` (`size` bytes of `data`), handing each entry to `sink`; returns the
+/// info. The errors are those of reading it whole (too large, truncated, invalid JSON).
+fn parse_streamed(
+    data: &mut dyn Read,
+    size: u64,
+    sink: &mut dyn FnMut(ManifestEntry),
+) -> Result<ArchiveInfo, Refusal> {
     use serde::de::DeserializeSeed;
 
     if size > MAX_MANIFEST_BYTES {
@@ -195,15 +213,10 @@ fn stream_manifest(
         inner: data.take(size),
         n: 0,
     };
-    let mut check = StreamCheck {
-        observed,
-        next: 0,
-        collected: None,
-    };
     let parsed = {
         let reader = io::BufReader::with_capacity(64 << 10, &mut counted);
         let mut de = serde_json::Deserializer::from_reader(reader);
-        ManifestSeed(&mut check)
+        ManifestSeed(sink)
             .deserialize(&mut de)
             .and_then(|info| de.end().map(|()| info))
     };
@@ -212,32 +225,15 @@ fn stream_manifest(
             "{MANIFEST_PATH} is truncated ({n} of {size} bytes)"
         ))
     };
-    let info = match parsed {
-        Ok(_) if counted.n != size => return Err(truncated(counted.n)),
-        Ok(info) => info,
-        Err(err) if err.is_io() => return Err(stream_error(err.into(), MANIFEST_PATH)),
-        Err(_) if counted.n != size => return Err(truncated(counted.n)),
-        Err(err) => {
-            return Err(Refusal::Corrupt(format!(
-                "{MANIFEST_PATH} is invalid: {err}"
-            )));
-        }
-    };
-    let mut manifest = Manifest {
-        info,
-        entries: Vec::new(),
-        layout: None,
-        spans: Vec::new(),
-    };
-    let problems = match check.collected {
-        None if check.next == observed.len() => Vec::new(),
-        collected => {
-            let as_entries = |o: &[Observed]| o.iter().map(Observed::to_manifest_entry).collect();
-            manifest.entries = collected.unwrap_or_else(|| as_entries(&observed[..check.next]));
-            compare_manifest(&manifest, &as_entries(observed))
-        }
-    };
-    Ok((manifest, problems))
+    match parsed {
+        Ok(_) if counted.n != size => Err(truncated(counted.n)),
+        Ok(info) => Ok(info),
+        Err(err) if err.is_io() => Err(stream_error(err.into(), MANIFEST_PATH)),
+        Err(_) if counted.n != size => Err(truncated(counted.n)),
+        Err(err) => Err(Refusal::Corrupt(format!(
+            "{MANIFEST_PATH} is invalid: {err}"
+        ))),
+    }
 }
 
 /// Counts the bytes read through it.
@@ -254,40 +250,12 @@ impl<R: Read> Read for CountRead<R> {
     }
 }
 
-/// State of [`stream_manifest`].
-struct StreamCheck<'o> {
-    observed: &'o [Observed],
-    /// Manifest entries so far that equalled `observed[..next]`.
-    next: usize,
-    /// All manifest entries so far, once one differed.
-    collected: Option<Vec<ManifestEntry>>,
-}
-
-impl StreamCheck<'_> {
-    fn push(&mut self, m: ManifestEntry) {
-        match &mut self.collected {
-            Some(all) => all.push(m),
-            None if self.observed.get(self.next).is_some_and(|o| o.same_as(&m)) => {
-                self.next += 1;
-            }
-            None => {
-                let mut all: Vec<ManifestEntry> = self.observed[..self.next]
-                    .iter()
-                    .map(Observed::to_manifest_entry)
-                    .collect();
-                all.push(m);
-                self.collected = Some(all);
-            }
-        }
-    }
-}
-
 /// Deserializes a [`Manifest`] (as its derived `Deserialize` would: a map with `info` and
 /// `entries` in any order, unknown keys ignored, or a two-element sequence), handing each
-/// entry to a [`StreamCheck`] instead of collecting them. Yields the info.
-struct ManifestSeed<'a, 'o>(&'a mut StreamCheck<'o>);
+/// entry to a function instead of collecting them. Yields the info.
+struct ManifestSeed<'a>(&'a mut dyn FnMut(ManifestEntry));
 
-impl<'de> serde::de::DeserializeSeed<'de> for ManifestSeed<'_, '_> {
+impl<'de> serde::de::DeserializeSeed<'de> for ManifestSeed<'_> {
     type Value = ArchiveInfo;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<ArchiveInfo, D::Error> {
@@ -295,7 +263,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for ManifestSeed<'_, '_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ManifestSeed<'_, '_> {
+impl<'de> serde::de::Visitor<'de> for ManifestSeed<'_> {
     type Value = ArchiveInfo;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -339,9 +307,9 @@ impl<'de> serde::de::Visitor<'de> for ManifestSeed<'_, '_> {
 }
 
 /// The `entries` array of a manifest, element by element into a [`StreamCheck`].
-struct EntriesSeed<'a, 'o>(&'a mut StreamCheck<'o>);
+struct EntriesSeed<'a>(&'a mut dyn FnMut(ManifestEntry));
 
-impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed<'_, '_> {
+impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed<'_> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -349,7 +317,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed<'_, '_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for EntriesSeed<'_, '_> {
+impl<'de> serde::de::Visitor<'de> for EntriesSeed<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -358,7 +326,7 @@ impl<'de> serde::de::Visitor<'de> for EntriesSeed<'_, '_> {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(m) = seq.next_element::<ManifestEntry>()? {
-            self.0.push(m);
+            (self.0)(m);
         }
         Ok(())
     }
@@ -453,6 +421,7 @@ pub(in crate::archive) fn compare_manifest(
 
 #[cfg(test)]
 mod tests {
+    use super::super::entry::Observed;
     use super::*;
     use crate::archive::format::encode_bytes;
 
@@ -510,10 +479,34 @@ mod tests {
         }
     }
 
-    /// `stream_manifest` over `json` (as the entry's data) against `observed`.
+    /// What the readers find for `json` (as the manifest entry's data) against `observed`:
+    /// nothing when the fingerprints match, else what the exact comparison says.
     fn streamed(json: &[u8], observed: &[ManifestEntry]) -> Result<Vec<String>, Refusal> {
-        let observed = as_observed(observed);
-        stream_manifest(&mut &json[..], json.len() as u64, &observed).map(|(_, p)| p)
+        let mut read = EntryDigest::default();
+        for o in as_observed(observed) {
+            let m = o.to_manifest_entry();
+            let slot = read.entry(&super::super::digest::EntryFields {
+                path: &m.path_bytes().unwrap(),
+                kind: m.kind,
+                size: m.size,
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+                mtime: m.mtime,
+                target: m.target_bytes().as_deref(),
+                has_sha: m.kind == EntryKind::File,
+            });
+            if let Some(sha) = o.sha256 {
+                read.sha(slot, &sha);
+            }
+        }
+        let (info, digest) = stream_manifest_digest(&mut &json[..], json.len() as u64)?;
+        if digest.matches(&read) {
+            return Ok(Vec::new());
+        }
+        let manifest: Manifest = serde_json::from_slice(json).unwrap();
+        assert_eq!(manifest.info, info);
+        Ok(compare_manifest(&manifest, observed))
     }
 
     fn as_observed(entries: &[ManifestEntry]) -> Vec<Observed> {
@@ -616,7 +609,6 @@ mod tests {
     #[test]
     fn streamed_manifest_errors_match_reading_it_whole() {
         let observed: Vec<ManifestEntry> = (0..3).map(sample_entry).collect();
-        let obs = as_observed(&observed);
         let info = serde_json::to_string(&sample_info()).unwrap();
         let entries = serde_json::to_string(&observed).unwrap();
         for (json, want) in [
@@ -644,13 +636,13 @@ mod tests {
         // Shorter data than the header says: truncated, whatever the JSON looks like.
         let json = format!("{{\"info\":{info},\"entries\":{entries}}}");
         for cut in [0, 10, json.len() - 1, json.len()] {
-            match stream_manifest(&mut &json.as_bytes()[..cut], json.len() as u64 + 1, &obs) {
+            match stream_manifest_digest(&mut &json.as_bytes()[..cut], json.len() as u64 + 1) {
                 Err(Refusal::Broken(m)) => assert!(m.contains("truncated"), "{cut}: {m}"),
                 other => panic!("{cut}: {other:?}"),
             }
         }
         // Over the cap: refused before reading.
-        match stream_manifest(&mut &b""[..], MAX_MANIFEST_BYTES + 1, &obs) {
+        match stream_manifest_digest(&mut &b""[..], MAX_MANIFEST_BYTES + 1) {
             Err(Refusal::Corrupt(m)) => assert!(m.contains("more than"), "{m}"),
             other => panic!("{other:?}"),
         }

@@ -13,19 +13,22 @@
 //!   refuses escapes and clashes, copying an entry's data, and what may follow the last entry.
 //! - `manifest.rs`: the metadata entries (`info.json` first, `manifest.json` last) and the
 //!   streamed comparison of the manifest with the entries read.
+//! - `digest.rs`: the fingerprint that compares the entries read with the manifest
+//!   without keeping either (the exact comparison runs only when they differ).
 //! - `progress.rs`: the map from decompressed bytes to a position in the archive file.
 //!
 //! Every rule answers with a [`Refusal`], defined here.
 
+mod digest;
 mod entry;
 mod manifest;
 mod progress;
 
 use std::io;
 
-pub(super) use entry::Observed;
+pub(super) use digest::{EntryDigest, ShaSum};
 pub(super) use entry::{
-    CopyError, Parsed, Tracker, check_trailing, copy_entry_data, parse_entry, top_level,
+    CopyError, Parsed, PathSet, Tracker, check_trailing, copy_entry_data, parse_entry, top_level,
 };
 pub(super) use manifest::{Meta, compare_manifest};
 pub(super) use progress::ProgressMap;
