@@ -24,6 +24,7 @@ mod hardening;
 mod hardening_inputs;
 mod hooks;
 mod hostile;
+mod incremental;
 mod inspect;
 mod interactive;
 mod interop;

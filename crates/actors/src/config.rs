@@ -78,6 +78,9 @@ pub struct BackupConfig {
     pub dumps: Vec<crate::dumps::DumpConfig>,
     /// Services whose files are safe to copy while they run (`backup --hot`).
     pub hot_safe: Vec<crate::dumps::ServiceName>,
+    /// Every N-th backup reads every file instead of copying the unchanged ones from the
+    /// previous archive (`archive/incremental.rs`); 0 (the default): only `backup --full`.
+    pub full_every: u32,
 }
 
 impl Default for BackupConfig {
@@ -100,6 +103,7 @@ impl Default for BackupConfig {
             retention: RetentionConfig::default(),
             dumps: Vec::new(),
             hot_safe: Vec::new(),
+            full_every: 0,
         }
     }
 }

@@ -373,6 +373,7 @@ fn build_fixture(big: bool) -> Built {
             info: info(),
             dump_files: Vec::new(),
             encryption: None,
+            previous: None,
         },
         &Progress::none(),
         &CancelFlag::default(),
@@ -714,6 +715,8 @@ fn manifest_for(entries: &[GenEntry]) -> Manifest {
     let mut m = Manifest {
         info: info(),
         entries: vec![],
+        layout: None,
+        spans: Vec::new(),
     };
     for e in entries {
         let kind = match e.typeflag {
@@ -741,6 +744,7 @@ fn manifest_for(entries: &[GenEntry]) -> Manifest {
             sha256: (kind == EntryKind::File).then(|| hex::encode(Sha256::digest(&e.data))),
             target: t,
             target_hex: th,
+            stat: None,
         });
     }
     m

@@ -25,6 +25,10 @@ pub(crate) struct Args {
     /// service has neither a dump nor a place in `[backup] hot_safe`.
     #[arg(long, conflicts_with = "skip_docker_check")]
     pub hot: bool,
+    /// Read and compress every file, copying nothing from the previous backup (by default
+    /// the compressed data of unchanged large files is copied from it).
+    #[arg(long)]
+    pub full: bool,
 }
 
 pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::Result<ExitStatus> {
@@ -36,6 +40,7 @@ pub(crate) async fn run(args: Args, rt: &Runtime, printer: &Printer) -> anyhow::
                 skip_docker_check: args.skip_docker_check,
                 compression_level: args.compression_level,
                 hot: args.hot,
+                full: args.full,
             },
             progress.clone(),
         )

@@ -70,6 +70,7 @@ fn build_opts(src: &Path, dest: &Path) -> BuildOptions {
         info: info(),
         dump_files: Vec::new(),
         encryption: None,
+        previous: None,
     }
 }
 

@@ -31,7 +31,8 @@ use sha2::{Digest, Sha256};
 
 use super::crypt::Sealed;
 use super::filepool::start_writeback;
-use super::format::{INFO_PATH, MANIFEST_PATH, encode_bytes};
+use super::format::{FileStat, INFO_PATH, Layout, MANIFEST_PATH, Span, encode_bytes};
+use super::incremental::{self, BIG_FILE, Damage, Live, Source};
 use super::pgzip::{CHUNK_SIZE, ParallelGzWriter};
 use super::threads::resolve_threads;
 use super::{BuildOptions, BuildReport, CancelFlag, EntryKind, META_DIR, ManifestEntry};
@@ -84,21 +85,46 @@ pub(super) fn build_inner(
     let opts = &with_sizes;
     progress.phase(Phase::Archiving, Some(plan.total_bytes), Some(plan.entries));
     after_scan();
+    let mut source = incremental_source(opts, progress);
 
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&partial)
-        .ctx("cannot create archive", &partial)?;
     // From here on, any error or panic removes the partial file.
     let mut guard = PartialGuard {
         path: &partial,
         armed: true,
     };
-    crate::faults::point("backup.after_partial_created");
-
-    let written = write_archive(file, &plan, opts, &partial, progress, cancel)?;
+    let written = loop {
+        // Readable too: copied members are read back and hashed (`pgzip/copy.rs`).
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)
+            .ctx("cannot create archive", &partial)?;
+        crate::faults::point("backup.after_partial_created");
+        let damage = Damage::default();
+        match write_archive(
+            file,
+            &plan,
+            opts,
+            &partial,
+            source.as_ref(),
+            &damage,
+            progress,
+            cancel,
+        ) {
+            Ok(w) => break w,
+            Err(e) if damage.is_set() => {
+                progress.notice(format!(
+                    "{e}; writing the archive again, every file read from the live tree"
+                ));
+                source = None;
+                fs::remove_file(&partial).ctx("cannot remove", &partial)?;
+                progress.phase(Phase::Archiving, Some(plan.total_bytes), Some(plan.entries));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     written
         .file
         .sync_all()
@@ -125,9 +151,36 @@ pub(super) fn build_inner(
         sha256: written.sha256,
         entries: written.entries,
         source_bytes: written.source_bytes,
+        reused_bytes: written.reused_bytes,
         unmatched_excludes: plan.unmatched_excludes.clone(),
         skipped_special: plan.special,
     })
+}
+
+/// The member layout this build writes (recorded in the manifest).
+fn layout(opts: &BuildOptions) -> Layout {
+    Layout {
+        level: opts.level,
+        chunk: CHUNK_SIZE as u64,
+        big_file: BIG_FILE,
+    }
+}
+
+/// The previous archive to copy unchanged big files from, if it can serve (else a notice).
+fn incremental_source(opts: &BuildOptions, progress: &Progress) -> Option<Source> {
+    let path = opts.previous.as_deref()?;
+    if opts.encryption.is_some() {
+        // Members copied under an age stream would be plaintext in the ciphertext's place.
+        progress.notice("reading every file: an encrypted archive copies nothing from the previous one");
+        return None;
+    }
+    match Source::open(path, &layout(opts), &opts.info.tool) {
+        Ok(s) => Some(s),
+        Err(why) => {
+            progress.notice(format!("reading every file: {why}"));
+            None
+        }
+    }
 }
 
 /// Hands freed heap pages back to the kernel (glibc's `malloc_trim`). The scan's short-lived
@@ -223,6 +276,8 @@ struct Stat {
     len: u64,
     mtime: i64,
     mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
     /// `st_mode`: type and permission bits.
     mode: u32,
     uid: u32,
@@ -235,7 +290,7 @@ struct Stat {
 }
 
 /// Bytes of a [`Stat`] in the plan file.
-const STAT_BYTES: usize = 8 * 8 + 3 * 4;
+const STAT_BYTES: usize = 9 * 8 + 3 * 4;
 
 impl Stat {
     fn of(m: &Metadata) -> Self {
@@ -243,6 +298,8 @@ impl Stat {
             len: m.len(),
             mtime: m.mtime(),
             mtime_nsec: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
             mode: m.mode(),
             uid: m.uid(),
             gid: m.gid(),
@@ -291,6 +348,23 @@ impl Stat {
     fn nlink(&self) -> u64 {
         self.nlink
     }
+    /// What the manifest records for the next backup's change detection.
+    fn file_stat(&self) -> FileStat {
+        FileStat {
+            mtime_ns: self.mtime_nsec.clamp(0, 999_999_999) as u32,
+            ctime: self.ctime,
+            ctime_ns: self.ctime_nsec.clamp(0, 999_999_999) as u32,
+            ino: self.ino,
+            dev: self.dev,
+        }
+    }
+    /// Whether `m` (a later lstat of the same path) shows the file exactly as scanned.
+    fn same_file(&self, m: &Metadata) -> bool {
+        m.is_file()
+            && (m.dev(), m.ino(), m.len()) == (self.dev, self.ino, self.len)
+            && (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+                == (self.mtime, self.mtime_nsec, self.ctime, self.ctime_nsec)
+    }
 
     fn encode(&self, out: &mut Vec<u8>) {
         for v in [
@@ -301,7 +375,8 @@ impl Stat {
             self.ino,
             self.nlink,
             self.blocks,
-            0,
+            self.ctime as u64,
+            self.ctime_nsec as u64,
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -318,7 +393,7 @@ impl Stat {
         };
         let u32_at = |i: usize| {
             let mut a = [0u8; 4];
-            a.copy_from_slice(&b[64 + i * 4..64 + i * 4 + 4]);
+            a.copy_from_slice(&b[72 + i * 4..72 + i * 4 + 4]);
             u32::from_le_bytes(a)
         };
         Stat {
@@ -329,6 +404,8 @@ impl Stat {
             ino: u64_at(4),
             nlink: u64_at(5),
             blocks: u64_at(6),
+            ctime: u64_at(7) as i64,
+            ctime_nsec: u64_at(8) as i64,
             mode: u32_at(0),
             uid: u32_at(1),
             gid: u32_at(2),
@@ -764,26 +841,38 @@ fn source_error(context: &'static str, path: &Path, e: io::Error) -> Error {
 
 /// Hashes and counts everything written to the archive file, and starts the writeback of
 /// every `WRITEBACK` bytes written so that the final fsync has little left to wait for.
-struct HashingWriter {
-    file: File,
-    hasher: Sha256,
-    count: u64,
+pub(super) struct HashingWriter {
+    pub(super) file: File,
+    pub(super) hasher: Sha256,
+    pub(super) count: u64,
     /// Start of the range whose writeback has not been started yet.
     unflushed: u64,
+    /// The span being hashed (`incremental.rs`): its start and its hash so far.
+    pub(super) span: Option<(u64, Sha256)>,
 }
 
 /// See [`HashingWriter`].
 const WRITEBACK: u64 = 8 << 20;
 
-impl Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
+impl HashingWriter {
+    /// Starts the writeback of every full `WRITEBACK` written since the last one.
+    pub(super) fn writeback(&mut self) {
         if self.count - self.unflushed >= WRITEBACK {
             start_writeback(&self.file, self.unflushed, self.count);
             self.unflushed = self.count;
         }
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        if let Some((_, h)) = self.span.as_mut() {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        self.writeback();
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -797,15 +886,19 @@ struct Written {
     sha256: String,
     entries: u64,
     source_bytes: u64,
+    reused_bytes: u64,
 }
 
 type Tar = tar::Builder<ParallelGzWriter<Sealed<HashingWriter>>>;
 
+#[allow(clippy::too_many_arguments)]
 fn write_archive(
     file: File,
     plan: &Plan,
     opts: &BuildOptions,
     partial: &Path,
+    source: Option<&Source>,
+    damage: &Damage,
     progress: &Progress,
     cancel: &CancelFlag,
 ) -> Result<Written> {
@@ -814,9 +907,12 @@ fn write_archive(
         hasher: Sha256::new(),
         count: 0,
         unflushed: 0,
+        span: None,
     };
     let sink = Sealed::new(sink, opts.encryption.as_ref())
         .map_err(|e| Error::io("cannot start encrypting the archive", partial, e))?;
+    let spans: std::sync::Arc<std::sync::Mutex<Vec<Span>>> = Default::default();
+    let mut reused_bytes = 0u64;
     let gz = ParallelGzWriter::new(sink, opts.level, resolve_threads(opts.threads), CHUNK_SIZE);
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
@@ -884,6 +980,7 @@ fn write_archive(
             sha256: None,
             target: None,
             target_hex: None,
+            stat: None,
         };
         (record.path, record.path_hex) = encode_bytes(rel);
         match &item.kind {
@@ -913,22 +1010,82 @@ fn write_archive(
             ItemKind::File => {
                 record.kind = EntryKind::File;
                 record.size = item.meta.len();
+                record.stat = Some(item.meta.file_stat());
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(item.meta.len());
-                let sha = append_file(
-                    &mut tar,
-                    &mut header,
-                    item,
-                    &abs,
-                    partial,
-                    &mut buf,
-                    cancel,
-                    &mut |k| {
-                        bytes_done += k;
-                        progress.advance(bytes_done, n, Some(&item.rel));
-                    },
-                )?;
-                record.sha256 = Some(sha);
+                // A big file has members of its own (`incremental.rs`), copied from the
+                // previous archive when it is unchanged.
+                let big = item.meta.len() >= BIG_FILE;
+                if big {
+                    tar.get_mut()
+                        .in_order(Box::new(|s: &mut Sealed<HashingWriter>| {
+                            if let Some(s) = s.plain_mut() {
+                                s.begin_span();
+                            }
+                            Ok(())
+                        }))
+                        .map_err(werr)?;
+                }
+                let live = Live {
+                    size: record.size,
+                    mode: record.mode,
+                    uid: record.uid,
+                    gid: record.gid,
+                    mtime,
+                    stat: item.meta.file_stat(),
+                };
+                let copy = source
+                    .filter(|_| big)
+                    .and_then(|s| s.candidate(rel, &live).map(|c| (s, c)));
+                if let Some((s, c)) = copy {
+                    let now = fs::symlink_metadata(&abs)
+                        .map_err(|e| source_error("cannot read metadata of", &abs, e))?;
+                    if !item.meta.same_file(&now) {
+                        return Err(Error::SourceChanged {
+                            path: abs.clone(),
+                            detail: "it changed after the scan".into(),
+                        });
+                    }
+                    tar.get_mut()
+                        .in_order(incremental::copy_job(s, c, damage))
+                        .map_err(werr)?;
+                    record.sha256 = c.entry.sha256.clone();
+                    bytes_done += record.size;
+                    reused_bytes += record.size;
+                } else {
+                    let sha = append_file(
+                        &mut tar,
+                        &mut header,
+                        item,
+                        &abs,
+                        partial,
+                        &mut buf,
+                        cancel,
+                        &mut |k| {
+                            bytes_done += k;
+                            progress.advance(bytes_done, n, Some(&item.rel));
+                        },
+                    )?;
+                    record.sha256 = Some(sha);
+                }
+                if big {
+                    let (spans, entry) = (std::sync::Arc::clone(&spans), entry_count);
+                    tar.get_mut()
+                        .in_order(Box::new(move |s: &mut Sealed<HashingWriter>| {
+                            if let Some(s) = s.plain_mut() {
+                                let (offset, len, sha256) = s.end_span()?;
+                                let span = Span {
+                                    entry,
+                                    offset,
+                                    len,
+                                    sha256,
+                                };
+                                spans.lock().unwrap_or_else(|p| p.into_inner()).push(span);
+                            }
+                            Ok(())
+                        }))
+                        .map_err(werr)?;
+                }
             }
         }
         manifest_push(&mut manifest_json, entry_count, &record).map_err(merr)?;
@@ -941,7 +1098,22 @@ fn write_archive(
     }
     cancel.check()?;
 
-    manifest_json.write_all(b"]}\n").map_err(merr)?;
+    // The manifest starts its own member (the next backup finds it from the end), after
+    // every span has been recorded.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    tar.get_mut()
+        .in_order(Box::new(move |_: &mut Sealed<HashingWriter>| {
+            let _ = tx.send(());
+            Ok(())
+        }))
+        .map_err(werr)?;
+    if rx.recv().is_err() {
+        tar.get_mut().write(&[]).map_err(werr)?;
+        return Err(Error::Internal("the gzip writer stopped".into()));
+    }
+    let spans: Vec<Span> = std::mem::take(&mut *spans.lock().unwrap_or_else(|p| p.into_inner()));
+    manifest_tail(&mut manifest_json, &layout(opts), &spans).map_err(merr)?;
+    manifest_json.write_all(b"\n").map_err(merr)?;
     manifest_json.flush().map_err(merr)?;
     drop(manifest_json);
     let mut manifest_file = manifest_file;
@@ -977,6 +1149,7 @@ fn write_archive(
         sha256: hex::encode(sink.hasher.finalize()),
         entries: entry_count,
         source_bytes: bytes_done,
+        reused_bytes,
     })
 }
 
@@ -1051,6 +1224,17 @@ fn manifest_push(json: &mut impl Write, n: u64, entry: &ManifestEntry) -> io::Re
         json.write_all(b",")?;
     }
     serde_json::to_writer(&mut *json, entry).map_err(io::Error::from)
+}
+
+/// Ends a manifest started by [`manifest_head`]: the entries array, the layout and the spans.
+fn manifest_tail(json: &mut impl Write, layout: &Layout, spans: &[Span]) -> io::Result<()> {
+    json.write_all(b"],\"layout\":")?;
+    serde_json::to_writer(&mut *json, layout)?;
+    if !spans.is_empty() {
+        json.write_all(b",\"spans\":")?;
+        serde_json::to_writer(&mut *json, spans)?;
+    }
+    json.write_all(b"}")
 }
 
 fn meta_header(kind: tar::EntryType, mode: u32, mtime: i64, size: u64) -> tar::Header {
@@ -1347,6 +1531,7 @@ mod tests {
                 sha256: Some("ab".repeat(32)),
                 target: None,
                 target_hex: None,
+                stat: None,
             }
         };
         for n in [0u64, 1, 3] {
@@ -1356,10 +1541,25 @@ mod tests {
             for (i, e) in entries.iter().enumerate() {
                 manifest_push(&mut json, i as u64, e).unwrap();
             }
-            json.extend_from_slice(b"]}");
+            let layout = Layout {
+                level: 3,
+                chunk: 1 << 20,
+                big_file: BIG_FILE,
+            };
+            let spans: Vec<Span> = (0..n)
+                .map(|i| Span {
+                    entry: i,
+                    offset: 10 * i,
+                    len: 7,
+                    sha256: "cd".repeat(32),
+                })
+                .collect();
+            manifest_tail(&mut json, &layout, &spans).unwrap();
             let want = serde_json::to_vec(&super::super::Manifest {
                 info: info.clone(),
                 entries,
+                layout: Some(layout),
+                spans,
             })
             .unwrap();
             assert_eq!(

@@ -41,6 +41,15 @@ impl<W: Write> Sealed<W> {
         })
     }
 
+    /// The file sink when nothing is encrypted: where an incremental build copies members
+    /// and records their spans (an encrypted archive has neither).
+    pub(super) fn plain_mut(&mut self) -> Option<&mut W> {
+        match self {
+            Sealed::Plain(w) => Some(w),
+            Sealed::Age(_) => None,
+        }
+    }
+
     /// Writes age's last chunk; returns the file sink.
     pub(super) fn finish(self) -> io::Result<W> {
         match self {

@@ -103,6 +103,43 @@ pub struct ManifestEntry {
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_hex: Option<String>,
+    /// Regular files: the rest of the lstat that says whether the file changed since (the
+    /// next backup's change detection). Absent in archives of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat: Option<FileStat>,
+}
+
+/// What a backup records of a regular file's lstat besides the tar header's fields, so the
+/// next backup can tell it is unchanged (as restic and borg do): size, mode, owner and mtime
+/// are in the entry already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    pub mtime_ns: u32,
+    pub ctime: i64,
+    pub ctime_ns: u32,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+/// The member layout rules an archive was written with: a regular file of at least
+/// `big_file` bytes starts its own gzip members (its long-name records, header, data and
+/// padding, and nothing else); every other chunk holds `chunk` bytes of the tar stream.
+/// Two archives with equal layouts hold identical bytes for identical input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub level: u32,
+    pub chunk: u64,
+    pub big_file: u64,
+}
+
+/// The compressed bytes of one big file's members: `len` bytes at `offset` of the archive
+/// file, with their SHA-256, for entry number `entry` (from 0) of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub entry: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub sha256: String,
 }
 
 /// Written last in every archive.
@@ -110,6 +147,12 @@ pub struct ManifestEntry {
 pub struct Manifest {
     pub info: ArchiveInfo,
     pub entries: Vec<ManifestEntry>,
+    /// The member layout (absent in archives of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+    /// Where each big file's members are (see [`Layout`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<Span>,
 }
 
 impl ManifestEntry {

@@ -190,6 +190,8 @@ pub fn adopt_legacy(
         manifest: Manifest {
             info,
             entries: observed,
+            layout: None,
+            spans: Vec::new(),
         },
         problems: report.problems,
     })

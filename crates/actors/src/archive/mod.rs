@@ -18,6 +18,11 @@
 //!   `.nuwax-backup/manifest.json` ([`Manifest`]: the info again plus every entry with type,
 //!   size, mode, owner, mtime, link target and the SHA-256 of file contents).
 //!
+//! - member layout (`incremental.rs`): a regular file of at least 1 MiB starts its own members
+//!   (its long-name records, header, data and padding only), and so does the manifest; the
+//!   manifest records the layout, each big file's members (`spans`) and each file's `stat`, so
+//!   the next backup copies the members of unchanged files instead of compressing them again.
+//!
 //! The archive is written to `<final>.partial`, fsynced, renamed, and the directory fsynced;
 //! on any error the `.partial` is removed, so a final name always holds a complete archive.
 
@@ -27,6 +32,7 @@ pub mod crypt;
 mod extract;
 mod filepool;
 mod format;
+mod incremental;
 mod legacy;
 mod listing;
 pub mod pgzip;
@@ -144,6 +150,10 @@ pub struct BuildOptions {
     pub dump_files: Vec<PathBuf>,
     /// Encrypt the archive with age (`crypt.rs`); `dest` then ends in `.tar.gz.age`.
     pub encryption: Option<crate::encryption::Encryption>,
+    /// The previous archive, whose members of unchanged big files are copied instead of
+    /// compressed again (`incremental.rs`); `None`, or one that cannot serve: every file is
+    /// read.
+    pub previous: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,8 +166,11 @@ pub struct BuildReport {
     pub sha256: String,
     /// Number of tar entries of the source tree (excluding the two metadata entries).
     pub entries: u64,
-    /// Bytes of file content read from the source.
+    /// Bytes of file content archived (read from the source or copied).
     pub source_bytes: u64,
+    /// Of `source_bytes`, the bytes of unchanged files whose members were copied from the
+    /// previous archive.
+    pub reused_bytes: u64,
     /// The exclude rules that matched nothing in the source tree (as written).
     pub unmatched_excludes: Vec<String>,
     /// Sockets, fifos and device files left out (each was named in a progress notice).

@@ -266,6 +266,7 @@ fn opts(src: &Path, dest: &Path) -> BuildOptions {
         info: info(),
         dump_files: Vec::new(),
         encryption: None,
+        previous: None,
     }
 }
 
@@ -667,6 +668,8 @@ fn manifest_for(entries: &[Raw]) -> Raw {
     let mut m = Manifest {
         info: info(),
         entries: vec![],
+        layout: None,
+        spans: Vec::new(),
     };
     for e in entries
         .iter()
@@ -693,6 +696,7 @@ fn manifest_for(entries: &[Raw]) -> Raw {
             sha256: (kind == EntryKind::File).then(|| hex::encode(Sha256::digest(&e.data))),
             target: t,
             target_hex: th,
+            stat: None,
         });
     }
     file(MANIFEST_PATH.as_bytes(), &serde_json::to_vec(&m).unwrap())

@@ -109,7 +109,7 @@ pub(crate) async fn auto_backup(
 ) -> Result<AutoBackupReport> {
     let started_at = Utc::now();
     let mut run = if hot {
-        super::dumps::hot_backup(ctx, BackupType::Auto, None, &progress)
+        super::dumps::hot_backup(ctx, BackupType::Auto, None, false, &progress)
             .await
             .map(AutoBackupReport::hot)
     } else {

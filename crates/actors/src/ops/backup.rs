@@ -20,6 +20,9 @@ use crate::progress::Progress;
 
 /// Settings key: archive size / source bytes of the last backup (for the space preflight).
 const RATIO_KEY: &str = "backup.last_ratio";
+/// Settings key: how many backups in a row copied unchanged files from their predecessor
+/// (`[backup] full_every`).
+const STREAK_KEY: &str = "backup.incremental_streak";
 
 #[derive(Debug, Clone)]
 pub struct BackupRequest {
@@ -30,6 +33,8 @@ pub struct BackupRequest {
     pub compression_level: Option<u32>,
     /// Keep the services running: dumps plus the files minus `hot_exclude` (`ops/dumps.rs`).
     pub hot: bool,
+    /// Read every file, copy nothing from the previous archive (`backup --full`).
+    pub full: bool,
 }
 
 /// Journal details of a backup operation.
@@ -90,7 +95,7 @@ pub(crate) async fn backup(
     progress: Progress,
 ) -> Result<BackupEntry> {
     if req.hot {
-        return super::dumps::hot_backup(ctx, req.backup_type, req.compression_level, &progress)
+        return super::dumps::hot_backup(ctx, req.backup_type, req.compression_level, req.full, &progress)
             .await;
     }
     let compose = ctx.compose_project()?;
@@ -116,6 +121,7 @@ pub(crate) async fn backup(
         images,
         req.compression_level,
         &dumps,
+        req.full,
         &progress,
     )
     .await
@@ -131,7 +137,7 @@ pub(crate) async fn backup_locked(
     progress: &Progress,
 ) -> Result<BackupEntry> {
     let none = super::dumps::Dumps::default();
-    backup_at_level(ctx, backup_type, compose, images, None, &none, progress).await
+    backup_at_level(ctx, backup_type, compose, images, None, &none, false, progress).await
 }
 
 /// [`backup_locked`] with the dumps taken before the services were stopped.
@@ -143,7 +149,7 @@ pub(crate) async fn backup_locked_with(
     dumps: &super::dumps::Dumps,
     progress: &Progress,
 ) -> Result<BackupEntry> {
-    backup_at_level(ctx, backup_type, compose, images, None, dumps, progress).await
+    backup_at_level(ctx, backup_type, compose, images, None, dumps, false, progress).await
 }
 
 /// A backup that failed before its archive was started (a dump failed): its catalog row,
@@ -234,6 +240,47 @@ pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<()> {
     crate::space::ensure(&paths.storage_dir, (source as f64 * ratio) as u64)
 }
 
+/// The previous archive an incremental build may copy unchanged files from: the newest
+/// completed backup of this project with a recorded SHA-256 whose file is here (`None`, with
+/// a notice saying why, when `full` or `[backup] full_every` asks for a full read).
+async fn previous_archive(
+    ctx: &Ctx,
+    project: &str,
+    full: bool,
+    progress: &Progress,
+) -> Result<Option<PathBuf>> {
+    if full {
+        progress.notice("--full: reading every file");
+        return Ok(None);
+    }
+    let every = ctx.settings.config.backup.full_every;
+    if every > 0 {
+        let streak = ctx
+            .store(|r| StoreMsg::GetSetting(STREAK_KEY.into(), r))
+            .await?
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        if streak.saturating_add(1) >= every {
+            progress.notice(format!(
+                "[backup] full_every = {every}: this backup reads every file"
+            ));
+            return Ok(None);
+        }
+    }
+    let backups = ctx.store(StoreMsg::ListBackups).await?;
+    Ok(backups
+        .into_iter()
+        .filter(|b| {
+            b.status == nuwax_store::BackupStatus::Completed
+                && !b.legacy
+                && b.sha256.is_some()
+                && b.compose_project.as_deref() == Some(project)
+                && b.file_path.is_file()
+        })
+        .max_by_key(|b| (b.created_at, b.id))
+        .map(|b| b.file_path))
+}
+
 /// [`Runtime::backup_locked`] with an optional compression level overriding the config.
 pub(crate) async fn backup_at_level(
     ctx: &Ctx,
@@ -242,6 +289,7 @@ pub(crate) async fn backup_at_level(
     images: Vec<ImageRecord>,
     level: Option<u32>,
     dumps: &super::dumps::Dumps,
+    full: bool,
     progress: &Progress,
 ) -> Result<BackupEntry> {
     let paths = &ctx.settings.paths;
@@ -259,6 +307,7 @@ pub(crate) async fn backup_at_level(
     });
     // Before anything is recorded (DESIGN.md section 4, step 3 before step 4).
     backup_preflight(ctx).await?;
+    let previous = previous_archive(ctx, &compose.name, full, progress).await?;
     let created_at = Utc::now();
     let version = ctx.settings.service_version();
     let dest = unique_archive_path(&paths.storage_dir, backup_type, &version, created_at);
@@ -314,6 +363,7 @@ pub(crate) async fn backup_at_level(
         },
         dump_files: dumps.files.clone(),
         encryption,
+        previous: previous.clone(),
     };
     dumps.apply(&mut opts.info, &mut opts.exclude);
     let built = ctx
@@ -330,6 +380,14 @@ pub(crate) async fn backup_at_level(
                         paths.compose_dir.display()
                     ));
                 }
+            }
+            if report.reused_bytes > 0 {
+                progress.notice(format!(
+                    "copied {:.1} MiB of unchanged files from {}, read {:.1} MiB",
+                    report.reused_bytes as f64 / 1048576.0,
+                    previous.as_deref().unwrap_or(Path::new("?")).display(),
+                    (report.source_bytes - report.reused_bytes) as f64 / 1048576.0
+                ));
             }
             crate::faults::point("backup.before_catalog_complete");
             let setting = (report.source_bytes > 0).then(|| {
@@ -358,6 +416,17 @@ pub(crate) async fn backup_at_level(
                 ctx.store(|r| StoreMsg::RecordEncryption(id, facts, r))
                     .await?;
             }
+            let streak = if report.reused_bytes > 0 {
+                ctx.store(|r| StoreMsg::GetSetting(STREAK_KEY.into(), r))
+                    .await?
+                    .and_then(|s| s.parse::<u32>().ok())
+                    .unwrap_or(0)
+                    .saturating_add(1)
+            } else {
+                0
+            };
+            ctx.store(|r| StoreMsg::SetSetting(STREAK_KEY.into(), streak.to_string(), r))
+                .await?;
             ctx.get_backup(id).await
         }
         Err(e) => {

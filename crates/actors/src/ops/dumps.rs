@@ -264,6 +264,7 @@ pub(crate) async fn hot_backup(
     ctx: &Ctx,
     backup_type: BackupType,
     level: Option<u32>,
+    full: bool,
     progress: &Progress,
 ) -> Result<BackupEntry> {
     let compose = ctx.compose_project()?;
@@ -312,7 +313,7 @@ pub(crate) async fn hot_backup(
         })
         .collect();
     let entry =
-        backup::backup_at_level(ctx, backup_type, compose, images, level, &dumps, progress).await?;
+        backup::backup_at_level(ctx, backup_type, compose, images, level, &dumps, full, progress).await?;
     let id = entry.record.id;
     ctx.store(|r| StoreMsg::MarkHot(id, r)).await?;
     Ok(entry)

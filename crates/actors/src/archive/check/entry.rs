@@ -476,6 +476,7 @@ impl Observed {
             sha256: self.sha256.map(hex::encode),
             target,
             target_hex,
+            stat: None,
         }
     }
 

@@ -129,6 +129,8 @@ impl Meta {
                     self.manifest = Some(Manifest {
                         info,
                         entries: Vec::new(),
+                        layout: None,
+                        spans: Vec::new(),
                     });
                     self.digest = Some(digest);
                     self.phase = MetaPhase::ManifestSeen;
@@ -515,6 +517,7 @@ mod tests {
                 sha256: None,
                 target,
                 target_hex,
+                stat: None,
             };
         }
         ManifestEntry {
@@ -529,6 +532,7 @@ mod tests {
             sha256: Some(format!("{i:064x}")),
             target: None,
             target_hex: None,
+            stat: None,
         }
     }
 
@@ -636,6 +640,8 @@ mod tests {
             let manifest = Manifest {
                 info: sample_info(),
                 entries,
+                layout: None,
+                spans: Vec::new(),
             };
             let json = serde_json::to_vec(&manifest).unwrap();
             let want = compare_manifest(&manifest, &observed);

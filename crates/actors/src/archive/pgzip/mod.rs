@@ -44,7 +44,10 @@
 //! - `encode.rs`: one chunk into one complete member (stored or deflated segments).
 //! - `write.rs`: [`ParallelGzWriter`], the worker threads and the in-order writer.
 //! - `read.rs`: [`open_reader`], the parallel reader and the sequential fallback.
+//! - `copy.rs`: [`copy_range`], compressed members copied verbatim from another archive
+//!   (`copy_file_range`, read back for the caller to hash).
 
+mod copy;
 mod encode;
 mod member;
 mod read;
@@ -55,9 +58,10 @@ mod write;
 use std::io;
 use std::sync::Mutex;
 
+pub use copy::{copy_range, read_range};
 pub use member::member_offsets;
 pub use read::open_reader;
-pub use write::ParallelGzWriter;
+pub use write::{InOrderJob, ParallelGzWriter};
 
 /// Default uncompressed chunk size per gzip member. Memory on both sides scales with it
 /// (about `2 * threads + 1` chunks in flight); 1 MiB costs about 0.1 % in size against 4 MiB.

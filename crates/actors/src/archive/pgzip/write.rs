@@ -47,12 +47,25 @@ struct Chunk {
     data: Vec<u8>,
 }
 
-struct Member {
+struct Member<W> {
     seq: u64,
-    /// The input buffer, returned to the caller once the member is written (the token).
-    data: Vec<u8>,
-    out: io::Result<Vec<u8>>,
+    what: Payload<W>,
 }
+
+enum Payload<W> {
+    /// A compressed chunk. `data` is the input buffer, returned to the caller once the
+    /// member is written (the token).
+    Compressed {
+        data: Vec<u8>,
+        out: io::Result<Vec<u8>>,
+    },
+    /// Work on the inner writer at this point of the stream ([`ParallelGzWriter::in_order`]).
+    Job(InOrderJob<W>),
+}
+
+/// What [`ParallelGzWriter::in_order`] runs on the inner writer, after every member before it
+/// has been written and before any after it.
+pub type InOrderJob<W> = Box<dyn FnOnce(&mut W) -> io::Result<()> + Send>;
 
 /// A `Write` that cuts its input into `chunk_size` chunks, compresses them on `threads`
 /// worker threads into independent gzip members (with the `NX` size subfield), and writes the
@@ -63,6 +76,8 @@ pub struct ParallelGzWriter<W: Write + Send + 'static> {
     buf: Vec<u8>,
     seq: u64,
     jobs: Option<Sender<Chunk>>,
+    /// Straight to the writer thread: the in-order jobs.
+    direct: Option<Sender<Member<W>>>,
     /// Input buffers whose members have been written.
     pool: Receiver<Vec<u8>>,
     allocated: usize,
@@ -98,7 +113,7 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
             panic_at: _panic_at,
         });
         let (job_tx, job_rx) = bounded::<Chunk>(threads);
-        let (done_tx, done_rx) = unbounded::<Member>();
+        let (done_tx, done_rx) = unbounded::<Member<W>>();
         let (pool_tx, pool_rx) = unbounded::<Vec<u8>>();
         let (outpool_tx, outpool_rx) = unbounded::<Vec<u8>>();
 
@@ -124,6 +139,7 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
                 }
             }
         }
+        let direct = Some(done_tx.clone());
         drop((job_rx, done_tx, outpool_rx));
 
         let sh = shared.clone();
@@ -161,6 +177,7 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
             buf: Vec::with_capacity(chunk_size),
             seq: 0,
             jobs: Some(job_tx),
+            direct,
             pool: pool_rx,
             allocated: 1,
             max_buffers: 2 * threads + 1,
@@ -208,6 +225,44 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
         Ok(v)
     }
 
+    /// Ends the current member here, even if its chunk is not full: the next byte written
+    /// starts a new member. Nothing happens when the current chunk is empty. The output then
+    /// depends on where the cuts are, which the caller decides from its input alone.
+    pub fn cut(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send_current()?;
+        self.buf = self.next_buffer()?;
+        Ok(())
+    }
+
+    /// Cuts ([`Self::cut`]) and has the writer thread run `job` on the inner writer once
+    /// every member before this point has been written, before any member after it. A job's
+    /// error fails the writer as a write error does. Jobs take no chunk buffer.
+    pub fn in_order(&mut self, job: InOrderJob<W>) -> io::Result<()> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(self.error("gzip compression failed"));
+        }
+        self.cut()?;
+        let seq = self.seq;
+        let direct = self
+            .direct
+            .as_ref()
+            .ok_or_else(|| io::Error::other("gzip writer already finished"))?;
+        if direct
+            .send(Member {
+                seq,
+                what: Payload::Job(job),
+            })
+            .is_err()
+        {
+            return Err(self.error("gzip writer thread exited"));
+        }
+        self.seq += 1;
+        Ok(())
+    }
+
     /// Flushes the last chunk, waits for all members, and returns `inner`. Errors from any
     /// worker or from writing surface here (or from an earlier `write`), never get lost.
     pub fn finish(mut self) -> io::Result<W> {
@@ -218,6 +273,7 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
             self.send_current()?;
         }
         self.jobs = None;
+        self.direct = None;
         for h in self.workers.drain(..) {
             if h.join().is_err() {
                 self.shared
@@ -274,6 +330,7 @@ impl<W: Write + Send + 'static> Drop for ParallelGzWriter<W> {
         // Dropped without `finish`: workers skip what is queued, the writer stops writing.
         self.shared.abort.store(true, Ordering::SeqCst);
         self.jobs = None;
+        self.direct = None;
         for h in self.workers.drain(..) {
             let _ = h.join();
         }
@@ -283,10 +340,10 @@ impl<W: Write + Send + 'static> Drop for ParallelGzWriter<W> {
     }
 }
 
-fn compress_worker(
+fn compress_worker<W>(
     level: u32,
     jobs: Receiver<Chunk>,
-    done: Sender<Member>,
+    done: Sender<Member<W>>,
     outpool: Receiver<Vec<u8>>,
     shared: Arc<WShared>,
 ) {
@@ -318,7 +375,8 @@ fn compress_worker(
                 Err(e)
             }
         };
-        if done.send(Member { seq, data, out }).is_err() {
+        let what = Payload::Compressed { data, out };
+        if done.send(Member { seq, what }).is_err() {
             break;
         }
     }
@@ -326,13 +384,13 @@ fn compress_worker(
 
 fn writer_loop<W: Write>(
     mut inner: W,
-    done: &Receiver<Member>,
+    done: &Receiver<Member<W>>,
     pool: &Sender<Vec<u8>>,
     outpool: &Sender<Vec<u8>>,
     shared: &WShared,
 ) -> io::Result<W> {
     let mut next = 0u64;
-    let mut pending: BTreeMap<u64, Member> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, Member<W>> = BTreeMap::new();
     while let Ok(m) = done.recv() {
         if shared.abort.load(Ordering::Relaxed) {
             return Err(io::Error::other("gzip writer dropped before finish"));
@@ -342,12 +400,17 @@ fn writer_loop<W: Write>(
         }
         pending.insert(m.seq, m);
         while let Some(m) = pending.remove(&next) {
-            let out = m.out?;
-            inner
-                .write_all(&out)
-                .map_err(|e| io::Error::new(e.kind(), format!("writing compressed data: {e}")))?;
-            let _ = pool.send(m.data);
-            let _ = outpool.send(out);
+            match m.what {
+                Payload::Compressed { data, out } => {
+                    let out = out?;
+                    inner.write_all(&out).map_err(|e| {
+                        io::Error::new(e.kind(), format!("writing compressed data: {e}"))
+                    })?;
+                    let _ = pool.send(data);
+                    let _ = outpool.send(out);
+                }
+                Payload::Job(job) => job(&mut inner)?,
+            }
             next += 1;
         }
     }
@@ -478,6 +541,50 @@ mod tests {
         r.read_exact(&mut buf).unwrap();
         assert_eq!(buf[..], data[..12345]);
         drop(r);
+    }
+
+    #[test]
+    fn cuts_and_in_order_jobs_place_members_where_asked() {
+        let (a, b) = (text(2500, 1), random(700, 2));
+        let foreign = compress(b"copied verbatim", 6, 1, 1000);
+        let mut w = ParallelGzWriter::new(Vec::new(), 6, 3, 1000);
+        w.write_all(&a).unwrap();
+        let piece = foreign.clone();
+        w.in_order(Box::new(move |inner: &mut Vec<u8>| {
+            inner.extend_from_slice(&piece);
+            Ok(())
+        }))
+        .unwrap();
+        w.write_all(&b).unwrap();
+        w.cut().unwrap();
+        w.cut().unwrap();
+        w.write_all(&a[..10]).unwrap();
+        let out = w.finish().unwrap();
+        // a: 1000 + 1000 + 500 (cut short by the job), the job's member, b: 700 (cut), 10.
+        let m = members(&out);
+        assert_eq!(m.len(), 3 + 1 + 1 + 1, "{m:?}");
+        let mut want = a.clone();
+        want.extend_from_slice(b"copied verbatim");
+        want.extend_from_slice(&b);
+        want.extend_from_slice(&a[..10]);
+        assert!(read_all(&out, 2).unwrap() == want);
+        assert!(system_gunzip(&out) == want);
+    }
+
+    #[test]
+    fn a_failing_job_fails_the_writer() {
+        let mut w = ParallelGzWriter::new(Vec::new(), 6, 2, 1000);
+        w.write_all(&text(3000, 1)).unwrap();
+        w.in_order(Box::new(|_: &mut Vec<u8>| {
+            Err(io::Error::other("checksum mismatch (test)"))
+        }))
+        .unwrap();
+        let wrote = text(10_000, 2).chunks(100).try_for_each(|c| w.write_all(c));
+        let e = match wrote {
+            Err(e) => e,
+            Ok(()) => w.finish().expect_err("finish must fail"),
+        };
+        assert!(e.to_string().contains("checksum mismatch"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,786 @@
+//! Backups at the cost of what changed: the members of unchanged big files are copied from
+//! the previous archive instead of being read and compressed again (issue 16).
+//!
+//! Design note. The member layout makes it possible: a regular file of at least
+//! [`BIG_FILE`] bytes starts its own gzip members, which hold its long-name records, header,
+//! data and padding and nothing else ([`Layout`]; small files are packed together and are
+//! always compressed anew). The manifest records, per regular file, the lstat fields that
+//! tell a change (size, mode, owner, mtime and ctime to the nanosecond, inode, device:
+//! [`FileStat`]), and, per big file, where its members lie and the SHA-256 of their
+//! compressed bytes ([`Span`]). Member bytes depend only on the tar bytes, the level and the
+//! layout, so an archive built this way holds exactly the bytes, and records exactly the
+//! manifest, that a from-scratch build of the same tree with the same level would.
+//!
+//! A file is copied only when ([`unchanged`]) the previous archive was written by this very
+//! tool version with the same layout, and every recorded field equals the live lstat, and
+//! its ctime lies at least [`RACY_SECS`] before the previous backup's `created_at` (a file
+//! changed in the same clock tick as it was read could otherwise keep its ctime). The copy
+//! is read back from the new archive and hashed as it is written; a hash that differs from
+//! the recorded one sets [`Damage`], the build stops and is redone from live data (with a
+//! notice). Anything else in doubt (no previous archive, another version, an unreadable or
+//! damaged manifest) gives a full read with a notice, never an error.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use flate2::read::{GzDecoder, MultiGzDecoder};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use sha2::Digest;
+
+use super::build::HashingWriter;
+use super::crypt::Sealed;
+use super::format::{
+    ArchiveInfo, EntryKind, FORMAT_VERSION, FileStat, Layout, MANIFEST_PATH, ManifestEntry, Span,
+};
+use super::pgzip::{InOrderJob, copy_range, member_offsets, read_range};
+
+/// Regular files of at least this many bytes start their own gzip members.
+pub(super) const BIG_FILE: u64 = 1 << 20;
+
+/// A file whose ctime is less than this many seconds before the previous backup started is
+/// read again (its change could share the clock tick of that backup's read).
+pub(super) const RACY_SECS: i64 = 2;
+
+/// A copied span did not hash to its recorded checksum: the build is redone from live data.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Damage(Arc<AtomicBool>);
+
+impl Damage {
+    pub(super) fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub(super) fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What the live tree says of a regular file (from the build's scan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Live {
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    pub stat: FileStat,
+}
+
+/// A big file of the previous archive that may be copied.
+#[derive(Debug, Clone)]
+pub(super) struct Candidate {
+    pub entry: ManifestEntry,
+    pub span: Span,
+}
+
+/// The previous archive, opened and indexed: its big files by path.
+pub(super) struct Source {
+    pub file: Arc<File>,
+    /// The previous backup's `created_at`, seconds since the epoch.
+    created: i64,
+    by_path: HashMap<Vec<u8>, Candidate>,
+}
+
+/// The change rule: whether a file recorded as `old` in an archive created at `created`
+/// (seconds) is unchanged now. Every recorded field must equal the live one, and the
+/// recorded ctime must lie [`RACY_SECS`] before the archive's creation.
+pub(super) fn unchanged(old: &ManifestEntry, created: i64, live: &Live) -> bool {
+    let Some(stat) = old.stat else {
+        return false;
+    };
+    old.kind == EntryKind::File
+        && old.sha256.is_some()
+        && old.size == live.size
+        && old.mode == live.mode
+        && old.uid == live.uid
+        && old.gid == live.gid
+        && old.mtime == live.mtime
+        && stat == live.stat
+        && stat.ctime.saturating_add(RACY_SECS) <= created
+}
+
+impl Source {
+    /// Opens `path` as the source of an incremental build with `layout` and `tool`. `Err`
+    /// says in a sentence why not (the caller makes it a notice and reads everything).
+    pub(super) fn open(path: &Path, layout: &Layout, tool: &str) -> Result<Source, String> {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !name.ends_with(".tar.gz") {
+            return Err(format!("{} is not a plain .tar.gz", path.display()));
+        }
+        let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let old = read_manifest(&file)
+            .map_err(|e| format!("cannot read the manifest of {}: {e}", path.display()))?;
+        if old.info.format != FORMAT_VERSION || old.info.tool != tool {
+            return Err(format!(
+                "{} was written by {} (format {}), not by this {tool}",
+                path.display(),
+                old.info.tool,
+                old.info.format
+            ));
+        }
+        if old.layout.as_ref() != Some(layout) {
+            return Err(format!(
+                "{} was written with another member layout or compression level",
+                path.display()
+            ));
+        }
+        let created = chrono::DateTime::parse_from_rfc3339(&old.info.created_at)
+            .map_err(|e| format!("{}: bad created_at: {e}", path.display()))?
+            .timestamp();
+        let mut by_index: HashMap<u64, ManifestEntry> = old.big.into_iter().collect();
+        let mut by_path = HashMap::new();
+        for span in old.spans {
+            if let Some(entry) = by_index.remove(&span.entry)
+                && let Some(p) = entry.path_bytes()
+            {
+                by_path.insert(p, Candidate { entry, span });
+            }
+        }
+        Ok(Source {
+            file: Arc::new(file),
+            created,
+            by_path,
+        })
+    }
+
+    /// The previous archive's members of `rel`, if the file is unchanged.
+    pub(super) fn candidate(&self, rel: &[u8], live: &Live) -> Option<&Candidate> {
+        self.by_path
+            .get(rel)
+            .filter(|c| unchanged(&c.entry, self.created, live))
+    }
+}
+
+/// The in-order job ([`super::pgzip::ParallelGzWriter::in_order`]) that appends `c`'s
+/// members to the archive, read back and hashed: a hash other than the recorded one sets
+/// `damage` and fails the write.
+pub(super) fn copy_job(
+    source: &Source,
+    c: &Candidate,
+    damage: &Damage,
+) -> InOrderJob<Sealed<HashingWriter>> {
+    let (file, span, damage) = (Arc::clone(&source.file), c.span.clone(), damage.clone());
+    Box::new(move |sink: &mut Sealed<HashingWriter>| {
+        let Some(sink) = sink.plain_mut() else {
+            return Err(io::Error::other(
+                "members cannot be copied into an encrypted archive",
+            ));
+        };
+        let got = sink.copy_in(&file, span.offset, span.len)?;
+        if got != span.sha256 {
+            damage.set();
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the previous archive's members at offset {} ({} bytes) do not match their recorded checksum",
+                    span.offset, span.len
+                ),
+            ));
+        }
+        Ok(())
+    })
+}
+
+impl HashingWriter {
+    /// Starts hashing what is written from here on, for a [`Span`].
+    pub(super) fn begin_span(&mut self) {
+        self.span = Some((self.count, sha2::Sha256::new()));
+    }
+
+    /// Ends the span begun by [`Self::begin_span`]: (offset, length, SHA-256 hex).
+    pub(super) fn end_span(&mut self) -> io::Result<(u64, u64, String)> {
+        let (start, h) = self
+            .span
+            .take()
+            .ok_or_else(|| io::Error::other("span ended without a start"))?;
+        Ok((start, self.count - start, hex::encode(h.finalize())))
+    }
+
+    /// Appends `len` bytes at `offset` of `src` (see [`copy_range`]) as the whole content
+    /// of the span just begun, then reads them back from the archive: into the archive's
+    /// hash, and on a second thread into their own SHA-256 (hex, returned), which is the span's.
+    fn copy_in(&mut self, src: &File, offset: u64, len: u64) -> io::Result<String> {
+        let at = self.count;
+        if !matches!(self.span, Some((start, _)) if start == at) {
+            return Err(io::Error::other("a copy must be the whole of a span"));
+        }
+        copy_range(src, offset, len, &mut self.file)?;
+        let (file, hasher) = (&self.file, &mut self.hasher);
+        let own = std::thread::scope(|scope| {
+            let own = scope.spawn(|| {
+                let mut h = sha2::Sha256::new();
+                read_range(file, at, len, &mut |b| h.update(b)).map(|()| h)
+            });
+            read_range(file, at, len, &mut |b| hasher.update(b))?;
+            own.join()
+                .map_err(|_| io::Error::other("the hashing thread panicked"))?
+        })?;
+        self.count += len;
+        self.writeback();
+        self.span = Some((at, own.clone()));
+        Ok(hex::encode(own.finalize()))
+    }
+}
+
+/// What the incremental build takes of a previous manifest: its info, layout and spans, and
+/// only the entries that can have a span (regular files of at least [`BIG_FILE`] bytes),
+/// with their numbers: memory in the number of big files, not of entries.
+struct OldManifest {
+    info: ArchiveInfo,
+    layout: Option<Layout>,
+    spans: Vec<Span>,
+    big: Vec<(u64, ManifestEntry)>,
+}
+
+/// Finds the manifest of an archive written with a [`Layout`] (it starts its own member)
+/// from the end of the member chain, and parses it. Every member from there on is inflated
+/// to its end, so its CRC is checked before the manifest is trusted.
+fn read_manifest(file: &File) -> io::Result<OldManifest> {
+    let members = member_offsets(file)?
+        .ok_or_else(|| io::Error::other("it has no member index (another tool's gzip)"))?;
+    // The manifest of a big tree spans many members: look back far enough, not forever.
+    let start = members
+        .iter()
+        .rev()
+        .take(4096)
+        .find_map(|&(offset, len)| match starts_manifest(file, offset, len) {
+            Ok(true) => Some(Ok(offset)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .transpose()?
+        .ok_or_else(|| io::Error::other("no member starts its manifest (an earlier version)"))?;
+    let mut f = file.try_clone()?;
+    f.seek(SeekFrom::Start(start))?;
+    let mut gz = MultiGzDecoder::new(BufReader::with_capacity(1 << 16, f));
+    let mut header = [0u8; 512];
+    gz.read_exact(&mut header)?;
+    let size = tar::Header::from_byte_slice(&header).entry_size()?;
+    let parsed = {
+        let mut de = serde_json::Deserializer::from_reader(BufReader::new((&mut gz).take(size)));
+        let m = OldManifestSeed
+            .deserialize(&mut de)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        de.end()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        m
+    };
+    // The rest (padding, end of archive), so that every member's CRC has been checked.
+    io::copy(&mut gz, &mut io::sink())?;
+    Ok(parsed)
+}
+
+/// Whether the member at `offset` begins with the tar header of the manifest.
+fn starts_manifest(file: &File, offset: u64, len: u32) -> io::Result<bool> {
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, offset)?;
+    let mut header = [0u8; 512];
+    match GzDecoder::new(&bytes[..]).read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let h = tar::Header::from_byte_slice(&header);
+    Ok(h.entry_type() == tar::EntryType::Regular
+        && h.path_bytes().as_ref() == MANIFEST_PATH.as_bytes()
+        && h.cksum().ok() == Some(checksum(&header)))
+}
+
+/// The tar header checksum of `block` (the checksum field counted as spaces).
+fn checksum(block: &[u8; 512]) -> u32 {
+    block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum()
+}
+
+struct OldManifestSeed;
+
+impl<'de> DeserializeSeed<'de> for OldManifestSeed {
+    type Value = OldManifest;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<OldManifest, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OldManifestSeed {
+    type Value = OldManifest;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a manifest object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OldManifest, A::Error> {
+        let (mut info, mut layout, mut spans, mut big) = (None, None, Vec::new(), Vec::new());
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "info" => info = Some(map.next_value::<ArchiveInfo>()?),
+                "layout" => layout = map.next_value::<Option<Layout>>()?,
+                "spans" => spans = map.next_value::<Vec<Span>>()?,
+                "entries" => map.next_value_seed(BigEntries(&mut big))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let info = info.ok_or_else(|| serde::de::Error::missing_field("info"))?;
+        Ok(OldManifest {
+            info,
+            layout,
+            spans,
+            big,
+        })
+    }
+}
+
+/// The `entries` array, keeping only regular files of at least [`BIG_FILE`] bytes.
+struct BigEntries<'a>(&'a mut Vec<(u64, ManifestEntry)>);
+
+impl<'de> DeserializeSeed<'de> for BigEntries<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BigEntries<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of manifest entries")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut n = 0u64;
+        while let Some(e) = seq.next_element::<ManifestEntry>()? {
+            if e.kind == EntryKind::File && e.size >= BIG_FILE && e.stat.is_some() {
+                self.0.push((n, e));
+            }
+            n += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat() -> FileStat {
+        FileStat {
+            mtime_ns: 5,
+            ctime: 1_000,
+            ctime_ns: 6,
+            ino: 7,
+            dev: 8,
+        }
+    }
+
+    fn old() -> ManifestEntry {
+        ManifestEntry {
+            path: Some("data/db".into()),
+            path_hex: None,
+            kind: EntryKind::File,
+            size: 2 << 20,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            mtime: 900,
+            sha256: Some("ab".repeat(32)),
+            target: None,
+            target_hex: None,
+            stat: Some(stat()),
+        }
+    }
+
+    fn live() -> Live {
+        Live {
+            size: 2 << 20,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            mtime: 900,
+            stat: stat(),
+        }
+    }
+
+    #[test]
+    fn a_file_is_unchanged_only_when_every_recorded_field_equals_the_live_one() {
+        let created = 1_000 + RACY_SECS;
+        assert!(unchanged(&old(), created, &live()));
+        let variants: Vec<(&str, Live)> = vec![
+            ("size", Live { size: 1, ..live() }),
+            (
+                "mode",
+                Live {
+                    mode: 0o600,
+                    ..live()
+                },
+            ),
+            ("uid", Live { uid: 9, ..live() }),
+            ("gid", Live { gid: 9, ..live() }),
+            (
+                "mtime",
+                Live {
+                    mtime: 901,
+                    ..live()
+                },
+            ),
+            (
+                "mtime_ns",
+                Live {
+                    stat: FileStat {
+                        mtime_ns: 4,
+                        ..stat()
+                    },
+                    ..live()
+                },
+            ),
+            (
+                "ctime",
+                Live {
+                    stat: FileStat {
+                        ctime: 1_001,
+                        ..stat()
+                    },
+                    ..live()
+                },
+            ),
+            (
+                "ctime_ns",
+                Live {
+                    stat: FileStat {
+                        ctime_ns: 0,
+                        ..stat()
+                    },
+                    ..live()
+                },
+            ),
+            (
+                "ino",
+                Live {
+                    stat: FileStat { ino: 1, ..stat() },
+                    ..live()
+                },
+            ),
+            (
+                "dev",
+                Live {
+                    stat: FileStat { dev: 1, ..stat() },
+                    ..live()
+                },
+            ),
+        ];
+        for (what, l) in variants {
+            assert!(
+                !unchanged(&old(), created, &l),
+                "a different {what} is a change"
+            );
+        }
+    }
+
+    #[test]
+    fn doubt_means_changed() {
+        // Changed within RACY_SECS of the previous backup: its ctime proves nothing.
+        assert!(!unchanged(&old(), 1_000 + RACY_SECS - 1, &live()));
+        // Recorded by an earlier version (no stat), without checksum, or not a file.
+        assert!(!unchanged(
+            &ManifestEntry {
+                stat: None,
+                ..old()
+            },
+            5_000,
+            &live()
+        ));
+        assert!(!unchanged(
+            &ManifestEntry {
+                sha256: None,
+                ..old()
+            },
+            5_000,
+            &live()
+        ));
+        assert!(!unchanged(
+            &ManifestEntry {
+                kind: EntryKind::Hardlink,
+                ..old()
+            },
+            5_000,
+            &live()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+    use crate::archive::{BuildOptions, BuildReport, CancelFlag, build, verify};
+    use crate::{Progress, ProgressEvent};
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            v.extend_from_slice(&seed.to_le_bytes());
+        }
+        v.truncate(len);
+        v
+    }
+
+    fn text(len: usize) -> Vec<u8> {
+        (0..len).map(|i| b"abcdefgh ijkl\n"[i % 14]).collect()
+    }
+
+    fn long_name() -> String {
+        format!("data/{}/big.bin", "d".repeat(120))
+    }
+
+    /// A tree with small files and big ones (one with a GNU long name).
+    fn tree(src: &Path) {
+        for (rel, data) in [
+            ("app/VERSION".to_string(), b"1.0\n".to_vec()),
+            ("app/conf.txt".to_string(), text(5000)),
+            ("data/a.ibd".to_string(), noise(3 << 20, 1)),
+            ("data/b.ibd".to_string(), text((5 << 20) / 2 + 7)),
+            ("upload/exact".to_string(), noise(BIG_FILE as usize, 2)),
+            ("upload/small.jpg".to_string(), noise(4000, 3)),
+            (long_name(), noise((1 << 20) + 1, 4)),
+        ] {
+            let p = src.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, data).unwrap();
+        }
+    }
+
+    fn opts(src: &Path, dest: &Path, previous: Option<&Path>) -> BuildOptions {
+        BuildOptions {
+            source_dir: src.to_path_buf(),
+            dest: dest.to_path_buf(),
+            exclude: vec![],
+            level: 3,
+            threads: 2,
+            info: crate::archive::ArchiveInfo {
+                format: FORMAT_VERSION,
+                tool: "nuwax-cli test".into(),
+                backup_type: "Manual".into(),
+                service_version: "1".into(),
+                // Later than every ctime here: nothing is racy.
+                created_at: "2099-01-01T00:00:00Z".into(),
+                compose_project: "p".into(),
+                data_paths: vec![],
+                excluded: vec![],
+                images: vec![],
+                top_level_bytes: Default::default(),
+                dumps: Vec::new(),
+                hot: false,
+            },
+            dump_files: Vec::new(),
+            encryption: None,
+            previous: previous.map(Path::to_path_buf),
+        }
+    }
+
+    fn run(o: &BuildOptions) -> (BuildReport, Vec<String>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let r = build(o, &Progress::new(tx), &CancelFlag::default()).unwrap();
+        let mut notices = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let ProgressEvent::Notice(n) = ev {
+                notices.push(n);
+            }
+        }
+        (r, notices)
+    }
+
+    fn spans_of(archive: &Path) -> Vec<Span> {
+        read_manifest(&File::open(archive).unwrap()).unwrap().spans
+    }
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+        src: PathBuf,
+        first: PathBuf,
+    }
+
+    /// A first archive of [`tree`], then changes: `data/b.ibd` rewritten with its size and
+    /// mtime kept (only ctime tells), a new big file, a small file changed.
+    fn setup() -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let src = dir.join("src");
+        tree(&src);
+        let first = dir.join("first.tar.gz");
+        let (r, _) = run(&opts(&src, &first, None));
+        assert_eq!(r.reused_bytes, 0);
+        assert_eq!(spans_of(&first).len(), 4, "one span per big file");
+        let b = src.join("data/b.ibd");
+        let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&b).unwrap());
+        let mut data = fs::read(&b).unwrap();
+        data[100] ^= 1;
+        fs::write(&b, &data).unwrap();
+        filetime::set_file_mtime(&b, mtime).unwrap();
+        fs::write(src.join("upload/new.bin"), noise(2 << 20, 9)).unwrap();
+        fs::write(src.join("app/VERSION"), b"2.0\n").unwrap();
+        Setup {
+            _tmp: tmp,
+            dir,
+            src,
+            first,
+        }
+    }
+
+    #[test]
+    fn an_incremental_archive_is_byte_for_byte_the_full_one() {
+        let s = setup();
+        let inc = s.dir.join("inc.tar.gz");
+        let (ri, notices) = run(&opts(&s.src, &inc, Some(&s.first)));
+        assert!(notices.is_empty(), "{notices:?}");
+        // a.ibd, upload/exact and the long-named file are copied; b.ibd (same size and
+        // mtime, other ctime) and the new file are read.
+        let copied = (3 << 20) + BIG_FILE + (1 << 20) + 1;
+        assert_eq!(ri.reused_bytes, copied);
+        let full = s.dir.join("full.tar.gz");
+        let (rf, _) = run(&opts(&s.src, &full, None));
+        assert_eq!(rf.reused_bytes, 0);
+        assert_eq!(ri.sha256, rf.sha256);
+        assert!(fs::read(&inc).unwrap() == fs::read(&full).unwrap());
+        let v = verify(
+            &inc,
+            Some(&ri.sha256),
+            None,
+            2,
+            &Progress::none(),
+            &CancelFlag::default(),
+        )
+        .unwrap();
+        assert!(v.is_ok(), "{:?}", v.problems);
+        // GNU tar reads it alone and gives the tree.
+        let out = s.dir.join("out");
+        fs::create_dir(&out).unwrap();
+        let st = std::process::Command::new("tar")
+            .arg("-xzf")
+            .arg(&inc)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        for rel in [
+            "data/a.ibd",
+            "data/b.ibd",
+            "upload/new.bin",
+            "app/VERSION",
+            &long_name(),
+        ] {
+            assert!(
+                fs::read(out.join(rel)).unwrap() == fs::read(s.src.join(rel)).unwrap(),
+                "{rel}"
+            );
+        }
+        // A chain: the incremental one serves the next.
+        let next = s.dir.join("next.tar.gz");
+        let (rn, _) = run(&opts(&s.src, &next, Some(&inc)));
+        assert_eq!(rn.reused_bytes, copied + ((5 << 20) / 2 + 7) + (2 << 20));
+        assert_eq!(rn.sha256, rf.sha256);
+    }
+
+    #[test]
+    fn a_damaged_source_member_is_never_copied() {
+        let s = setup();
+        let span = spans_of(&s.first)
+            .into_iter()
+            .find(|sp| sp.len > 100_000)
+            .unwrap();
+        let mut bytes = fs::read(&s.first).unwrap();
+        bytes[(span.offset + span.len / 2) as usize] ^= 0x40;
+        fs::write(&s.first, &bytes).unwrap();
+        let inc = s.dir.join("inc.tar.gz");
+        let (ri, notices) = run(&opts(&s.src, &inc, Some(&s.first)));
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.contains("do not match their recorded checksum") && n.contains("again")),
+            "{notices:?}"
+        );
+        assert_eq!(ri.reused_bytes, 0, "the build was redone from live data");
+        let full = s.dir.join("full.tar.gz");
+        let (rf, _) = run(&opts(&s.src, &full, None));
+        assert_eq!(ri.sha256, rf.sha256);
+    }
+
+    #[test]
+    fn a_source_that_cannot_serve_gives_a_full_read_with_a_notice() {
+        let s = setup();
+        let cases: Vec<(BuildOptions, &str)> = vec![
+            (
+                BuildOptions {
+                    level: 4,
+                    ..opts(&s.src, &s.dir.join("l.tar.gz"), Some(&s.first))
+                },
+                "another member layout or compression level",
+            ),
+            (
+                opts(
+                    &s.src,
+                    &s.dir.join("m.tar.gz"),
+                    Some(&s.dir.join("gone.tar.gz")),
+                ),
+                "cannot open",
+            ),
+            {
+                let mut o = opts(&s.src, &s.dir.join("t.tar.gz"), Some(&s.first));
+                o.info.tool = "nuwax-cli other".into();
+                (o, "not by this nuwax-cli other")
+            },
+            {
+                let enc = s.dir.join("first.tar.gz.age");
+                fs::copy(&s.first, &enc).unwrap();
+                (
+                    opts(&s.src, &s.dir.join("e.tar.gz"), Some(&enc)),
+                    "not a plain .tar.gz",
+                )
+            },
+        ];
+        for (o, want) in cases {
+            let (r, notices) = run(&o);
+            assert_eq!(r.reused_bytes, 0, "{want}");
+            assert!(
+                notices
+                    .iter()
+                    .any(|n| n.starts_with("reading every file") && n.contains(want)),
+                "{want}: {notices:?}"
+            );
+        }
+        // An archive of an earlier version (no layout, manifest not in a member of its own).
+        let old = s.dir.join("old.tar.gz");
+        let tar_bytes = {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(3);
+            h.set_cksum();
+            b.append_data(&mut h, MANIFEST_PATH, &b"{}\n"[..]).unwrap();
+            b.into_inner().unwrap()
+        };
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar_bytes).unwrap();
+        fs::write(&old, gz.finish().unwrap()).unwrap();
+        let (r, notices) = run(&opts(&s.src, &s.dir.join("o.tar.gz"), Some(&old)));
+        assert_eq!(r.reused_bytes, 0);
+        assert!(
+            notices.iter().any(|n| n.contains("member index")),
+            "{notices:?}"
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! Backups at the cost of what changed (issue 16): the second backup copies the compressed
+//! members of unchanged big files from the first, and is still a complete `.tar.gz` that
+//! GNU tar, `verify` and every rollback read alone.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::archutil;
+use crate::util::{
+    BackupRow, EXCLUDED, Fixture, TestEnv, Tree, assert_same_tree, except, noise, snapshot, walk,
+    write,
+};
+
+/// The notice of a backup that copied unchanged files.
+const COPIED: &str = "of unchanged files from";
+
+/// A fixture with several big files (each starts its own gzip members), aged past the
+/// racy window: a file changed within two seconds of a backup is always read again.
+fn env() -> TestEnv {
+    let env = TestEnv::with(Fixture { large_file: true });
+    write(&env.path("data/db/main.ibd"), &noise(11, 3 << 20), 0o640);
+    write(&env.path("data/db/log.ibd"), &noise(12, 2 << 20), 0o640);
+    write(
+        &env.path("upload/video.mp4"),
+        &noise(13, (3 << 20) / 2),
+        0o644,
+    );
+    write(
+        &env.path("upload/same-mtime.bin"),
+        &noise(14, 2 << 20),
+        0o644,
+    );
+    whole_seconds(&env.compose_dir());
+    std::thread::sleep(Duration::from_millis(2200));
+    env
+}
+
+/// Cuts the sub-second part of every mtime that has one (tar keeps seconds), leaving the
+/// others, and so their ctimes, alone.
+fn whole_seconds(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    for p in walk(dir) {
+        let m = fs::symlink_metadata(&p).unwrap();
+        if m.mtime_nsec() != 0 {
+            let t = filetime::FileTime::from_unix_time(m.mtime(), 0);
+            filetime::set_symlink_file_times(&p, t, t).unwrap();
+        }
+    }
+}
+
+/// Damage for a rollback to repair (`TestEnv::mutate` runs once per tree).
+fn damage(env: &TestEnv) {
+    write(&env.path("data/db/main.ibd"), b"damaged by the test", 0o640);
+    write(&env.path("upload/stray.txt"), b"not in the backup", 0o644);
+    fs::remove_file(env.path("upload/new.bin")).unwrap();
+}
+
+/// `backup --json`, returning the row and stderr.
+fn backup(env: &TestEnv, extra: &[&str]) -> (BackupRow, String) {
+    let mut args = vec!["backup", "--json"];
+    args.extend_from_slice(extra);
+    let out = env.run(&args);
+    out.assert_ok();
+    let doc: crate::util::BackupDoc = out.json_as();
+    (doc.backup.expect("backup object"), out.stderr.clone())
+}
+
+/// Rewrites `rel` with other bytes of the same size and puts its mtime back: only ctime
+/// (and the inode's content) tell.
+fn rewrite_keeping_mtime(env: &TestEnv, rel: &str) {
+    let p = env.path(rel);
+    let meta = fs::metadata(&p).unwrap();
+    let mut bytes = fs::read(&p).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x5a;
+    fs::write(&p, &bytes).unwrap();
+    filetime::set_file_mtime(&p, filetime::FileTime::from_last_modification_time(&meta)).unwrap();
+}
+
+/// About the change the benchmark makes: a database file appended to and one rewritten in
+/// place with its mtime kept, a new upload, small files touched, a big file deleted.
+fn change(env: &TestEnv) {
+    let log = env.path("data/db/log.ibd");
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&log).unwrap());
+    let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, &noise(15, 70_000)).unwrap();
+    drop(f);
+    // Other size, same mtime.
+    filetime::set_file_mtime(&log, mtime).unwrap();
+    rewrite_keeping_mtime(env, "upload/same-mtime.bin");
+    write(
+        &env.path("upload/new.bin"),
+        &noise(16, (5 << 20) / 4),
+        0o644,
+    );
+    fs::remove_file(env.path("upload/video.mp4")).unwrap();
+    env.mutate();
+    whole_seconds(&env.compose_dir());
+}
+
+/// The tree GNU tar extracts from `archive`, minus our metadata dir.
+fn gnu_tar_tree(env: &TestEnv, archive: &str, name: &str) -> Tree {
+    let out = env.root.join(name);
+    fs::create_dir(&out).unwrap();
+    let st = Command::new("tar")
+        .arg("-xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -xzf {archive}");
+    except(&snapshot(&out), &[".nuwax-backup"])
+}
+
+/// The manifest without what depends on the backup itself: its info, and the spans'
+/// offsets (they follow `info.json`, whose length differs with the type and time).
+fn manifest_without_info(archive: &str) -> serde_json::Value {
+    let bytes = archutil::read_entry(Path::new(archive), ".nuwax-backup/manifest.json")
+        .expect("manifest entry");
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v.as_object_mut().unwrap().remove("info");
+    for span in v["spans"].as_array_mut().expect("spans") {
+        span.as_object_mut().unwrap().remove("offset");
+    }
+    v
+}
+
+#[test]
+fn the_second_backup_copies_unchanged_files_and_restores_exactly_the_changed_tree() {
+    let env = env();
+    let (first, err1) = backup(&env, &[]);
+    assert!(!err1.contains(COPIED), "nothing to copy from yet:\n{err1}");
+    change(&env);
+    let live = except(&env.snapshot_compose(), EXCLUDED);
+    let (second, err2) = backup(&env, &[]);
+    assert!(err2.contains(COPIED), "{err2}");
+    assert!(err2.contains(&first.file_path), "{err2}");
+    env.run(&["verify", &second.id.to_string()]).assert_ok();
+
+    // GNU tar alone gives the changed tree (the same size, same mtime file included).
+    assert_same_tree(
+        "tar -xzf of the incremental archive",
+        &live,
+        &gnu_tar_tree(&env, &second.file_path, "gnu"),
+    );
+    // The manifest is the one a full backup of the same tree records.
+    let (full, err3) = backup(&env, &["--full"]);
+    assert!(!err3.contains(COPIED), "{err3}");
+    assert!(err3.contains("--full: reading every file"), "{err3}");
+    assert_eq!(
+        manifest_without_info(&second.file_path),
+        manifest_without_info(&full.file_path)
+    );
+
+    // A rollback restores it.
+    damage(&env);
+    env.run(&[
+        "rollback",
+        &second.id.to_string(),
+        "--force",
+        "--no-start",
+        "--rollback-data",
+    ])
+    .assert_ok();
+    assert_same_tree(
+        "rollback --rollback-data of the incremental backup",
+        &live,
+        &except(&env.snapshot_compose(), EXCLUDED),
+    );
+}
+
+#[test]
+fn a_damaged_member_of_the_older_archive_is_never_copied() {
+    let env = env();
+    let (first, _) = backup(&env, &[]);
+    env.run(&["verify", &first.id.to_string()]).assert_ok();
+    // Flip a byte inside the members of data/db/main.ibd after the verification.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &archutil::read_entry(Path::new(&first.file_path), ".nuwax-backup/manifest.json").unwrap(),
+    )
+    .unwrap();
+    let entries = manifest["entries"].as_array().unwrap();
+    let span = manifest["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| entries[s["entry"].as_u64().unwrap() as usize]["path"] == "data/db/main.ibd")
+        .expect("data/db/main.ibd has members of its own");
+    let at = span["offset"].as_u64().unwrap() + span["len"].as_u64().unwrap() / 2;
+    let mut bytes = fs::read(&first.file_path).unwrap();
+    bytes[at as usize] ^= 0x10;
+    fs::write(&first.file_path, &bytes).unwrap();
+
+    change(&env);
+    let live = except(&env.snapshot_compose(), EXCLUDED);
+    let (second, err) = backup(&env, &[]);
+    assert!(
+        err.contains("do not match their recorded checksum"),
+        "{err}"
+    );
+    assert!(err.contains("every file read from the live tree"), "{err}");
+    env.run(&["verify", &second.id.to_string()]).assert_ok();
+    assert_same_tree(
+        "tar -xzf after the fallback",
+        &live,
+        &gnu_tar_tree(&env, &second.file_path, "gnu"),
+    );
+}
+
+#[test]
+fn deleting_the_older_backup_leaves_the_newer_one_whole() {
+    let env = env();
+    let (first, _) = backup(&env, &[]);
+    change(&env);
+    let live = except(&env.snapshot_compose(), EXCLUDED);
+    let (second, err) = backup(&env, &[]);
+    assert!(err.contains(COPIED), "{err}");
+    env.run(&["delete-backup", &first.id.to_string(), "--force"])
+        .assert_ok();
+    assert!(!Path::new(&first.file_path).exists());
+    env.run(&["verify", &second.id.to_string()]).assert_ok();
+    // The next backup copies from the newer one.
+    let (third, err) = backup(&env, &[]);
+    assert!(err.contains(COPIED), "{err}");
+    assert!(err.contains(&second.file_path), "{err}");
+    env.run(&["verify", &third.id.to_string()]).assert_ok();
+    damage(&env);
+    env.run(&[
+        "rollback-data-only",
+        &second.id.to_string(),
+        "--force",
+        "--no-start",
+    ])
+    .assert_ok();
+    assert_same_tree(
+        "data scope restored from the newer backup alone",
+        &crate::util::only(&live, crate::util::DATA_SCOPE),
+        &crate::util::only(&env.snapshot_compose(), crate::util::DATA_SCOPE),
+    );
+}
+
+#[test]
+fn full_every_forces_a_full_read() {
+    let env = env();
+    let config = env.work.join("config.toml");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text = text.replace("[docker]", "[backup]\nfull_every = 2\n\n[docker]");
+    fs::write(&config, text).unwrap();
+    let (_, err) = backup(&env, &[]);
+    assert!(!err.contains(COPIED), "{err}");
+    let (_, err) = backup(&env, &[]);
+    assert!(err.contains(COPIED), "the second copies: {err}");
+    let (_, err) = backup(&env, &[]);
+    assert!(!err.contains(COPIED), "{err}");
+    assert!(err.contains("full_every = 2"), "{err}");
+    let (_, err) = backup(&env, &[]);
+    assert!(err.contains(COPIED), "the streak starts again: {err}");
+}
