@@ -49,8 +49,8 @@ pub use nuwax_store::{BackupRecord, BackupStatus, BackupType, DrillOutcome, Dril
 pub use ops::BackupEntry;
 pub use ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 pub use ops::backup::BackupRequest;
-pub use ops::dumps::RestoreDumpReport;
 pub use ops::drill::{CheckResult, DrillReport, DrillRequest, KeptDrill};
+pub use ops::dumps::RestoreDumpReport;
 pub use ops::inspect::{
     ArchiveEntry, DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest,
     RollbackPlan,

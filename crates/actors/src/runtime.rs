@@ -13,8 +13,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::lock::OperationLock;
 use crate::ops::auto_backup::{AutoBackupReport, AutoBackupStatus};
 use crate::ops::backup::BackupRequest;
-use crate::ops::dumps::RestoreDumpReport;
 use crate::ops::drill::{DrillReport, DrillRequest};
+use crate::ops::dumps::RestoreDumpReport;
 use crate::ops::inspect::{
     DiffReport, DiffRequest, LsReport, LsRequest, RestoreReport, RestoreRequest, RollbackPlan,
 };

@@ -171,7 +171,9 @@ fn incremental_source(opts: &BuildOptions, progress: &Progress) -> Option<Source
     let path = opts.previous.as_deref()?;
     if opts.encryption.is_some() {
         // Members copied under an age stream would be plaintext in the ciphertext's place.
-        progress.notice("reading every file: an encrypted archive copies nothing from the previous one");
+        progress.notice(
+            "reading every file: an encrypted archive copies nothing from the previous one",
+        );
         return None;
     }
     match Source::open(path, &layout(opts), &opts.info.tool) {

@@ -95,8 +95,14 @@ pub(crate) async fn backup(
     progress: Progress,
 ) -> Result<BackupEntry> {
     if req.hot {
-        return super::dumps::hot_backup(ctx, req.backup_type, req.compression_level, req.full, &progress)
-            .await;
+        return super::dumps::hot_backup(
+            ctx,
+            req.backup_type,
+            req.compression_level,
+            req.full,
+            &progress,
+        )
+        .await;
     }
     let compose = ctx.compose_project()?;
     let images = if req.skip_docker_check {
@@ -137,7 +143,17 @@ pub(crate) async fn backup_locked(
     progress: &Progress,
 ) -> Result<BackupEntry> {
     let none = super::dumps::Dumps::default();
-    backup_at_level(ctx, backup_type, compose, images, None, &none, false, progress).await
+    backup_at_level(
+        ctx,
+        backup_type,
+        compose,
+        images,
+        None,
+        &none,
+        false,
+        progress,
+    )
+    .await
 }
 
 /// [`backup_locked`] with the dumps taken before the services were stopped.
@@ -149,7 +165,17 @@ pub(crate) async fn backup_locked_with(
     dumps: &super::dumps::Dumps,
     progress: &Progress,
 ) -> Result<BackupEntry> {
-    backup_at_level(ctx, backup_type, compose, images, None, dumps, false, progress).await
+    backup_at_level(
+        ctx,
+        backup_type,
+        compose,
+        images,
+        None,
+        dumps,
+        false,
+        progress,
+    )
+    .await
 }
 
 /// A backup that failed before its archive was started (a dump failed): its catalog row,

@@ -479,7 +479,10 @@ impl DrillRun<'_> {
             .notice(format!("drill check in service {}: {shown}", check.service));
         let request = Box::new(crate::docker::engine::ExecRequest {
             container: container.id.clone(),
-            label: format!("the drill's container {} (service {})", container.name, check.service),
+            label: format!(
+                "the drill's container {} (service {})",
+                container.name, check.service
+            ),
             command: crate::dumps::ExecCommand {
                 cmd: check.command.clone(),
                 env: Vec::new(),

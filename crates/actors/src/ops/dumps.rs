@@ -312,8 +312,17 @@ pub(crate) async fn hot_backup(
             image_id: c.image_id.clone(),
         })
         .collect();
-    let entry =
-        backup::backup_at_level(ctx, backup_type, compose, images, level, &dumps, full, progress).await?;
+    let entry = backup::backup_at_level(
+        ctx,
+        backup_type,
+        compose,
+        images,
+        level,
+        &dumps,
+        full,
+        progress,
+    )
+    .await?;
     let id = entry.record.id;
     ctx.store(|r| StoreMsg::MarkHot(id, r)).await?;
     Ok(entry)

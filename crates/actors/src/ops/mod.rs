@@ -9,10 +9,10 @@
 
 pub(crate) mod auto_backup;
 pub(crate) mod backup;
-pub(crate) mod hooks;
-pub(crate) mod dumps;
 pub(crate) mod drill;
+pub(crate) mod dumps;
 pub(crate) mod encryption;
+pub(crate) mod hooks;
 pub(crate) mod inspect;
 pub(crate) mod maintenance;
 pub(crate) mod recovery;
