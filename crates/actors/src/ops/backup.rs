@@ -125,9 +125,11 @@ pub(crate) async fn backup(
         req.backup_type,
         compose,
         images,
-        req.compression_level,
-        &dumps,
-        req.full,
+        Making {
+            level: req.compression_level,
+            dumps: Some(&dumps),
+            full: req.full,
+        },
         &progress,
     )
     .await
@@ -142,15 +144,12 @@ pub(crate) async fn backup_locked(
     images: Vec<ImageRecord>,
     progress: &Progress,
 ) -> Result<BackupEntry> {
-    let none = super::dumps::Dumps::default();
     backup_at_level(
         ctx,
         backup_type,
         compose,
         images,
-        None,
-        &none,
-        false,
+        Making::default(),
         progress,
     )
     .await
@@ -170,9 +169,10 @@ pub(crate) async fn backup_locked_with(
         backup_type,
         compose,
         images,
-        None,
-        dumps,
-        false,
+        Making {
+            dumps: Some(dumps),
+            ..Making::default()
+        },
         progress,
     )
     .await
@@ -307,17 +307,28 @@ async fn previous_archive(
         .map(|b| b.file_path))
 }
 
-/// [`Runtime::backup_locked`] with an optional compression level overriding the config.
+/// How one backup's archive is made, beyond the config.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Making<'a> {
+    /// gzip level overriding `backup.compression_level`.
+    pub level: Option<u32>,
+    /// The dumps taken for it (none by default).
+    pub dumps: Option<&'a super::dumps::Dumps>,
+    /// Read every file (`backup --full`).
+    pub full: bool,
+}
+
+/// [`Runtime::backup_locked`] with the choices of `making` (level, dumps, full read).
 pub(crate) async fn backup_at_level(
     ctx: &Ctx,
     backup_type: BackupType,
     compose: ComposeProject,
     images: Vec<ImageRecord>,
-    level: Option<u32>,
-    dumps: &super::dumps::Dumps,
-    full: bool,
+    making: Making<'_>,
     progress: &Progress,
 ) -> Result<BackupEntry> {
+    let none = super::dumps::Dumps::default();
+    let (level, dumps, full) = (making.level, making.dumps.unwrap_or(&none), making.full);
     let paths = &ctx.settings.paths;
     let cfg = &ctx.settings.config;
     // Recipients that cannot be parsed refuse the backup (exit 2) whatever the scope: the

@@ -317,9 +317,11 @@ pub(crate) async fn hot_backup(
         backup_type,
         compose,
         images,
-        level,
-        &dumps,
-        full,
+        backup::Making {
+            level,
+            dumps: Some(&dumps),
+            full,
+        },
         progress,
     )
     .await?;
