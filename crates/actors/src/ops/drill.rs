@@ -417,7 +417,10 @@ impl DrillRun<'_> {
         env.is_file().then_some(env)
     }
 
-    async fn containers(&self, drilled: &ComposeProject) -> Result<Vec<crate::ContainerInfo>> {
+    async fn containers(
+        &self,
+        drilled: &ComposeProject,
+    ) -> Result<Vec<crate::docker::ContainerInfo>> {
         Ok(self.ctx.containers(drilled).await?.unwrap_or_default())
     }
 
@@ -454,7 +457,7 @@ impl DrillRun<'_> {
     async fn check(
         &self,
         check: &DrillCheck,
-        containers: &[crate::ContainerInfo],
+        containers: &[crate::docker::ContainerInfo],
     ) -> Result<CheckResult> {
         let mut result = CheckResult {
             service: check.service.clone(),
