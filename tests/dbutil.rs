@@ -16,7 +16,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -135,7 +135,7 @@ fn build() -> Result<String, String> {
     }
     for bin in BINARIES {
         copy(Path::new(bin), &root.join(&bin[1..]))?;
-        for lib in ldd(Path::new(bin)) {
+        for lib in crate::dockerutil::ldd(Path::new(bin)) {
             copy(&lib, &root.join(lib.strip_prefix("/").unwrap()))?;
         }
     }
@@ -190,24 +190,6 @@ fn copy(src: &Path, dest: &Path) -> Result<(), String> {
     fs::copy(src, dest)
         .map(drop)
         .map_err(|e| format!("copy {} -> {}: {e}", src.display(), dest.display()))
-}
-
-/// Absolute paths of the shared objects `ldd` lists for `bin`.
-fn ldd(bin: &Path) -> Vec<PathBuf> {
-    let Ok(out) = Command::new("ldd").arg(bin).output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            let path = match line.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
 }
 
 /// Runs SQL in `container` as root (password through the environment), returning stdout

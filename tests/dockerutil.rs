@@ -199,7 +199,7 @@ fn add_libs(b: &mut tar::Builder<fs::File>, libs: &std::collections::BTreeSet<Pa
 }
 
 /// Absolute paths of the shared objects `ldd` lists for `bin` (empty for a static binary).
-fn ldd(bin: &Path) -> Vec<PathBuf> {
+pub(crate) fn ldd(bin: &Path) -> Vec<PathBuf> {
     let Ok(out) = Command::new("ldd").arg(bin).output() else {
         return Vec::new();
     };

@@ -3,13 +3,11 @@
 //! of one compose project (the drill's, never the live one: the caller names it).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
 };
-use futures_util::StreamExt;
 
 use super::{API_TIMEOUT, Engine, truncate};
 use crate::docker::discovery::PROJECT_LABEL;
@@ -18,24 +16,8 @@ use crate::error::{Error, Result};
 impl Engine {
     /// The last `lines` lines a container printed (stdout and stderr), best effort.
     pub async fn log_tail(&self, id: &str, lines: usize) -> Option<String> {
-        let options = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .tail(&lines.to_string())
-            .build();
-        let collect = async {
-            let mut out = String::new();
-            let mut stream = self.docker.logs(id, Some(options));
-            while let Some(Ok(chunk)) = stream.next().await {
-                out.push_str(&chunk.to_string());
-            }
-            out
-        };
-        let out = tokio::time::timeout(Duration::from_secs(5), collect)
-            .await
-            .ok()?;
-        let kept: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
-        (!kept.is_empty()).then(|| truncate(&kept.join("\n"), 4000))
+        let kept = self.log_lines(id, lines).await?;
+        Some(truncate(&kept.join("\n"), 4000))
     }
 
     /// Removes every container (forced, with its anonymous volumes), network and volume that

@@ -312,10 +312,18 @@ impl Engine {
 
     /// The last few lines a container printed, for an error message. Best effort.
     async fn last_output(&self, id: &str) -> Option<String> {
+        let lines = self.log_lines(id, 5).await?;
+        let lines: Vec<&str> = lines.iter().map(|l| l.trim()).collect();
+        Some(truncate(&lines.join(" | "), 400))
+    }
+
+    /// The non-blank lines among the last `tail` a container printed (stdout and stderr);
+    /// `None` when there are none or the engine does not answer within 5 s. Best effort.
+    pub(super) async fn log_lines(&self, id: &str, tail: usize) -> Option<Vec<String>> {
         let options = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
-            .tail("5")
+            .tail(&tail.to_string())
             .build();
         let collect = async {
             let mut out = String::new();
@@ -328,12 +336,12 @@ impl Engine {
         let out = tokio::time::timeout(Duration::from_secs(5), collect)
             .await
             .ok()?;
-        let lines: Vec<&str> = out
+        let kept: Vec<String> = out
             .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
             .collect();
-        (!lines.is_empty()).then(|| truncate(&lines.join(" | "), 400))
+        (!kept.is_empty()).then_some(kept)
     }
 }
 
