@@ -138,16 +138,7 @@ pub fn adopt_legacy(
         count: Arc::clone(&count),
     };
     let mut gz = flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, raw));
-    let mut report = VerifyReport {
-        size,
-        sha256: String::new(),
-        checksum_matches: None,
-        entries: 0,
-        files_checked: 0,
-        info: None,
-        problems: Vec::new(),
-        content_checked: true,
-    };
+    let mut report = VerifyReport::started(size);
     let position = || count.load(Ordering::Relaxed);
     let observed = scan_stream(
         &mut gz,

@@ -196,6 +196,20 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// A report on an archive of `size` bytes before anything was read.
+    pub(crate) fn started(size: u64) -> Self {
+        VerifyReport {
+            size,
+            sha256: String::new(),
+            checksum_matches: None,
+            entries: 0,
+            files_checked: 0,
+            info: None,
+            problems: Vec::new(),
+            content_checked: true,
+        }
+    }
+
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty() && self.checksum_matches != Some(false)
     }

@@ -133,16 +133,7 @@ fn verify_with(
         .spawn(move || hash_file_contents(hash_file, &hash_cancel))
         .ctx("cannot start a thread for", path)?;
 
-    let mut report = VerifyReport {
-        size,
-        sha256: String::new(),
-        checksum_matches: None,
-        entries: 0,
-        files_checked: 0,
-        info: None,
-        problems: Vec::new(),
-        content_checked: true,
-    };
+    let mut report = VerifyReport::started(size);
     crate::faults::point("verify.before_scan");
     let mut scanned = scan(
         file,
@@ -474,16 +465,7 @@ pub(super) fn manifest_problems(
 ) -> Result<Vec<String>> {
     let file = File::open(path).ctx("cannot open archive", path)?;
     let size = file.metadata().ctx("cannot stat archive", path)?.len();
-    let mut report = VerifyReport {
-        size,
-        sha256: String::new(),
-        checksum_matches: None,
-        entries: 0,
-        files_checked: 0,
-        info: None,
-        problems: Vec::new(),
-        content_checked: true,
-    };
+    let mut report = VerifyReport::started(size);
     scan(
         file,
         path,

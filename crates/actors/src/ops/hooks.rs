@@ -47,6 +47,15 @@ impl Outcome {
         }
     }
 
+    fn succeeded(backup_id: Option<i64>, archive: Option<PathBuf>) -> Outcome {
+        Outcome {
+            status: Status::Success,
+            backup_id,
+            archive,
+            error: None,
+        }
+    }
+
     fn of_entry(entry: &BackupEntry) -> (Option<i64>, Option<PathBuf>) {
         (Some(entry.record.id), Some(entry.record.file_path.clone()))
     }
@@ -64,34 +73,35 @@ struct Hooked<'a> {
     scope: Option<RollbackScope>,
 }
 
+impl<'a> Hooked<'a> {
+    /// A backup (`backup` or `auto-backup`) under `pre_backup` / `post_backup`.
+    fn backup(operation: &'static str, ctx: &'a Ctx) -> Self {
+        let hooks = &ctx.settings.config.hooks;
+        Hooked {
+            operation,
+            pre: ("pre_backup", hooks.pre_backup.as_ref()),
+            post: ("post_backup", hooks.post_backup.as_ref()),
+            before: (None, None),
+            scope: None,
+        }
+    }
+}
+
 /// `backup` under `pre_backup` / `post_backup` / `on_failure` and `[notify]`.
 pub(crate) async fn backup(
     ctx: &Ctx,
     req: BackupRequest,
     progress: Progress,
 ) -> Result<BackupEntry> {
-    let hooks = &ctx.settings.config.hooks;
-    let hooked = Hooked {
-        operation: "backup",
-        pre: ("pre_backup", hooks.pre_backup.as_ref()),
-        post: ("post_backup", hooks.post_backup.as_ref()),
-        before: (None, None),
-        scope: None,
-    };
     around(
         ctx,
-        hooked,
+        Hooked::backup("backup", ctx),
         &progress,
         backup::backup(ctx, req, progress.clone()),
         |r| match r {
             Ok(entry) => {
                 let (id, archive) = Outcome::of_entry(entry);
-                Outcome {
-                    status: Status::Success,
-                    backup_id: id,
-                    archive,
-                    error: None,
-                }
+                Outcome::succeeded(id, archive)
             }
             Err(e) => Outcome::failed(e, None, None),
         },
@@ -107,17 +117,9 @@ pub(crate) async fn auto_backup(
     drill: bool,
     progress: Progress,
 ) -> Result<AutoBackupReport> {
-    let hooks = &ctx.settings.config.hooks;
-    let hooked = Hooked {
-        operation: "auto-backup",
-        pre: ("pre_backup", hooks.pre_backup.as_ref()),
-        post: ("post_backup", hooks.post_backup.as_ref()),
-        before: (None, None),
-        scope: None,
-    };
     around(
         ctx,
-        hooked,
+        Hooked::backup("auto-backup", ctx),
         &progress,
         auto_backup::auto_backup(ctx, hot, drill, progress.clone()),
         |r| match r {
@@ -127,12 +129,7 @@ pub(crate) async fn auto_backup(
                     .as_ref()
                     .map_or((None, None), Outcome::of_entry);
                 match report.error() {
-                    None => Outcome {
-                        status: Status::Success,
-                        backup_id: id,
-                        archive,
-                        error: None,
-                    },
+                    None => Outcome::succeeded(id, archive),
                     Some(e) => Outcome {
                         error: Some(report.error_text()),
                         ..Outcome::failed(e, id, archive)
