@@ -7,7 +7,8 @@
 //! started) with every shared library `ldd` lists, the server's messages and charsets, and a
 //! datadir made once by the host's `mariadb-install-db` (small InnoDB files) as a template.
 //! Its init script copies the template into an empty datadir, sets root's password from
-//! `MARIADB_ROOT_PASSWORD` (as the official image does) and runs `mariadbd` as PID 1 (it
+//! `MARIADB_ROOT_PASSWORD` or the file `MARIADB_ROOT_PASSWORD_FILE` names (as the official
+//! image does) and runs `mariadbd` as PID 1 (it
 //! shuts down cleanly on SIGTERM). The tag carries a hash of the binaries and the script, so
 //! it is built once per content and reused by every test process.
 //!
@@ -38,6 +39,9 @@ pub const ROOT_PASSWORD: &str = "rootpw";
 const INIT: &str = r#"#!/bin/sh
 set -e
 mkdir -p /run/mysqld
+if [ -n "$MARIADB_ROOT_PASSWORD_FILE" ]; then
+    MARIADB_ROOT_PASSWORD=$(cat "$MARIADB_ROOT_PASSWORD_FILE")
+fi
 if [ ! -d /var/lib/mysql/mysql ]; then
     cp -a /opt/template/. /var/lib/mysql/
 fi

@@ -217,6 +217,13 @@ fn a_backup_whose_service_exits_on_start_drills_red_naming_it_while_live_keeps_r
     out.assert_code(exit::FAILED);
     out.assert_stderr_has("service db");
     out.assert_stderr_has("data damaged");
+    // Said once (it was also a progress notice, `DRILL FAILED: ...`).
+    let said = format!("drill of backup {} ", damaged.id);
+    assert_eq!(
+        out.stderr.to_lowercase().matches(&said).count(),
+        1,
+        "the failure must be reported once:\n{out}"
+    );
     assert_drill_gone(&env, &format!("{}-drill-{}", env.project, damaged.id));
     assert_eq!(
         live_state(&env),
@@ -350,4 +357,39 @@ fn a_writable_bind_mount_outside_the_compose_dir_is_refused_and_nothing_is_left(
         "the drill wrote into the host dir"
     );
     assert!(Path::new(&outside).is_dir());
+}
+
+/// A drill whose scratch copy would not fit in the storage dir's free space is refused
+/// (exit 3, kind `no_space`, with the numbers) before anything exists: no drill row, no
+/// project, no scratch dir. With the space back, the same drill runs.
+#[test]
+fn a_drill_without_free_space_for_its_copy_is_refused_before_anything() {
+    let (env, _sweep) = stack_env();
+    let small = crate::faults::Tmpfs::mount(&env.root.join("small"), "24m");
+    crate::faults::set_storage_dir(&env, &small.path.join("backups"));
+    let backup = env.backup();
+    let id = backup.id.to_string();
+    // Leave 1 MiB: less than the copy plus the 16 MiB margin.
+    let filler = small.path.join("filler");
+    let free = crate::util::free_bytes(&small.path);
+    write(&filler, &vec![0u8; (free - (1 << 20)) as usize], 0o600);
+
+    let project = format!("{}-drill-{}", env.project, backup.id);
+    let doc = drill_json(&env, &[&id], exit::REFUSED);
+    assert_eq!(doc["error_kind"], "no_space", "{doc}");
+    assert!(
+        crate::util::error_message(&doc).contains("free space"),
+        "{doc}"
+    );
+    assert_drill_gone(&env, &project);
+    assert_eq!(
+        env.row(backup.id).drill_status,
+        None,
+        "no drill was recorded"
+    );
+
+    fs::remove_file(&filler).unwrap();
+    let doc = drill_json(&env, &[&id], exit::OK);
+    assert_eq!(doc["drill"]["outcome"], "passed", "{doc}");
+    assert_drill_gone(&env, &project);
 }

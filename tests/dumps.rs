@@ -3,6 +3,7 @@
 //! every test has its own compose project (`db`: MariaDB with its datadir in
 //! `data/mysql`, `app`: busybox), created by the tool's `docker-service start`.
 
+use std::ffi::OsStr;
 use std::fs;
 
 use crate::dbutil::{ROOT_PASSWORD, mariadb_image, sql, sql_ok, wait_ready};
@@ -24,6 +25,12 @@ impl Db {
     /// A running stack with an empty server; `None` when the image cannot be built here
     /// (never under CI).
     fn start(config: &str) -> Option<Db> {
+        Db::start_with(config, false)
+    }
+
+    /// [`Db::start`]; `secret`: root's password is not in the environment, only in the file
+    /// `MARIADB_ROOT_PASSWORD_FILE` names (a secret bind-mounted from `secrets/db_root`).
+    fn start_with(config: &str, secret: bool) -> Option<Db> {
         let image = mariadb_image()?;
         let env = TestEnv::new();
         let serve = SERVE
@@ -31,6 +38,11 @@ impl Db {
             .map(|s| format!("{s:?}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let password = if secret {
+            "MARIADB_ROOT_PASSWORD_FILE: /run/secrets/db_root".to_owned()
+        } else {
+            format!("MARIADB_ROOT_PASSWORD: {ROOT_PASSWORD}")
+        };
         let compose = format!(
             "services:\n\
              \x20 db:\n\
@@ -39,9 +51,10 @@ impl Db {
              \x20   restart: unless-stopped\n\
              \x20   stop_grace_period: 30s\n\
              \x20   environment:\n\
-             \x20     MARIADB_ROOT_PASSWORD: {ROOT_PASSWORD}\n\
+             \x20     {password}\n\
              \x20   volumes:\n\
              \x20     - ./data/mysql:/var/lib/mysql\n\
+             \x20     - ./secrets:/run/secrets:ro\n\
              \x20   labels:\n\
              \x20     nuwax-test: \"1\"\n\
              \x20 app:\n\
@@ -54,6 +67,11 @@ impl Db {
              \x20     nuwax-test: \"1\"\n"
         );
         write(&env.path("docker-compose.yml"), compose.as_bytes(), 0o644);
+        write(
+            &env.path("secrets/db_root"),
+            format!("{ROOT_PASSWORD}\n").as_bytes(),
+            0o644,
+        );
         // An empty datadir: the server initializes it.
         fs::remove_dir_all(env.path("data/mysql")).unwrap();
         fs::create_dir_all(env.path("data/mysql")).unwrap();
@@ -415,4 +433,169 @@ fn a_damaged_dump_is_refused() {
         .assert_stderr_has("does not match its checksum");
     let out = db.env.run(&["verify", &id.to_string()]);
     assert_ne!(out.code, Some(exit::OK), "verify must fail:\n{out}");
+}
+
+/// A working dir whose stack is one busybox service `db` (running), with a `command` dump of
+/// it in `config` (no database server needed).
+fn busybox_stack(config: &str) -> TestEnv {
+    crate::dockerutil::ensure_test_image();
+    let env = TestEnv::new();
+    let serve = SERVE
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let compose = format!(
+        "services:\n\
+         \x20 db:\n\
+         \x20   image: nuwax-test-busybox:latest\n\
+         \x20   command: [{serve}]\n\
+         \x20   network_mode: none\n\
+         \x20   restart: unless-stopped\n\
+         \x20   stop_grace_period: 5s\n\
+         \x20   labels:\n\
+         \x20     nuwax-test: \"1\"\n"
+    );
+    write(&env.path("docker-compose.yml"), compose.as_bytes(), 0o644);
+    let path = env.work.join("config.toml");
+    let mut text = fs::read_to_string(&path).unwrap();
+    text.push_str(config);
+    fs::write(path, text).unwrap();
+    env.run(&["docker-service", "start"]).assert_ok();
+    env
+}
+
+/// Dump work files (`.nuwax-dumps-*`, `.nuwax-restore-dump-*`) in the storage dir.
+fn dump_work_files(env: &TestEnv) -> Vec<String> {
+    fs::read_dir(env.backups_dir())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".nuwax-dumps-") || n.starts_with(".nuwax-restore-dump-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A backup killed (SIGKILL) while its dumps wait to be archived, and a `restore-dump` killed
+/// after copying the dump out, leave their work files in the storage dir; the next command's
+/// start-up recovery removes them and says so.
+#[test]
+fn work_files_of_killed_dumps_are_removed_by_the_next_command() {
+    let env = busybox_stack(
+        "\n[[backup.dumps]]\nservice = \"db\"\nkind = \"command\"\n\
+         command = [\"sh\", \"-c\", \"echo 'the dump'\"]\n\
+         restore_command = [\"sh\", \"-c\", \"cat >/dev/null\"]\n",
+    );
+    let crash = |args: &[&str], point: &str| {
+        let out = env.run_env(args, &[("NUWAX_TEST_CRASH_AT", OsStr::new(point))]);
+        assert_eq!(out.code, None, "not killed at {point}:\n{out}");
+    };
+    crash(&["backup", "--hot"], "backup.after_partial_created");
+    let left = dump_work_files(&env);
+    assert!(
+        left.iter().any(|n| n.starts_with(".nuwax-dumps-")),
+        "the killed backup left its dump dir: {left:?}"
+    );
+    env.run(&["list-backups"])
+        .assert_ok()
+        .assert_stderr_has("removed the database dumps of an interrupted backup");
+    assert!(
+        dump_work_files(&env).is_empty(),
+        "{:?}",
+        dump_work_files(&env)
+    );
+
+    let out = env.run(&["backup", "--hot", "--json"]);
+    out.assert_ok();
+    let id = out.json()["backup"]["id"].as_i64().unwrap().to_string();
+    crash(
+        &["restore-dump", &id, "--service", "db"],
+        "restore_dump.copied",
+    );
+    let left = dump_work_files(&env);
+    assert!(
+        left.iter().any(|n| n.starts_with(".nuwax-restore-dump-")),
+        "the killed restore-dump left its copy: {left:?}"
+    );
+    env.run(&["list-backups"])
+        .assert_ok()
+        .assert_stderr_has("removed the dump copy of an interrupted restore-dump");
+    assert!(
+        dump_work_files(&env).is_empty(),
+        "{:?}",
+        dump_work_files(&env)
+    );
+    // The tool still works: the dump loads.
+    env.run(&["restore-dump", &id, "--service", "db"])
+        .assert_ok();
+}
+
+/// `list-backups --json` says which backups were taken hot, and `reindex` (a lost catalog)
+/// and `import` keep it: they read it from the archive's `info.json`.
+#[test]
+fn hot_backups_stay_hot_through_reindex_and_import() {
+    let env = busybox_stack(
+        "\n[[backup.dumps]]\nservice = \"db\"\nkind = \"command\"\n\
+         command = [\"sh\", \"-c\", \"echo 'the dump'\"]\n",
+    );
+    let out = env.run(&["backup", "--hot", "--json"]);
+    out.assert_ok();
+    let doc = out.json();
+    assert_eq!(doc["backup"]["hot"], true, "{out}");
+    let hot_file = doc["backup"]["file_path"].as_str().unwrap().to_owned();
+    env.run(&["docker-service", "stop"]).assert_ok();
+    let cold = env.backup();
+    assert!(!cold.hot, "{cold:?}");
+    let hot_of = |rows: &[crate::util::BackupRow]| -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> =
+            rows.iter().map(|r| (r.file_path.clone(), r.hot)).collect();
+        v.sort();
+        v
+    };
+    let before = hot_of(&env.list());
+    assert!(before.contains(&(hot_file.clone(), true)), "{before:?}");
+
+    // A lost catalog: reindex adopts both archives, the hot one hot.
+    fs::remove_file(env.db_file()).unwrap();
+    let doc = env.run_json(&["reindex", "--json"]);
+    assert_eq!(doc["added"].as_array().map(Vec::len), Some(2), "{doc}");
+    assert_eq!(hot_of(&env.list()), before);
+
+    // import: the hot archive's row forgotten, adopted again from the file.
+    let conn = rusqlite::Connection::open(env.db_file()).unwrap();
+    conn.execute("DELETE FROM backups WHERE hot != 0", [])
+        .unwrap();
+    drop(conn);
+    let doc = env.run_json(&["import", &hot_file, "--json"]);
+    assert_eq!(doc["backup"]["hot"], true, "{doc}");
+    assert_eq!(hot_of(&env.list()), before);
+}
+
+/// Root's password only in a file (`MARIADB_ROOT_PASSWORD_FILE`, a Docker secret): the dump
+/// and `restore-dump` read it from that file inside the container and work as with the plain
+/// variable; the password shows in no output.
+#[test]
+fn a_password_file_secret_is_read_inside_the_container() {
+    let Some(db) = Db::start_with(&dump_config(""), true) else {
+        return;
+    };
+    db.load();
+    let before = db.checksum();
+    let out = db.env.run(&["auto-backup", "run", "--json"]);
+    out.assert_ok()
+        .assert_stderr_has("dumping mariadb database of service db");
+    let text = format!("{out}");
+    assert!(!text.contains(ROOT_PASSWORD), "the password leaked:\n{out}");
+    let id = out.json()["backup"]["id"].as_i64().unwrap().to_string();
+
+    sql_ok(&db.container(), "DROP DATABASE shop");
+    let out = db.env.run(&["restore-dump", &id, "--service", "db"]);
+    out.assert_ok();
+    assert!(
+        !format!("{out}").contains(ROOT_PASSWORD),
+        "the password leaked:\n{out}"
+    );
+    assert_eq!(db.checksum(), before, "the dump restored the table");
+    assert!(db.leftovers().is_empty(), "{:?}", db.leftovers());
 }

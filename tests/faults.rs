@@ -298,12 +298,12 @@ fn random_kills_during_backup_and_rollback() {
 // --------------------------------------------------------------------------- full disk
 
 /// A small tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs {
-    path: std::path::PathBuf,
+pub(crate) struct Tmpfs {
+    pub(crate) path: std::path::PathBuf,
 }
 
 impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
+    pub(crate) fn mount(path: &Path, size: &str) -> Tmpfs {
         assert!(
             is_root(),
             "the disk-full tests mount a tmpfs and need root (CI runs as root)"
@@ -327,7 +327,7 @@ impl Drop for Tmpfs {
     }
 }
 
-fn set_storage_dir(env: &TestEnv, dir: &Path) {
+pub(crate) fn set_storage_dir(env: &TestEnv, dir: &Path) {
     let cfg = env.work.join("config.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(

@@ -32,6 +32,8 @@ pub struct BackupRow {
     pub drill_status: Option<String>,
     /// The archive is encrypted with age (`*.tar.gz.age`).
     pub encrypted: bool,
+    /// Taken hot (`backup --hot`).
+    pub hot: bool,
 }
 
 /// Every key of a row; `Option` fields must be present (as `null`), not left out.
@@ -52,6 +54,7 @@ pub const ROW_KEYS: &[&str] = &[
     "drilled_at",
     "drill_status",
     "encrypted",
+    "hot",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

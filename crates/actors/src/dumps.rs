@@ -4,7 +4,9 @@
 //!
 //! Credentials are read from the container's own environment (`docker inspect`) and passed
 //! to the exec'd process in its environment (`MYSQL_PWD`, `PGPASSWORD`), never as arguments:
-//! nothing secret shows in `ps`, in an error message or in the catalog.
+//! nothing secret shows in `ps`, in an error message or in the catalog. A password the
+//! environment only names a file for (`*_PASSWORD_FILE`, a Docker secret) is read from that
+//! file inside the container (`cat`, [`password_file`]) and passed the same way.
 
 use serde::{Deserialize, Deserializer};
 
@@ -164,39 +166,94 @@ impl std::fmt::Debug for ExecCommand {
     }
 }
 
-/// The user and password from the container's environment (`KEY=value` strings, as the
-/// engine reports them).
-fn credentials(kind: DumpKind, user: Option<&str>, env: &[String]) -> (String, Option<String>) {
-    let get = |key: &str| {
-        env.iter().find_map(|kv| {
-            kv.split_once('=')
-                .filter(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_owned())
-        })
-    };
+/// `KEY`'s value in the container's environment (`KEY=value` strings, as the engine reports
+/// them).
+fn env_value<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
+    env.iter().find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+/// Whether the container's environment sets `key`, or `key_FILE` (the official images'
+/// `*_FILE` convention: the value is in that file inside the container, a Docker secret).
+fn env_has(env: &[String], key: &str) -> bool {
+    env_value(env, key).is_some() || env_value(env, &format!("{key}_FILE")).is_some()
+}
+
+/// The user, and the environment variable that holds the password (set itself, or through
+/// `VAR_FILE`), from the container's environment.
+fn credentials(
+    kind: DumpKind,
+    user: Option<&str>,
+    env: &[String],
+) -> (String, Option<&'static str>) {
+    let first = |keys: &[&'static str]| keys.iter().copied().find(|k| env_has(env, k));
     match kind {
         DumpKind::Postgres => {
-            let default_user = get("POSTGRES_USER").unwrap_or_else(|| "postgres".into());
-            let user = user.map_or(default_user.clone(), str::to_owned);
+            let default_user = env_value(env, "POSTGRES_USER").unwrap_or("postgres");
+            let user = user.unwrap_or(default_user).to_owned();
             let password = (user == default_user)
-                .then(|| get("POSTGRES_PASSWORD"))
+                .then(|| first(&["POSTGRES_PASSWORD"]))
                 .flatten();
             (user, password)
         }
         _ => {
-            let root_password = get("MARIADB_ROOT_PASSWORD").or_else(|| get("MYSQL_ROOT_PASSWORD"));
-            let app_user = get("MARIADB_USER").or_else(|| get("MYSQL_USER"));
-            let app_password = get("MARIADB_PASSWORD").or_else(|| get("MYSQL_PASSWORD"));
+            let root_password = first(&["MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD"]);
+            let app_user = env_value(env, "MARIADB_USER").or_else(|| env_value(env, "MYSQL_USER"));
+            let app_password = first(&["MARIADB_PASSWORD", "MYSQL_PASSWORD"]);
             match user {
-                Some(u) if Some(u) == app_user.as_deref() => (u.to_owned(), app_password),
+                Some(u) if Some(u) == app_user => (u.to_owned(), app_password),
                 Some(u) if u == "root" => (u.to_owned(), root_password),
                 Some(u) => (u.to_owned(), None),
                 None if root_password.is_some() => ("root".into(), root_password),
-                None if app_user.is_some() => (app_user.unwrap_or_default(), app_password),
+                None if app_user.is_some() => {
+                    (app_user.unwrap_or_default().to_owned(), app_password)
+                }
                 None => ("root".into(), None),
             }
         }
     }
+}
+
+/// The user and the password (when the environment sets it itself).
+fn user_and_password(d: &DumpConfig, env: &[String]) -> (String, Option<String>) {
+    let (user, var) = credentials(d.kind, d.user.as_deref(), env);
+    let password = var.and_then(|v| env_value(env, v)).map(str::to_owned);
+    (user, password)
+}
+
+/// The password the dump needs that the container's environment only names a file for
+/// (`MARIADB_ROOT_PASSWORD_FILE`, `MYSQL_ROOT_PASSWORD_FILE`, `POSTGRES_PASSWORD_FILE`, ...):
+/// (the variable, the file's path inside the container). The caller reads the file in the
+/// container and adds `VAR=password` to the environment it passes to [`dump_command`] and
+/// [`restore_command`], so the password never appears on a command line.
+pub fn password_file(d: &DumpConfig, env: &[String]) -> Option<(&'static str, String)> {
+    if d.kind == DumpKind::Command {
+        return None;
+    }
+    let (_, var) = credentials(d.kind, d.user.as_deref(), env);
+    let var = var?;
+    if env_value(env, var).is_some() {
+        return None;
+    }
+    env_value(env, &format!("{var}_FILE")).map(|path| (var, path.to_owned()))
+}
+
+/// The command that prints a password file inside the container (its path is not secret).
+pub fn read_password_file(path: &str) -> ExecCommand {
+    ExecCommand {
+        cmd: vec!["cat".into(), path.into()],
+        env: Vec::new(),
+    }
+}
+
+/// The password in a password file's content: without the trailing newlines, as the official
+/// images read it (`$(< file)`); `None` when it is not UTF-8.
+pub fn password_from_file(content: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(content).ok()?;
+    Some(text.trim_end_matches('\n').to_owned())
 }
 
 /// `mariadb-dump`/`mariadb` where the image has them, else the `mysql*` names.
@@ -211,7 +268,7 @@ fn mysql_tool(modern: &str, classic: &str, args: &[&str]) -> Vec<String> {
 
 /// The command that writes the dump to stdout.
 pub fn dump_command(d: &DumpConfig, container_env: &[String]) -> ExecCommand {
-    let (user, password) = credentials(d.kind, d.user.as_deref(), container_env);
+    let (user, password) = user_and_password(d, container_env);
     match d.kind {
         DumpKind::Mariadb | DumpKind::Mysql => ExecCommand {
             // One consistent InnoDB snapshot of every database, with routines, events and
@@ -256,7 +313,7 @@ pub fn dump_command(d: &DumpConfig, container_env: &[String]) -> ExecCommand {
 /// The command `restore-dump` feeds the dump to on stdin; `None` for a `command` dump
 /// without `restore_command`.
 pub fn restore_command(d: &DumpConfig, container_env: &[String]) -> Option<ExecCommand> {
-    let (user, password) = credentials(d.kind, d.user.as_deref(), container_env);
+    let (user, password) = user_and_password(d, container_env);
     Some(match d.kind {
         DumpKind::Mariadb | DumpKind::Mysql => ExecCommand {
             cmd: mysql_tool("mariadb", "mysql", &[&format!("--user={user}")]),
@@ -379,6 +436,61 @@ mod tests {
         .unwrap();
         assert!(c.cmd.iter().any(|a| a == "--username=postgres"));
         assert_eq!(c.env, vec![("PGPASSWORD".to_owned(), "pg".to_owned())]);
+    }
+
+    #[test]
+    fn a_password_only_in_a_file_is_read_from_that_file_and_passed_in_the_environment() {
+        let e = env(&[
+            "MARIADB_ROOT_PASSWORD_FILE=/run/secrets/root",
+            "MARIADB_USER=app",
+            "MARIADB_PASSWORD=apppw",
+        ]);
+        // Root's password file outranks the app user's plain password, as the variable would.
+        let d = dump(DumpKind::Mariadb, None);
+        assert_eq!(
+            password_file(&d, &e),
+            Some(("MARIADB_ROOT_PASSWORD", "/run/secrets/root".to_owned()))
+        );
+        let c = read_password_file("/run/secrets/root");
+        assert_eq!(c.cmd, vec!["cat", "/run/secrets/root"]);
+        assert!(c.env.is_empty());
+        let mut with = e.clone();
+        with.push("MARIADB_ROOT_PASSWORD=s3cret".into());
+        assert_eq!(password_file(&d, &with), None, "read once, then plain");
+        let c = dump_command(&d, &with);
+        assert!(c.cmd.iter().any(|a| a == "--user=root"));
+        assert!(!c.cmd.iter().any(|a| a.contains("s3cret")));
+        assert_eq!(c.env, vec![("MYSQL_PWD".to_owned(), "s3cret".to_owned())]);
+        // The app user's password from its file; the classic MySQL names too.
+        let e = env(&["MYSQL_USER=app", "MYSQL_PASSWORD_FILE=/s/app"]);
+        assert_eq!(
+            password_file(&d, &e),
+            Some(("MYSQL_PASSWORD", "/s/app".to_owned()))
+        );
+        assert_eq!(
+            password_file(
+                &dump(DumpKind::Mysql, None),
+                &env(&["MYSQL_ROOT_PASSWORD_FILE=/s/root"])
+            ),
+            Some(("MYSQL_ROOT_PASSWORD", "/s/root".to_owned()))
+        );
+        let pg = dump(DumpKind::Postgres, None);
+        assert_eq!(
+            password_file(&pg, &env(&["POSTGRES_PASSWORD_FILE=/s/pg"])),
+            Some(("POSTGRES_PASSWORD", "/s/pg".to_owned()))
+        );
+        // Another postgres user than the image's gets no password of the image's.
+        assert_eq!(
+            password_file(
+                &dump(DumpKind::Postgres, Some("other")),
+                &env(&["POSTGRES_PASSWORD_FILE=/s/pg"])
+            ),
+            None
+        );
+        assert_eq!(password_file(&dump(DumpKind::Command, None), &e), None);
+        assert_eq!(password_from_file(b"pw\n\n").as_deref(), Some("pw"));
+        assert_eq!(password_from_file(b" p w \n").as_deref(), Some(" p w "));
+        assert_eq!(password_from_file(b"\xff"), None);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub(crate) struct BackupJson {
     pub drill_status: Option<&'static str>,
     /// The archive is encrypted with age (`*.tar.gz.age`): a restore needs `--identity`.
     pub encrypted: bool,
+    /// Taken hot (`backup --hot`): the dumps' `hot_exclude` paths (live datadirs) are not in
+    /// the archive, its database dumps stand in for them (`restore-dump`).
+    pub hot: bool,
 }
 
 impl From<&BackupEntry> for BackupJson {
@@ -72,6 +75,7 @@ impl From<&BackupEntry> for BackupJson {
                 .and_then(|d| d.finished_at)
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
             drill_status: e.last_drill.as_ref().map(|d| d.outcome.as_str()),
+            hot: e.hot,
         }
     }
 }

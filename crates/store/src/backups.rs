@@ -158,6 +158,29 @@ impl Store {
         })
     }
 
+    /// The ids of the backups taken hot.
+    pub fn hot_backups(&self) -> Result<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM backups WHERE hot != 0 ORDER BY id")?;
+        let ids = stmt
+            .query_map([], |row| row.get::<_, i64>(0))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Adopts an archive of this tool (import, reindex): its whole record and whether its
+    /// `info.json` says it was taken hot, together or not at all. Returns the new id.
+    pub fn insert_adopted_backup(&self, rec: &BackupRecord, hot: bool) -> Result<i64> {
+        let tx = self.conn.unchecked_transaction()?;
+        let id = self.insert_completed_backup(rec)?;
+        if hot {
+            self.mark_hot(id)?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
     /// Inserts a whole record (import, reindex from archives); `rec.id` is ignored and the
     /// new id returned.
     pub fn insert_completed_backup(&self, rec: &BackupRecord) -> Result<i64> {

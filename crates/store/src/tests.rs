@@ -296,11 +296,23 @@ fn backup_round_trip_every_field() {
         copy,
         BackupRecord {
             id: copy_id,
-            ..done
+            ..done.clone()
         }
     );
 
     assert_eq!(store.get_backup(9999).unwrap(), None);
+
+    // Adopted (reindex, import) with its hot flag, in the same insert.
+    assert_eq!(store.hot_backups().unwrap(), Vec::<i64>::new());
+    let hot_id = store.insert_adopted_backup(&done, true).unwrap();
+    let cold_id = store.insert_adopted_backup(&done, false).unwrap();
+    assert!(store.is_hot(hot_id).unwrap());
+    assert!(!store.is_hot(cold_id).unwrap());
+    assert_eq!(store.hot_backups().unwrap(), vec![hot_id]);
+    assert_eq!(
+        store.get_backup(hot_id).unwrap().unwrap(),
+        BackupRecord { id: hot_id, ..done }
+    );
 }
 
 #[test]

@@ -139,6 +139,8 @@ pub(crate) enum StoreMsg {
     MarkVerified(i64, DateTime<Utc>, Reply<()>),
     /// The backup was taken hot (issue 15).
     MarkHot(i64, Reply<()>),
+    /// Whether the backup was taken hot (`false` for an unknown id).
+    IsHot(i64, Reply<bool>),
     /// How an encrypted backup was encrypted (ciphertext SHA-256, recipients' fingerprints).
     RecordEncryption(i64, nuwax_store::EncryptionFacts, Reply<()>),
     BeginOperation(OperationKind, serde_json::Value, Reply<i64>),
@@ -148,6 +150,10 @@ pub(crate) enum StoreMsg {
     GetSetting(String, Reply<Option<String>>),
     FindBackupByPath(std::path::PathBuf, Reply<Option<BackupRecord>>),
     InsertCompletedBackup(Box<BackupRecord>, Reply<i64>),
+    /// An adopted archive's row, marked hot when its `info.json` says so, at once.
+    InsertAdoptedBackup(Box<BackupRecord>, bool, Reply<i64>),
+    /// The ids of the backups taken hot.
+    HotBackups(Reply<Vec<i64>>),
     /// A legacy backup's row and the manifest computed when it was adopted (JSON), at once.
     InsertLegacyBackup(Box<BackupRecord>, String, Reply<i64>),
     /// The manifest of legacy backup `id` (JSON), if recorded.
@@ -336,6 +342,7 @@ impl Actor for StoreActor {
                 reply(r, st.run(move |s| s.mark_verified(id, at)).await)
             }
             StoreMsg::MarkHot(id, r) => reply(r, st.run(move |s| s.mark_hot(id)).await),
+            StoreMsg::IsHot(id, r) => reply(r, st.run(move |s| s.is_hot(id)).await),
             StoreMsg::RecordEncryption(id, facts, r) => {
                 reply(r, st.run(move |s| s.record_encryption(id, &facts)).await)
             }
@@ -367,6 +374,10 @@ impl Actor for StoreActor {
             StoreMsg::InsertCompletedBackup(rec, r) => {
                 reply(r, st.run(move |s| s.insert_completed_backup(&rec)).await)
             }
+            StoreMsg::InsertAdoptedBackup(rec, hot, r) => {
+                reply(r, st.run(move |s| s.insert_adopted_backup(&rec, hot)).await)
+            }
+            StoreMsg::HotBackups(r) => reply(r, st.run(|s| s.hot_backups()).await),
             StoreMsg::InsertLegacyBackup(rec, manifest, r) => reply(
                 r,
                 st.run(move |s| s.insert_legacy_backup(&rec, &manifest))

@@ -132,12 +132,12 @@ impl DrillReport {
     }
 }
 
-/// The one place a failed drill is reported (the notifications of the hooks issue attach
-/// here when they exist): for now a notice on the progress channel.
-pub(crate) fn report_failed_drill(report: &DrillReport, progress: &Progress) {
+/// The one place a failed drill is reported from here (notifications attach here): the log.
+/// Not on the progress channel: the caller shows the report itself (the CLI prints it once,
+/// with the service's log lines, and `--json` carries it), so a notice would say it twice.
+pub(crate) fn report_failed_drill(report: &DrillReport) {
     if let Some(e) = report.failure() {
         tracing::warn!(backup = report.backup.record.id, "{e}");
-        progress.notice(format!("DRILL FAILED: {e}"));
     }
 }
 
@@ -642,7 +642,7 @@ impl DrillRun<'_> {
             notes: found.notes,
             kept,
         };
-        report_failed_drill(&report, self.progress);
+        report_failed_drill(&report);
         Ok(report)
     }
 }

@@ -32,6 +32,13 @@ use crate::exclude::ExcludeRule;
 use crate::fsutil::partial_path;
 use crate::progress::Progress;
 
+/// Name prefix of a backup's dump dir in the storage dir (`.nuwax-dumps-<pid>-<micros>`);
+/// start-up recovery removes one a killed process left.
+pub(crate) const WORK_DIR_PREFIX: &str = ".nuwax-dumps-";
+/// Name prefix of `restore-dump`'s copy of a dump in the storage dir
+/// (`.nuwax-restore-dump-<pid>-<service>.sql`); recovery removes one a killed process left.
+pub(crate) const RESTORE_FILE_PREFIX: &str = ".nuwax-restore-dump-";
+
 /// The dumps taken for one backup: finished files in a private dir of the storage dir
 /// (removed when this is dropped), their records for `info.json`, and what a hot backup
 /// leaves out.
@@ -114,7 +121,7 @@ pub(crate) async fn take(
         };
         if out.dir.is_none() {
             let dir = storage.join(format!(
-                ".nuwax-dumps-{}-{}",
+                "{WORK_DIR_PREFIX}{}-{}",
                 std::process::id(),
                 chrono::Utc::now().timestamp_micros()
             ));
@@ -155,6 +162,60 @@ fn request(
     }
 }
 
+/// The container's environment, with the password the dump needs added when the environment
+/// only names a file for it (`*_PASSWORD_FILE`): read from that file inside the container,
+/// never put on a command line.
+async fn container_env(
+    ctx: &Ctx,
+    dump: &DumpConfig,
+    container: &ContainerInfo,
+) -> Result<Vec<String>> {
+    let id = container.id.clone();
+    let mut env = ctx.docker(|r| DockerMsg::ContainerEnv(id, r)).await?;
+    let Some((var, path)) = dumps::password_file(dump, &env) else {
+        return Ok(env);
+    };
+    let mut req = request(dump, container, dumps::read_password_file(&path));
+    req.timeout = req.timeout.min(Duration::from_secs(60));
+    let timeout = req.timeout;
+    let failed = |why: String| {
+        Error::DumpFailed(format!(
+            "service {}: cannot read the database password from {path} in container {} ({var}_FILE): {why}; check that the file exists in the container, or set {var} in its environment",
+            dump.service, container.name
+        ))
+    };
+    let outcome = ctx
+        .docker_for(timeout, |r| {
+            DockerMsg::Exec(Box::new(req), ExecIo::Capture, ctx.cancel.clone(), r)
+        })
+        .await
+        .map_err(|e| match e {
+            Error::Docker(m) => failed(m),
+            other => other,
+        })?;
+    match outcome.exit_code {
+        Some(0) => {}
+        Some(code) => {
+            return Err(failed(format!(
+                "`cat` exited with status {code}: {}",
+                dumps::tail_text(&outcome.stderr_tail)
+            )));
+        }
+        None => return Err(failed("the engine reported no exit status".into())),
+    }
+    // The whole file is kept only up to the tail's size: a longer one is not a password.
+    if outcome.stdout_bytes > outcome.stdout_tail.len() as u64 {
+        return Err(failed(format!(
+            "the file holds {} bytes, too many for a password",
+            outcome.stdout_bytes
+        )));
+    }
+    let password = dumps::password_from_file(&outcome.stdout_tail)
+        .ok_or_else(|| failed("the file is not UTF-8 text".into()))?;
+    env.push(format!("{var}={password}"));
+    Ok(env)
+}
+
 /// One dump into `dir/SERVICE.sql` (through `.partial`), judged by its exit status and, for
 /// the database kinds, the tool's completion trailer.
 async fn dump_one(
@@ -163,8 +224,7 @@ async fn dump_one(
     container: &ContainerInfo,
     dir: &Path,
 ) -> Result<(DumpRecord, PathBuf)> {
-    let id = container.id.clone();
-    let env = ctx.docker(|r| DockerMsg::ContainerEnv(id, r)).await?;
+    let env = container_env(ctx, dump, container).await?;
     let req = request(dump, container, dumps::dump_command(dump, &env));
     let file = dir.join(format!("{}.sql", dump.service));
     let partial = partial_path(&file);
@@ -327,7 +387,7 @@ pub(crate) async fn hot_backup(
     .await?;
     let id = entry.record.id;
     ctx.store(|r| StoreMsg::MarkHot(id, r)).await?;
-    Ok(entry)
+    Ok(BackupEntry { hot: true, ..entry })
 }
 
 /// After a rollback of a hot backup: the datadirs it left out were kept as they are live;
@@ -391,7 +451,7 @@ pub(crate) async fn restore_dump(
     })?;
     let storage = ctx.settings.paths.storage_dir.clone();
     let file = storage.join(format!(
-        ".nuwax-restore-dump-{}-{service}.sql",
+        "{RESTORE_FILE_PREFIX}{}-{service}.sql",
         std::process::id()
     ));
     let _ = std::fs::remove_file(&file);
@@ -411,9 +471,9 @@ pub(crate) async fn restore_dump(
                 "backup {id} holds no dump of service {service}; `nuwax-cli ls {id}` shows what it holds"
             ))
         })?;
+    crate::faults::point("restore_dump.copied");
     let command = {
-        let cid = container.id.clone();
-        let env = ctx.docker(|r| DockerMsg::ContainerEnv(cid, r)).await?;
+        let env = container_env(ctx, &dump, &container).await?;
         dumps::restore_command(&dump, &env).ok_or_else(|| {
             Error::Usage(format!(
                 "service {service}'s dump is of kind \"command\": set restore_command = [...] in its [[backup.dumps]] entry to say how to load it"

@@ -364,8 +364,10 @@ pub(crate) async fn adopt_verified(
         report.entries,
         false,
     );
+    // A hot backup stays hot in the catalog: a rollback of it must say that its database
+    // files were left out and the dump restores them.
     let id = ctx
-        .store(|r| StoreMsg::InsertCompletedBackup(Box::new(record), r))
+        .store(|r| StoreMsg::InsertAdoptedBackup(Box::new(record), info.hot, r))
         .await?;
     ctx.get_backup(id).await
 }

@@ -61,6 +61,9 @@ pub struct BackupEntry {
     pub last_drill: Option<nuwax_store::DrillRecord>,
     /// The archive is encrypted (`*.tar.gz.age`, README "Encryption").
     pub encrypted: bool,
+    /// Taken hot (`backup --hot`): the dumps' `hot_exclude` paths are not in the archive, its
+    /// dumps stand in for them (catalog column `backups.hot`).
+    pub hot: bool,
 }
 
 impl BackupEntry {
@@ -75,6 +78,7 @@ impl BackupEntry {
             record,
             remote_copy: false,
             last_drill: None,
+            hot: false,
         }
     }
 }
@@ -527,6 +531,7 @@ impl Ctx {
             .await?
             .into_iter()
             .find(|d| d.backup_id == id);
+        entry.hot = self.store(|r| StoreMsg::IsHot(id, r)).await?;
         Ok(entry)
     }
 
@@ -546,12 +551,18 @@ impl Ctx {
             .into_iter()
             .map(|d| (d.backup_id, d))
             .collect();
+        let hot: std::collections::HashSet<i64> = self
+            .store(StoreMsg::HotBackups)
+            .await?
+            .into_iter()
+            .collect();
         Ok(records
             .into_iter()
             .map(|r| {
                 let mut e = BackupEntry::from_record(r);
                 e.remote_copy = remote.contains(&e.record.id);
                 e.last_drill = drills.remove(&e.record.id);
+                e.hot = hot.contains(&e.record.id);
                 e
             })
             .collect())

@@ -8,7 +8,9 @@
 //! - rollback: an unfinished swap is reverted item by item (each item wholly old), a committed
 //!   one is cleaned up and its services started (a `cleaning` one, whose services were
 //!   already started, is only cleaned up); the work dir is removed;
-//! - any kind: containers the operation stopped are started again.
+//! - any kind: containers the operation stopped are started again;
+//! - database dump work files in the storage dir (`.nuwax-dumps-*`, `.nuwax-restore-dump-*`)
+//!   are removed: a process killed while it dumped or loaded leaves them.
 //!
 //! Every step is idempotent, so a crash during recovery is recovered by the next run.
 //!
@@ -259,10 +261,33 @@ pub(crate) async fn recover(ctx: &Ctx) -> Result<RecoveryOutcome> {
                     "removed an incomplete archive left behind: {}",
                     path.display()
                 ));
+            } else if let Some(what) = dump_leftover(&e.file_name().to_string_lossy()) {
+                // Under the lock no live process owns one: the backup or restore-dump that
+                // made it died (kill -9) before its own cleanup ran.
+                notes.push(match fsutil::remove_path(&path) {
+                    Ok(()) => format!("removed {what} left behind: {}", path.display()),
+                    Err(err) => format!(
+                        "warning: cannot remove {what} left behind ({}): {err}; remove it yourself",
+                        path.display()
+                    ),
+                });
             }
         }
     }
     Ok(out)
+}
+
+/// What a storage dir entry named `name` is, when it is a database dump work file that only a
+/// dead process can have left: a backup's dump dir (`.nuwax-dumps-<pid>-<time>`, see
+/// `ops/dumps.rs`) or `restore-dump`'s copy of a dump (`.nuwax-restore-dump-<pid>-<service>.sql`).
+fn dump_leftover(name: &str) -> Option<&'static str> {
+    if name.starts_with(super::dumps::WORK_DIR_PREFIX) {
+        Some("the database dumps of an interrupted backup")
+    } else if name.starts_with(super::dumps::RESTORE_FILE_PREFIX) {
+        Some("the dump copy of an interrupted restore-dump")
+    } else {
+        None
+    }
 }
 
 pub(crate) async fn recover_backup(ctx: &Ctx, op: &Operation) -> Result<String> {
