@@ -12,7 +12,7 @@ use std::process::Command;
 use crate::util::{TestEnv, Tree, assert_same_tree, exit, write};
 
 /// Whether the `age` tools are here; under CI=true their absence fails the test.
-fn age_tools() -> bool {
+pub(crate) fn age_tools() -> bool {
     let ok = Command::new("age-keygen")
         .arg("--version")
         .output()
@@ -27,7 +27,7 @@ fn age_tools() -> bool {
 }
 
 /// A fresh age identity in `dir`; returns (identity file, public key).
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+pub(crate) fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     let out = Command::new("age-keygen")
         .arg("-o")
@@ -45,7 +45,7 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 }
 
 /// Appends `[encryption]` to the working dir's config.
-fn configure(env: &TestEnv, section: &str) {
+pub(crate) fn configure(env: &TestEnv, section: &str) {
     let path = env.work.join("config.toml");
     let mut text = fs::read_to_string(&path).unwrap();
     text.push_str("\n[encryption]\n");
@@ -54,7 +54,7 @@ fn configure(env: &TestEnv, section: &str) {
 }
 
 /// The keys live outside the working dir (as an operator keeps the identity off the host).
-fn keys_dir(env: &TestEnv) -> PathBuf {
+pub(crate) fn keys_dir(env: &TestEnv) -> PathBuf {
     let dir = env.root.join("keys");
     fs::create_dir_all(&dir).unwrap();
     dir
