@@ -361,3 +361,102 @@ fn a_passphrase_round_trip_and_bad_recipients_refuse_the_backup() {
     assert_eq!(before, env.backup_files());
     assert!(env.list().is_empty());
 }
+
+/// `age -d -i IDENTITY -o OUT IN` / `age -r RECIPIENT -o OUT IN`, asserting success.
+fn age(args: &[&std::ffi::OsStr]) {
+    let out = Command::new("age").args(args).output().expect("run age");
+    assert!(out.status.success(), "age {args:?}: {out:?}");
+}
+
+#[test]
+fn verify_with_the_identity_decrypts_and_finds_a_file_altered_inside_the_ciphertext() {
+    let Some(s) = encrypted_backup() else { return };
+    let env = &s.env;
+    // Decrypt, change one file's content (same size, a valid archive otherwise), encrypt
+    // again to the same key, and make the catalog agree with the new ciphertext: only a
+    // decrypt-and-verify can tell.
+    let plain = env.root.join("plain.tar.gz");
+    age(&["-d".as_ref(), "-i".as_ref(), s.identity.as_os_str(), "-o".as_ref(), plain.as_os_str(), s.archive.as_os_str()]);
+    let mut entries = crate::archutil::read_raw(&plain);
+    let i = crate::archutil::index_of(&entries, "app/VERSION");
+    entries[i].data[0] ^= 0x01;
+    let altered = env.root.join("altered.tar.gz");
+    crate::archutil::write_raw(&altered, &entries);
+    let public = fs::read_to_string(&s.identity)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_owned))
+        .unwrap();
+    age(&["-r".as_ref(), public.as_ref(), "-o".as_ref(), s.archive.as_os_str(), altered.as_os_str()]);
+    let id: i64 = s.id.parse().unwrap();
+    crate::archutil::catalog_set_checksum(
+        &env.db_file(),
+        id,
+        &crate::util::sha256_file(&s.archive),
+        fs::metadata(&s.archive).unwrap().len(),
+    );
+    // Without the key only the checksum is checked, and it matches.
+    env.run(&["verify", &s.id])
+        .assert_ok()
+        .assert_stderr_has("content not checked");
+    // With it, every file: exit 4 naming the file.
+    let out = env.run(&[
+        "verify".as_ref(),
+        s.id.as_ref(),
+        "--identity".as_ref(),
+        s.identity.as_os_str(),
+    ]);
+    out.assert_code(exit::INTEGRITY)
+        .assert_stderr_has("app/VERSION");
+    // A wrong key: exit 4 too, saying it cannot decrypt.
+    let (other, _) = keygen(&keys_dir(env), "other.txt");
+    env.run(&[
+        "verify".as_ref(),
+        s.id.as_ref(),
+        "--identity".as_ref(),
+        other.as_os_str(),
+    ])
+    .assert_code(exit::INTEGRITY);
+}
+
+#[test]
+fn reindex_reports_an_encrypted_archive_without_its_key_and_adds_it_with_the_key() {
+    let Some(s) = encrypted_backup() else { return };
+    let env = &s.env;
+    let row = env.list().into_iter().next().unwrap();
+    fs::remove_file(env.db_file()).unwrap();
+    // No key anywhere: not a hard failure; the archive is reported with what to pass.
+    let doc = env.run_json(&["reindex", "--json"]);
+    assert_eq!(doc["added"].as_array().unwrap().len(), 0, "{doc}");
+    let invalid = doc["invalid"].as_array().unwrap();
+    assert_eq!(invalid.len(), 1, "{doc}");
+    assert!(
+        invalid[0]["error"].as_str().unwrap().contains("--identity"),
+        "{doc}"
+    );
+    // With the identity (given, or [encryption] identity_file): its metadata is read and it
+    // is verified before it becomes a row.
+    let doc = env.run_json(&[
+        "reindex".as_ref(),
+        "--json".as_ref(),
+        "--identity".as_ref(),
+        s.identity.as_os_str(),
+    ]);
+    let added = doc["added"].as_array().unwrap();
+    assert_eq!(added.len(), 1, "{doc}");
+    assert_eq!(added[0]["file_path"], row.file_path.as_str());
+    assert_eq!(added[0]["sha256"], row.sha256.as_deref().unwrap());
+    assert_eq!(added[0]["encrypted"], true);
+    assert_eq!(added[0]["service_version"], row.service_version.as_str());
+    // A wrong key: reported, not added.
+    fs::remove_file(env.db_file()).unwrap();
+    let (other, _) = keygen(&keys_dir(env), "other.txt");
+    let doc = env.run_json(&[
+        "reindex".as_ref(),
+        "--json".as_ref(),
+        "--identity".as_ref(),
+        other.as_os_str(),
+    ]);
+    assert_eq!(doc["added"].as_array().unwrap().len(), 0, "{doc}");
+    assert_eq!(doc["invalid"].as_array().unwrap().len(), 1, "{doc}");
+}
