@@ -110,7 +110,6 @@ pub(crate) enum StoreMsg {
     DeleteRemoteUpload(String, Reply<()>),
     ListRemoteUploads(Reply<Vec<RemoteUpload>>),
     GetRemoteUpload(String, Reply<Option<RemoteUpload>>),
-    SetRemoteCopy(Box<RemoteCopyRecord>, Reply<()>),
     /// A plain archive encrypted on its way out: its upload, the facts, in one transaction.
     BeginEncryptedUpload(Box<RemoteUpload>, nuwax_store::PushEncryption, Reply<()>),
     UploadEncryption(String, Reply<Option<nuwax_store::PushEncryption>>),
@@ -119,7 +118,6 @@ pub(crate) enum StoreMsg {
         Option<nuwax_store::PushEncryption>,
         Reply<()>,
     ),
-    RemoteCopyEncryption(Reply<Vec<(i64, nuwax_store::PushEncryption)>>),
     DeleteRemoteCopy(i64, Reply<()>),
     GetRemoteCopy(i64, Reply<Option<RemoteCopyRecord>>),
     ListRemoteCopies(Reply<Vec<RemoteCopyRecord>>),
@@ -262,7 +260,6 @@ impl Actor for StoreActor {
             StoreMsg::GetRemoteUpload(key, r) => {
                 reply(r, st.run(move |s| s.get_remote_upload(&key)).await)
             }
-            StoreMsg::SetRemoteCopy(c, r) => reply(r, st.run(move |s| s.set_remote_copy(&c)).await),
             StoreMsg::BeginEncryptedUpload(u, enc, r) => {
                 reply(r, st.run(move |s| s.begin_encrypted_upload(&u, &enc)).await)
             }
@@ -274,9 +271,6 @@ impl Actor for StoreActor {
                 st.run(move |s| s.set_remote_copy_encrypted(&c, enc.as_ref()))
                     .await,
             ),
-            StoreMsg::RemoteCopyEncryption(r) => {
-                reply(r, st.run(|s| s.remote_copy_encryption()).await)
-            }
             StoreMsg::DeleteRemoteCopy(id, r) => {
                 reply(r, st.run(move |s| s.delete_remote_copy(id)).await)
             }

@@ -200,6 +200,7 @@ pub fn seal_file(
     cancel: &super::CancelFlag,
 ) -> Result<FileDigest> {
     use crate::error::IoContext;
+    use sha2::Digest;
     let input = File::open(src).ctx("cannot open archive", src)?;
     let total = input.metadata().ctx("cannot stat archive", src)?.len();
     let partial = crate::fsutil::partial_path(dest);
@@ -230,7 +231,6 @@ pub fn seal_file(
         }
         sink.file.sync_all().ctx("cannot sync", &partial)?;
         progress.finish_phase(total, 0);
-        use sha2::Digest;
         Ok(FileDigest {
             size: sink.len,
             sha256: hex::encode(sink.hasher.finalize()),
