@@ -222,7 +222,10 @@ fn an_encrypted_backup_drills_with_identity_and_refuses_without_it() {
     let id = backup.id.to_string();
     let doc = drill_json(&env, &[&id], exit::USAGE);
     assert_eq!(doc["error_kind"], "key_required", "{doc}");
-    assert!(doc["error"].as_str().unwrap().contains("--identity"), "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("--identity"),
+        "{doc}"
+    );
     assert_drill_gone(&env, &project);
     let (other, _) = crate::encryption::keygen(&crate::encryption::keys_dir(&env), "other.txt");
     let other = other.to_string_lossy().into_owned();

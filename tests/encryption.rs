@@ -376,7 +376,14 @@ fn verify_with_the_identity_decrypts_and_finds_a_file_altered_inside_the_ciphert
     // again to the same key, and make the catalog agree with the new ciphertext: only a
     // decrypt-and-verify can tell.
     let plain = env.root.join("plain.tar.gz");
-    age(&["-d".as_ref(), "-i".as_ref(), s.identity.as_os_str(), "-o".as_ref(), plain.as_os_str(), s.archive.as_os_str()]);
+    age(&[
+        "-d".as_ref(),
+        "-i".as_ref(),
+        s.identity.as_os_str(),
+        "-o".as_ref(),
+        plain.as_os_str(),
+        s.archive.as_os_str(),
+    ]);
     let mut entries = crate::archutil::read_raw(&plain);
     let i = crate::archutil::index_of(&entries, "app/VERSION");
     entries[i].data[0] ^= 0x01;
@@ -387,7 +394,13 @@ fn verify_with_the_identity_decrypts_and_finds_a_file_altered_inside_the_ciphert
         .lines()
         .find_map(|l| l.strip_prefix("# public key: ").map(str::to_owned))
         .unwrap();
-    age(&["-r".as_ref(), public.as_ref(), "-o".as_ref(), s.archive.as_os_str(), altered.as_os_str()]);
+    age(&[
+        "-r".as_ref(),
+        public.as_ref(),
+        "-o".as_ref(),
+        s.archive.as_os_str(),
+        altered.as_os_str(),
+    ]);
     let id: i64 = s.id.parse().unwrap();
     crate::archutil::catalog_set_checksum(
         &env.db_file(),

@@ -377,7 +377,11 @@ fn changed_recipients_restage_and_the_old_upload_is_aborted() {
     let end = start + text[start..].find('\n').unwrap();
     fs::write(
         &cfg,
-        format!("{}recipients = [\"{public2}\"]{}", &text[..start], &text[end..]),
+        format!(
+            "{}recipients = [\"{public2}\"]{}",
+            &text[..start],
+            &text[end..]
+        ),
     )
     .unwrap();
     r.configure(&env, &r.endpoint.clone(), "");

@@ -642,7 +642,11 @@ fn failed_upgrade_with_encryption_on_rolls_back_from_its_plain_pre_upgrade_backu
         env_file: None,
     };
     let (package, _) = release.pack(&env, "rel-encrypted-host.tar.gz");
-    let out = upgrade(&env, &package, &["--version", "3.0.0", "--health-timeout", "20s"]);
+    let out = upgrade(
+        &env,
+        &package,
+        &["--version", "3.0.0", "--health-timeout", "20s"],
+    );
     assert_rolled_back(&env, &before, &config_before, &out);
     let rows = env.list();
     assert!(!rows[0].encrypted, "{rows:#?}");

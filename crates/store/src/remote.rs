@@ -57,7 +57,9 @@ fn encode_recipients(list: &[String]) -> Result<String> {
 
 fn decode_push_encryption(plain_sha256: String, recipients: &str) -> Result<PushEncryption> {
     let recipients = serde_json::from_str(recipients).map_err(|e| {
-        crate::Error::Corrupt(format!("remote encryption: bad recipients {recipients:?}: {e}"))
+        crate::Error::Corrupt(format!(
+            "remote encryption: bad recipients {recipients:?}: {e}"
+        ))
     })?;
     Ok(PushEncryption {
         plain_sha256,
@@ -426,7 +428,10 @@ mod tests {
         };
         s.begin_encrypted_upload(&upload("s3://b/x.age"), &enc)
             .unwrap();
-        assert_eq!(s.upload_encryption("s3://b/x.age").unwrap(), Some(enc.clone()));
+        assert_eq!(
+            s.upload_encryption("s3://b/x.age").unwrap(),
+            Some(enc.clone())
+        );
         // A new plain upload of the object forgets how the old one was encrypted.
         s.begin_remote_upload(&upload("s3://b/x.age")).unwrap();
         assert_eq!(s.upload_encryption("s3://b/x.age").unwrap(), None);
@@ -457,10 +462,13 @@ mod tests {
         // Replaced by a copy sent as it is: no encryption facts left.
         s.set_remote_copy(&copy).unwrap();
         assert!(s.remote_copy_encryption().unwrap().is_empty());
-        s.set_remote_copy_encrypted(&copy, Some(&PushEncryption {
-            plain_sha256: "ef".into(),
-            recipients: vec!["scrypt".into()],
-        }))
+        s.set_remote_copy_encrypted(
+            &copy,
+            Some(&PushEncryption {
+                plain_sha256: "ef".into(),
+                recipients: vec!["scrypt".into()],
+            }),
+        )
         .unwrap();
         s.delete_remote_copy(id).unwrap();
         assert!(s.remote_copy_encryption().unwrap().is_empty());

@@ -215,9 +215,14 @@ pub fn seal_file(
             .writer(io::BufWriter::with_capacity(BLOCK, sink))
             .ctx("cannot encrypt into", &partial)?;
         progress.phase(crate::progress::Phase::Encrypting, Some(total), None);
-        let (_, actual) = pump(BufReader::with_capacity(BLOCK, input), &mut w, progress, cancel)
-            .ctx("cannot encrypt", src)?
-            .ok_or(Error::Interrupted)?;
+        let (_, actual) = pump(
+            BufReader::with_capacity(BLOCK, input),
+            &mut w,
+            progress,
+            cancel,
+        )
+        .ctx("cannot encrypt", src)?
+        .ok_or(Error::Interrupted)?;
         let sink = w
             .finish()
             .and_then(|b| b.into_inner().map_err(|e| e.into_error()))

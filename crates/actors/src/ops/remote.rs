@@ -1017,7 +1017,9 @@ async fn fetch(
     if sealed_on_push {
         // Back to the plain archive this host had: decrypted while hashed, then checked
         // against the plain checksum the sidecar (and the catalog) recorded.
-        let key = key.clone().ok_or_else(|| Error::Internal("no key".into()))?;
+        let key = key
+            .clone()
+            .ok_or_else(|| Error::Internal("no key".into()))?;
         let (src, out, p, cancel) = (
             downloaded.clone(),
             partial.clone(),
@@ -1212,9 +1214,9 @@ pub(crate) async fn prune(
     // Catalog id (or the stand-in) -> the remote object's name.
     let mut objects = std::collections::HashMap::new();
     for (i, s) in listing.copies.iter().enumerate() {
-        let row = local.iter().find(|b| {
-            archive_name(&b.record.file_path).ok().as_deref() == Some(s.local_archive())
-        });
+        let row = local
+            .iter()
+            .find(|b| archive_name(&b.record.file_path).ok().as_deref() == Some(s.local_archive()));
         let mut rec = sidecar_record(&ctx.settings.paths.storage_dir, s)?;
         rec.id = row.map(|b| b.record.id).unwrap_or(-(i as i64) - 1);
         objects.insert(rec.id, s.archive.clone());
