@@ -473,3 +473,59 @@ fn reindex_reports_an_encrypted_archive_without_its_key_and_adds_it_with_the_key
     assert_eq!(doc["added"].as_array().unwrap().len(), 0, "{doc}");
     assert_eq!(doc["invalid"].as_array().unwrap().len(), 1, "{doc}");
 }
+
+#[test]
+fn an_ssh_ed25519_recipient_round_trips_and_the_age_command_opens_it_with_the_ssh_key() {
+    if !age_tools() {
+        return;
+    }
+    let env = TestEnv::new();
+    let keys = keys_dir(&env);
+    let key = keys.join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "nuwax@test", "-f"])
+        .arg(&key)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "{out:?}");
+    let public = fs::read_to_string(keys.join("id_ed25519.pub")).unwrap();
+    configure(
+        &env,
+        &format!("recipients = [{:?}]\nscope = \"all\"\n", public.trim()),
+    );
+    let original = env.snapshot_compose();
+    let row = env.backup();
+    assert!(row.encrypted, "{row:?}");
+    env.mutate();
+    // The standard tool opens it with the ssh private key.
+    let listing = Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            "age -d -i \"$1\" \"$2\" | tar -tz",
+            "bash",
+        ])
+        .arg(&key)
+        .arg(&row.file_path)
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "{listing:?}");
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("docker-compose.yml"));
+    // And so do we: a full restore with the ssh key as --identity.
+    env.run(&[
+        "rollback".as_ref(),
+        row.id.to_string().as_ref(),
+        "--force".as_ref(),
+        "--no-start".as_ref(),
+        "--rollback-data".as_ref(),
+        "--identity".as_ref(),
+        key.as_os_str(),
+    ])
+    .assert_ok();
+    assert_same_tree(
+        "compose dir restored with the ssh key",
+        &crate::util::except(&original, crate::util::EXCLUDED),
+        &crate::util::except(&env.snapshot_compose(), crate::util::EXCLUDED),
+    );
+}
