@@ -202,6 +202,42 @@ fn a_good_backup_drills_green_beside_the_running_live_stack_and_a_failing_check_
     assert_eq!(env.row(backup.id).drill_status.as_deref(), Some("failed"));
 }
 
+/// An encrypted backup (`scope = "all"`, no identity on the host): the drill takes the key
+/// like `rollback` does (`--identity`), and without one refuses before anything starts.
+#[test]
+fn an_encrypted_backup_drills_with_identity_and_refuses_without_it() {
+    if !crate::encryption::age_tools() {
+        return;
+    }
+    let (env, _sweep) = stack_env();
+    let (identity, public) =
+        crate::encryption::keygen(&crate::encryption::keys_dir(&env), "key.txt");
+    crate::encryption::configure(
+        &env,
+        &format!("recipients = [\"{public}\"]\nscope = \"all\"\n"),
+    );
+    let backup = env.backup();
+    assert!(backup.encrypted, "{backup:?}");
+    let project = format!("{}-drill-{}", env.project, backup.id);
+    let id = backup.id.to_string();
+    let doc = drill_json(&env, &[&id], exit::USAGE);
+    assert_eq!(doc["error_kind"], "key_required", "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("--identity"),
+        "{doc}"
+    );
+    assert_drill_gone(&env, &project);
+    let (other, _) = crate::encryption::keygen(&crate::encryption::keys_dir(&env), "other.txt");
+    let other = other.to_string_lossy().into_owned();
+    let doc = drill_json(&env, &[&id, "--identity", &other], exit::INTEGRITY);
+    assert_eq!(doc["error_kind"], "decryption_failed", "{doc}");
+    assert_drill_gone(&env, &project);
+    let key = identity.to_string_lossy().into_owned();
+    let doc = drill_json(&env, &[&id, "--identity", &key], exit::OK);
+    assert_eq!(doc["drill"]["outcome"], "passed", "{doc}");
+    assert_drill_gone(&env, &project);
+}
+
 #[test]
 fn a_backup_whose_service_exits_on_start_drills_red_naming_it_while_live_keeps_running() {
     let (env, _sweep) = stack_env();

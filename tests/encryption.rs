@@ -12,7 +12,7 @@ use std::process::Command;
 use crate::util::{TestEnv, Tree, assert_same_tree, exit, write};
 
 /// Whether the `age` tools are here; under CI=true their absence fails the test.
-fn age_tools() -> bool {
+pub(crate) fn age_tools() -> bool {
     let ok = Command::new("age-keygen")
         .arg("--version")
         .output()
@@ -27,7 +27,7 @@ fn age_tools() -> bool {
 }
 
 /// A fresh age identity in `dir`; returns (identity file, public key).
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+pub(crate) fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     let out = Command::new("age-keygen")
         .arg("-o")
@@ -45,7 +45,7 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 }
 
 /// Appends `[encryption]` to the working dir's config.
-fn configure(env: &TestEnv, section: &str) {
+pub(crate) fn configure(env: &TestEnv, section: &str) {
     let path = env.work.join("config.toml");
     let mut text = fs::read_to_string(&path).unwrap();
     text.push_str("\n[encryption]\n");
@@ -54,7 +54,7 @@ fn configure(env: &TestEnv, section: &str) {
 }
 
 /// The keys live outside the working dir (as an operator keeps the identity off the host).
-fn keys_dir(env: &TestEnv) -> PathBuf {
+pub(crate) fn keys_dir(env: &TestEnv) -> PathBuf {
     let dir = env.root.join("keys");
     fs::create_dir_all(&dir).unwrap();
     dir
@@ -360,4 +360,172 @@ fn a_passphrase_round_trip_and_bad_recipients_refuse_the_backup() {
         .assert_stderr_has("encryption.recipients");
     assert_eq!(before, env.backup_files());
     assert!(env.list().is_empty());
+}
+
+/// `age -d -i IDENTITY -o OUT IN` / `age -r RECIPIENT -o OUT IN`, asserting success.
+fn age(args: &[&std::ffi::OsStr]) {
+    let out = Command::new("age").args(args).output().expect("run age");
+    assert!(out.status.success(), "age {args:?}: {out:?}");
+}
+
+#[test]
+fn verify_with_the_identity_decrypts_and_finds_a_file_altered_inside_the_ciphertext() {
+    let Some(s) = encrypted_backup() else { return };
+    let env = &s.env;
+    // Decrypt, change one file's content (same size, a valid archive otherwise), encrypt
+    // again to the same key, and make the catalog agree with the new ciphertext: only a
+    // decrypt-and-verify can tell.
+    let plain = env.root.join("plain.tar.gz");
+    age(&[
+        "-d".as_ref(),
+        "-i".as_ref(),
+        s.identity.as_os_str(),
+        "-o".as_ref(),
+        plain.as_os_str(),
+        s.archive.as_os_str(),
+    ]);
+    let mut entries = crate::archutil::read_raw(&plain);
+    let i = crate::archutil::index_of(&entries, "app/VERSION");
+    entries[i].data[0] ^= 0x01;
+    let altered = env.root.join("altered.tar.gz");
+    crate::archutil::write_raw(&altered, &entries);
+    let public = fs::read_to_string(&s.identity)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_owned))
+        .unwrap();
+    age(&[
+        "-r".as_ref(),
+        public.as_ref(),
+        "-o".as_ref(),
+        s.archive.as_os_str(),
+        altered.as_os_str(),
+    ]);
+    let id: i64 = s.id.parse().unwrap();
+    crate::archutil::catalog_set_checksum(
+        &env.db_file(),
+        id,
+        &crate::util::sha256_file(&s.archive),
+        fs::metadata(&s.archive).unwrap().len(),
+    );
+    // Without the key only the checksum is checked, and it matches.
+    env.run(&["verify", &s.id])
+        .assert_ok()
+        .assert_stderr_has("content not checked");
+    // With it, every file: exit 4 naming the file.
+    let out = env.run(&[
+        "verify".as_ref(),
+        s.id.as_ref(),
+        "--identity".as_ref(),
+        s.identity.as_os_str(),
+    ]);
+    out.assert_code(exit::INTEGRITY)
+        .assert_stderr_has("app/VERSION");
+    // A wrong key: exit 4 too, saying it cannot decrypt.
+    let (other, _) = keygen(&keys_dir(env), "other.txt");
+    env.run(&[
+        "verify".as_ref(),
+        s.id.as_ref(),
+        "--identity".as_ref(),
+        other.as_os_str(),
+    ])
+    .assert_code(exit::INTEGRITY);
+}
+
+#[test]
+fn reindex_reports_an_encrypted_archive_without_its_key_and_adds_it_with_the_key() {
+    let Some(s) = encrypted_backup() else { return };
+    let env = &s.env;
+    let row = env.list().into_iter().next().unwrap();
+    fs::remove_file(env.db_file()).unwrap();
+    // No key anywhere: not a hard failure; the archive is reported with what to pass.
+    let doc = env.run_json(&["reindex", "--json"]);
+    assert_eq!(doc["added"].as_array().unwrap().len(), 0, "{doc}");
+    let invalid = doc["invalid"].as_array().unwrap();
+    assert_eq!(invalid.len(), 1, "{doc}");
+    assert!(
+        invalid[0]["error"].as_str().unwrap().contains("--identity"),
+        "{doc}"
+    );
+    // With the identity (given, or [encryption] identity_file): its metadata is read and it
+    // is verified before it becomes a row.
+    let doc = env.run_json(&[
+        "reindex".as_ref(),
+        "--json".as_ref(),
+        "--identity".as_ref(),
+        s.identity.as_os_str(),
+    ]);
+    let added = doc["added"].as_array().unwrap();
+    assert_eq!(added.len(), 1, "{doc}");
+    assert_eq!(added[0]["file_path"], row.file_path.as_str());
+    assert_eq!(added[0]["sha256"], row.sha256.as_deref().unwrap());
+    assert_eq!(added[0]["encrypted"], true);
+    assert_eq!(added[0]["service_version"], row.service_version.as_str());
+    // A wrong key: reported, not added.
+    fs::remove_file(env.db_file()).unwrap();
+    let (other, _) = keygen(&keys_dir(env), "other.txt");
+    let doc = env.run_json(&[
+        "reindex".as_ref(),
+        "--json".as_ref(),
+        "--identity".as_ref(),
+        other.as_os_str(),
+    ]);
+    assert_eq!(doc["added"].as_array().unwrap().len(), 0, "{doc}");
+    assert_eq!(doc["invalid"].as_array().unwrap().len(), 1, "{doc}");
+}
+
+#[test]
+fn an_ssh_ed25519_recipient_round_trips_and_the_age_command_opens_it_with_the_ssh_key() {
+    if !age_tools() {
+        return;
+    }
+    let env = TestEnv::new();
+    let keys = keys_dir(&env);
+    let key = keys.join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "nuwax@test", "-f"])
+        .arg(&key)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "{out:?}");
+    let public = fs::read_to_string(keys.join("id_ed25519.pub")).unwrap();
+    configure(
+        &env,
+        &format!("recipients = [{:?}]\nscope = \"all\"\n", public.trim()),
+    );
+    let original = env.snapshot_compose();
+    let row = env.backup();
+    assert!(row.encrypted, "{row:?}");
+    env.mutate();
+    // The standard tool opens it with the ssh private key.
+    let listing = Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            "age -d -i \"$1\" \"$2\" | tar -tz",
+            "bash",
+        ])
+        .arg(&key)
+        .arg(&row.file_path)
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "{listing:?}");
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("docker-compose.yml"));
+    // And so do we: a full restore with the ssh key as --identity.
+    env.run(&[
+        "rollback".as_ref(),
+        row.id.to_string().as_ref(),
+        "--force".as_ref(),
+        "--no-start".as_ref(),
+        "--rollback-data".as_ref(),
+        "--identity".as_ref(),
+        key.as_os_str(),
+    ])
+    .assert_ok();
+    assert_same_tree(
+        "compose dir restored with the ssh key",
+        &crate::util::except(&original, crate::util::EXCLUDED),
+        &crate::util::except(&env.snapshot_compose(), crate::util::EXCLUDED),
+    );
 }

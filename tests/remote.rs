@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{EXCLUDED, Fixture, Output, TestEnv, except, noise, sha256_file, write};
 
-struct Server {
+pub(crate) struct Server {
     endpoint: String,
     key: String,
     secret: String,
@@ -46,11 +46,11 @@ fn server(var: &str) -> Option<Server> {
     })
 }
 
-fn moto() -> Option<Server> {
+pub(crate) fn moto() -> Option<Server> {
     server("NUWAX_TEST_S3_MOTO")
 }
 
-fn seaweed() -> Option<Server> {
+pub(crate) fn seaweed() -> Option<Server> {
     server("NUWAX_TEST_S3_SEAWEED")
 }
 
@@ -64,7 +64,7 @@ fn unique_bucket() -> String {
 }
 
 /// One raw HTTP/1.1 request (moto does not check signatures): status and body.
-fn http(endpoint: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+pub(crate) fn http(endpoint: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let addr = endpoint.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
@@ -89,14 +89,14 @@ fn http(endpoint: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>)
     (status, resp[body_at..].to_vec())
 }
 
-struct Remote {
+pub(crate) struct Remote {
     server: Server,
-    bucket: String,
-    endpoint: String,
+    pub(crate) bucket: String,
+    pub(crate) endpoint: String,
 }
 
 impl Remote {
-    fn new(server: Server) -> Remote {
+    pub(crate) fn new(server: Server) -> Remote {
         let bucket = unique_bucket();
         if server.moto {
             let (st, body) = http(&server.endpoint, "PUT", &format!("/{bucket}"), b"");
@@ -112,7 +112,7 @@ impl Remote {
     }
 
     /// `[remote]` for this env, through `endpoint` (the server or a proxy in front of it).
-    fn configure(&self, env: &TestEnv, endpoint: &str, extra: &str) {
+    pub(crate) fn configure(&self, env: &TestEnv, endpoint: &str, extra: &str) {
         let cfg = env.work.join("config.toml");
         let mut text = std::fs::read_to_string(&cfg).unwrap();
         if let Some(i) = text.find("\n[remote]") {
@@ -125,18 +125,18 @@ impl Remote {
         std::fs::write(cfg, text).unwrap();
     }
 
-    fn creds(&self) -> Vec<(&'static str, &OsStr)> {
+    pub(crate) fn creds(&self) -> Vec<(&'static str, &OsStr)> {
         vec![
             ("AWS_ACCESS_KEY_ID", OsStr::new(&self.server.key)),
             ("AWS_SECRET_ACCESS_KEY", OsStr::new(&self.server.secret)),
         ]
     }
 
-    fn run(&self, env: &TestEnv, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, env: &TestEnv, args: &[&str]) -> Output {
         env.run_env(args, &self.creds())
     }
 
-    fn json(&self, env: &TestEnv, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn json(&self, env: &TestEnv, args: &[&str]) -> serde_json::Value {
         let out = self.run(env, args);
         out.assert_ok();
         out.json()
@@ -144,7 +144,7 @@ impl Remote {
 }
 
 /// ~13 MiB of incompressible archive: three 5 MiB parts.
-fn big_env() -> TestEnv {
+pub(crate) fn big_env() -> TestEnv {
     let env = TestEnv::with(Fixture { large_file: true });
     write(
         &env.path("upload/media.bin"),
@@ -154,7 +154,7 @@ fn big_env() -> TestEnv {
     env
 }
 
-fn list_states(r: &Remote, env: &TestEnv) -> Vec<(String, String)> {
+pub(crate) fn list_states(r: &Remote, env: &TestEnv) -> Vec<(String, String)> {
     let doc = r.json(env, &["remote", "list", "--json"]);
     doc["backups"]
         .as_array()
@@ -169,7 +169,7 @@ fn list_states(r: &Remote, env: &TestEnv) -> Vec<(String, String)> {
         .collect()
 }
 
-fn archive_name(path: &str) -> String {
+pub(crate) fn archive_name(path: &str) -> String {
     Path::new(path)
         .file_name()
         .unwrap()
@@ -499,7 +499,7 @@ impl Drop for Proxy {
     }
 }
 
-fn recorded_parts(env: &TestEnv) -> i64 {
+pub(crate) fn recorded_parts(env: &TestEnv) -> i64 {
     let Ok(conn) = rusqlite::Connection::open_with_flags(
         env.db_file(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -903,7 +903,7 @@ fn pending_uploads(r: &Remote) -> Vec<String> {
 }
 
 /// Starts `remote push ID` and kills it (SIGKILL) once it recorded its first part.
-fn kill_push_after_first_part(r: &Remote, env: &TestEnv, id: i64) {
+pub(crate) fn kill_push_after_first_part(r: &Remote, env: &TestEnv, id: i64) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nuwax-cli"));
     cmd.arg("-C")
         .arg(&env.work)

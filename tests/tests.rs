@@ -16,6 +16,7 @@ mod demo;
 mod drill;
 mod dumps;
 mod encryption;
+mod encryption_remote;
 mod excludes;
 mod faults;
 mod gate;

@@ -618,6 +618,41 @@ fn failed_upgrade_that_adds_a_service_is_rolled_back_without_it() {
     );
 }
 
+/// Encryption on (`scope = "all"`: every local archive encrypted, recipients only, no identity
+/// anywhere on the host): the upgrade's pre-upgrade backup stays plain, so the automatic
+/// rollback restores it without a key (README "Encryption", Upgrades).
+#[test]
+fn failed_upgrade_with_encryption_on_rolls_back_from_its_plain_pre_upgrade_backup() {
+    if !crate::encryption::age_tools() {
+        return;
+    }
+    let env = running_stack();
+    let (_identity, public) =
+        crate::encryption::keygen(&crate::encryption::keys_dir(&env), "key.txt");
+    crate::encryption::configure(
+        &env,
+        &format!("recipients = [\"{public}\"]\nscope = \"all\"\n"),
+    );
+    let before = env.snapshot_compose();
+    let config_before = config_text(&env);
+    let command = format!(r#"["sh", "-c", "{DAMAGE}; exec sleep 3600"]"#);
+    let release = Release {
+        version: "3.0.0",
+        compose: db_yaml("3.0.0", &command, NEVER_HEALTHY, ""),
+        env_file: None,
+    };
+    let (package, _) = release.pack(&env, "rel-encrypted-host.tar.gz");
+    let out = upgrade(
+        &env,
+        &package,
+        &["--version", "3.0.0", "--health-timeout", "20s"],
+    );
+    assert_rolled_back(&env, &before, &config_before, &out);
+    let rows = env.list();
+    assert!(!rows[0].encrypted, "{rows:#?}");
+    assert!(rows[0].file_path.ends_with(".tar.gz"), "{rows:#?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Packages refused before anything happens
 

@@ -254,6 +254,11 @@ pub fn tree_diff(expected: &Tree, actual: &Tree) -> Vec<String> {
     out
 }
 
+/// SHA-256 of bytes (lowercase hex).
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 pub fn sha256_file(path: &Path) -> String {
     let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut h = Sha256::new();

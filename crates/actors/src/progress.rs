@@ -27,6 +27,10 @@ pub enum Phase {
     Waiting,
     Uploading,
     Downloading,
+    /// A plain archive encrypted into a staged file before it is uploaded.
+    Encrypting,
+    /// An encrypted copy decrypted into the plain archive after it was downloaded.
+    Decrypting,
     /// A rollback removes the replaced files, after the services were started.
     Removing,
 }
@@ -46,6 +50,8 @@ impl Phase {
             Phase::Waiting => "waiting for health",
             Phase::Uploading => "uploading",
             Phase::Downloading => "downloading",
+            Phase::Encrypting => "encrypting",
+            Phase::Decrypting => "decrypting",
             Phase::Removing => "removing replaced files",
         }
     }

@@ -311,9 +311,44 @@ pub struct Sidecar {
     pub uploaded_at: String,
     /// `nuwax-cli <version>` that uploaded it.
     pub tool: String,
+    /// Set for a plain local archive encrypted on its way out (README "Encryption",
+    /// `scope = "remote"`): the plain archive's SHA-256 (the catalog's checksum of the
+    /// backup). `archive`, `size` and `sha256` are then the ciphertext's
+    /// (`<name>.tar.gz.age`), and a pull decrypts it back into `<name>.tar.gz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_sha256: Option<String>,
+    /// The plain archive's size, with `plain_sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_size: Option<u64>,
+    /// Fingerprints of the keys an encrypted copy was encrypted to (`sha256:…`, `scrypt`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
 }
 
 impl Sidecar {
+    /// The name of the local archive this copy is: the plain `<name>.tar.gz` of a copy
+    /// encrypted on its way out (a pull decrypts it there), else the object's own name.
+    pub fn local_archive(&self) -> &str {
+        match self.plain_sha256 {
+            Some(_) => self
+                .archive
+                .strip_suffix(crate::encryption::AGE_SUFFIX)
+                .unwrap_or(&self.archive),
+            None => &self.archive,
+        }
+    }
+
+    /// The checksum the catalog records for the backup of this copy: the plain archive's
+    /// for a copy encrypted on its way out, else the object's.
+    pub fn local_sha256(&self) -> &str {
+        self.plain_sha256.as_deref().unwrap_or(&self.sha256)
+    }
+
+    /// The size of the local archive of this copy.
+    pub fn local_size(&self) -> u64 {
+        self.plain_size.unwrap_or(self.size)
+    }
+
     /// Parses a sidecar fetched from the remote; its archive name must be a plain
     /// `backup_*.tar.gz`-like file name (it becomes a path in the storage dir).
     pub fn parse(bytes: &[u8], key: &str) -> Result<Sidecar, Error> {
@@ -324,7 +359,12 @@ impl Sidecar {
         let name_ok = crate::relpath::RelPath::from_name(std::ffi::OsStr::new(&s.archive)).is_ok()
             && crate::encryption::is_archive_name(&s.archive)
             && !s.archive.contains('/');
-        if !name_ok || s.sha256.len() != 64 || !s.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let is_sha = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        let plain_ok = match &s.plain_sha256 {
+            None => true,
+            Some(h) => is_sha(h) && crate::encryption::is_encrypted_name(Path::new(&s.archive)),
+        };
+        if !name_ok || !plain_ok || !is_sha(&s.sha256) {
             return Err(Error::Corrupt {
                 path: PathBuf::from(key),
                 detail: format!(
@@ -440,6 +480,9 @@ mod tests {
             compose_project: None,
             uploaded_at: "2026-01-01T00:00:00Z".into(),
             tool: "t".into(),
+            plain_sha256: None,
+            plain_size: None,
+            recipients: Vec::new(),
         };
         let bytes = serde_json::to_vec(&good).unwrap();
         assert_eq!(Sidecar::parse(&bytes, "k").unwrap(), good);

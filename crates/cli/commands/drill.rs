@@ -25,6 +25,9 @@ pub(crate) struct Args {
     /// [upgrade] health_timeout).
     #[arg(long, value_name = "D", value_parser = super::upgrade::parse_duration)]
     pub timeout: Option<Duration>,
+    /// The key of an encrypted backup (as for `rollback`).
+    #[command(flatten)]
+    pub key: super::encryption::KeyArgs,
     /// Print the result as one JSON document.
     #[arg(long)]
     pub json: bool,

@@ -61,6 +61,10 @@ pub(crate) fn key_source(cmd: &Command) -> Option<nuwax_actors::KeySource> {
         Command::Diff(a) => a.key.source(),
         Command::Restore(a) => a.key.source(),
         Command::Encryption(a) => a.action.key().source(),
+        Command::Remote(a) => a.action.key(),
+        Command::Drill(a) => a.key.source(),
+        Command::Reindex(a) => a.key.source(),
+        Command::Import(a) => a.key.source(),
         _ => None,
     }
 }

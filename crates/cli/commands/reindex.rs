@@ -24,6 +24,10 @@ pub(crate) struct Args {
     /// them.
     #[arg(long)]
     pub remote: bool,
+    /// The key to read encrypted archives (`*.tar.gz.age`) with; without it (and without
+    /// [encryption] identity_file) they are reported, not added.
+    #[command(flatten)]
+    pub key: super::encryption::KeyArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -33,6 +37,9 @@ pub(crate) struct ImportArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// The key of an encrypted archive: it is decrypted and verified before it is adopted.
+    #[command(flatten)]
+    pub key: super::encryption::KeyArgs,
 }
 
 #[derive(Serialize)]

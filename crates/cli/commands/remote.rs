@@ -52,6 +52,9 @@ pub(crate) struct JsonArgs {
 pub(crate) struct PullArgs {
     /// Catalog ID, or the archive's file name as `remote list` shows it.
     pub backup: String,
+    /// The key of an encrypted copy: it is decrypted and verified before it is added.
+    #[command(flatten)]
+    pub key: super::encryption::KeyArgs,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +95,14 @@ impl Action {
             Action::Pull(a) => a.json,
             Action::Verify(a) => a.target.json,
             Action::Prune(a) => a.json,
+        }
+    }
+
+    /// The key given for an encrypted copy (`remote pull --identity`).
+    pub(crate) fn key(&self) -> Option<nuwax_actors::KeySource> {
+        match self {
+            Action::Pull(a) => a.key.source(),
+            _ => None,
         }
     }
 

@@ -44,7 +44,7 @@ pub use model::{
     BackupCompletion, BackupRecord, BackupStatus, BackupType, DrillOutcome, DrillRecord, NewBackup,
     Operation, OperationKind, OperationState, UpgradeOutcome, UpgradeRecord,
 };
-pub use remote::{RemoteCopyRecord, RemoteUpload};
+pub use remote::{PushEncryption, RemoteCopyRecord, RemoteUpload};
 
 /// How an encrypted archive was encrypted (catalog table `backup_encryption`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +205,14 @@ const SCHEMA: &[(&str, &[&str])] = &[
     (
         "backup_encryption",
         &["backup_id", "ciphertext_sha256", "recipients"],
+    ),
+    (
+        "remote_upload_encryption",
+        &["object_key", "plain_sha256", "recipients"],
+    ),
+    (
+        "remote_copy_encryption",
+        &["backup_id", "plain_sha256", "recipients"],
     ),
     (
         "operations",

@@ -162,4 +162,23 @@ CREATE TABLE backup_encryption (
 );
 "#,
     ),
+    // 7 (issue 13, `scope = "remote"`): a plain archive encrypted on its way to the remote.
+    // The upload in progress of such a copy sends a staged ciphertext file: its plain
+    // archive's SHA-256 and the recipients' fingerprints say whether that file may be resumed
+    // (goes with the upload). The completed copy keeps the same facts (goes with the copy);
+    // `remote_copies.sha256` is then the ciphertext's, `backups.sha256` the plain archive's.
+    M::up(
+        r#"
+CREATE TABLE remote_upload_encryption (
+    object_key   TEXT PRIMARY KEY NOT NULL REFERENCES remote_uploads(object_key) ON DELETE CASCADE,
+    plain_sha256 TEXT NOT NULL,
+    recipients   TEXT NOT NULL
+);
+CREATE TABLE remote_copy_encryption (
+    backup_id    INTEGER PRIMARY KEY NOT NULL REFERENCES remote_copies(backup_id) ON DELETE CASCADE,
+    plain_sha256 TEXT NOT NULL,
+    recipients   TEXT NOT NULL
+);
+"#,
+    ),
 ];

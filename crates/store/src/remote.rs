@@ -39,6 +39,34 @@ pub struct RemoteCopyRecord {
     pub verified_at: Option<DateTime<Utc>>,
 }
 
+/// How a remote copy (or the upload in progress of one) was encrypted on its way out: a plain
+/// local archive sealed with age to the configured recipients (`[encryption] scope =
+/// "remote"`). The object's own size and SHA-256 are the ciphertext's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushEncryption {
+    /// SHA-256 of the plain archive that was encrypted (the backup's catalog checksum).
+    pub plain_sha256: String,
+    /// A fingerprint per recipient (`sha256:…`), or `scrypt` for a passphrase.
+    pub recipients: Vec<String>,
+}
+
+fn encode_recipients(list: &[String]) -> Result<String> {
+    serde_json::to_string(list)
+        .map_err(|e| crate::Error::Corrupt(format!("cannot encode recipients: {e}")))
+}
+
+fn decode_push_encryption(plain_sha256: String, recipients: &str) -> Result<PushEncryption> {
+    let recipients = serde_json::from_str(recipients).map_err(|e| {
+        crate::Error::Corrupt(format!(
+            "remote encryption: bad recipients {recipients:?}: {e}"
+        ))
+    })?;
+    Ok(PushEncryption {
+        plain_sha256,
+        recipients,
+    })
+}
+
 /// object_key, backup_id, upload_id, archive_sha256, size, part_size, started_at.
 type UploadRow = (String, Option<i64>, String, String, i64, i64, String);
 
@@ -78,6 +106,16 @@ fn time(s: String) -> Result<DateTime<Utc>> {
 impl Store {
     /// Records a new multipart upload (replacing any earlier record for the same object).
     pub fn begin_remote_upload(&self, u: &RemoteUpload) -> Result<()> {
+        self.begin_upload_with(u, None)
+    }
+
+    /// Records a new multipart upload of a ciphertext staged from a plain archive, with how
+    /// it was encrypted, in one transaction (replacing any earlier record for the object).
+    pub fn begin_encrypted_upload(&self, u: &RemoteUpload, enc: &PushEncryption) -> Result<()> {
+        self.begin_upload_with(u, Some(enc))
+    }
+
+    fn begin_upload_with(&self, u: &RemoteUpload, enc: Option<&PushEncryption>) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "DELETE FROM remote_uploads WHERE object_key = ?1",
@@ -97,8 +135,97 @@ impl Store {
                 encode_time(u.started_at),
             ],
         )?;
+        if let Some(enc) = enc {
+            tx.execute(
+                "INSERT INTO remote_upload_encryption (object_key, plain_sha256, recipients) \
+                 VALUES (?1, ?2, ?3)",
+                params![
+                    u.object_key,
+                    enc.plain_sha256,
+                    encode_recipients(&enc.recipients)?
+                ],
+            )?;
+        }
         tx.commit()?;
         Ok(())
+    }
+
+    /// How the upload in progress of `object_key` was encrypted (`None`: it sends the archive
+    /// file as it is, or there is no such upload).
+    pub fn upload_encryption(&self, object_key: &str) -> Result<Option<PushEncryption>> {
+        let row: Option<(String, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT plain_sha256, recipients FROM remote_upload_encryption \
+                 WHERE object_key = ?1",
+            )?
+            .query_row([object_key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        row.map(|(sha, rec)| decode_push_encryption(sha, &rec))
+            .transpose()
+    }
+
+    /// Records (or replaces) the completed remote copy of a backup with how it was encrypted
+    /// on its way out (`None`: the object is the archive file itself), and forgets its
+    /// upload, in one transaction.
+    pub fn set_remote_copy_encrypted(
+        &self,
+        c: &RemoteCopyRecord,
+        enc: Option<&PushEncryption>,
+    ) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO remote_copies (backup_id, object_key, size, sha256, uploaded_at, \
+                                        verified_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT(backup_id) DO UPDATE SET object_key = excluded.object_key, \
+                 size = excluded.size, sha256 = excluded.sha256, \
+                 uploaded_at = excluded.uploaded_at, verified_at = excluded.verified_at",
+            params![
+                c.backup_id,
+                c.object_key,
+                encode_u64(c.size, "remote size")?,
+                c.sha256,
+                encode_time(c.uploaded_at),
+                c.verified_at.map(encode_time),
+            ],
+        )
+        .map_err(|e| crate::backup_fk(e, c.backup_id))?;
+        tx.execute(
+            "DELETE FROM remote_uploads WHERE object_key = ?1",
+            [&c.object_key],
+        )?;
+        tx.execute(
+            "DELETE FROM remote_copy_encryption WHERE backup_id = ?1",
+            [c.backup_id],
+        )?;
+        if let Some(enc) = enc {
+            tx.execute(
+                "INSERT INTO remote_copy_encryption (backup_id, plain_sha256, recipients) \
+                 VALUES (?1, ?2, ?3)",
+                params![
+                    c.backup_id,
+                    enc.plain_sha256,
+                    encode_recipients(&enc.recipients)?
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// How each remote copy encrypted on its way out was encrypted, by backup id.
+    pub fn remote_copy_encryption(&self) -> Result<Vec<(i64, PushEncryption)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT backup_id, plain_sha256, recipients FROM remote_copy_encryption \
+             ORDER BY backup_id",
+        )?;
+        let rows: Vec<(i64, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(id, sha, rec)| Ok((id, decode_push_encryption(sha, &rec)?)))
+            .collect()
     }
 
     /// Records one finished part of an upload (idempotent: a resent part replaces its ETag).
@@ -187,30 +314,7 @@ impl Store {
     /// Records (or replaces) the completed remote copy of a backup and forgets its upload,
     /// in one transaction.
     pub fn set_remote_copy(&self, c: &RemoteCopyRecord) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
-        tx.execute(
-            "INSERT INTO remote_copies (backup_id, object_key, size, sha256, uploaded_at, \
-                                        verified_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT(backup_id) DO UPDATE SET object_key = excluded.object_key, \
-                 size = excluded.size, sha256 = excluded.sha256, \
-                 uploaded_at = excluded.uploaded_at, verified_at = excluded.verified_at",
-            params![
-                c.backup_id,
-                c.object_key,
-                encode_u64(c.size, "remote size")?,
-                c.sha256,
-                encode_time(c.uploaded_at),
-                c.verified_at.map(encode_time),
-            ],
-        )
-        .map_err(|e| crate::backup_fk(e, c.backup_id))?;
-        tx.execute(
-            "DELETE FROM remote_uploads WHERE object_key = ?1",
-            [&c.object_key],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.set_remote_copy_encrypted(c, None)
     }
 
     pub fn get_remote_copy(&self, backup_id: i64) -> Result<Option<RemoteCopyRecord>> {
@@ -313,5 +417,60 @@ mod tests {
                 .parts
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn push_encryption_goes_with_its_upload_and_its_copy() {
+        let s = Store::open_in_memory().unwrap();
+        let enc = PushEncryption {
+            plain_sha256: "cd".into(),
+            recipients: vec!["sha256:0123456789abcdef".into()],
+        };
+        s.begin_encrypted_upload(&upload("s3://b/x.age"), &enc)
+            .unwrap();
+        assert_eq!(
+            s.upload_encryption("s3://b/x.age").unwrap(),
+            Some(enc.clone())
+        );
+        // A new plain upload of the object forgets how the old one was encrypted.
+        s.begin_remote_upload(&upload("s3://b/x.age")).unwrap();
+        assert_eq!(s.upload_encryption("s3://b/x.age").unwrap(), None);
+        s.begin_encrypted_upload(&upload("s3://b/x.age"), &enc)
+            .unwrap();
+        let id = s
+            .insert_backup(&crate::NewBackup {
+                file_path: "/b/x".into(),
+                backup_type: crate::BackupType::Manual,
+                service_version: "1".into(),
+                created_at: Utc::now(),
+                owner_pid: 1,
+                compose_project: None,
+            })
+            .unwrap();
+        let copy = RemoteCopyRecord {
+            backup_id: id,
+            object_key: "s3://b/x.age".into(),
+            size: 12,
+            sha256: "ab".into(),
+            uploaded_at: Utc::now(),
+            verified_at: None,
+        };
+        s.set_remote_copy_encrypted(&copy, Some(&enc)).unwrap();
+        // The completed upload and its encryption record are gone; the copy keeps the facts.
+        assert_eq!(s.upload_encryption("s3://b/x.age").unwrap(), None);
+        assert_eq!(s.remote_copy_encryption().unwrap(), vec![(id, enc)]);
+        // Replaced by a copy sent as it is: no encryption facts left.
+        s.set_remote_copy(&copy).unwrap();
+        assert!(s.remote_copy_encryption().unwrap().is_empty());
+        s.set_remote_copy_encrypted(
+            &copy,
+            Some(&PushEncryption {
+                plain_sha256: "ef".into(),
+                recipients: vec!["scrypt".into()],
+            }),
+        )
+        .unwrap();
+        s.delete_remote_copy(id).unwrap();
+        assert!(s.remote_copy_encryption().unwrap().is_empty());
     }
 }

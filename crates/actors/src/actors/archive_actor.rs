@@ -49,6 +49,12 @@ pub(crate) enum ArchiveMsg {
     },
     /// The archive's `info.json`, or `None` when it has no metadata (a legacy archive).
     ProbeInfo(PathBuf, Reply<Option<ArchiveInfo>>),
+    /// [`ArchiveMsg::ProbeInfo`] of an archive that may be encrypted, with its key.
+    ProbeInfoWith(
+        PathBuf,
+        Option<crate::encryption::DecryptKey>,
+        Reply<Option<ArchiveInfo>>,
+    ),
     /// Reads a legacy archive once: its SHA-256 and manifest (`archive::adopt_legacy`).
     AdoptLegacy {
         path: PathBuf,
@@ -152,6 +158,10 @@ impl Actor for ArchiveActor {
             ArchiveMsg::ProbeInfo(path, r) => {
                 reply(r, blocking(move || archive::probe_info(&path)).await)
             }
+            ArchiveMsg::ProbeInfoWith(path, key, r) => reply(
+                r,
+                blocking(move || archive::probe_info_with(&path, key.as_ref())).await,
+            ),
             ArchiveMsg::AdoptLegacy {
                 path,
                 name,

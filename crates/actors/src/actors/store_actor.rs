@@ -110,7 +110,14 @@ pub(crate) enum StoreMsg {
     DeleteRemoteUpload(String, Reply<()>),
     ListRemoteUploads(Reply<Vec<RemoteUpload>>),
     GetRemoteUpload(String, Reply<Option<RemoteUpload>>),
-    SetRemoteCopy(Box<RemoteCopyRecord>, Reply<()>),
+    /// A plain archive encrypted on its way out: its upload, the facts, in one transaction.
+    BeginEncryptedUpload(Box<RemoteUpload>, nuwax_store::PushEncryption, Reply<()>),
+    UploadEncryption(String, Reply<Option<nuwax_store::PushEncryption>>),
+    SetEncryptedRemoteCopy(
+        Box<RemoteCopyRecord>,
+        Option<nuwax_store::PushEncryption>,
+        Reply<()>,
+    ),
     DeleteRemoteCopy(i64, Reply<()>),
     GetRemoteCopy(i64, Reply<Option<RemoteCopyRecord>>),
     ListRemoteCopies(Reply<Vec<RemoteCopyRecord>>),
@@ -259,7 +266,17 @@ impl Actor for StoreActor {
             StoreMsg::GetRemoteUpload(key, r) => {
                 reply(r, st.run(move |s| s.get_remote_upload(&key)).await)
             }
-            StoreMsg::SetRemoteCopy(c, r) => reply(r, st.run(move |s| s.set_remote_copy(&c)).await),
+            StoreMsg::BeginEncryptedUpload(u, enc, r) => {
+                reply(r, st.run(move |s| s.begin_encrypted_upload(&u, &enc)).await)
+            }
+            StoreMsg::UploadEncryption(key, r) => {
+                reply(r, st.run(move |s| s.upload_encryption(&key)).await)
+            }
+            StoreMsg::SetEncryptedRemoteCopy(c, enc, r) => reply(
+                r,
+                st.run(move |s| s.set_remote_copy_encrypted(&c, enc.as_ref()))
+                    .await,
+            ),
             StoreMsg::DeleteRemoteCopy(id, r) => {
                 reply(r, st.run(move |s| s.delete_remote_copy(id)).await)
             }

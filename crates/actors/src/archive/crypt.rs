@@ -130,6 +130,192 @@ pub fn check_key(path: &std::path::Path, key: &DecryptKey) -> Result<()> {
         })
 }
 
+/// A file written through a hasher: the SHA-256 and length of what reached the file.
+struct HashingFile {
+    file: File,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use sha2::Digest;
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// A file's size and SHA-256 (lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDigest {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Copies `input` to `out` in blocks while hashing it and reporting progress; `Ok(None)`
+/// when cancelled.
+fn pump(
+    mut input: impl Read,
+    out: &mut impl Write,
+    progress: &crate::progress::Progress,
+    cancel: &super::CancelFlag,
+) -> io::Result<Option<(u64, String)>> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; BLOCK];
+    let mut len = 0u64;
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        len += n as u64;
+        progress.advance(len, 0, None);
+    }
+    Ok(Some((len, hex::encode(hasher.finalize()))))
+}
+
+/// Encrypts the plain archive `src` to `encryption`'s recipients into `dest`: written as
+/// `dest.partial`, fsynced, renamed, its directory synced. The plain bytes must hash to
+/// `plain_sha256` (the catalog's checksum), else nothing is left and the error is a checksum
+/// mismatch (exit 4). Returns the ciphertext's size and SHA-256.
+pub fn seal_file(
+    src: &std::path::Path,
+    dest: &std::path::Path,
+    encryption: &Encryption,
+    plain_sha256: &str,
+    progress: &crate::progress::Progress,
+    cancel: &super::CancelFlag,
+) -> Result<FileDigest> {
+    use crate::error::IoContext;
+    use sha2::Digest;
+    let input = File::open(src).ctx("cannot open archive", src)?;
+    let total = input.metadata().ctx("cannot stat archive", src)?.len();
+    let partial = crate::fsutil::partial_path(dest);
+    let out = File::create(&partial).ctx("cannot create", &partial)?;
+    let result = (|| {
+        let sink = HashingFile {
+            file: out,
+            hasher: sha2::Sha256::new(),
+            len: 0,
+        };
+        let mut w = encryption
+            .writer(io::BufWriter::with_capacity(BLOCK, sink))
+            .ctx("cannot encrypt into", &partial)?;
+        progress.phase(crate::progress::Phase::Encrypting, Some(total), None);
+        let (_, actual) = pump(
+            BufReader::with_capacity(BLOCK, input),
+            &mut w,
+            progress,
+            cancel,
+        )
+        .ctx("cannot encrypt", src)?
+        .ok_or(Error::Interrupted)?;
+        let sink = w
+            .finish()
+            .and_then(|b| b.into_inner().map_err(|e| e.into_error()))
+            .ctx("cannot write", &partial)?;
+        if actual != plain_sha256 {
+            return Err(Error::ChecksumMismatch {
+                path: src.to_path_buf(),
+                expected: plain_sha256.to_string(),
+                actual,
+            });
+        }
+        sink.file.sync_all().ctx("cannot sync", &partial)?;
+        progress.finish_phase(total, 0);
+        Ok(FileDigest {
+            size: sink.len,
+            sha256: hex::encode(sink.hasher.finalize()),
+        })
+    })();
+    let sealed = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, dest).ctx("cannot rename into place", dest)?;
+    crate::fsutil::sync_parent(dest)?;
+    Ok(sealed)
+}
+
+/// Decrypts the age file `src` with `key` into `dest` (the plain `.tar.gz`; written as is,
+/// the caller renames it). A key that does not open it, or a damaged ciphertext, is
+/// [`Error::Decrypt`] (exit 4). Returns the plaintext's size and SHA-256.
+pub fn unseal_file(
+    src: &std::path::Path,
+    dest: &std::path::Path,
+    key: &DecryptKey,
+    progress: &crate::progress::Progress,
+    cancel: &super::CancelFlag,
+) -> Result<FileDigest> {
+    use crate::error::IoContext;
+    let input = File::open(src).ctx("cannot open archive", src)?;
+    let total = input.metadata().ctx("cannot stat archive", src)?.len();
+    let plain = key
+        .decryptor(BufReader::with_capacity(BLOCK, input))
+        .map_err(|detail| Error::Decrypt {
+            path: src.to_path_buf(),
+            detail,
+        })?;
+    let out = File::create(dest).ctx("cannot create", dest)?;
+    let mut w = io::BufWriter::with_capacity(BLOCK, out);
+    progress.phase(crate::progress::Phase::Decrypting, Some(total), None);
+    let mut reader = ReadFailed {
+        inner: plain,
+        failed: false,
+    };
+    let (size, sha256) = match pump(&mut reader, &mut w, progress, cancel) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(Error::Interrupted),
+        // age authenticates each chunk: a damaged or truncated ciphertext fails here.
+        Err(e) if reader.failed => {
+            return Err(Error::Decrypt {
+                path: src.to_path_buf(),
+                detail: format!("the ciphertext is damaged or truncated: {e}"),
+            });
+        }
+        Err(e) => return Err(Error::io("cannot write", dest, e)),
+    };
+    let out = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .ctx("cannot write", dest)?;
+    out.sync_all().ctx("cannot sync", dest)?;
+    progress.finish_phase(size, 0);
+    Ok(FileDigest { size, sha256 })
+}
+
+/// A reader that remembers whether it failed (to tell a read error from a write error).
+struct ReadFailed<R> {
+    inner: R,
+    failed: bool,
+}
+
+impl<R: Read> Read for ReadFailed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.inner.read(buf);
+        if matches!(&r, Err(e) if e.kind() != io::ErrorKind::Interrupted) {
+            self.failed = true;
+        }
+        r
+    }
+}
+
 /// Plaintext decrypted on a thread of its own, in blocks.
 struct Decrypted {
     blocks: Receiver<io::Result<Vec<u8>>>,

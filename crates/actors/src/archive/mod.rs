@@ -56,7 +56,9 @@ pub use legacy::{LEGACY_ITEMS, LegacyAdoption, LegacyName, adopt_legacy};
 pub use listing::{Listing, list};
 #[cfg(any(test, feature = "test-support"))]
 pub use verify::read_info;
-pub use verify::{probe_info, read_dump, read_info_with, sha256_file, verify, verify_against};
+pub use verify::{
+    probe_info, probe_info_with, read_dump, read_info_with, sha256_file, verify, verify_against,
+};
 
 /// Set from a signal handler (SIGINT, SIGTERM, SIGHUP); long-running work checks it between
 /// entries, chunks and polls and returns [`crate::error::Error::Interrupted`] after cleaning up.

@@ -140,6 +140,9 @@ pub(crate) async fn reindex(ctx: &Ctx, progress: Progress) -> Result<ReindexRepo
         moved_aside: ctx.store(StoreMsg::MovedAside).await?,
         ..ReindexReport::default()
     };
+    // An encrypted archive's metadata is inside its ciphertext: read with the key given
+    // (`--identity`, `[encryption] identity_file`), else reported, never a hard failure.
+    let key = ctx.given_key()?;
     let mut candidates = Vec::new();
     for f in files.drain(..) {
         let p = f.clone();
@@ -151,8 +154,15 @@ pub(crate) async fn reindex(ctx: &Ctx, progress: Progress) -> Result<ReindexRepo
             report.known += 1;
             continue;
         }
-        let p = f.clone();
-        let created_at = match ctx.archive(|r| ArchiveMsg::ProbeInfo(p, r)).await {
+        if crate::encryption::is_encrypted_name(&f) && key.is_none() {
+            report.invalid.push((
+                f,
+                "it is encrypted (age) and its metadata is inside the ciphertext: run `nuwax-cli reindex --identity FILE` (or --passphrase-file FILE, or set [encryption] identity_file) to add it".into(),
+            ));
+            continue;
+        }
+        let (p, k) = (f.clone(), key.clone());
+        let created_at = match ctx.archive(|r| ArchiveMsg::ProbeInfoWith(p, k, r)).await {
             Ok(Some(info)) => parse_created_at(&info),
             // No metadata: an archive of the original nuwax-cli, dated by its name.
             Ok(None) => legacy_name(&f).map(|n| n.created_at),
@@ -462,6 +472,12 @@ pub(crate) async fn delete_backup(ctx: &Ctx, id: i64, remote: bool) -> Result<De
             .and_then(|n| n.to_str())
             .ok_or_else(|| Error::Usage(format!("{} has no UTF-8 file name", path.display())))?
             .to_string();
+        // A copy encrypted on its way out is `<name>.age` on the remote.
+        let sealed = format!("{name}{}", crate::encryption::AGE_SUFFIX);
+        let name = match &copy {
+            Some(c) if c.object_key == rs.object_key(&sealed) => sealed,
+            _ => name,
+        };
         let key = rs.object_key(&name);
         if let Some(c) = &copy
             && c.object_key != key

@@ -16,13 +16,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use nuwax_store::{BackupRecord, BackupStatus, BackupType, RemoteCopyRecord, RemoteUpload};
+use nuwax_store::{
+    BackupRecord, BackupStatus, BackupType, PushEncryption, RemoteCopyRecord, RemoteUpload,
+};
 use sha2::{Digest, Sha256};
 
 use super::{BackupEntry, Ctx};
 use crate::actors::archive_actor::ArchiveMsg;
 use crate::actors::remote_actor::{Deleted, PendingUpload, RemoteListing, RemoteMsg};
 use crate::actors::store_actor::StoreMsg;
+use crate::encryption::Encryption;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Phase, Progress};
 use crate::remote::{MAX_PARTS, RemoteSettings, Sidecar};
@@ -191,16 +194,41 @@ pub(crate) async fn push(
 async fn abort_stale(ctx: &Ctx, rs: &RemoteSettings) -> Result<Vec<String>> {
     let mut aborted = Vec::new();
     let base = format!("s3://{}/", rs.bucket);
+    // The recipients a staged ciphertext must have been encrypted to, to be resumed.
+    let paths = &ctx.settings.paths;
+    let recipients = ctx
+        .settings
+        .config
+        .encryption
+        .encryptor(&paths.config_file, &paths.work_dir)
+        .ok()
+        .flatten()
+        .map(|e| e.fingerprints);
+    let mut kept = Vec::new();
     for u in ctx.store(StoreMsg::ListRemoteUploads).await? {
         let backup = match u.backup_id {
             Some(id) => ctx.store(move |r| StoreMsg::GetBackup(id, r)).await?,
             None => None,
         };
-        let live = backup.as_ref().is_some_and(|b| {
-            b.sha256.as_deref() == Some(u.archive_sha256.as_str())
-                && archive_name(&b.file_path).is_ok_and(|n| rs.object_key(&n) == u.object_key)
+        let k = u.object_key.clone();
+        let encrypted = ctx.store(|r| StoreMsg::UploadEncryption(k, r)).await?;
+        let live = backup.as_ref().is_some_and(|b| match &encrypted {
+            None => {
+                b.sha256.as_deref() == Some(u.archive_sha256.as_str())
+                    && archive_name(&b.file_path).is_ok_and(|n| rs.object_key(&n) == u.object_key)
+            }
+            // A staged ciphertext of this archive, to the keys configured now.
+            Some(f) => {
+                b.sha256.as_deref() == Some(f.plain_sha256.as_str())
+                    && recipients.as_ref() == Some(&f.recipients)
+                    && archive_name(&b.file_path).is_ok_and(|n| {
+                        rs.object_key(&format!("{n}{}", crate::encryption::AGE_SUFFIX))
+                            == u.object_key
+                    })
+            }
         }) && u.part_size == rs.part_size;
         if live {
+            kept.push(u.object_key);
             continue;
         }
         if let Some(path) = u.object_key.strip_prefix(&base) {
@@ -211,8 +239,28 @@ async fn abort_stale(ctx: &Ctx, rs: &RemoteSettings) -> Result<Vec<String>> {
         ctx.store(|r| StoreMsg::DeleteRemoteUpload(key, r)).await?;
         aborted.push(u.object_key);
     }
+    remove_stale_staged(ctx, rs, &kept);
     aborted.extend(abort_orphans(ctx, rs).await?);
     Ok(aborted)
+}
+
+/// Removes staged ciphertexts no live upload sends (an upload aborted above, a crash while
+/// encrypting, a changed remote).
+fn remove_stale_staged(ctx: &Ctx, rs: &RemoteSettings, live: &[String]) {
+    let Ok(rd) = std::fs::read_dir(staging_dir(ctx)) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let keep = name
+            .to_str()
+            .is_some_and(|n| live.contains(&rs.object_key(n)));
+        if !keep && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    // Only when empty.
+    let _ = std::fs::remove_dir(staging_dir(ctx));
 }
 
 /// A day: a younger upload may be another host's push in progress.
@@ -282,6 +330,44 @@ async fn abort_orphans(ctx: &Ctx, rs: &RemoteSettings) -> Result<Vec<String>> {
     Ok(aborted)
 }
 
+/// The dir of the storage dir where a plain archive's ciphertext is staged while it is
+/// pushed (`scope = "remote"`); never scanned as archives (`reindex` reads only the storage
+/// dir's own files).
+pub(crate) const PUSH_STAGING_DIR: &str = ".nuwax-push";
+
+fn staging_dir(ctx: &Ctx) -> PathBuf {
+    ctx.settings.paths.storage_dir.join(PUSH_STAGING_DIR)
+}
+
+/// Where the ciphertext of the remote object `name` is staged.
+fn staged_path(ctx: &Ctx, name: &str) -> PathBuf {
+    staging_dir(ctx).join(name)
+}
+
+/// The keys a plain archive is encrypted to on its way out: `None` without `[encryption]`,
+/// or for an archive encrypted here already (`scope = "all"`), which goes up as it is.
+fn push_encryption(ctx: &Ctx, entry: &BackupEntry) -> Result<Option<Encryption>> {
+    if entry.encrypted {
+        return Ok(None);
+    }
+    let paths = &ctx.settings.paths;
+    ctx.settings
+        .config
+        .encryption
+        .encryptor(&paths.config_file, &paths.work_dir)
+}
+
+/// What one push sends: the archive file itself, or a ciphertext staged from it.
+struct Source {
+    /// The file whose bytes become the object.
+    file: PathBuf,
+    size: u64,
+    /// The object's SHA-256.
+    sha256: String,
+    /// How a staged ciphertext was encrypted (`None`: the archive file is sent as it is).
+    encryption: Option<PushEncryption>,
+}
+
 async fn push_one(
     ctx: &Ctx,
     rs: &RemoteSettings,
@@ -303,13 +389,10 @@ async fn push_one(
             "backup {id} was made by the original nuwax-cli and is not pushed: its manifest lives only in this catalog, so a copy could not be verified on another host; take a new backup (nuwax-cli backup) and push that"
         )));
     }
-    if ctx.settings.config.encryption.enabled() && !entry.encrypted {
-        // Offsite copies must be unreadable to whoever holds the bucket: a plain archive
-        // (a PreUpgrade backup, one made before encryption was set up) is not sent.
-        return Err(Error::Refused(format!(
-            "backup {id} is not encrypted and [encryption] is configured, so it is not pushed: an offsite copy must be encrypted (encrypting at push time is not supported yet; with scope = \"all\" new backups are encrypted here and pushed as they are)"
-        )));
-    }
+    // With [encryption], a plain archive (scope = "remote", a PreUpgrade backup, one made
+    // before encryption was set up) is encrypted on its way out: nothing plain reaches the
+    // bucket. A key that does not parse refuses the push (exit 2) before anything is sent.
+    let seal = push_encryption(ctx, entry)?;
     if !entry.file_exists {
         return Err(Error::Usage(format!(
             "backup {id}'s archive {} is not here; nothing to push",
@@ -320,18 +403,25 @@ async fn push_one(
         .sha256
         .clone()
         .ok_or_else(|| Error::Usage(format!("backup {id} has no recorded checksum")))?;
-    let name = archive_name(&rec.file_path)?;
-    let size = entry.file_size.unwrap_or(0);
+    let local_name = archive_name(&rec.file_path)?;
+    let local_size = entry.file_size.unwrap_or(0);
+    let name = match seal {
+        Some(_) => format!("{local_name}{}", crate::encryption::AGE_SUFFIX),
+        None => local_name,
+    };
     let key = rs.object_key(&name);
     let n = name.clone();
     if let Some(existing) = ctx.remote(|r| RemoteMsg::GetSidecar(n, r)).await? {
-        if existing.sha256 == sha && existing.size == size {
+        if existing.local_sha256() == sha
+            && existing.local_size() == local_size
+            && existing.plain_sha256.is_some() == seal.is_some()
+        {
             record_copy(ctx, id, &key, &existing).await?;
             return Ok(PushedCopy {
                 backup_id: id,
                 archive: name,
-                size,
-                sha256: sha,
+                size: existing.size,
+                sha256: existing.sha256,
                 parts_sent: 0,
                 parts_resumed: 0,
                 already_there: true,
@@ -339,22 +429,36 @@ async fn push_one(
         }
         return Err(Error::Refused(format!(
             "the remote has a different {name} (SHA-256 {}, this backup's is {sha}); nothing was overwritten. Check the remote with `nuwax-cli remote verify`",
-            existing.sha256
+            existing.local_sha256()
         )));
     }
+    let source = match &seal {
+        None => Source {
+            file: rec.file_path.clone(),
+            size: local_size,
+            sha256: sha.clone(),
+            encryption: None,
+        },
+        Some(e) => stage_ciphertext(ctx, &key, &name, rec, &sha, local_size, e, progress).await?,
+    };
+    let size = source.size;
     let part_size = rs.part_size.max(size.div_ceil(MAX_PARTS));
     let nparts = size.div_ceil(part_size).max(1);
     let path = rs.object_path(&name);
 
-    // Resume an upload of exactly this archive, or start one.
+    // Resume an upload of exactly these bytes, or start one.
     let k = key.clone();
     let mut upload = match ctx.store(|r| StoreMsg::GetRemoteUpload(k, r)).await? {
-        Some(u) if u.archive_sha256 == sha && u.size == size && u.part_size == part_size => u,
+        Some(u)
+            if u.archive_sha256 == source.sha256 && u.size == size && u.part_size == part_size =>
+        {
+            u
+        }
         other => {
             if let Some(old) = other {
                 abort_recorded(ctx, &path, &old).await;
             }
-            start_upload(ctx, &path, &key, id, &sha, size, part_size).await?
+            start_upload(ctx, &path, &key, id, &source, part_size).await?
         }
     };
     let resumed = upload.parts.len() as u64;
@@ -376,7 +480,7 @@ async fn push_one(
         }
         let offset = index * part_size;
         let len = part_size.min(size - offset);
-        let data = read_part(&rec.file_path, offset, len).await?;
+        let data = read_part(&source.file, offset, len).await?;
         hasher.update(&data);
         if upload.parts.iter().any(|(i, _)| *i == index) {
             progress.advance(offset + len, index + 1, None);
@@ -402,7 +506,7 @@ async fn push_one(
                 progress.notice(format!(
                     "the interrupted upload of {name} is gone from the remote; starting it again"
                 ));
-                upload = start_upload(ctx, &path, &key, id, &sha, size, part_size).await?;
+                upload = start_upload(ctx, &path, &key, id, &source, part_size).await?;
                 hasher = Sha256::new();
                 index = 0;
                 continue;
@@ -420,14 +524,20 @@ async fn push_one(
         pace(ctx, rs, started, sent_bytes).await?;
         index += 1;
     }
+    // Every byte of the object was read again just now: the parts a killed push sent came
+    // from the same bytes only if the whole still hashes to what the upload recorded. Never
+    // a mixed object: otherwise the upload is aborted (a staged ciphertext removed too).
     let actual = hex::encode(hasher.finalize());
-    if actual != sha {
+    if actual != source.sha256 {
         abort_recorded(ctx, &path, &upload).await;
         let k = key.clone();
         ctx.store(|r| StoreMsg::DeleteRemoteUpload(k, r)).await?;
+        if source.encryption.is_some() {
+            let _ = std::fs::remove_file(&source.file);
+        }
         return Err(Error::ChecksumMismatch {
-            path: rec.file_path.clone(),
-            expected: sha,
+            path: source.file.clone(),
+            expected: source.sha256,
             actual,
         });
     }
@@ -446,7 +556,7 @@ async fn push_one(
         format: 1,
         archive: name.clone(),
         size,
-        sha256: sha.clone(),
+        sha256: source.sha256.clone(),
         backup_type: rec.backup_type.as_str().to_string(),
         service_version: rec.service_version.clone(),
         created_at: rec
@@ -456,6 +566,13 @@ async fn push_one(
         compose_project: rec.compose_project.clone(),
         uploaded_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         tool: format!("nuwax-cli {}", env!("CARGO_PKG_VERSION")),
+        plain_sha256: source.encryption.as_ref().map(|e| e.plain_sha256.clone()),
+        plain_size: source.encryption.as_ref().map(|_| local_size),
+        recipients: source
+            .encryption
+            .as_ref()
+            .map(|e| e.recipients.clone())
+            .unwrap_or_default(),
     };
     let body = serde_json::to_vec_pretty(&sidecar)
         .map_err(|e| Error::Internal(format!("cannot encode sidecar: {e}")))?;
@@ -463,14 +580,91 @@ async fn push_one(
     ctx.remote(|r| RemoteMsg::PutObject(sp, Bytes::from(body), r))
         .await?;
     record_copy(ctx, id, &key, &sidecar).await?;
+    if source.encryption.is_some() {
+        // The staged ciphertext has done its job.
+        let _ = std::fs::remove_file(&source.file);
+        let _ = std::fs::remove_dir(staging_dir(ctx));
+    }
     Ok(PushedCopy {
         backup_id: id,
         archive: name,
         size,
-        sha256: sha,
+        sha256: source.sha256,
         parts_sent: sent,
         parts_resumed: if restarted { 0 } else { resumed },
         already_there: false,
+    })
+}
+
+/// The ciphertext of a plain archive, staged in the storage dir for its push.
+///
+/// Design note: age encryption is randomized (a fresh file key, ephemeral recipient shares
+/// and a random nonce every time), so encrypting the archive again cannot reproduce the
+/// parts an interrupted push sent already. Streaming the encryption straight into the
+/// multipart upload would therefore restart every interrupted upload from its first byte.
+/// Staging the ciphertext once as a file (`<storage>/.nuwax-push/<name>.tar.gz.age`,
+/// fsynced, its SHA-256 and the recipients' fingerprints recorded with the upload) lets
+/// the part-by-part resume above work unchanged: a resumed push reads the same bytes, and
+/// the whole file must still hash to the recorded checksum before the upload is completed.
+/// The cost is the disk space of one more copy of the archive while it is pushed (checked
+/// first) and one extra write. The staged file is reused only when the recorded upload was
+/// made from this very archive (its plain SHA-256) to the same recipients; otherwise it is
+/// encrypted again and the old upload aborted. It is removed once the copy is complete, or
+/// when its upload is found stale.
+#[allow(clippy::too_many_arguments)]
+async fn stage_ciphertext(
+    ctx: &Ctx,
+    key: &str,
+    name: &str,
+    rec: &BackupRecord,
+    plain_sha256: &str,
+    plain_size: u64,
+    encryption: &Encryption,
+    progress: &Progress,
+) -> Result<Source> {
+    let facts = PushEncryption {
+        plain_sha256: plain_sha256.to_string(),
+        recipients: encryption.fingerprints.clone(),
+    };
+    let staged = staged_path(ctx, name);
+    let (k1, k2) = (key.to_string(), key.to_string());
+    let recorded = ctx.store(|r| StoreMsg::GetRemoteUpload(k1, r)).await?;
+    let recorded_enc = ctx.store(|r| StoreMsg::UploadEncryption(k2, r)).await?;
+    if let (Some(u), Some(f)) = (&recorded, &recorded_enc)
+        && *f == facts
+        && std::fs::metadata(&staged).is_ok_and(|m| m.is_file() && m.len() == u.size)
+    {
+        return Ok(Source {
+            file: staged,
+            size: u.size,
+            sha256: u.archive_sha256.clone(),
+            encryption: Some(facts),
+        });
+    }
+    let _ = std::fs::remove_file(&staged);
+    let dir = staging_dir(ctx);
+    // age adds 16 bytes per 64 KiB chunk and a header of a few hundred bytes.
+    crate::space::ensure(
+        &ctx.settings.paths.storage_dir,
+        plain_size + plain_size / 4096 + 64 * 1024,
+    )?;
+    std::fs::create_dir_all(&dir).ctx("cannot create staging dir", &dir)?;
+    let (src, dest, enc, sha) = (
+        rec.file_path.clone(),
+        staged.clone(),
+        encryption.clone(),
+        plain_sha256.to_string(),
+    );
+    let (p, cancel) = (progress.clone(), ctx.cancel.clone());
+    let digest = super::blocking(move || {
+        crate::archive::crypt::seal_file(&src, &dest, &enc, &sha, &p, &cancel)
+    })
+    .await?;
+    Ok(Source {
+        file: staged,
+        size: digest.size,
+        sha256: digest.sha256,
+        encryption: Some(facts),
     })
 }
 
@@ -479,8 +673,7 @@ async fn start_upload(
     path: &str,
     key: &str,
     backup_id: i64,
-    sha: &str,
-    size: u64,
+    source: &Source,
     part_size: u64,
 ) -> Result<RemoteUpload> {
     let p = path.to_string();
@@ -489,14 +682,20 @@ async fn start_upload(
         object_key: key.to_string(),
         backup_id: Some(backup_id),
         upload_id,
-        archive_sha256: sha.to_string(),
-        size,
+        archive_sha256: source.sha256.clone(),
+        size: source.size,
         part_size,
         started_at: Utc::now(),
         parts: Vec::new(),
     };
     let rec = Box::new(u.clone());
-    ctx.store(|r| StoreMsg::BeginRemoteUpload(rec, r)).await?;
+    match source.encryption.clone() {
+        None => ctx.store(|r| StoreMsg::BeginRemoteUpload(rec, r)).await?,
+        Some(enc) => {
+            ctx.store(|r| StoreMsg::BeginEncryptedUpload(rec, enc, r))
+                .await?
+        }
+    }
     Ok(u)
 }
 
@@ -527,7 +726,13 @@ async fn record_copy(ctx: &Ctx, id: i64, key: &str, s: &Sidecar) -> Result<()> {
         uploaded_at,
         verified_at: None,
     });
-    ctx.store(|r| StoreMsg::SetRemoteCopy(rec, r)).await
+    // A copy encrypted on its way out: the plain archive it came from and its recipients.
+    let enc = s.plain_sha256.clone().map(|plain_sha256| PushEncryption {
+        plain_sha256,
+        recipients: s.recipients.clone(),
+    });
+    ctx.store(|r| StoreMsg::SetEncryptedRemoteCopy(rec, enc, r))
+        .await
 }
 
 async fn read_part(path: &Path, offset: u64, len: u64) -> Result<Bytes> {
@@ -568,7 +773,7 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<RemoteList> {
     for s in &listing.copies {
         let row = local.iter().find(|b| {
             b.record.status == BackupStatus::Completed
-                && archive_name(&b.record.file_path).ok().as_deref() == Some(s.archive.as_str())
+                && archive_name(&b.record.file_path).ok().as_deref() == Some(s.local_archive())
         });
         let object = listing.objects.get(&s.archive).copied();
         let mut problem = match object {
@@ -581,11 +786,11 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<RemoteList> {
         };
         let state = match row {
             Some(b) if b.file_exists => {
-                if problem.is_none() && b.record.sha256.as_deref() != Some(s.sha256.as_str()) {
+                if problem.is_none() && b.record.sha256.as_deref() != Some(s.local_sha256()) {
                     problem = Some(format!(
                         "the local archive's SHA-256 is {}, the remote's {}",
                         b.record.sha256.as_deref().unwrap_or("unknown"),
-                        s.sha256
+                        s.local_sha256()
                     ));
                 }
                 if problem.is_some() {
@@ -613,7 +818,9 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<RemoteList> {
         let Ok(name) = archive_name(&b.record.file_path) else {
             continue;
         };
-        if entries.iter().any(|e| e.archive == name) {
+        if entries.iter().any(|e| {
+            e.archive == name || e.remote.as_ref().is_some_and(|s| s.local_archive() == name)
+        }) {
             continue;
         }
         entries.push(RemoteListEntry {
@@ -653,13 +860,28 @@ pub(crate) async fn pull(ctx: &Ctx, which: &str, progress: Progress) -> Result<B
             (Some(e), n)
         }
         Err(_) => {
-            let path = ctx.settings.paths.storage_dir.join(which);
-            let p = path.clone();
-            let row = ctx
-                .store(|r| StoreMsg::FindBackupByPath(p, r))
-                .await?
-                .map(BackupEntry::from_record);
-            (row, which.to_string())
+            // `remote list` names a copy encrypted on its way out `<name>.tar.gz.age`; its
+            // backup here is the plain `<name>.tar.gz`.
+            let mut row = None;
+            let mut names = vec![which.to_string()];
+            if let Some(plain) = which.strip_suffix(crate::encryption::AGE_SUFFIX) {
+                names.push(plain.to_string());
+            }
+            for n in &names {
+                let p = ctx.settings.paths.storage_dir.join(n);
+                row = ctx
+                    .store(|r| StoreMsg::FindBackupByPath(p, r))
+                    .await?
+                    .map(BackupEntry::from_record);
+                if row.is_some() {
+                    break;
+                }
+            }
+            let name = match &row {
+                Some(e) => archive_name(&e.record.file_path)?,
+                None => which.to_string(),
+            };
+            (row, name)
         }
     };
     if let Some(e) = &row
@@ -693,6 +915,23 @@ pub(crate) async fn ensure_local(
     fetch(ctx, Some(entry), &name, progress.clone()).await
 }
 
+/// The complete remote copy of the local archive `name`: the object of that name, or the
+/// ciphertext `<name>.age` it was encrypted into on its way out.
+async fn find_copy(ctx: &Ctx, name: &str) -> Result<Option<Sidecar>> {
+    let n = name.to_string();
+    if let Some(s) = ctx.remote(|r| RemoteMsg::GetSidecar(n, r)).await? {
+        return Ok(Some(s));
+    }
+    if crate::encryption::is_encrypted_name(Path::new(name)) {
+        return Ok(None);
+    }
+    let n = format!("{name}{}", crate::encryption::AGE_SUFFIX);
+    Ok(ctx
+        .remote(|r| RemoteMsg::GetSidecar(n, r))
+        .await?
+        .filter(|s| s.plain_sha256.is_some()))
+}
+
 async fn fetch(
     ctx: &Ctx,
     row: Option<BackupEntry>,
@@ -700,32 +939,48 @@ async fn fetch(
     progress: Progress,
 ) -> Result<BackupEntry> {
     let rs = settings(ctx)?.clone();
-    let n = name.to_string();
-    let sidecar = ctx
-        .remote(|r| RemoteMsg::GetSidecar(n, r))
-        .await?
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "the remote {} has no complete copy of {name} (no sidecar {})",
-                rs.url,
-                rs.sidecar_path(name)
-            ))
-        })?;
+    let sidecar = find_copy(ctx, name).await?.ok_or_else(|| {
+        Error::Usage(format!(
+            "the remote {} has no complete copy of {name} (no sidecar {})",
+            rs.url,
+            rs.sidecar_path(name)
+        ))
+    })?;
     if let Some(e) = &row
         && let Some(sha) = &e.record.sha256
-        && sha != &sidecar.sha256
+        && sha != sidecar.local_sha256()
     {
         return Err(Error::ChecksumMismatch {
-            path: PathBuf::from(rs.object_key(name)),
+            path: PathBuf::from(rs.object_key(&sidecar.archive)),
             expected: sha.clone(),
-            actual: sidecar.sha256.clone(),
+            actual: sidecar.local_sha256().to_string(),
         });
     }
+    // An encrypted copy is verified (decrypted, every file checked against its manifest)
+    // before it becomes a catalog row: its key first, before a byte is downloaded.
+    let remote_name = sidecar.archive.clone();
+    let sealed_on_push = sidecar.plain_sha256.is_some();
+    let key = if crate::encryption::is_encrypted_name(Path::new(&remote_name)) {
+        Some(ctx.given_key()?.ok_or_else(|| {
+            Error::KeyRequired(format!(
+                "the remote copy {} is encrypted; pass the identity whose public key it was encrypted to with --identity FILE (or --passphrase-file FILE for a passphrase), or set [encryption] identity_file; nothing was downloaded",
+                rs.object_key(&remote_name)
+            ))
+        })?)
+    } else {
+        ctx.given_key()?
+    };
     let dir = ctx.settings.paths.storage_dir.clone();
-    // Room for the whole archive (and the margin) before a byte is written.
-    crate::space::ensure(&dir, sidecar.size)?;
+    // Room for the whole archive (and the margin) before a byte is written; a copy encrypted
+    // on its way out is downloaded, then decrypted beside it.
+    let needed = if sealed_on_push {
+        sidecar.size + sidecar.local_size()
+    } else {
+        sidecar.size
+    };
+    crate::space::ensure(&dir, needed)?;
     std::fs::create_dir_all(&dir).ctx("cannot create storage dir", &dir)?;
-    let dest = dir.join(&sidecar.archive);
+    let dest = dir.join(sidecar.local_archive());
     if dest.exists() {
         return Err(Error::Refused(format!(
             "{} exists already but is not this backup's archive in the catalog; move it away or run `nuwax-cli reindex`",
@@ -733,8 +988,15 @@ async fn fetch(
         )));
     }
     let partial = crate::fsutil::partial_path(&dest);
+    let downloaded = crate::fsutil::partial_path(&dir.join(&remote_name));
     let _ = std::fs::remove_file(&partial);
-    let (path, d) = (rs.object_path(name), partial.clone());
+    let _ = std::fs::remove_file(&downloaded);
+    let fail = |e: Error| {
+        let _ = std::fs::remove_file(&partial);
+        let _ = std::fs::remove_file(&downloaded);
+        e
+    };
+    let (path, d) = (rs.object_path(&remote_name), downloaded.clone());
     let (size, sha) = ctx
         .remote(|reply| RemoteMsg::Download {
             path,
@@ -743,46 +1005,81 @@ async fn fetch(
             cancel: ctx.cancel.clone(),
             reply,
         })
-        .await?;
-    let fail = |e: Error| {
-        let _ = std::fs::remove_file(&partial);
-        e
-    };
+        .await
+        .map_err(fail)?;
     if sha != sidecar.sha256 || size != sidecar.size {
         return Err(fail(Error::ChecksumMismatch {
-            path: PathBuf::from(rs.object_key(name)),
+            path: PathBuf::from(rs.object_key(&remote_name)),
             expected: format!("{} ({} bytes)", sidecar.sha256, sidecar.size),
             actual: format!("{sha} ({size} bytes)"),
         }));
+    }
+    if sealed_on_push {
+        // Back to the plain archive this host had: decrypted while hashed, then checked
+        // against the plain checksum the sidecar (and the catalog) recorded.
+        let key = key
+            .clone()
+            .ok_or_else(|| Error::Internal("no key".into()))?;
+        let (src, out, p, cancel) = (
+            downloaded.clone(),
+            partial.clone(),
+            progress.clone(),
+            ctx.cancel.clone(),
+        );
+        let plain = super::blocking(move || {
+            crate::archive::crypt::unseal_file(&src, &out, &key, &p, &cancel)
+        })
+        .await
+        .map_err(fail)?;
+        let _ = std::fs::remove_file(&downloaded);
+        if plain.sha256 != sidecar.local_sha256() || plain.size != sidecar.local_size() {
+            return Err(fail(Error::ChecksumMismatch {
+                path: PathBuf::from(rs.object_key(&remote_name)),
+                expected: format!(
+                    "{} ({} bytes) decrypted",
+                    sidecar.local_sha256(),
+                    sidecar.local_size()
+                ),
+                actual: format!("{} ({} bytes)", plain.sha256, plain.size),
+            }));
+        }
+    } else {
+        std::fs::rename(&downloaded, &partial)
+            .ctx("cannot rename", &partial)
+            .map_err(fail)?;
     }
     let manifest = match &row {
         Some(e) => ctx.legacy_manifest(&e.record).await.map_err(fail)?,
         None => None,
     };
-    let key = ctx.given_key().map_err(fail)?;
     let report = ctx
         .archive(|r| ArchiveMsg::Verify {
             path: partial.clone(),
-            expected_sha256: Some(sidecar.sha256.clone()),
+            expected_sha256: Some(sidecar.local_sha256().to_string()),
             manifest,
-            key,
+            key: if sealed_on_push { None } else { key },
             progress: progress.clone(),
             cancel: ctx.cancel.clone(),
             reply: r,
         })
         .await
         .map_err(fail)?;
-    if !report.is_ok() {
+    if !report.is_ok() || !report.content_checked {
+        let detail = if report.content_checked {
+            report.problems.join("; ")
+        } else {
+            "its content could not be checked".to_string()
+        };
         return Err(fail(Error::Corrupt {
-            path: PathBuf::from(rs.object_key(name)),
-            detail: report.problems.join("; "),
+            path: PathBuf::from(rs.object_key(&remote_name)),
+            detail,
         }));
     }
     std::fs::rename(&partial, &dest)
         .ctx("cannot rename into place", &dest)
         .map_err(fail)?;
     crate::fsutil::sync_dir(&dir)?;
-    let key = rs.object_key(name);
+    let key = rs.object_key(&remote_name);
     let id = match row {
         Some(e) => e.record.id,
         None => {
@@ -816,7 +1113,7 @@ pub(crate) async fn verify(
         RemoteTarget::One(id) => {
             let e = ctx.get_backup(id).await?;
             let name = archive_name(&e.record.file_path)?;
-            match listing.copies.iter().find(|s| s.archive == name) {
+            match listing.copies.iter().find(|s| s.local_archive() == name) {
                 Some(s) => vec![s.clone()],
                 None => {
                     return Err(Error::Corrupt {
@@ -827,9 +1124,10 @@ pub(crate) async fn verify(
             }
         }
     };
+    let recorded = ctx.store(StoreMsg::ListRemoteCopies).await?;
     let mut out = Vec::new();
     for s in copies {
-        let row = row_of(&s.archive);
+        let row = row_of(s.local_archive());
         let mut problems = Vec::new();
         match listing.objects.get(&s.archive) {
             None => problems.push("the archive object is missing".to_string()),
@@ -841,11 +1139,23 @@ pub(crate) async fn verify(
         }
         if let Some(b) = row
             && let Some(sha) = &b.record.sha256
-            && sha != &s.sha256
+            && sha != s.local_sha256()
         {
             problems.push(format!(
                 "the sidecar's SHA-256 {} differs from the catalog's {sha}",
-                s.sha256
+                s.local_sha256()
+            ));
+        }
+        // The object's own checksum as this catalog recorded it at upload (for an encrypted
+        // copy: the ciphertext's, checked without any key).
+        if let Some(b) = row
+            && let Some(c) = recorded.iter().find(|c| c.backup_id == b.record.id)
+            && c.object_key == rs.object_key(&s.archive)
+            && (c.sha256 != s.sha256 || c.size != s.size)
+        {
+            problems.push(format!(
+                "the sidecar's checksum {} ({} bytes) differs from the one recorded at upload {} ({} bytes)",
+                s.sha256, s.size, c.sha256, c.size
             ));
         }
         let mut downloaded_sha256 = None;
@@ -901,22 +1211,22 @@ pub(crate) async fn prune(
     let local = ctx.list_backups().await?;
     let upgrades = ctx.store(StoreMsg::ListUpgrades).await?;
     let mut records = Vec::new();
+    // Catalog id (or the stand-in) -> the remote object's name.
+    let mut objects = std::collections::HashMap::new();
     for (i, s) in listing.copies.iter().enumerate() {
-        let row = local.iter().find(|b| {
-            archive_name(&b.record.file_path).ok().as_deref() == Some(s.archive.as_str())
-        });
+        let row = local
+            .iter()
+            .find(|b| archive_name(&b.record.file_path).ok().as_deref() == Some(s.local_archive()));
         let mut rec = sidecar_record(&ctx.settings.paths.storage_dir, s)?;
         rec.id = row.map(|b| b.record.id).unwrap_or(-(i as i64) - 1);
+        objects.insert(rec.id, s.archive.clone());
         records.push(rec);
     }
     records.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
     let decisions = crate::retention::plan(&records, |_| true, &rules, &upgrades, Utc::now())?;
     let mut report = RemotePruneReport::default();
     for d in decisions {
-        let rec = records.iter().find(|r| r.id == d.id);
-        let name = rec
-            .and_then(|r| archive_name(&r.file_path).ok())
-            .unwrap_or_default();
+        let name = objects.get(&d.id).cloned().unwrap_or_default();
         if !d.keep && !dry_run {
             if ctx.cancel.is_cancelled() {
                 return Err(Error::Interrupted);
@@ -975,12 +1285,12 @@ fn sidecar_record(storage_dir: &Path, s: &Sidecar) -> Result<BackupRecord> {
         })?;
     Ok(BackupRecord {
         id: 0,
-        file_path: storage_dir.join(&s.archive),
+        file_path: storage_dir.join(s.local_archive()),
         backup_type: BackupType::parse(&s.backup_type).unwrap_or(BackupType::Manual),
         service_version: s.service_version.clone(),
         status: BackupStatus::Completed,
-        size: Some(s.size),
-        sha256: Some(s.sha256.clone()),
+        size: Some(s.local_size()),
+        sha256: Some(s.local_sha256().to_string()),
         entry_count: s.entry_count,
         error: None,
         created_at,
