@@ -21,6 +21,13 @@
 # Every tool's peak RSS is measured (/usr/bin/time -v), and our `verify` is timed too.
 #   SECOND=0     skip the second-backup section (issue 16; on by default)
 #   ONLY_SECOND=1  run only the second-backup section
+#   ENCRYPTED=0  skip the encrypted-restore section (issue 13; on by default)
+#   ONLY_ENCRYPTED=1  run only the encrypted-restore section
+#
+# Encrypted restore (issue 13): an age key from `age-keygen`, a backup with
+# `[encryption] scope = "all"` (a *.tar.gz.age archive), then, in rounds, our rollback
+# --rollback-data --identity into an empty compose dir against `age -d -i KEY | tar xzf -`
+# and against our plain restore of the same tree. Prints its own table.
 #
 # Second backup (issue 16): on a copy of the corpus, a first backup, then a deterministic
 # change of about 5 % of the bytes (bench/change_corpus.py: database files rewritten and
@@ -74,6 +81,9 @@ apt_install() {
 command -v pigz >/dev/null || apt_install pigz
 [[ -x /usr/bin/time ]] || apt_install time
 [[ "$SECOND" != 1 ]] || command -v restic >/dev/null || apt_install restic
+ENCRYPTED="${ENCRYPTED:-1}"
+ONLY_ENCRYPTED="${ONLY_ENCRYPTED:-0}"
+[[ "$ENCRYPTED" != 1 ]] || command -v age-keygen >/dev/null || apt_install age
 for t in tar gzip python3 cargo; do command -v "$t" >/dev/null || die "$t is required"; done
 
 # --- build once --------------------------------------------------------------------------
@@ -107,8 +117,9 @@ trap cleanup EXIT
 TRASH="$SCRATCH/trash"
 mkdir -p "$TRASH"
 
-# Three restored trees per round, the warm-up tree, and the archives.
-need=$((SIZE_MB * 1000000 / 100 * (300 * ROUNDS + 400)))
+# Three restored trees per round, the warm-up tree, and the archives; the encrypted section
+# two more per round and its own warm-up.
+need=$((SIZE_MB * 1000000 / 100 * (500 * ROUNDS + 600)))
 avail=$(df -B1 --output=avail "$SCRATCH" | tail -1)
 [[ "$avail" -gt "$need" ]] || die "needs about $((need / 1000000000)) GB free in $CACHE, has $((avail / 1000000000)) GB"
 
@@ -214,8 +225,65 @@ second_backup() {
 fmt() { printf '%.2f' "$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.2f %%", (a / b - 1) * 100}'; }
+# --- encrypted restore (issue 13) ----------------------------------------------------------
+# A work dir of its own whose config encrypts local archives (scope "all"); the restores go
+# into an empty compose dir, as the plain restore rounds do. Prints its own table.
+encrypted_restore() {
+    local EW="$SCRATCH/enc" pub id arch
+    mkdir -p "$EW/work"
+    age-keygen -o "$EW/key.txt" 2>/dev/null
+    pub=$(age-keygen -y "$EW/key.txt")
+    write_config "$EW/work" "$CORPUS/docker-compose.yml"
+    printf '\n[encryption]\nrecipients = ["%s"]\nscope = "all"\n' "$pub" >>"$EW/work/config.toml"
+    warm
+    say "encrypted restore: backup"
+    timed_rss enc_backup "$BIN" -C "$EW/work" -q backup --skip-docker-check "${LEVEL_ARGS[@]}"
+    arch=$(ls "$EW"/work/backups/*.tar.gz.age)
+    id=$("$BIN" -C "$EW/work" list-backups --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["backups"][0]["id"])')
+    # Restores go into the work dir's own (empty) compose dir.
+    write_config "$EW/work" "docker/docker-compose.yml"
+    printf '\n[encryption]\nrecipients = ["%s"]\nscope = "all"\n' "$pub" >>"$EW/work/config.toml"
+    enc_ours() {
+        discard "$EW/work/docker" new
+        timed_rss enc_ours "$BIN" -C "$EW/work" -q rollback "$id" --force --no-start --rollback-data --identity "$EW/key.txt"
+    }
+    enc_age() {
+        discard "$EW/x_age" new
+        timed_rss enc_age bash -c 'age -d -i "$1" "$2" | tar xzf - -C "$3"' _ "$EW/key.txt" "$arch" "$EW/x_age"
+    }
+    say "encrypted restore: warm-up (untimed)"
+    mkdir -p "$TRASH/enc-warmup"
+    age -d -i "$EW/key.txt" "$arch" | tar xzf - -C "$TRASH/enc-warmup"
+    for r in $(seq 1 "$ROUNDS"); do
+        say "encrypted restore round $r/$ROUNDS"
+        for t in $(rotated "$r" enc_ours enc_age); do "$t"; done
+    done
+    if ! (cd "$CORPUS" && tar cf - . | tar df - -C "$EW/work/docker" >/dev/null); then
+        die "the tree restored from the encrypted backup differs from the corpus"
+    fi
+    local EO EA EB
+    EO=$(median enc_ours); EA=$(median enc_age); EB=$(median enc_backup)
+    echo
+    echo "Encrypted (age, scope \"all\"), median of $ROUNDS rounds; archive $(fsize "$arch") bytes; load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+    echo
+    echo "| encrypted | time (s) | age + tar / ours (speed-up) | peak RSS |"
+    echo "|---|---:|---:|---:|"
+    echo "| nuwax-cli backup (encrypting) | $(fmt "$EB") | | $(( $(maxrss enc_backup) / 1024 )) MiB |"
+    echo "| \`age -d -i KEY FILE\` piped to \`tar xzf -\` | $(fmt "$EA") | | $(( $(maxrss enc_age) / 1024 )) MiB |"
+    echo "| **nuwax-cli rollback --rollback-data --identity** (into an empty dir) | **$(fmt "$EO")** | $(fmt "$(ratio "$EA" "$EO")")x | $(( $(maxrss enc_ours) / 1024 )) MiB |"
+}
+# rotated ROUND TOOL...: the tools in the order for ROUND (1-based).
+rotated() {
+    local r="$1"; shift
+    local tools=("$@") n=$#
+    for ((k = 0; k < n; k++)); do echo "${tools[(r - 1 + k) % n]}"; done
+}
 if [[ "$ONLY_SECOND" == 1 ]]; then
     second_backup
+    exit 0
+fi
+if [[ "$ONLY_ENCRYPTED" == 1 ]]; then
+    encrypted_restore
     exit 0
 fi
 
@@ -252,12 +320,6 @@ restore_pigz() {
 restore_ours() {
     discard "$SCRATCH/work/docker" new
     timed_rss ours_restore "$BIN" -C "$SCRATCH/work" -q rollback "$OURS_ID" --force --no-start --rollback-data
-}
-# rotated ROUND TOOL...: the tools in the order for ROUND (1-based).
-rotated() {
-    local r="$1"; shift
-    local tools=("$@") n=$#
-    for ((k = 0; k < n; k++)); do echo "${tools[(r - 1 + k) % n]}"; done
 }
 if [[ "$ONLY_OURS" == 1 ]]; then
     BACKUPS=(backup_ours); RESTORES=(restore_ours)
@@ -345,6 +407,7 @@ if [[ "$ONLY_OURS" == 1 ]]; then
     echo "| nuwax-cli backup | $(fmt "$OB") | $OURS_SIZE | $((RSS_B / 1024)) MiB |"
     echo "| nuwax-cli restore | $(fmt "$OR") | | $((RSS_R / 1024)) MiB |"
     [[ "$SECOND" != 1 ]] || second_backup
+    [[ "$ENCRYPTED" != 1 ]] || encrypted_restore
     exit 0
 fi
 TC=$(median tar_czf); PC=$(median pigz_c)
@@ -373,3 +436,4 @@ echo
 echo "Per round (s), in round order (the tool order rotates): tar czf $(raw tar_czf); pigz $(raw pigz_c); ours $(raw ours_backup);"
 echo "tar xzf $(raw tar_xzf); pigz -dc | tar x $(raw pigz_x); ours $(raw ours_restore)."
 [[ "$SECOND" != 1 ]] || second_backup
+[[ "$ENCRYPTED" != 1 ]] || encrypted_restore
