@@ -571,7 +571,7 @@ mod build_tests {
         for (rel, data) in [
             ("app/VERSION".to_string(), b"1.0\n".to_vec()),
             ("app/conf.txt".to_string(), text(5000)),
-            ("data/a.ibd".to_string(), noise(3 << 20, 1)),
+            ("data/a.ibd".to_string(), noise(5 << 20, 1)),
             ("data/b.ibd".to_string(), text((5 << 20) / 2 + 7)),
             ("upload/exact".to_string(), noise(BIG_FILE as usize, 2)),
             ("upload/small.jpg".to_string(), noise(4000, 3)),
@@ -667,9 +667,10 @@ mod build_tests {
         let inc = s.dir.join("inc.tar.gz");
         let (ri, notices) = run(&opts(&s.src, &inc, Some(&s.first)));
         assert!(notices.is_empty(), "{notices:?}");
-        // a.ibd, upload/exact and the long-named file are copied; b.ibd (same size and
-        // mtime, other ctime) and the new file are read.
-        let copied = (3 << 20) + BIG_FILE + (1 << 20) + 1;
+        // a.ibd (longer than ONE_THREAD_SPAN: read back on two threads), upload/exact (one
+        // thread) and the long-named file are copied; b.ibd (same size and mtime, other
+        // ctime) and the new file are read.
+        let copied = (5 << 20) + BIG_FILE + (1 << 20) + 1;
         assert_eq!(ri.reused_bytes, copied);
         let full = s.dir.join("full.tar.gz");
         let (rf, _) = run(&opts(&s.src, &full, None));
