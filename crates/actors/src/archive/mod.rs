@@ -18,7 +18,7 @@
 //!   `.nuwax-backup/manifest.json` ([`Manifest`]: the info again plus every entry with type,
 //!   size, mode, owner, mtime, link target and the SHA-256 of file contents).
 //!
-//! - member layout (`incremental.rs`): a regular file of at least 1 MiB starts its own members
+//! - member layout (`incremental.rs`): a regular file of at least 64 KiB starts its own members
 //!   (its long-name records, header, data and padding only), and so does the manifest; the
 //!   manifest records the layout, each big file's members (`spans`) and each file's `stat`, so
 //!   the next backup copies the members of unchanged files instead of compressing them again.
