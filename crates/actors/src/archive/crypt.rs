@@ -113,10 +113,10 @@ pub(super) fn open_plain(
             path: path.to_path_buf(),
             detail,
         })?;
+    // Decrypted in order on a thread of its own, then the gzip members split off as they
+    // come and decompressed in parallel, as for a plain archive.
     let stream = Decrypted::spawn(plain).map_err(|e| Error::io("cannot decrypt", path, e))?;
-    Ok(Box::new(flate2::read::MultiGzDecoder::new(
-        BufReader::with_capacity(BLOCK, stream),
-    )))
+    pgzip::open_stream_reader(Box::new(stream), threads).map_err(gzip_error)
 }
 
 /// Checks that `key` opens the age file at `path` (header only: cheap).

@@ -153,19 +153,48 @@ pub(super) fn scan_at(file: &File, file_len: u64, offset: u64) -> io::Result<Sca
         )
     })?;
     let complete = offset + avail as u64 == file_len;
-    match parse_header(&b[..avail], complete) {
+    judge(
+        parse_header(&b[..avail], complete),
+        offset,
+        Some(file_len - offset),
+    )
+}
+
+/// Bytes a stream scan looks at before deciding what starts at its position.
+pub(super) const STREAM_PROBE: usize = HEADER_PROBE;
+
+/// Like [`scan_at`] for a stream (a decrypted archive): `head` holds the next bytes of the
+/// stream at `offset` (up to [`STREAM_PROBE`]; fewer only at its end, then `at_end`). A
+/// member's recorded length is not checked against the stream's end here: reading it is.
+pub(super) fn scan_head(head: &[u8], at_end: bool, offset: u64) -> io::Result<Scan> {
+    if head.is_empty() && at_end {
+        if offset == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "empty stream: not a gzip stream",
+            ));
+        }
+        return Ok(Scan::Eof);
+    }
+    let remaining = at_end.then_some(head.len() as u64);
+    judge(parse_header(head, at_end), offset, remaining)
+}
+
+/// What a parsed header at `offset` means; `remaining` is how many bytes the input holds
+/// from `offset` on, when known.
+fn judge(parsed: Parsed, offset: u64, remaining: Option<u64>) -> io::Result<Scan> {
+    match parsed {
         Parsed::Nx { header_len, len } => {
             if (len as usize) < header_len + TRAILER_LEN + 2 {
                 return Err(invalid(format!(
                     "gzip member at offset {offset} records length {len}, too small for its header and trailer"
                 )));
             }
-            if offset + u64::from(len) > file_len {
+            if let Some(rest) = remaining.filter(|&rest| u64::from(len) > rest) {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
-                        "gzip member at offset {offset} records length {len} but the file ends {} bytes later (truncated?)",
-                        file_len - offset
+                        "gzip member at offset {offset} records length {len} but the file ends {rest} bytes later (truncated?)"
                     ),
                 ));
             }
@@ -175,13 +204,18 @@ pub(super) fn scan_at(file: &File, file_len: u64, offset: u64) -> io::Result<Sca
         Parsed::NotGzip if offset == 0 => {
             Err(invalid("not a gzip file (bad magic at offset 0)".into()))
         }
-        Parsed::NotGzip => Err(invalid(format!(
-            "unexpected data after the last gzip member at offset {offset} ({} trailing bytes)",
-            file_len - offset
-        ))),
+        Parsed::NotGzip => Err(invalid(match remaining {
+            Some(rest) => format!(
+                "unexpected data after the last gzip member at offset {offset} ({rest} trailing bytes)"
+            ),
+            None => format!("unexpected data after the last gzip member at offset {offset}"),
+        })),
         Parsed::Truncated => Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            format!("gzip header at offset {offset} is truncated (file ends at {file_len})"),
+            format!(
+                "gzip header at offset {offset} is truncated (file ends at {})",
+                offset + remaining.unwrap_or(0)
+            ),
         )),
         Parsed::Invalid(why) => Err(invalid(format!(
             "invalid gzip header at offset {offset}: {why}"

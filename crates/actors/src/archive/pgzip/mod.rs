@@ -60,7 +60,7 @@ use std::sync::Mutex;
 
 pub use copy::{copy_range, read_range};
 pub use member::member_offsets;
-pub use read::open_reader;
+pub use read::{open_reader, open_stream_reader};
 pub use write::{InOrderJob, ParallelGzWriter};
 
 /// Default uncompressed chunk size per gzip member. Memory on both sides scales with it

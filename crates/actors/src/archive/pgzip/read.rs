@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use flate2::read::MultiGzDecoder;
 use flate2::{Crc, Decompress, FlushDecompress, Status};
 
-use super::member::{Scan, TRAILER_LEN, scan_at};
+use super::member::{STREAM_PROBE, Scan, TRAILER_LEN, scan_at, scan_head};
 use super::{copy_err, invalid};
 use crate::archive::threads::resolve_threads;
 
@@ -77,6 +77,23 @@ struct DJob {
     offset: u64,
     len: u32,
     header_len: usize,
+    /// The member's bytes, read by the scanning thread from a stream; `None`: the worker
+    /// reads them from the file at `offset`.
+    data: Option<Vec<u8>>,
+}
+
+/// Where the members come from.
+enum Input {
+    /// A file: members are read by the workers at their offsets (`pread`).
+    File { file: Arc<File>, len: u64 },
+    /// A stream (a decrypted archive): members are read in order by the scanning thread and
+    /// handed to the workers with their bytes. `head` holds the bytes read past the last
+    /// member (at most [`STREAM_PROBE`]).
+    Stream {
+        stream: Option<Box<dyn Read + Send>>,
+        head: Vec<u8>,
+        at_end: bool,
+    },
 }
 
 type Decoded = (u64, io::Result<Vec<u8>>);
@@ -89,8 +106,7 @@ enum End {
 }
 
 struct ParallelGzReader {
-    file: Arc<File>,
-    file_len: u64,
+    input: Input,
     scan_pos: u64,
     end: Option<End>,
     dispatched: u64,
@@ -112,7 +128,7 @@ struct ParallelGzReader {
 }
 
 impl ParallelGzReader {
-    fn new(file: Arc<File>, file_len: u64, threads: usize) -> io::Result<Self> {
+    fn new(input: Input, threads: usize) -> io::Result<Self> {
         let threads = resolve_threads(threads);
         let window = 2 * threads as u64;
         let (job_tx, job_rx) = bounded::<DJob>(window as usize);
@@ -122,7 +138,10 @@ impl ParallelGzReader {
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
             let (f, jobs, res, rec, ab) = (
-                file.clone(),
+                match &input {
+                    Input::File { file, .. } => Some(file.clone()),
+                    Input::Stream { .. } => None,
+                },
                 job_rx.clone(),
                 res_tx.clone(),
                 rec_rx.clone(),
@@ -130,7 +149,7 @@ impl ParallelGzReader {
             );
             match thread::Builder::new()
                 .name(format!("pgzip-d{i}"))
-                .spawn(move || decode_worker(&f, &jobs, &res, &rec, &ab))
+                .spawn(move || decode_worker(f.as_deref(), &jobs, &res, &rec, &ab))
             {
                 Ok(h) => workers.push(h),
                 Err(e) if workers.is_empty() => {
@@ -143,8 +162,7 @@ impl ParallelGzReader {
             }
         }
         Ok(ParallelGzReader {
-            file,
-            file_len,
+            input,
             scan_pos: 0,
             end: None,
             dispatched: 0,
@@ -168,13 +186,14 @@ impl ParallelGzReader {
     /// Scans and dispatches members until the window is full or the NX chain ends.
     fn fill_window(&mut self) {
         while self.end.is_none() && self.dispatched - self.yielded < self.window {
-            match scan_at(&self.file, self.file_len, self.scan_pos) {
-                Ok(Scan::Member(offset, len, header_len)) => {
+            match self.scan() {
+                Ok((Scan::Member(offset, len, header_len), data)) => {
                     let job = DJob {
                         seq: self.dispatched,
                         offset,
                         len,
                         header_len,
+                        data,
                     };
                     let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
                     if !sent {
@@ -186,14 +205,93 @@ impl ParallelGzReader {
                     self.dispatched += 1;
                     self.scan_pos = offset + u64::from(len);
                 }
-                Ok(Scan::Eof) => self.end = Some(End::Eof),
-                Ok(Scan::Sequential(o)) => self.end = Some(End::Sequential(o)),
+                Ok((Scan::Eof, _)) => self.end = Some(End::Eof),
+                Ok((Scan::Sequential(o), _)) => self.end = Some(End::Sequential(o)),
                 Err(e) => self.end = Some(End::Error(e)),
             }
         }
         #[cfg(test)]
         {
             self.max_outstanding = self.max_outstanding.max(self.dispatched - self.yielded);
+        }
+    }
+
+    /// What starts at `scan_pos`; for a member of a stream, with its bytes.
+    fn scan(&mut self) -> io::Result<(Scan, Option<Vec<u8>>)> {
+        let offset = self.scan_pos;
+        let (stream, head, at_end) = match &mut self.input {
+            Input::File { file, len } => return Ok((scan_at(file, *len, offset)?, None)),
+            Input::Stream {
+                stream,
+                head,
+                at_end,
+            } => (stream, head, at_end),
+        };
+        let Some(stream) = stream else {
+            return Err(io::Error::other("gzip reader: the stream was handed on"));
+        };
+        while !*at_end && head.len() < STREAM_PROBE {
+            let had = head.len();
+            head.resize(STREAM_PROBE, 0);
+            match stream.read(&mut head[had..]) {
+                Ok(0) => {
+                    head.truncate(had);
+                    *at_end = true;
+                }
+                Ok(n) => head.truncate(had + n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => head.truncate(had),
+                Err(e) => {
+                    head.truncate(had);
+                    return Err(e);
+                }
+            }
+        }
+        let scan = scan_head(head, *at_end, offset)?;
+        let Scan::Member(_, len, _) = scan else {
+            return Ok((scan, None));
+        };
+        let len = len as usize;
+        let mut data = if head.len() > len {
+            let rest = head.split_off(len);
+            std::mem::replace(head, rest)
+        } else {
+            std::mem::take(head)
+        };
+        // Grown as the bytes come (not sized from the header's claim), so a hostile length
+        // costs no more memory than the stream really holds.
+        let want = (len - data.len()) as u64;
+        let got = stream.by_ref().take(want).read_to_end(&mut data)?;
+        if (got as u64) < want {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "gzip member at offset {offset} records length {len} but the stream ends {} bytes later (truncated?)",
+                    len as u64 - want + got as u64
+                ),
+            ));
+        }
+        Ok((scan, Some(data)))
+    }
+
+    /// The sequential reader for what follows the `NX` members, from `offset` on.
+    fn tail_from(&mut self, offset: u64) -> Box<dyn Read + Send> {
+        match &mut self.input {
+            Input::File { file, .. } => sequential_from(file.clone(), offset),
+            Input::Stream { stream, head, .. } => {
+                let head = io::Cursor::new(std::mem::take(head));
+                match stream.take() {
+                    Some(stream) => Box::new(Context {
+                        inner: MultiGzDecoder::new(BufReader::with_capacity(
+                            SEQ_BUF,
+                            head.chain(stream),
+                        )),
+                        start: offset,
+                    }),
+                    None => Box::new(Failing(io::Error::other(
+                        "gzip reader: the stream was handed on",
+                    ))),
+                }
+            }
         }
     }
 
@@ -247,7 +345,7 @@ impl Read for ParallelGzReader {
                     }
                     Some(End::Sequential(o)) => {
                         self.stop_workers();
-                        self.tail = Some(sequential_from(self.file.clone(), o));
+                        self.tail = Some(self.tail_from(o));
                     }
                     Some(End::Error(e)) => self.error = Some(e),
                     None => {
@@ -278,7 +376,7 @@ impl Drop for ParallelGzReader {
 }
 
 fn decode_worker(
-    file: &File,
+    file: Option<&File>,
     jobs: &Receiver<DJob>,
     results: &Sender<Decoded>,
     recycle: &Receiver<Vec<u8>>,
@@ -310,7 +408,7 @@ fn decode_worker(
 }
 
 fn decode_member(
-    file: &File,
+    file: Option<&File>,
     job: &DJob,
     input: &mut Vec<u8>,
     inflate: &mut Decompress,
@@ -318,13 +416,26 @@ fn decode_member(
 ) -> io::Result<Vec<u8>> {
     let off = job.offset;
     let len = job.len as usize;
-    input.resize(len, 0);
-    file.read_exact_at(&mut input[..len], off).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("reading gzip member at offset {off} ({len} bytes): {e}"),
-        )
-    })?;
+    let input: &[u8] = match (&job.data, file) {
+        (Some(data), _) => data,
+        (None, Some(file)) => {
+            input.resize(len, 0);
+            file.read_exact_at(&mut input[..len], off).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("reading gzip member at offset {off} ({len} bytes): {e}"),
+                )
+            })?;
+            input
+        }
+        (None, None) => return Err(io::Error::other("gzip member without its bytes")),
+    };
+    if input.len() != len {
+        return Err(io::Error::other(format!(
+            "gzip member at offset {off}: {} bytes handed over, {len} recorded",
+            input.len()
+        )));
+    }
     let (body, trailer) = input[job.header_len..len].split_at(len - job.header_len - TRAILER_LEN);
     let want_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
     let want_size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
@@ -415,7 +526,13 @@ pub fn open_reader(file: File, threads: usize) -> io::Result<Box<dyn Read + Send
     }
     let file = Arc::new(file);
     match scan_at(&file, file_len, 0) {
-        Ok(Scan::Member(..)) => Ok(Box::new(ParallelGzReader::new(file, file_len, threads)?)),
+        Ok(Scan::Member(..)) => Ok(Box::new(ParallelGzReader::new(
+            Input::File {
+                file,
+                len: file_len,
+            },
+            threads,
+        )?)),
         Ok(Scan::Sequential(_)) => Ok(sequential_from(file, 0)),
         Ok(Scan::Eof) => Ok(Box::new(io::empty())),
         Err(e)
@@ -426,6 +543,24 @@ pub fn open_reader(file: File, threads: usize) -> io::Result<Box<dyn Read + Send
         }
         Err(e) => Err(e),
     }
+}
+
+/// Like [`open_reader`] for a stream read once, in order (a decrypted archive): `NX`
+/// members are read here and decompressed in parallel on `threads` threads (output in order,
+/// bounded memory); anything else from the first non-`NX` header on is read sequentially.
+/// Every check of [`open_reader`] applies; errors surface on `read`.
+pub fn open_stream_reader(
+    stream: Box<dyn Read + Send>,
+    threads: usize,
+) -> io::Result<Box<dyn Read + Send>> {
+    Ok(Box::new(ParallelGzReader::new(
+        Input::Stream {
+            stream: Some(stream),
+            head: Vec::with_capacity(STREAM_PROBE),
+            at_end: false,
+        },
+        threads,
+    )?))
 }
 
 #[cfg(test)]
@@ -515,6 +650,22 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_inside_a_member_longer_than_the_probe_is_an_error() {
+        // Members of about 40 KB: the cut lies beyond the bytes a scan looks at first, so a
+        // stream notices it only while reading the member.
+        let data = random(200_000, 3);
+        let gz = compress(&data, 6, 2, 40_000);
+        let ms = members(&gz);
+        let (off, len) = ms[2];
+        assert!(len as usize > 2 * super::STREAM_PROBE);
+        for cut in [off + 5000, off + u64::from(len) - 1] {
+            let e = assert_read_fails(&gz[..cut as usize], &format!("cut at {cut}"));
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+            assert!(e.to_string().contains(&format!("offset {off}")), "{e}");
+        }
+    }
+
+    #[test]
     fn garbage_and_bad_lengths_are_errors() {
         let data = text(10_000, 4);
         let gz = compress(&data, 6, 2, 2000);
@@ -583,25 +734,36 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded() {
-        // At most 2 * threads members decoded ahead of the consumer.
+        // At most 2 * threads members decoded (or, from a stream, read) ahead of the
+        // consumer, from a file and from a stream alike.
         let threads = 2;
         let data = text(1 << 20, 9);
         let gz = compress(&data, 6, 2, 4096);
         let file = Arc::new(to_file(&gz));
         let len = file.metadata().unwrap().len();
-        let mut r = ParallelGzReader::new(file, len, threads).unwrap();
-        let mut out = Vec::new();
-        let mut buf = [0u8; 1000];
-        loop {
-            let n = r.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
+        let inputs = [
+            Input::File { file, len },
+            Input::Stream {
+                stream: Some(Box::new(io::Cursor::new(gz.clone()))),
+                head: Vec::new(),
+                at_end: false,
+            },
+        ];
+        for input in inputs {
+            let mut r = ParallelGzReader::new(input, threads).unwrap();
+            let mut out = Vec::new();
+            let mut buf = [0u8; 1000];
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+                assert!(r.pending.len() as u64 <= r.window);
             }
-            out.extend_from_slice(&buf[..n]);
-            assert!(r.pending.len() as u64 <= r.window);
+            assert!(out == data);
+            assert!(r.max_outstanding <= 2 * threads as u64);
+            assert!(r.dispatched as usize == data.len().div_ceil(4096));
         }
-        assert!(out == data);
-        assert!(r.max_outstanding <= 2 * threads as u64);
-        assert!(r.dispatched as usize == data.len().div_ceil(4096));
     }
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use flate2::read::MultiGzDecoder;
 
-use super::{ParallelGzWriter, member_offsets, open_reader};
+use super::{ParallelGzWriter, member_offsets, open_reader, open_stream_reader};
 
 /// xorshift64*: deterministic test data without a rand dependency.
 pub(super) struct Rng(u64);
@@ -99,11 +99,40 @@ pub(super) fn to_file(bytes: &[u8]) -> File {
     f
 }
 
+/// Reads `bytes` through [`open_reader`] (a file) and through [`open_stream_reader`] (a
+/// stream handing out at most 777 bytes a read, as a decryptor might), and checks that both
+/// give the same data or fail alike; returns the file reader's result.
 pub(super) fn read_all(bytes: &[u8], threads: usize) -> io::Result<Vec<u8>> {
-    let mut r = open_reader(to_file(bytes), threads)?;
-    let mut v = Vec::new();
-    r.read_to_end(&mut v)?;
-    Ok(v)
+    let from_file = (|| {
+        let mut r = open_reader(to_file(bytes), threads)?;
+        let mut v = Vec::new();
+        r.read_to_end(&mut v)?;
+        Ok::<_, io::Error>(v)
+    })();
+    let from_stream = (|| {
+        let mut r = open_stream_reader(Box::new(Trickle(bytes.to_vec(), 0)), threads)?;
+        let mut v = Vec::new();
+        r.read_to_end(&mut v)?;
+        Ok::<_, io::Error>(v)
+    })();
+    match (&from_file, &from_stream) {
+        (Ok(a), Ok(b)) => assert!(a == b, "the stream reader gave other data"),
+        (Err(a), Err(b)) => assert_eq!(a.kind(), b.kind(), "file: {a}; stream: {b}"),
+        (a, b) => panic!("file reader: {a:?}; stream reader: {b:?}"),
+    }
+    from_file
+}
+
+/// A stream of `bytes` that hands out at most 777 bytes a read.
+struct Trickle(Vec<u8>, usize);
+
+impl Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(777).min(self.0.len() - self.1);
+        buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+        self.1 += n;
+        Ok(n)
+    }
 }
 
 pub(super) fn multigz(bytes: &[u8]) -> Vec<u8> {
