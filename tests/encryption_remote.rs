@@ -404,3 +404,54 @@ fn assert_same(expected: &crate::util::Tree, actual: &crate::util::Tree) {
         &except(actual, EXCLUDED),
     );
 }
+
+#[test]
+fn delete_backup_remote_and_remote_prune_remove_encrypted_copies_by_their_age_names() {
+    let Some(s) = moto() else { return };
+    if !age_tools() {
+        return;
+    }
+    let r = Remote::new(s);
+    let env = TestEnv::new();
+    setup(&r, &env);
+    let rows: Vec<_> = (0..3).map(|_| env.backup()).collect();
+    r.json(&env, &["remote", "push", "--all", "--json"]);
+    let sealed = |i: usize| format!("site-a/{}.age", archive_name(&rows[i].file_path));
+    let mut keys = object_keys(&r);
+    keys.sort();
+    let mut want: Vec<String> = (0..3)
+        .flat_map(|i| [sealed(i), format!("{}.json", sealed(i))])
+        .collect();
+    want.sort();
+    assert_eq!(keys, want);
+
+    // delete-backup --remote finds the copy under its .tar.gz.age name: object and sidecar go.
+    let doc = r.json(
+        &env,
+        &[
+            "delete-backup",
+            &rows[0].id.to_string(),
+            "--remote",
+            "--force",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        doc["remote_deleted"],
+        format!("s3://{}/{}", r.bucket, sealed(0)),
+        "{doc}"
+    );
+    let keys = object_keys(&r);
+    assert!(!keys.iter().any(|k| k.starts_with(&sealed(0))), "{keys:?}");
+
+    // remote prune keeps the newest encrypted copy and deletes the other, sidecar included;
+    // local archives stay.
+    let doc = r.json(&env, &["remote", "prune", "--keep-last", "1", "--json"]);
+    assert_eq!(doc["deleted"].as_array().unwrap().len(), 1, "{doc}");
+    let mut keys = object_keys(&r);
+    keys.sort();
+    assert_eq!(keys, vec![sealed(2), format!("{}.json", sealed(2))]);
+    for b in &rows[1..] {
+        assert!(env.row(b.id).file_exists, "{}", b.id);
+    }
+}
