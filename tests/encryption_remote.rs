@@ -7,11 +7,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::encryption::{age_tools, configure, keygen, keys_dir};
 use crate::remote::{
-    Remote, archive_name, big_env, http, list_states, moto, recorded_parts, seaweed,
+    Remote, Server, archive_name, big_env, http, kill_push_after_first_part, list_states, moto,
+    recorded_parts, seaweed,
 };
 use crate::util::{EXCLUDED, TestEnv, except, sha256_file};
 
@@ -24,6 +24,20 @@ fn setup(r: &Remote, env: &TestEnv) -> PathBuf {
     configure(env, &format!("recipients = [\"{public}\"]\n"));
     r.configure(env, &r.endpoint.clone(), "");
     identity
+}
+
+/// The start of a test here: the remote on `server` and a working dir from `env` with
+/// [`setup`], and the identity file; `None` (the test is skipped) without the server or the
+/// `age` tools.
+fn start(server: Option<Server>, env: fn() -> TestEnv) -> Option<(Remote, TestEnv, PathBuf)> {
+    let s = server?;
+    if !age_tools() {
+        return None;
+    }
+    let r = Remote::new(s);
+    let env = env();
+    let identity = setup(&r, &env);
+    Some((r, env, identity))
 }
 
 /// The object's bytes, read through moto's S3 API (moto does not check signatures).
@@ -81,13 +95,9 @@ fn staged_files(env: &TestEnv) -> Vec<String> {
 
 #[test]
 fn scope_remote_pushes_only_ciphertext_that_age_opens_and_verify_needs_no_key() {
-    let Some(s) = moto() else { return };
-    if !age_tools() {
+    let Some((r, env, identity)) = start(moto(), TestEnv::new) else {
         return;
-    }
-    let r = Remote::new(s);
-    let env = TestEnv::new();
-    let identity = setup(&r, &env);
+    };
     let row = env.backup();
     // Local archives stay plain with scope = "remote".
     assert!(!row.encrypted, "{row:?}");
@@ -176,13 +186,9 @@ fn scope_remote_pushes_only_ciphertext_that_age_opens_and_verify_needs_no_key() 
 
 #[test]
 fn lost_host_pulls_an_encrypted_copy_only_with_its_identity_then_rolls_back() {
-    let Some(s) = seaweed() else { return };
-    if !age_tools() {
+    let Some((r, env, identity)) = start(seaweed(), TestEnv::new) else {
         return;
-    }
-    let r = Remote::new(s);
-    let env = TestEnv::new();
-    let identity = setup(&r, &env);
+    };
     let original = env.snapshot_compose();
     let row = env.backup();
     let sealed = format!("{}.age", archive_name(&row.file_path));
@@ -234,13 +240,9 @@ fn lost_host_pulls_an_encrypted_copy_only_with_its_identity_then_rolls_back() {
 
 #[test]
 fn lost_host_reindex_remote_then_rollback_with_identity_downloads_and_decrypts() {
-    let Some(s) = moto() else { return };
-    if !age_tools() {
+    let Some((r, env, identity)) = start(moto(), TestEnv::new) else {
         return;
-    }
-    let r = Remote::new(s);
-    let env = TestEnv::new();
-    let identity = setup(&r, &env);
+    };
     let original = env.snapshot_compose();
     let row = env.backup();
     r.json(&env, &["remote", "push", &row.id.to_string(), "--json"]);
@@ -300,38 +302,14 @@ fn lost_host_reindex_remote_then_rollback_with_identity_downloads_and_decrypts()
 
 #[test]
 fn a_killed_encrypted_push_resumes_from_the_same_staged_ciphertext() {
-    let Some(s) = moto() else { return };
-    if !age_tools() {
+    let Some((r, env, identity)) = start(moto(), big_env) else {
         return;
-    }
-    let r = Remote::new(s);
-    let env = big_env();
-    let identity = setup(&r, &env);
+    };
     // Slow enough to be killed between parts.
     r.configure(&env, &r.endpoint.clone(), "upload_limit = \"3MiB/s\"\n");
     let row = env.backup();
     let sealed = format!("{}.age", archive_name(&row.file_path));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nuwax-cli"));
-    cmd.arg("-C")
-        .arg(&env.work)
-        .args(["-q", "remote", "push", &row.id.to_string()])
-        .current_dir(&env.cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    for (k, v) in r.creds() {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while recorded_parts(&env) < 1 {
-        assert!(Instant::now() < deadline, "no part recorded within 60 s");
-        assert!(child.try_wait().unwrap().is_none(), "push ended too early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let done = recorded_parts(&env) as u64;
+    let done = kill_push_after_first_part(&r, &env, row.id);
     // The ciphertext stays staged for the resume; no sidecar, so no copy yet.
     assert_eq!(staged_files(&env), vec![sealed.clone()]);
     let staged = env.backups_dir().join(".nuwax-push").join(&sealed);
@@ -356,17 +334,13 @@ fn a_killed_encrypted_push_resumes_from_the_same_staged_ciphertext() {
 
 #[test]
 fn changed_recipients_restage_and_the_old_upload_is_aborted() {
-    let Some(s) = moto() else { return };
-    if !age_tools() {
+    let Some((r, env, _)) = start(moto(), big_env) else {
         return;
-    }
-    let r = Remote::new(s);
-    let env = big_env();
-    setup(&r, &env);
+    };
     r.configure(&env, &r.endpoint.clone(), "upload_limit = \"3MiB/s\"\n");
     let row = env.backup();
     let sealed = format!("{}.age", archive_name(&row.file_path));
-    crate::remote::kill_push_after_first_part(&r, &env, row.id);
+    kill_push_after_first_part(&r, &env, row.id);
     assert_eq!(staged_files(&env), vec![sealed.clone()]);
     // The keys change before the push is resumed: the staged ciphertext (to the old key)
     // is not sent, a new one to the new key is.
@@ -407,13 +381,9 @@ fn assert_same(expected: &crate::util::Tree, actual: &crate::util::Tree) {
 
 #[test]
 fn delete_backup_remote_and_remote_prune_remove_encrypted_copies_by_their_age_names() {
-    let Some(s) = moto() else { return };
-    if !age_tools() {
+    let Some((r, env, _)) = start(moto(), TestEnv::new) else {
         return;
-    }
-    let r = Remote::new(s);
-    let env = TestEnv::new();
-    setup(&r, &env);
+    };
     let rows: Vec<_> = (0..3).map(|_| env.backup()).collect();
     r.json(&env, &["remote", "push", "--all", "--json"]);
     let sealed = |i: usize| format!("site-a/{}.age", archive_name(&rows[i].file_path));

@@ -521,27 +521,7 @@ fn push_killed_mid_upload_resumes_without_resending_finished_parts() {
     let size = std::fs::metadata(&row.file_path).unwrap().len();
     let nparts = size.div_ceil(5 * 1024 * 1024);
     assert!(nparts >= 3, "archive too small: {size} bytes");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nuwax-cli"));
-    cmd.arg("-C")
-        .arg(&env.work)
-        .args(["-q", "remote", "push", &row.id.to_string()])
-        .current_dir(&env.cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    for (k, v) in r.creds() {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while recorded_parts(&env) < 1 {
-        assert!(Instant::now() < deadline, "no part recorded within 60 s");
-        assert!(child.try_wait().unwrap().is_none(), "push ended too early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let done = recorded_parts(&env) as u64;
+    let done = kill_push_after_first_part(&r, &env, row.id);
     assert!(done >= 1 && done < nparts, "{done} of {nparts}");
     // No copy on the remote yet: no sidecar.
     assert_eq!(
@@ -902,8 +882,9 @@ fn pending_uploads(r: &Remote) -> Vec<String> {
         .collect()
 }
 
-/// Starts `remote push ID` and kills it (SIGKILL) once it recorded its first part.
-pub(crate) fn kill_push_after_first_part(r: &Remote, env: &TestEnv, id: i64) {
+/// Starts `remote push ID` and kills it (SIGKILL) once it recorded its first part; returns
+/// the parts recorded by then.
+pub(crate) fn kill_push_after_first_part(r: &Remote, env: &TestEnv, id: i64) -> u64 {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nuwax-cli"));
     cmd.arg("-C")
         .arg(&env.work)
@@ -924,6 +905,7 @@ pub(crate) fn kill_push_after_first_part(r: &Remote, env: &TestEnv, id: i64) {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    recorded_parts(env) as u64
 }
 
 #[test]
