@@ -16,8 +16,12 @@
 //! recreated a bind-mount source, an operator mounted a disk) is never emptied.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::{Error, IoContext, Result};
 
@@ -107,7 +111,6 @@ pub fn remove_path(path: &Path) -> Result<()> {
 /// Errors are left for the caller's final `remove_dir_all` to report.
 fn remove_tree_parallel(root: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -162,20 +165,120 @@ fn remove_tree_parallel(root: &Path) {
 /// Makes everything written under `path` durable with one `syncfs(2)` of its filesystem:
 /// a staged tree must be on disk before a swap makes it live (a per-file fsync of 100k files
 /// would cost far more than one filesystem sync).
-#[allow(unsafe_code)]
 pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = File::open(path).ctx("cannot open", path)?;
+    syncfs(&dir).ctx("cannot sync filesystem of", path)
+}
+
+#[allow(unsafe_code)]
+fn syncfs(dir: &File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let dir = std::fs::File::open(path).ctx("cannot open", path)?;
     // SAFETY: `dir` is an open descriptor for the duration of the call.
     let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
     if rc != 0 {
-        return Err(Error::io(
-            "cannot sync filesystem of",
-            path,
-            std::io::Error::last_os_error(),
-        ));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// How often [`SyncBehind`] writes back what was written meanwhile.
+const SYNC_BEHIND_EVERY: Duration = Duration::from_millis(500);
+
+/// Makes a tree durable while it is being written, not only after: a thread calls `syncfs(2)`
+/// on its filesystem every [`SYNC_BEHIND_EVERY`] while the writer goes on, and
+/// [`SyncBehind::finish`] does the last one.
+///
+/// Design note: a restore of many small files leaves the kernel tens of thousands of dirty
+/// inodes and blocks; one `syncfs` at the end then waited for all of them (1.7 s of a 7 s
+/// restore of 100k files), on a disk that sat idle while the CPU extracted. Writing back as
+/// the restore goes overlaps the two. Every call goes through the one descriptor opened
+/// before the first byte is written: `syncfs` reports a writeback error to each descriptor
+/// once, so an error seen by the background thread is kept and returned by `finish`, and
+/// no error of the tree's writeback can fall between two descriptors.
+pub struct SyncBehind {
+    path: PathBuf,
+    dir: Arc<File>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    /// Background syncs done.
+    rounds: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SyncBehind {
+    /// Starts writing back the filesystem of `path` (an existing directory) in the background.
+    pub fn start(path: &Path) -> Result<SyncBehind> {
+        let dir = Arc::new(File::open(path).ctx("cannot open", path)?);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (bg_dir, bg_stop, bg_rounds) =
+            (Arc::clone(&dir), Arc::clone(&stop), Arc::clone(&rounds));
+        let thread = std::thread::Builder::new()
+            .name("sync-behind".into())
+            .spawn(move || {
+                let (lock, wake) = &*bg_stop;
+                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    // Checked before waiting too: a stop sent before this thread first took
+                    // the lock woke nobody.
+                    if !*stopped {
+                        stopped = wake
+                            .wait_timeout(stopped, SYNC_BEHIND_EVERY)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                    if *stopped {
+                        return Ok(());
+                    }
+                    drop(stopped);
+                    syncfs(&bg_dir)?;
+                    bg_rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the sync thread: {e}")))?;
+        Ok(SyncBehind {
+            path: path.to_path_buf(),
+            dir,
+            stop,
+            thread: Some(thread),
+            rounds,
+        })
+    }
+
+    /// Background syncs done so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the background thread and syncs what is left: `Ok` once everything written
+    /// under the path is durable, else the first writeback error.
+    pub fn finish(mut self) -> Result<()> {
+        let background = self.stop_thread();
+        let last = syncfs(&self.dir);
+        tracing::debug!(path = %self.path.display(), background = self.rounds(), "synced");
+        background
+            .and(last)
+            .ctx("cannot sync filesystem of", &self.path)
+    }
+
+    fn stop_thread(&mut self) -> std::io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked")))
+    }
+}
+
+impl Drop for SyncBehind {
+    /// Abandoned (the writer failed): stops the thread, syncs nothing more.
+    fn drop(&mut self) {
+        let _ = self.stop_thread();
+    }
 }
 
 /// fsyncs a directory (after renames in it).
@@ -294,6 +397,37 @@ pub fn name_starts_with(name: &std::ffi::OsStr, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The background thread writes back while the writer goes on, `finish` syncs the rest
+    /// and stops it; an abandoned one stops on drop; a missing directory is an error.
+    #[test]
+    fn sync_behind_syncs_in_the_background_and_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = SyncBehind::start(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a"), vec![7u8; 1 << 20]).unwrap();
+        let deadline = std::time::Instant::now() + 10 * SYNC_BEHIND_EVERY;
+        while sync.rounds() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(SYNC_BEHIND_EVERY / 5);
+        }
+        assert!(
+            sync.rounds() > 0,
+            "no background sync in {:?}",
+            10 * SYNC_BEHIND_EVERY
+        );
+        sync.finish().unwrap();
+
+        let started = std::time::Instant::now();
+        drop(SyncBehind::start(dir.path()).unwrap());
+        assert!(
+            started.elapsed() < SYNC_BEHIND_EVERY,
+            "drop waited for the interval"
+        );
+
+        let e = SyncBehind::start(&dir.path().join("missing"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
 
     #[test]
     fn mountinfo_octal_escapes() {

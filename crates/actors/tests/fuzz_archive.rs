@@ -247,6 +247,7 @@ fn read_back_in(sb: &Sandbox, bytes: &[u8]) -> Result<Outcome, TestCaseError> {
             expected_sha256: None,
             manifest: None,
             key: None,
+            durable: false,
         },
         &Progress::none(),
         &CancelFlag::default(),

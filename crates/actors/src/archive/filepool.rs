@@ -44,6 +44,8 @@ use crate::error::{Error, IoContext, Result};
 
 /// Bytes per data buffer (a multiple of [`ALIGN`]).
 pub(super) const PIECE: usize = 1 << 20;
+/// Files up to this size go to [`FilePool::small`].
+pub(super) const SMALL: u64 = 64 << 10;
 /// Alignment of the buffers, and of direct writes' offsets and lengths: the page size, which
 /// covers the logical block size of every common disk.
 const ALIGN: usize = 4096;
@@ -78,8 +80,26 @@ enum Job {
     Data { buf: Piece, len: usize },
     /// The current file is complete.
     End,
+    /// Whole small files, one after the other in `buf` (see [`FilePool::small`]).
+    Batch { buf: Piece, files: Vec<Small> },
     /// Acknowledge once every earlier job is done.
     Barrier(Sender<()>),
+}
+
+/// A small file of a [`Job::Batch`]: its content is `len` bytes at `start` of the buffer.
+struct Small {
+    id: usize,
+    target: Option<Target>,
+    start: usize,
+    len: usize,
+}
+
+/// Small files gathered for one worker, sent as one [`Job::Batch`].
+struct Pending {
+    worker: usize,
+    buf: Piece,
+    used: usize,
+    files: Vec<Small>,
 }
 
 struct Shared {
@@ -146,6 +166,8 @@ pub(super) struct FilePool {
     max_buffers: usize,
     /// Worker of the file being sent.
     current: Option<usize>,
+    /// Small files not sent yet.
+    pending: Option<Pending>,
     next: usize,
     shared: Arc<Shared>,
 }
@@ -166,6 +188,7 @@ impl FilePool {
             allocated: 0,
             max_buffers: 2 * threads + 2,
             current: None,
+            pending: None,
             next: 0,
             shared: Arc::clone(&shared),
         };
@@ -210,13 +233,10 @@ impl FilePool {
         size: u64,
     ) -> Result<()> {
         self.check()?;
+        self.flush()?;
         let n = self.workers.len();
         let w = if size < PIECE as u64 {
-            // FNV-1a.
-            let h = dir.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-            (h % n as u64) as usize
+            self.worker_of(dir)
         } else {
             let queued = |w: usize| self.workers[w].0.len();
             let mut best = self.next % n;
@@ -232,6 +252,74 @@ impl FilePool {
         self.current = Some(w);
         let direct = size >= DIRECT_MIN;
         self.send(w, Job::Begin { id, target, direct })
+    }
+
+    /// The worker that owns directory `dir`: two threads creating files in one directory
+    /// contend for its lock, and the kernel spins on it.
+    fn worker_of(&self, dir: &[u8]) -> usize {
+        // FNV-1a.
+        let h = dir.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (h % self.workers.len() as u64) as usize
+    }
+
+    /// A whole file of `len` (at most [`SMALL`]) bytes in directory `dir`, its content
+    /// written into the slice `fill` is given. Small files of one directory are gathered in
+    /// one buffer and sent to their worker as one job when it is full or the next file goes
+    /// elsewhere: one message and one buffer for a directory of small files instead of three
+    /// messages and one buffer per file (a tree of 100k small files kept the reader waiting
+    /// for buffers and waking workers).
+    pub(super) fn small(
+        &mut self,
+        id: usize,
+        target: Option<Target>,
+        dir: &[u8],
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.check()?;
+        let w = self.worker_of(dir);
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.worker != w || p.used + len > PIECE)
+        {
+            self.flush()?;
+        }
+        let p = match self.pending.take() {
+            Some(p) => p,
+            None => Pending {
+                worker: w,
+                buf: self.buffer()?,
+                used: 0,
+                files: Vec::new(),
+            },
+        };
+        let p = self.pending.insert(p);
+        fill(&mut p.buf[p.used..p.used + len])?;
+        p.files.push(Small {
+            id,
+            target,
+            start: p.used,
+            len,
+        });
+        p.used += len;
+        Ok(())
+    }
+
+    /// Sends the gathered small files.
+    fn flush(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(p) => self.send(
+                p.worker,
+                Job::Batch {
+                    buf: p.buf,
+                    files: p.files,
+                },
+            ),
+            None => Ok(()),
+        }
     }
 
     /// A buffer of `PIECE` bytes to fill (waits while all buffers are in flight).
@@ -275,6 +363,7 @@ impl FilePool {
     /// Waits until every file sent so far is complete (created, written, finished), e.g.
     /// before a hard link to one of them is made.
     pub(super) fn barrier(&mut self) -> Result<()> {
+        self.flush()?;
         let mut acks = Vec::with_capacity(self.workers.len());
         for w in 0..self.workers.len() {
             let (tx, rx) = bounded(1);
@@ -293,6 +382,7 @@ impl FilePool {
     /// Waits for all work and returns the sum of the SHA-256 of every file by id, or the
     /// first error.
     pub(super) fn finish(mut self) -> Result<Sums> {
+        self.flush()?;
         let mut sums = ShaSum::default();
         let mut panicked = false;
         for (tx, handle) in std::mem::take(&mut self.workers) {
@@ -350,7 +440,7 @@ fn worker(jobs: &Receiver<Job>, free: &Sender<Piece>, shared: &Shared) -> Sums {
         }
         if shared.failed.load(Ordering::Relaxed) {
             cur = None;
-            if let Job::Data { buf, .. } = job {
+            if let Job::Data { buf, .. } | Job::Batch { buf, .. } = job {
                 let _ = free.send(buf);
             }
             continue;
@@ -367,85 +457,104 @@ fn worker(jobs: &Receiver<Job>, free: &Sender<Piece>, shared: &Shared) -> Sums {
 
 fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piece>) -> Result<()> {
     match job {
-        Job::Begin { id, target, direct } => {
-            let mut mode_set = false;
-            let file = match target {
-                Some(t) => {
-                    // Created with its final permission bits where the umask leaves them as
-                    // they are and no chown will clear them (setuid/setgid): no chmod later.
-                    // Never more than the final mode, so nothing is readable that will not be.
-                    let at_open = t.mode & 0o777;
-                    let settled = t.mode & 0o7000 == 0 && at_open & !process_umask() == at_open;
-                    let f = create_with_mode(&t.full, if settled { at_open } else { 0o600 })?;
-                    mode_set = settled;
-                    Some((f, t))
-                }
-                None => None,
-            };
-            // A filesystem without direct I/O refuses the flag: then the page cache it is.
-            let direct = direct
-                && file
-                    .as_ref()
-                    .is_some_and(|(f, _)| set_direct(f, true).is_ok());
-            *cur = Some(Open {
-                id,
-                file,
-                hasher: Sha256::new(),
-                written: 0,
-                unflushed: 0,
-                direct,
-                holes: false,
-                mode_set,
-            });
-        }
+        Job::Begin { id, target, direct } => *cur = Some(Open::begin(id, target, direct)?),
         Job::Data { buf, len } => {
             let r = match cur.as_mut() {
-                Some(open) => {
-                    open.hasher.update(&buf[..len]);
-                    match &mut open.file {
-                        Some((f, t)) => {
-                            let r = write_piece(f, &buf[..len], open.written, &mut open.direct)
-                                .map(|holes| open.holes |= holes)
-                                .ctx("cannot write", &t.full);
-                            open.written += len as u64;
-                            if open.direct {
-                                open.unflushed = open.written;
-                            } else if open.written - open.unflushed >= WRITEBACK {
-                                start_writeback(f, open.unflushed, open.written);
-                                open.unflushed = open.written;
-                            }
-                            r
-                        }
-                        None => Ok(()),
-                    }
-                }
+                Some(open) => open.write(&buf[..len]),
                 None => Err(Error::Internal("file writer: data without a file".into())),
             };
             let _ = free.send(buf);
             r?;
         }
-        Job::End => {
-            let open = cur
-                .take()
-                .ok_or_else(|| Error::Internal("file writer: end without a file".into()))?;
-            if let Some((f, t)) = &open.file {
-                if open.holes {
-                    // Skipped zeros at the end left the file short: its length makes them a
-                    // hole (and is a no-op otherwise).
-                    f.set_len(open.written)
-                        .ctx("cannot set the length of", &t.full)?;
-                }
-                let mode = (!open.mode_set).then_some(t.mode);
-                apply_meta_with(f, &t.full, t.owner, mode, t.mtime)?;
-                if open.written >= WRITEBACK && open.written > open.unflushed {
-                    start_writeback(f, open.unflushed, open.written);
-                }
-            }
-            sums.add(open.id as u64, &open.hasher.finalize().into());
+        Job::End => cur
+            .take()
+            .ok_or_else(|| Error::Internal("file writer: end without a file".into()))?
+            .end(sums)?,
+        Job::Batch { buf, files } => {
+            let r = files.into_iter().try_for_each(|f| {
+                let mut open = Open::begin(f.id, f.target, false)?;
+                open.write(&buf[f.start..f.start + f.len])?;
+                open.end(sums)
+            });
+            let _ = free.send(buf);
+            r?;
         }
         Job::Barrier(_) => {}
     }
     Ok(())
+}
+
+impl Open {
+    /// Creates the file (`None`: only hashes the data).
+    fn begin(id: usize, target: Option<Target>, direct: bool) -> Result<Open> {
+        let mut mode_set = false;
+        let file = match target {
+            Some(t) => {
+                // Created with its final permission bits where the umask leaves them as
+                // they are and no chown will clear them (setuid/setgid): no chmod later.
+                // Never more than the final mode, so nothing is readable that will not be.
+                let at_open = t.mode & 0o777;
+                let settled = t.mode & 0o7000 == 0 && at_open & !process_umask() == at_open;
+                let f = create_with_mode(&t.full, if settled { at_open } else { 0o600 })?;
+                mode_set = settled;
+                Some((f, t))
+            }
+            None => None,
+        };
+        // A filesystem without direct I/O refuses the flag: then the page cache it is.
+        let direct = direct
+            && file
+                .as_ref()
+                .is_some_and(|(f, _)| set_direct(f, true).is_ok());
+        Ok(Open {
+            id,
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            unflushed: 0,
+            direct,
+            holes: false,
+            mode_set,
+        })
+    }
+
+    /// Hashes and writes the next piece of the file.
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.hasher.update(data);
+        let Some((f, t)) = &mut self.file else {
+            return Ok(());
+        };
+        let r = write_piece(f, data, self.written, &mut self.direct)
+            .map(|holes| self.holes |= holes)
+            .ctx("cannot write", &t.full);
+        self.written += data.len() as u64;
+        if self.direct {
+            self.unflushed = self.written;
+        } else if self.written - self.unflushed >= WRITEBACK {
+            start_writeback(f, self.unflushed, self.written);
+            self.unflushed = self.written;
+        }
+        r
+    }
+
+    /// Finishes the file (length, owner, mode, mtime) and adds its checksum to `sums`.
+    fn end(self, sums: &mut Sums) -> Result<()> {
+        if let Some((f, t)) = &self.file {
+            if self.holes {
+                // Skipped zeros at the end left the file short: its length makes them a
+                // hole (and is a no-op otherwise).
+                f.set_len(self.written)
+                    .ctx("cannot set the length of", &t.full)?;
+            }
+            let mode = (!self.mode_set).then_some(t.mode);
+            apply_meta_with(f, &t.full, t.owner, mode, t.mtime)?;
+            if self.written >= WRITEBACK && self.written > self.unflushed {
+                start_writeback(f, self.unflushed, self.written);
+            }
+        }
+        sums.add(self.id as u64, &self.hasher.finalize().into());
+        Ok(())
+    }
 }
 
 /// Writes `data`, the next piece of `file`, which starts at file offset `offset`.
@@ -638,10 +747,20 @@ mod tests {
         Sha256::digest(b).into()
     }
 
+    /// As the extraction sends a file: a small one gathered with others, a larger one in
+    /// pieces.
     fn send_file(pool: &mut FilePool, id: usize, target: Option<Target>, data: &[u8]) {
         let size = data.len() as u64;
-        pool.begin(id, target, format!("d{}", id / 3).as_bytes(), size)
+        let dir = format!("d{}", id / 3);
+        if size <= SMALL {
+            pool.small(id, target, dir.as_bytes(), data.len(), |buf| {
+                buf.copy_from_slice(data);
+                Ok(())
+            })
             .unwrap();
+            return;
+        }
+        pool.begin(id, target, dir.as_bytes(), size).unwrap();
         for piece in data.chunks(PIECE / 3 + 1) {
             let mut buf = pool.buffer().unwrap();
             buf[..piece.len()].copy_from_slice(piece);
@@ -690,6 +809,63 @@ mod tests {
                 1_700_000_000 + *id as i64
             );
         }
+    }
+
+    /// Many small files, gathered by directory into shared buffers, interleaved with large
+    /// ones and hash-only entries, with a barrier (what a hard link waits for) in between:
+    /// each is written whole with its own mode and mtime, and its checksum counted once.
+    #[test]
+    fn gathered_small_files_are_each_written_and_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = FilePool::new(2).unwrap();
+        let mut expected = ShaSum::default();
+        let mut written = Vec::new();
+        for id in 0..3000usize {
+            // Mostly tiny, some exactly SMALL (a buffer holds 16), a few large.
+            let len = match id % 500 {
+                7 => 3 * PIECE / 2,
+                11 | 12 => SMALL as usize,
+                _ => id % 700,
+            };
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 + id) as u8).collect();
+            let target = (id % 9 != 4).then(|| Target {
+                full: dir.path().join(format!("f{id}")),
+                owner: None,
+                mode: if id % 2 == 0 { 0o600 } else { 0o640 },
+                mtime: 1_600_000_000 + id as i64,
+            });
+            send_file(&mut pool, id, target, &data);
+            if id == 1500 {
+                pool.barrier().unwrap();
+                // Everything sent before the barrier is on disk, gathered or not.
+                for (id, data) in &written {
+                    let p = dir.path().join(format!("f{id}"));
+                    assert!(
+                        std::fs::read(&p).unwrap() == *data,
+                        "{id} before the barrier"
+                    );
+                }
+            }
+            expected.add(id as u64, &sha(&data));
+            if id % 9 != 4 {
+                written.push((id, data));
+            }
+        }
+        let sums = pool.finish().unwrap();
+        assert_eq!(sums, expected, "every file's checksum, by id, once");
+        for (id, data) in &written {
+            let p = dir.path().join(format!("f{id}"));
+            assert!(std::fs::read(&p).unwrap() == *data, "content of {id}");
+            let m = std::fs::metadata(&p).unwrap();
+            let mode = if id % 2 == 0 { 0o600 } else { 0o640 };
+            assert_eq!(m.permissions().mode() & 0o7777, mode, "mode of {id}");
+            assert_eq!(
+                FileTime::from_last_modification_time(&m).unix_seconds(),
+                1_600_000_000 + *id as i64
+            );
+        }
+        let on_disk = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(on_disk, written.len(), "hash-only entries were not written");
     }
 
     /// Large files go through `O_DIRECT` in whole blocks and switch to the page cache for

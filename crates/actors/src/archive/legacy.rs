@@ -325,6 +325,7 @@ mod tests {
                     expected_sha256: None,
                     manifest: Some(Arc::new(manifest.clone())),
                     key: None,
+                    durable: false,
                 },
                 &none,
                 &cancel,

@@ -258,6 +258,10 @@ pub struct ExtractOptions {
     /// The key of an encrypted archive (`crypt.rs`); an encrypted archive without one is
     /// [`crate::error::Error::KeyRequired`].
     pub key: Option<crate::encryption::DecryptKey>,
+    /// Make the staging dir durable before returning `Ok` (written back while the
+    /// extraction goes on, then one last `syncfs`: [`crate::fsutil::SyncBehind`]); a staged
+    /// tree that a swap will make live needs it.
+    pub durable: bool,
 }
 
 #[derive(Debug, Clone)]

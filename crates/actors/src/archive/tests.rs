@@ -281,6 +281,7 @@ fn extract_opts(archive: &Path, staging: &Path, filter: TopLevelFilter) -> Extra
         expected_sha256: None,
         manifest: None,
         key: None,
+        durable: false,
     }
 }
 

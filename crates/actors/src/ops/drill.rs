@@ -287,6 +287,7 @@ impl DrillRun<'_> {
                     expected_sha256: entry.record.sha256.clone(),
                     manifest: None,
                     key,
+                    durable: false,
                 },
                 self.progress.clone(),
                 ctx.cancel.clone(),

@@ -523,6 +523,7 @@ async fn restore_inner(
                     expected_sha256: entry.record.sha256.clone(),
                     manifest,
                     key,
+                    durable: true,
                 },
                 progress.clone(),
                 ctx.cancel.clone(),
@@ -545,7 +546,6 @@ async fn restore_inner(
                 missing.join(", ")
             )));
         }
-        crate::fsutil::sync_filesystem(&staging)?;
         let mut conflicts = Vec::new();
         merge(&staging, &dest, &mut conflicts, false)?;
         if !conflicts.is_empty() {

@@ -380,6 +380,7 @@ pub(crate) async fn rollback_inner(
                     expected_sha256: entry.record.sha256.clone(),
                     manifest: manifest.clone(),
                     key: key.clone(),
+                    durable: true,
                 },
                 progress.clone(),
                 ctx.cancel.clone(),
@@ -387,7 +388,7 @@ pub(crate) async fn rollback_inner(
             )
         })
         .await?;
-    ctx.sync_filesystem(&staged).await?;
+    // Durable (`durable: true`): the swap may make it live.
     crate::faults::point("rollback.after_extract");
     ctx.cancel.check()?;
 
