@@ -14,10 +14,11 @@
 //! `check/digest.rs`, so that no list of entries is kept) and any difference fails the
 //! extraction: the caller then deletes the staging dir, and live data was never touched.
 //!
-//! File contents are hashed, written and finished on the worker threads of a [`FilePool`]
-//! (see `filepool.rs`); this thread reads the stream and creates directories and links. The
-//! pool is drained before the manifest comparison and before directories are finished, and
-//! joined before this function returns.
+//! Directories, symlinks and files are made, and file contents hashed, written and
+//! finished, on the worker threads of a [`FilePool`] (see `filepool.rs`); this thread reads
+//! the stream, checks every entry and makes hard links (after the pool has made everything
+//! before them). The pool is drained before the manifest comparison and before directories
+//! are finished, and joined before this function returns.
 //!
 //! Durability: files are not fsynced one by one (one fsync per file would dominate the run
 //! time). With `durable` set, the staging filesystem is written back while the extraction
@@ -26,19 +27,17 @@
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use filetime::FileTime;
-
 use super::check::{
-    EntryDigest, Meta, Parsed, PathSet, ProgressMap, Refusal, Tracker, check_trailing,
-    display_bytes, parse_entry, stream_error, top_level,
+    EntryDigest, Meta, Parsed, ProgressMap, Refusal, Tracker, check_trailing, display_bytes,
+    parse_entry, stream_error, top_level,
 };
-use super::filepool::{FilePool, PIECE, SMALL, Target, apply_meta};
+use super::filepool::{FilePool, Link, PIECE, SMALL, Target, apply_meta, with_parents};
 use super::format::MANIFEST_PATH;
 use super::threads::resolve_threads;
 use super::verify::Expect;
@@ -151,8 +150,6 @@ fn extract_entries(
         staging,
         restore_owner: opts.restore_owner,
         born_owner: born_owner(&meta),
-        created_dirs: PathSet::default(),
-        last_parent: None,
         deferred_dirs: DeferredDirs::default(),
     };
     let mut meta = Meta::new();
@@ -186,8 +183,6 @@ fn extract_entries(
                 digest.merge_sums(pool.finish()?);
             }
             tracker = Tracker::default();
-            out.created_dirs = PathSet::default();
-            out.last_parent = None;
         }
         if opts.manifest.is_none() && meta.accept_digest(&parsed, &mut entry).map_err(refuse)? {
             continue;
@@ -226,7 +221,7 @@ fn extract_entries(
                     None
                 };
                 let pool = pool.as_mut().ok_or_else(no_pool)?;
-                let dir = &parsed.path[..parsed.path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
+                let dir = parent_of(&parsed.path);
                 if parsed.size <= SMALL {
                     // `SMALL` fits in usize.
                     let len = parsed.size as usize;
@@ -261,12 +256,15 @@ fn extract_entries(
             }
             EntryKind::Dir => {
                 if included {
-                    out.create_dir(&parsed)?;
+                    let full = out.dir(&parsed)?;
+                    pool.as_mut().ok_or_else(no_pool)?.dir(full, &parsed.path)?;
                 }
             }
             EntryKind::Symlink => {
                 if included {
-                    out.create_symlink(&parsed)?;
+                    let link = out.symlink(&parsed)?;
+                    let dir = parent_of(&parsed.path);
+                    pool.as_mut().ok_or_else(no_pool)?.symlink(link, dir)?;
                 }
             }
             EntryKind::Hardlink => {
@@ -388,11 +386,6 @@ struct Writer<'a> {
     /// and gid, unless the staging dir has the setgid bit (then new entries take its group,
     /// and `None`: every owner is set).
     born_owner: Option<(u32, u32)>,
-    /// Directories created so far (relative paths, as 16-byte keyed hashes).
-    created_dirs: PathSet,
-    /// The parent directory of the last entry written, known to exist: entries come
-    /// directory by directory, so most need no look-up at all.
-    last_parent: Option<Vec<u8>>,
     /// Explicit directory entries, in creation order; finished deepest first.
     deferred_dirs: DeferredDirs,
 }
@@ -431,40 +424,9 @@ impl Writer<'_> {
         }
     }
 
-    /// Creates the missing ancestors of `rel` (plain directories, nothing special set).
-    fn ensure_parents(&mut self, rel: &[u8]) -> Result<()> {
-        let Some(slash) = rel.iter().rposition(|&b| b == b'/') else {
-            return Ok(());
-        };
-        let parent = &rel[..slash];
-        if self.last_parent.as_deref() == Some(parent) {
-            return Ok(());
-        }
-        for (i, _) in rel.iter().enumerate().filter(|(_, b)| **b == b'/') {
-            let ancestor = &rel[..i];
-            if !self.created_dirs.contains(ancestor) {
-                let full = self.full(ancestor);
-                fs::create_dir(&full).ctx("cannot create directory", &full)?;
-                self.created_dirs.insert(ancestor);
-            }
-        }
-        let last = self.last_parent.get_or_insert_with(Vec::new);
-        last.clear();
-        last.extend_from_slice(parent);
-        Ok(())
-    }
-
-    fn create_dir(&mut self, e: &Parsed) -> Result<()> {
-        self.ensure_parents(&e.path)?;
-        let full = self.full(&e.path);
-        if !self.created_dirs.contains(&e.path) {
-            // Private until finished; the final mode is set at the end.
-            DirBuilder::new()
-                .mode(0o700)
-                .create(&full)
-                .ctx("cannot create directory", &full)?;
-            self.created_dirs.insert(&e.path);
-        }
+    /// A directory entry: where it goes (the pool makes it, private until finished), and
+    /// its final owner, mode and mtime, kept for [`Writer::finish_dirs`].
+    fn dir(&mut self, e: &Parsed) -> Result<PathBuf> {
         let too_long = || Error::Corrupt {
             path: self.staging.to_path_buf(),
             detail: format!("entry {:?}: path too long", display_bytes(&e.path)),
@@ -480,14 +442,13 @@ impl Writer<'_> {
         };
         self.deferred_dirs.paths.extend_from_slice(&e.path);
         self.deferred_dirs.dirs.push(finish);
-        Ok(())
+        Ok(self.full(&e.path))
     }
 
-    /// Where a regular file goes (its parents created) and what it gets when complete. The
-    /// pool creates it (`O_EXCL | O_NOFOLLOW`, mode 0600) and then sets owner, mode (chown
-    /// clears setuid bits) and mtime through the handle.
+    /// Where a regular file goes and what it gets when complete. The pool creates it
+    /// (`O_EXCL | O_NOFOLLOW`, with its parents if they are not there yet) and then sets
+    /// owner, mode (chown clears setuid bits) and mtime through the handle.
     fn file_target(&mut self, e: &Parsed) -> Result<Target> {
-        self.ensure_parents(&e.path)?;
         Ok(Target {
             full: self.full(&e.path),
             owner: self.owner(e)?,
@@ -496,26 +457,23 @@ impl Writer<'_> {
         })
     }
 
-    /// Owner, then mode (chown clears setuid bits), then mtime, all through the handle.
-    fn create_symlink(&mut self, e: &Parsed) -> Result<()> {
-        self.ensure_parents(&e.path)?;
-        let full = self.full(&e.path);
-        let target = OsStr::from_bytes(e.target.as_deref().unwrap_or_default());
-        std::os::unix::fs::symlink(target, &full).ctx("cannot create symlink", &full)?;
-        if let Some((uid, gid)) = self.owner(e)? {
-            std::os::unix::fs::lchown(&full, Some(uid), Some(gid)).ctx("cannot chown", &full)?;
-        }
-        let t = FileTime::from_unix_time(e.mtime, 0);
-        filetime::set_symlink_file_times(&full, t, t).ctx("cannot set modification time of", &full)
+    /// A symlink for the pool to create (then owner and mtime, never following it).
+    fn symlink(&mut self, e: &Parsed) -> Result<Link> {
+        Ok(Link {
+            full: self.full(&e.path),
+            target: PathBuf::from(OsStr::from_bytes(e.target.as_deref().unwrap_or_default())),
+            owner: self.owner(e)?,
+            mtime: e.mtime,
+        })
     }
 
+    /// Called once the pool has made every earlier entry (a barrier).
     fn create_hardlink(&mut self, e: &Parsed) -> Result<()> {
-        self.ensure_parents(&e.path)?;
         let full = self.full(&e.path);
         // The tracker admitted the target as an earlier regular file of the same top-level
         // item, so it was written here; link(2) does not follow a symlink given as source.
         let target = self.full(e.target.as_deref().unwrap_or_default());
-        fs::hard_link(&target, &full).ctx("cannot create hard link", &full)
+        with_parents(&full, || fs::hard_link(&target, &full)).ctx("cannot create hard link", &full)
     }
 
     /// Sets directories' owner, mode and mtime, deepest first (children before parents even
@@ -559,6 +517,11 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// The directory part of a relative path (empty at the top).
+fn parent_of(path: &[u8]) -> &[u8] {
+    &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)]
 }
 
 /// Directories of one depth finished on several threads from this many on.

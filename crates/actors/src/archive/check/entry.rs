@@ -220,25 +220,6 @@ impl PathKeys {
     }
 }
 
-/// A set of paths kept as [`PathKeys`] hashes (16 bytes each, whatever the path's length):
-/// the extraction's record of the directories it created.
-#[derive(Default)]
-pub(in crate::archive) struct PathSet {
-    keys: PathKeys,
-    set: HashSet<u128>,
-}
-
-impl PathSet {
-    pub(in crate::archive) fn contains(&self, path: &[u8]) -> bool {
-        self.set.contains(&self.keys.key(path))
-    }
-
-    /// Adds `path`; false if it was there already.
-    pub(in crate::archive) fn insert(&mut self, path: &[u8]) -> bool {
-        self.set.insert(self.keys.key(path))
-    }
-}
-
 const KINDS: [EntryKind; 4] = [
     EntryKind::Dir,
     EntryKind::File,

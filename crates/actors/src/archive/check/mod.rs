@@ -28,7 +28,7 @@ use std::io;
 
 pub(super) use digest::{EntryDigest, ShaSum};
 pub(super) use entry::{
-    CopyError, Parsed, PathSet, Tracker, check_trailing, copy_entry_data, parse_entry, top_level,
+    CopyError, Parsed, Tracker, check_trailing, copy_entry_data, parse_entry, top_level,
 };
 pub(super) use manifest::{Meta, check_dump, compare_manifest};
 pub(super) use progress::ProgressMap;
