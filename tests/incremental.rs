@@ -259,3 +259,130 @@ fn full_every_forces_a_full_read() {
     let (_, err) = backup(&env, &[]);
     assert!(err.contains(COPIED), "the streak starts again: {err}");
 }
+
+/// An XFS filesystem with reflink (block sharing) in a sparse loop file under `root`,
+/// unmounted on drop.
+struct Xfs {
+    mnt: std::path::PathBuf,
+}
+
+impl Xfs {
+    /// `Err` says why there is none here (not root, no mkfs.xfs, no loop device).
+    fn mount(root: &Path) -> Result<Xfs, String> {
+        if !crate::util::is_root() {
+            return Err("mounting a loop filesystem needs root".into());
+        }
+        let img = root.join("xfs.img");
+        let mnt = root.join("xfs");
+        fs::File::create(&img)
+            .and_then(|f| f.set_len(1 << 30))
+            .map_err(|e| format!("cannot create {}: {e}", img.display()))?;
+        fs::create_dir(&mnt).unwrap();
+        let run = |cmd: &mut Command| -> Result<(), String> {
+            let what = format!("{cmd:?}");
+            let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        run(Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&img))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt))?;
+        Ok(Xfs { mnt })
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the skip notice where no XFS loop filesystem can be made
+fn on_xfs_the_second_backup_shares_the_blocks_of_unchanged_files() {
+    let mut env = env();
+    let xfs = match Xfs::mount(&env.root) {
+        Ok(x) => x,
+        Err(why) => {
+            eprintln!("SKIPPED: no XFS loop filesystem here: {why}");
+            return;
+        }
+    };
+    // The whole working dir (tree, catalog, archives) on XFS, aged past the racy window again
+    // (the copy has new ctimes).
+    let work = xfs.mnt.join("work");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&env.work)
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    env.adopt(work);
+    std::thread::sleep(Duration::from_millis(2200));
+    let (first, _) = backup(&env, &[]);
+    // Only a small file changes: every big file is copied.
+    write(&env.path("app/changed.txt"), b"a small change", 0o644);
+    whole_seconds(&env.compose_dir());
+    let live = except(&env.snapshot_compose(), EXCLUDED);
+    let free = crate::util::free_bytes(&xfs.mnt);
+    let (second, err) = backup(&env, &[]);
+    assert!(err.contains(COPIED), "{err}");
+    assert!(err.contains(&first.file_path), "{err}");
+    let used = free.saturating_sub(crate::util::free_bytes(&xfs.mnt));
+    let size = fs::metadata(&second.file_path).unwrap().len();
+    // The big files are most of the archive; their blocks are shared with the first one.
+    assert!(size > 10 << 20, "{size}");
+    assert!(
+        used < size / 4,
+        "the second archive of {size} bytes took {used} bytes of new space"
+    );
+    let frag = Command::new("filefrag")
+        .arg("-v")
+        .arg(&second.file_path)
+        .output();
+    if let Ok(out) = frag {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("shared"), "filefrag -v:\n{text}");
+    }
+    env.run(&["verify", &second.id.to_string()]).assert_ok();
+    assert_same_tree(
+        "tar -xzf of the block-sharing archive",
+        &live,
+        &gnu_tar_tree(&env, &second.file_path, "gnu"),
+    );
+    // Deleting the first archive leaves the shared blocks to the second.
+    env.run(&["delete-backup", &first.id.to_string(), "--force"])
+        .assert_ok();
+    write(&env.path("data/db/main.ibd"), b"damaged by the test", 0o640);
+    write(&env.path("upload/stray.txt"), b"not in the backup", 0o644);
+    env.run(&[
+        "rollback",
+        &second.id.to_string(),
+        "--force",
+        "--no-start",
+        "--rollback-data",
+    ])
+    .assert_ok();
+    assert_same_tree(
+        "rollback --rollback-data of the block-sharing backup",
+        &live,
+        &except(&env.snapshot_compose(), EXCLUDED),
+    );
+}

@@ -32,8 +32,8 @@ use sha2::{Digest, Sha256};
 use super::crypt::Sealed;
 use super::filepool::start_writeback;
 use super::format::{FileStat, INFO_PATH, Layout, MANIFEST_PATH, Span, encode_bytes};
-use super::incremental::{self, BIG_FILE, Damage, Live, Source};
-use super::pgzip::{CHUNK_SIZE, ParallelGzWriter};
+use super::incremental::{self, ALIGN, ALIGN_FROM, BIG_FILE, Damage, Live, Source};
+use super::pgzip::{CHUNK_SIZE, ParallelGzWriter, padding};
 use super::threads::resolve_threads;
 use super::{BuildOptions, BuildReport, CancelFlag, EntryKind, META_DIR, ManifestEntry};
 use crate::error::{Error, IoContext, Result};
@@ -159,10 +159,14 @@ pub(super) fn build_inner(
 
 /// The member layout this build writes (recorded in the manifest).
 fn layout(opts: &BuildOptions) -> Layout {
+    // An encrypted archive is never a copy source: nothing to align.
+    let align = if opts.encryption.is_some() { 0 } else { ALIGN };
     Layout {
         level: opts.level,
         chunk: CHUNK_SIZE as u64,
         big_file: BIG_FILE,
+        align,
+        align_from: ALIGN_FROM,
     }
 }
 
@@ -914,6 +918,7 @@ fn write_archive(
     let sink = Sealed::new(sink, opts.encryption.as_ref())
         .map_err(|e| Error::io("cannot start encrypting the archive", partial, e))?;
     let spans: std::sync::Arc<std::sync::Mutex<Vec<Span>>> = Default::default();
+    let layout = layout(opts);
     let mut reused_bytes = 0u64;
     let gz = ParallelGzWriter::new(sink, opts.level, resolve_threads(opts.threads), CHUNK_SIZE);
     let mut tar = tar::Builder::new(gz);
@@ -1019,9 +1024,15 @@ fn write_archive(
                 // previous archive when it is unchanged.
                 let big = item.meta.len() >= BIG_FILE;
                 if big {
+                    let align = if layout.aligns(item.meta.len()) {
+                        layout.align
+                    } else {
+                        0
+                    };
                     tar.get_mut()
-                        .in_order(Box::new(|s: &mut Sealed<HashingWriter>| {
+                        .in_order(Box::new(move |s: &mut Sealed<HashingWriter>| {
                             if let Some(s) = s.plain_mut() {
+                                s.write_all(&padding(s.count, align))?;
                                 s.begin_span();
                             }
                             Ok(())
@@ -1114,7 +1125,7 @@ fn write_archive(
         return Err(Error::Internal("the gzip writer stopped".into()));
     }
     let spans: Vec<Span> = std::mem::take(&mut *spans.lock().unwrap_or_else(|p| p.into_inner()));
-    manifest_tail(&mut manifest_json, &layout(opts), &spans).map_err(merr)?;
+    manifest_tail(&mut manifest_json, &layout, &spans).map_err(merr)?;
     manifest_json.write_all(b"\n").map_err(merr)?;
     manifest_json.flush().map_err(merr)?;
     drop(manifest_json);
@@ -1547,6 +1558,8 @@ mod tests {
                 level: 3,
                 chunk: 1 << 20,
                 big_file: BIG_FILE,
+                align: ALIGN,
+                align_from: ALIGN_FROM,
             };
             let spans: Vec<Span> = (0..n)
                 .map(|i| Span {

@@ -130,6 +130,20 @@ pub struct Layout {
     pub level: u32,
     pub chunk: u64,
     pub big_file: u64,
+    /// The members of a regular file of at least `align_from` bytes start at an archive
+    /// offset that is a multiple of `align`, padded to it by empty members (so a copy of
+    /// them can be a block clone). 0 (archives of earlier versions, encrypted ones): none.
+    #[serde(default)]
+    pub align: u64,
+    #[serde(default)]
+    pub align_from: u64,
+}
+
+impl Layout {
+    /// Whether the members of a big file of `size` bytes start aligned.
+    pub fn aligns(&self, size: u64) -> bool {
+        self.align > 0 && size >= self.align_from.max(self.big_file)
+    }
 }
 
 /// The compressed bytes of one big file's members: `len` bytes at `offset` of the archive

@@ -47,6 +47,17 @@ use super::pgzip::{InOrderJob, copy_range, member_offsets, read_range};
 /// on every backup).
 pub(super) const BIG_FILE: u64 = 64 << 10;
 
+/// The members of a big file of at least [`ALIGN_FROM`] bytes start at an archive offset
+/// that is a multiple of this (empty members pad to it, see `pgzip::padding`): 4096 is the
+/// block size of XFS and btrfs, where `copy_file_range` between two such offsets clones the
+/// blocks instead of copying their bytes (since Linux 5.3).
+pub(super) const ALIGN: u64 = 4096;
+
+/// Big files from this size on start aligned. The padding costs about 2 KiB a file: on the
+/// 1 GB benchmark corpus, 290 files of at least 256 KiB hold 93 % of the bytes of the 797
+/// big files, and their padding about 0.1 % of the archive.
+pub(super) const ALIGN_FROM: u64 = 256 << 10;
+
 /// A copied span up to this long is read back once, each piece hashed into the archive's
 /// SHA-256 and the span's on this thread; a longer one is read back on two threads.
 const ONE_THREAD_SPAN: u64 = 4 << 20;
@@ -677,6 +688,29 @@ mod build_tests {
         assert_eq!(rf.reused_bytes, 0);
         assert_eq!(ri.sha256, rf.sha256);
         assert!(fs::read(&inc).unwrap() == fs::read(&full).unwrap());
+        // The members of a file of at least ALIGN_FROM bytes start on a block boundary (a
+        // copy on XFS or btrfs can clone them): a.ibd, b.ibd, the long-named file and
+        // upload/new.bin, not upload/exact (64 KiB).
+        let m = read_manifest(&File::open(&inc).unwrap()).unwrap();
+        assert_eq!(
+            m.layout.map(|l| (l.align, l.align_from)),
+            Some((ALIGN, ALIGN_FROM))
+        );
+        let sizes: HashMap<u64, u64> = m.big.iter().map(|(n, e)| (*n, e.size)).collect();
+        let aligned: Vec<u64> = m
+            .spans
+            .iter()
+            .filter(|sp| sizes[&sp.entry] >= ALIGN_FROM)
+            .map(|sp| sp.offset % ALIGN)
+            .collect();
+        assert_eq!(aligned, [0, 0, 0, 0]);
+        // gzip reads the padding members as empty ones.
+        let st = std::process::Command::new("gzip")
+            .arg("-t")
+            .arg(&inc)
+            .status()
+            .unwrap();
+        assert!(st.success(), "gzip -t");
         let v = verify(
             &inc,
             Some(&ri.sha256),
