@@ -154,6 +154,24 @@ pub struct Span {
     pub offset: u64,
     pub len: u64,
     pub sha256: String,
+    /// The span's members that hold file data only (neither the tar header nor the final
+    /// padding), in order: a later backup of the file, changed elsewhere, copies those whose
+    /// data is unchanged. Absent in archives of earlier versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<Chunk>,
+}
+
+/// One member of a big file that holds `Layout::chunk` bytes of its data and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Where its data starts in the file.
+    pub at: u64,
+    /// SHA-256 of that data (lowercase hex).
+    pub plain: String,
+    /// The member: `len` bytes at `offset` of the archive, with their SHA-256.
+    pub offset: u64,
+    pub len: u64,
+    pub sha256: String,
 }
 
 /// Written last in every archive.
