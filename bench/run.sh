@@ -21,6 +21,11 @@
 # Every tool's peak RSS is measured (/usr/bin/time -v), and our `verify` is timed too.
 #   SECOND=0     skip the second-backup section (issue 16; on by default)
 #   ONLY_SECOND=1  run only the second-backup section
+#   BENCH_FS=xfs the second-backup section runs on an XFS filesystem (reflink=1) made in a
+#                sparse loop file in the scratch dir and mounted there (needs root and
+#                xfsprogs, installed with apt when missing; unmounted at exit): the members
+#                of unchanged files are then copied as block clones, not as bytes. Default:
+#                the scratch dir's own filesystem.
 #   ENCRYPTED=0  skip the encrypted-restore section (issue 13; on by default)
 #   ONLY_ENCRYPTED=1  run only the encrypted-restore section
 #
@@ -56,6 +61,7 @@ LEVEL="${LEVEL:-}"
 ONLY_OURS="${ONLY_OURS:-0}"
 SECOND="${SECOND:-1}"
 ONLY_SECOND="${ONLY_SECOND:-0}"
+BENCH_FS="${BENCH_FS:-}"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED_DIR="${SHARED_DIR:-$REPO/../shared}"
@@ -69,6 +75,7 @@ say() { echo "bench: $*" >&2; }
 [[ "$SIZE_MB" =~ ^[0-9]+$ && "$SIZE_MB" -gt 0 ]] || die "size must be a positive number of MB, not '$SIZE_MB'"
 [[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -gt 0 ]] || die "ROUNDS must be a positive integer"
 [[ -f "$MAKE_CORPUS" ]] || die "$MAKE_CORPUS not found (set SHARED_DIR)"
+[[ -z "$BENCH_FS" || "$BENCH_FS" == xfs ]] || die "BENCH_FS must be xfs or unset, not '$BENCH_FS'"
 
 # --- tools -------------------------------------------------------------------------------
 apt_install() {
@@ -112,7 +119,11 @@ CORPUS_BYTES=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["
 CORPUS_FILES=$(find "$CORPUS" -type f | wc -l)
 
 SCRATCH="$(mktemp -d "$CACHE/run.XXXXXX")"
-cleanup() { rm -rf "$SCRATCH"; }
+XFS_MNT=""
+cleanup() {
+    if [[ -n "$XFS_MNT" ]]; then umount "$XFS_MNT" || umount -l "$XFS_MNT"; fi
+    rm -rf "$SCRATCH"
+}
 trap cleanup EXIT
 TRASH="$SCRATCH/trash"
 mkdir -p "$TRASH"
@@ -174,7 +185,18 @@ LEVEL_ARGS=()
 # --- second backup (issue 16) ---------------------------------------------------------------
 # Runs on a copy of the corpus (the cached one stays as generated). Prints its own table.
 second_backup() {
-    local IC="$SCRATCH/second" st
+    local IC="$SCRATCH/second" st fs_note="the scratch dir's filesystem ($(stat -f -c %T "$SCRATCH"))"
+    mkdir -p "$IC"
+    if [[ "$BENCH_FS" == xfs ]]; then
+        command -v mkfs.xfs >/dev/null || apt_install xfsprogs
+        # Room for the corpus copy, three archives, restic's repository, tar's two archives
+        # and one extraction; sparse, so it costs what is written.
+        truncate -s "$((SIZE_MB * 10))M" "$SCRATCH/xfs.img"
+        mkfs.xfs -q -m reflink=1 "$SCRATCH/xfs.img"
+        mount -o loop "$SCRATCH/xfs.img" "$IC"
+        XFS_MNT="$IC"
+        fs_note="XFS (reflink=1) in a loop file"
+    fi
     mkdir -p "$IC/work"
     say "second backup: copying the corpus"
     cp -a "$CORPUS" "$IC/work/docker"
@@ -193,7 +215,10 @@ second_backup() {
     python3 "$REPO/bench/change_corpus.py" "$IC/work/docker" >"$IC/change.json"
     warm
     say "second backup: second runs"
+    local avail0 avail1
+    avail0=$(df -B1 --output=avail "$IC" | tail -1)
     timed_rss s2_ours "$BIN" -C "$IC/work" -q auto-backup run
+    avail1=$(df -B1 --output=avail "$IC" | tail -1)
     timed s2_tar tar czf "$IC/t2.tar.gz" -C "$IC/work/docker" .
     timed s2_restic restic backup -q "$IC/work/docker"
     # The same tree from scratch, for the size (and the same content: compared below).
@@ -212,7 +237,7 @@ second_backup() {
     T1=$(median s1_tar); T2=$(median s2_tar)
     R1=$(median s1_restic); R2=$(median s2_restic)
     echo
-    echo "Second backup, one run each, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; change: $(cat "$IC/change.json")"
+    echo "Second backup, one run each, on $fs_note, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; change: $(cat "$IC/change.json")"
     echo
     echo "| | first (s) | second (s) | second: nuwax-cli faster by |"
     echo "|---|---:|---:|---:|"
@@ -220,7 +245,7 @@ second_backup() {
     echo "| \`tar czf\` | $(fmt "$T1") | $(fmt "$T2") | $(fmt "$(ratio "$T2" "$S2")")x |"
     echo "| \`restic backup\` | $(fmt "$R1") | $(fmt "$R2") | $(fmt "$(ratio "$R2" "$S2")")x |"
     echo
-    echo "nuwax-cli second / first backup: $(fmt "$(ratio "$S1" "$S2")")x faster; archive $(fsize "$second") bytes, from scratch $(fsize "$full") ($(pct "$(fsize "$second")" "$(fsize "$full")")); peak RSS first $(( $(maxrss s1_ours) / 1024 )) MiB, second $(( $(maxrss s2_ours) / 1024 )) MiB."
+    echo "nuwax-cli second / first backup: $(fmt "$(ratio "$S1" "$S2")")x faster; archive $(fsize "$second") bytes, from scratch $(fsize "$full") ($(pct "$(fsize "$second")" "$(fsize "$full")")); peak RSS first $(( $(maxrss s1_ours) / 1024 )) MiB, second $(( $(maxrss s2_ours) / 1024 )) MiB; the second backup took $(( (avail0 - avail1) / 1000000 )) MB of new disk space (df)."
 }
 fmt() { printf '%.2f' "$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }

@@ -380,14 +380,7 @@ fn rollback_onto_a_full_disk_is_refused_or_fails_cleanly() {
     // Move the whole working dir onto a small tmpfs; archives go elsewhere.
     let fs = Tmpfs::mount(&env.root.join("small"), "64m");
     let work = fs.path.join("work");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&env.work)
-        .arg(&work)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    env.adopt(work);
+    env.move_work(work);
     set_storage_dir(&env, &env.root.join("archives"));
     let row = env.backup();
     env.mutate();

@@ -204,14 +204,7 @@ fn a_sparse_file_is_restored_sparse_and_does_not_fail_the_space_preflight() {
     let _fs = is_root().then(|| {
         let fs = Tmpfs::mount(&env.root.join("small"), "48m");
         let work = fs.0.join("work");
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(&env.work)
-            .arg(&work)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        env.adopt(work);
+        env.move_work(work);
         let cfg = env.work.join("config.toml");
         let mut text = fs::read_to_string(&cfg).unwrap();
         text.push_str(&format!(

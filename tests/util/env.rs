@@ -84,6 +84,24 @@ impl TestEnv {
         self.work = work;
     }
 
+    /// Copies the working dir to `work` (`cp -a`: modes, owners and times kept; inside
+    /// `root`, e.g. on a filesystem mounted there) and goes on there ([`Self::adopt`]).
+    pub fn move_work(&mut self, work: PathBuf) {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&self.work)
+            .arg(&work)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "cp -a {} {}",
+            self.work.display(),
+            work.display()
+        );
+        self.adopt(work);
+    }
+
     /// (Re)writes `config.toml` with the given service version.
     pub fn write_config(&self, version: &str) {
         let text = format!(

@@ -32,8 +32,8 @@ use sha2::{Digest, Sha256};
 use super::crypt::Sealed;
 use super::filepool::start_writeback;
 use super::format::{FileStat, INFO_PATH, Layout, MANIFEST_PATH, Span, encode_bytes};
-use super::incremental::{self, BIG_FILE, Damage, Live, Source};
-use super::pgzip::{CHUNK_SIZE, ParallelGzWriter};
+use super::incremental::{self, ALIGN, ALIGN_FROM, BIG_FILE, Damage, Live, Members, Source};
+use super::pgzip::{CHUNK_SIZE, ParallelGzWriter, padding};
 use super::threads::resolve_threads;
 use super::{BuildOptions, BuildReport, CancelFlag, EntryKind, META_DIR, ManifestEntry};
 use crate::error::{Error, IoContext, Result};
@@ -159,10 +159,14 @@ pub(super) fn build_inner(
 
 /// The member layout this build writes (recorded in the manifest).
 fn layout(opts: &BuildOptions) -> Layout {
+    // An encrypted archive is never a copy source: nothing to align.
+    let align = if opts.encryption.is_some() { 0 } else { ALIGN };
     Layout {
         level: opts.level,
         chunk: CHUNK_SIZE as u64,
         big_file: BIG_FILE,
+        align,
+        align_from: ALIGN_FROM,
     }
 }
 
@@ -851,6 +855,11 @@ pub(super) struct HashingWriter {
     unflushed: u64,
     /// The span being hashed (`incremental.rs`): its start and its hash so far.
     pub(super) span: Option<(u64, Sha256)>,
+    /// The data-only member being hashed inside the span: its start, where its data is in
+    /// the file, the data's SHA-256 and the member's hash so far.
+    pub(super) member: Option<(u64, u64, String, Sha256)>,
+    /// The span's data-only members so far.
+    pub(super) chunks: Vec<super::format::Chunk>,
 }
 
 /// See [`HashingWriter`].
@@ -871,6 +880,9 @@ impl Write for HashingWriter {
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
         if let Some((_, h)) = self.span.as_mut() {
+            h.update(&buf[..n]);
+        }
+        if let Some((.., h)) = self.member.as_mut() {
             h.update(&buf[..n]);
         }
         self.count += n as u64;
@@ -910,10 +922,13 @@ fn write_archive(
         count: 0,
         unflushed: 0,
         span: None,
+        member: None,
+        chunks: Vec::new(),
     };
     let sink = Sealed::new(sink, opts.encryption.as_ref())
         .map_err(|e| Error::io("cannot start encrypting the archive", partial, e))?;
     let spans: std::sync::Arc<std::sync::Mutex<Vec<Span>>> = Default::default();
+    let layout = layout(opts);
     let mut reused_bytes = 0u64;
     let gz = ParallelGzWriter::new(sink, opts.level, resolve_threads(opts.threads), CHUNK_SIZE);
     let mut tar = tar::Builder::new(gz);
@@ -1019,9 +1034,15 @@ fn write_archive(
                 // previous archive when it is unchanged.
                 let big = item.meta.len() >= BIG_FILE;
                 if big {
+                    let align = if layout.aligns(item.meta.len()) {
+                        layout.align
+                    } else {
+                        0
+                    };
                     tar.get_mut()
-                        .in_order(Box::new(|s: &mut Sealed<HashingWriter>| {
+                        .in_order(Box::new(move |s: &mut Sealed<HashingWriter>| {
                             if let Some(s) = s.plain_mut() {
+                                s.write_all(&padding(s.count, align))?;
                                 s.begin_span();
                             }
                             Ok(())
@@ -1055,6 +1076,12 @@ fn write_archive(
                     bytes_done += record.size;
                     reused_bytes += record.size;
                 } else {
+                    let mut members = big.then(|| Members {
+                        chunk: CHUNK_SIZE as u64,
+                        old: source.and_then(|s| s.chunks(rel).map(|c| (s, c))),
+                        damage,
+                        reused: 0,
+                    });
                     let sha = append_file(
                         &mut tar,
                         &mut header,
@@ -1063,11 +1090,13 @@ fn write_archive(
                         partial,
                         &mut buf,
                         cancel,
+                        members.as_mut(),
                         &mut |k| {
                             bytes_done += k;
                             progress.advance(bytes_done, n, Some(&item.rel));
                         },
                     )?;
+                    reused_bytes += members.map_or(0, |m| m.reused);
                     record.sha256 = Some(sha);
                 }
                 if big {
@@ -1075,13 +1104,7 @@ fn write_archive(
                     tar.get_mut()
                         .in_order(Box::new(move |s: &mut Sealed<HashingWriter>| {
                             if let Some(s) = s.plain_mut() {
-                                let (offset, len, sha256) = s.end_span()?;
-                                let span = Span {
-                                    entry,
-                                    offset,
-                                    len,
-                                    sha256,
-                                };
+                                let span = s.end_span(entry)?;
                                 spans.lock().unwrap_or_else(|p| p.into_inner()).push(span);
                             }
                             Ok(())
@@ -1114,7 +1137,7 @@ fn write_archive(
         return Err(Error::Internal("the gzip writer stopped".into()));
     }
     let spans: Vec<Span> = std::mem::take(&mut *spans.lock().unwrap_or_else(|p| p.into_inner()));
-    manifest_tail(&mut manifest_json, &layout(opts), &spans).map_err(merr)?;
+    manifest_tail(&mut manifest_json, &layout, &spans).map_err(merr)?;
     manifest_json.write_all(b"\n").map_err(merr)?;
     manifest_json.flush().map_err(merr)?;
     drop(manifest_json);
@@ -1185,13 +1208,15 @@ fn append_dumps(
         let mut src = File::open(file).ctx("cannot read dump", file)?;
         let mut h = meta_header(tar::EntryType::Regular, 0o600, mtime, record.size);
         append_raw(tar, &mut h, record.archive_path().as_bytes(), None).map_err(werr)?;
+        let gz = tar.get_mut();
         let sha = match copy_exact(
             &mut src,
             record.size,
-            tar.get_mut(),
             &mut buf,
             cancel,
             &mut |_| {},
+            None,
+            &mut |_, d| gz.write_all(d),
         ) {
             Ok(sha) => sha,
             Err(CopyFailure::Read(e)) => return Err(Error::io("cannot read dump", file, e)),
@@ -1321,6 +1346,7 @@ fn append_file(
     partial: &Path,
     buf: &mut [u8],
     cancel: &CancelFlag,
+    members: Option<&mut Members<'_>>,
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<String> {
     let changed = |detail: String| Error::SourceChanged {
@@ -1372,7 +1398,28 @@ fn append_file(
         return Err(changed(format!("{d} after the scan")));
     }
     append_raw(tar, header, item.rel.as_os_str().as_bytes(), None).map_err(werr)?;
-    let sha = match copy_exact(&mut file, size, tar.get_mut(), buf, cancel, on_bytes) {
+    let gz = tar.get_mut();
+    let copied = match members {
+        // The data is cut where the members are: the span began with a cut, and the header
+        // and long-name records are in the chunk being filled.
+        Some(m) => {
+            let first = m.chunk.saturating_sub(gz.pending() as u64);
+            let cuts = Some((first, m.chunk));
+            copy_exact(
+                &mut file,
+                size,
+                buf,
+                cancel,
+                on_bytes,
+                cuts,
+                &mut |at, d| m.piece(gz, at, d),
+            )
+        }
+        None => copy_exact(&mut file, size, buf, cancel, on_bytes, None, &mut |_, d| {
+            gz.write_all(d)
+        }),
+    };
+    let sha = match copied {
         Ok(sha) => sha,
         Err(CopyFailure::Read(e)) => return Err(Error::io("cannot read", abs, e)),
         Err(CopyFailure::Write(e)) => return Err(werr(e)),
@@ -1442,36 +1489,52 @@ enum CopyFailure {
     Cancelled,
 }
 
-/// Copies exactly `size` bytes from `src` to `dst`, hashing them, then probes one more byte:
-/// a tar header has promised `size`, so a short or long source is an error, never padding or
-/// truncation. Returns the SHA-256 (lowercase hex).
+/// Copies exactly `size` bytes from `src` to `out` (which takes each piece with its offset
+/// in the source), hashing them, then probes one more byte: a tar header has promised
+/// `size`, so a short or long source is an error, never padding or truncation. With `cuts`
+/// `(first, every)`, the pieces end at `first`, then every `every` bytes (each read whole
+/// before it is handed on; `every` must not exceed `buf`); without, a piece is what one
+/// read gives. Returns the SHA-256 (lowercase hex).
 fn copy_exact(
     src: &mut impl Read,
     size: u64,
-    dst: &mut impl Write,
     buf: &mut [u8],
     cancel: &CancelFlag,
     on_bytes: &mut dyn FnMut(u64),
+    cuts: Option<(u64, u64)>,
+    out: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
 ) -> std::result::Result<String, CopyFailure> {
     let mut hasher = Sha256::new();
     let mut done = 0u64;
     while done < size {
-        if cancel.is_cancelled() {
-            return Err(CopyFailure::Cancelled);
-        }
-        let want = buf
-            .len()
-            .min((size - done).try_into().unwrap_or(usize::MAX));
-        let n = match src.read(&mut buf[..want]) {
-            Ok(0) => return Err(CopyFailure::Shrank { got: done }),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CopyFailure::Read(e)),
+        let end = match cuts {
+            Some((first, _)) if done < first => first,
+            Some((first, every)) => done + every - (done - first) % every,
+            None => done + buf.len() as u64,
         };
-        hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n]).map_err(CopyFailure::Write)?;
-        done += n as u64;
-        on_bytes(n as u64);
+        let want = usize::try_from(end.min(size) - done)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let mut got = 0;
+        while got < want && (got == 0 || cuts.is_some()) {
+            if cancel.is_cancelled() {
+                return Err(CopyFailure::Cancelled);
+            }
+            match src.read(&mut buf[got..want]) {
+                Ok(0) => {
+                    return Err(CopyFailure::Shrank {
+                        got: done + got as u64,
+                    });
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CopyFailure::Read(e)),
+            }
+        }
+        hasher.update(&buf[..got]);
+        out(done, &buf[..got]).map_err(CopyFailure::Write)?;
+        done += got as u64;
+        on_bytes(got as u64);
     }
     let mut probe = [0u8; 1];
     loop {
@@ -1495,10 +1558,11 @@ mod tests {
         let sha = copy_exact(
             &mut &src[..],
             size,
-            &mut out,
             &mut buf,
             &CancelFlag::default(),
             &mut |_| {},
+            None,
+            &mut |_, d| out.write_all(d),
         )?;
         Ok((out, sha))
     }
@@ -1547,6 +1611,8 @@ mod tests {
                 level: 3,
                 chunk: 1 << 20,
                 big_file: BIG_FILE,
+                align: ALIGN,
+                align_from: ALIGN_FROM,
             };
             let spans: Vec<Span> = (0..n)
                 .map(|i| Span {
@@ -1554,6 +1620,15 @@ mod tests {
                     offset: 10 * i,
                     len: 7,
                     sha256: "cd".repeat(32),
+                    chunks: (0..i)
+                        .map(|k| super::super::format::Chunk {
+                            at: k << 20,
+                            plain: "ef".repeat(32),
+                            offset: 10 * i + k,
+                            len: 1,
+                            sha256: "01".repeat(32),
+                        })
+                        .collect(),
                 })
                 .collect();
             manifest_tail(&mut json, &layout, &spans).unwrap();
@@ -1592,16 +1667,54 @@ mod tests {
     }
 
     #[test]
+    fn copy_exact_cuts_pieces_where_asked_and_reads_each_whole() {
+        /// Hands out at most two bytes a read.
+        struct Slow<'a>(&'a [u8]);
+        impl Read for Slow<'_> {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                let n = b.len().min(2).min(self.0.len());
+                b[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let data: Vec<u8> = (0..25).collect();
+        let mut pieces = Vec::new();
+        let sha = copy_exact(
+            &mut Slow(&data),
+            25,
+            &mut [0u8; 8],
+            &CancelFlag::default(),
+            &mut |_| {},
+            Some((3, 5)),
+            &mut |at, d| {
+                pieces.push((at, d.to_vec()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(sha, hex::encode(Sha256::digest(&data)));
+        let cut: Vec<(u64, usize)> = pieces.iter().map(|(a, d)| (*a, d.len())).collect();
+        assert_eq!(cut, [(0, 3), (3, 5), (8, 5), (13, 5), (18, 5), (23, 2)]);
+        assert!(
+            pieces
+                .iter()
+                .all(|(a, d)| d[..] == data[*a as usize..][..d.len()])
+        );
+    }
+
+    #[test]
     fn copy_exact_stops_when_cancelled() {
         let cancel = CancelFlag::default();
         cancel.cancel();
         let r = copy_exact(
             &mut &b"abc"[..],
             3,
-            &mut Vec::new(),
             &mut [0u8; 4],
             &cancel,
             &mut |_| {},
+            None,
+            &mut |_, _| Ok(()),
         );
         assert!(matches!(r, Err(CopyFailure::Cancelled)));
     }

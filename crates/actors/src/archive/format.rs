@@ -130,6 +130,20 @@ pub struct Layout {
     pub level: u32,
     pub chunk: u64,
     pub big_file: u64,
+    /// The members of a regular file of at least `align_from` bytes start at an archive
+    /// offset that is a multiple of `align`, padded to it by empty members (so a copy of
+    /// them can be a block clone). 0 (archives of earlier versions, encrypted ones): none.
+    #[serde(default)]
+    pub align: u64,
+    #[serde(default)]
+    pub align_from: u64,
+}
+
+impl Layout {
+    /// Whether the members of a big file of `size` bytes start aligned.
+    pub fn aligns(&self, size: u64) -> bool {
+        self.align > 0 && size >= self.align_from.max(self.big_file)
+    }
 }
 
 /// The compressed bytes of one big file's members: `len` bytes at `offset` of the archive
@@ -137,6 +151,24 @@ pub struct Layout {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Span {
     pub entry: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub sha256: String,
+    /// The span's members that hold file data only (neither the tar header nor the final
+    /// padding), in order: a later backup of the file, changed elsewhere, copies those whose
+    /// data is unchanged. Absent in archives of earlier versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<Chunk>,
+}
+
+/// One member of a big file that holds `Layout::chunk` bytes of its data and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Where its data starts in the file.
+    pub at: u64,
+    /// SHA-256 of that data (lowercase hex).
+    pub plain: String,
+    /// The member: `len` bytes at `offset` of the archive, with their SHA-256.
     pub offset: u64,
     pub len: u64,
     pub sha256: String,

@@ -420,7 +420,7 @@ pub(crate) async fn backup_at_level(
             }
             if report.reused_bytes > 0 {
                 progress.notice(format!(
-                    "copied {:.1} MiB of unchanged files from {}, read {:.1} MiB",
+                    "copied {:.1} MiB of unchanged data from {}, compressed {:.1} MiB",
                     report.reused_bytes as f64 / 1048576.0,
                     previous.as_deref().unwrap_or(Path::new("?")).display(),
                     (report.source_bytes - report.reused_bytes) as f64 / 1048576.0

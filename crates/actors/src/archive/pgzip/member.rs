@@ -32,6 +32,54 @@ pub(super) fn member_header(xfl: u8) -> [u8; HEADER_LEN] {
     ]
 }
 
+/// The smallest padding member: a header with the `NX` subfield and an empty `NP` one, the
+/// empty deflate block `03 00`, CRC32 0 and ISIZE 0.
+pub(super) const MIN_PADDING: usize = HEADER_LEN + 4 + 2 + TRAILER_LEN;
+
+/// The longest padding member: its header still fits in the bytes a scan reads at once.
+const MAX_PADDING: usize = HEADER_PROBE + 2 + TRAILER_LEN;
+
+/// The empty gzip members that bring an archive written up to offset `at` to the next
+/// multiple of `align` (nothing when it is one already): each is a valid member with no
+/// content, whose `FEXTRA` field holds the `NX` length and an `NP` subfield of zeros that
+/// pads it to its length. A gap too small for one member is widened by `align`; a gap whose
+/// header would not fit in one scan probe is split in as many even members as needed. The
+/// bytes depend only on `at` and `align`.
+pub fn padding(at: u64, align: u64) -> Vec<u8> {
+    if align == 0 || at.is_multiple_of(align) {
+        return Vec::new();
+    }
+    let mut gap = usize::try_from(align - at % align).unwrap_or(usize::MAX);
+    if gap < MIN_PADDING {
+        gap += usize::try_from(align).unwrap_or(usize::MAX);
+    }
+    let n = gap.div_ceil(MAX_PADDING);
+    let mut out = Vec::with_capacity(gap);
+    for i in 0..n {
+        let len = gap / n + usize::from(i < gap % n);
+        padding_member(len, &mut out);
+    }
+    out
+}
+
+/// Appends one empty member of exactly `len` bytes (`MIN_PADDING..=MAX_PADDING`).
+fn padding_member(len: usize, out: &mut Vec<u8>) {
+    debug_assert!((MIN_PADDING..=MAX_PADDING).contains(&len), "{len}");
+    let np = len - MIN_PADDING;
+    let xlen = u16::try_from(8 + 4 + np).unwrap_or(u16::MAX);
+    let total = u32::try_from(len).unwrap_or(u32::MAX);
+    let mut h = member_header(0);
+    h[10..12].copy_from_slice(&xlen.to_le_bytes());
+    h[16..20].copy_from_slice(&total.to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(b"NP");
+    out.extend_from_slice(&u16::try_from(np).unwrap_or(u16::MAX).to_le_bytes());
+    out.resize(out.len() + np, 0);
+    // A final fixed-Huffman block holding only its end-of-block code, then the CRC32 and
+    // ISIZE of nothing.
+    out.extend_from_slice(&[0x03, 0x00, 0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Parsed {
     /// A member with the NX subfield: header length and total member length.
@@ -263,6 +311,44 @@ mod tests {
             assert!(system_gunzip(&gz) == data, "level {level}");
             if level == 0 {
                 assert!(gz.len() <= data.len() + data.len() / 1000 + 200);
+            }
+        }
+    }
+
+    #[test]
+    fn padding_members_align_what_follows_and_every_reader_skips_them() {
+        let (a, b) = (text(3000, 1), mixed(5000, 2));
+        let head = compress(&a, 6, 1, 1000);
+        let tail = compress(&b, 6, 1, 1000);
+        let mut ab = a.clone();
+        ab.extend_from_slice(&b);
+        // Every gap a 4096 alignment can leave, the tiny ones widened by a block.
+        for at in 0..4096u64 {
+            let pad = super::padding(at, 4096);
+            let len = pad.len() as u64;
+            assert_eq!((at + len) % 4096, 0, "at {at}");
+            assert_eq!(len == 0, at == 0, "at {at}");
+            assert!(len < 4096 + super::MIN_PADDING as u64, "at {at}: {len}");
+            // Each member's header fits in one scan probe: the chain stays indexed.
+            if len > 0 {
+                assert!(
+                    members(&pad)
+                        .iter()
+                        .all(|&(_, l)| l as usize <= super::MAX_PADDING)
+                );
+            }
+        }
+        // Between members of data, and first. Gaps: 4095 (the longest single member), 2000,
+        // 34 (the shortest), 33 and 1 (widened by a block: two members).
+        for at in [1u64, 2096, 4062, 4063, 4095] {
+            let pad = super::padding(at, 4096);
+            for gz in [
+                [&head[..], &pad, &tail].concat(),
+                [&pad[..], &head, &tail].concat(),
+            ] {
+                assert!(read_all(&gz, 2).unwrap() == ab, "pgzip readers, at {at}");
+                assert!(multigz(&gz) == ab, "MultiGzDecoder, at {at}");
+                assert!(system_gunzip(&gz) == ab, "gzip -dc, at {at}");
             }
         }
     }

@@ -59,7 +59,7 @@ use std::io;
 use std::sync::Mutex;
 
 pub use copy::{copy_range, read_range};
-pub use member::member_offsets;
+pub use member::{member_offsets, padding};
 pub use read::{open_reader, open_stream_reader};
 pub use write::{InOrderJob, ParallelGzWriter};
 

@@ -225,6 +225,11 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
         Ok(v)
     }
 
+    /// Bytes written since the current member began (since the last cut or full chunk).
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Ends the current member here, even if its chunk is not full: the next byte written
     /// starts a new member. Nothing happens when the current chunk is empty. The output then
     /// depends on where the cuts are, which the caller decides from its input alone.
