@@ -49,13 +49,54 @@ const MAX_SPECIAL_NOTICES: usize = 20;
 
 /// Builds the archive described by `opts` (see the module docs of `archive`).
 pub fn build(opts: &BuildOptions, progress: &Progress, cancel: &CancelFlag) -> Result<BuildReport> {
-    build_inner(opts, progress, cancel, &mut || {})
+    build_inner(opts, None, progress, cancel, &mut || {})
 }
 
-/// [`build`] with a hook that runs between the scan and the write pass (tests use it to
-/// change the source at a known moment).
+/// [`build`] from a scan already made with the same `opts` ([`scan_source`]): the backup
+/// scans first, checks the free space against the scan's totals and records its catalog row,
+/// and only then writes (one walk of the tree per backup, not a preflight walk and a scan).
+pub fn build_scanned(
+    opts: &BuildOptions,
+    scanned: Scanned,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<BuildReport> {
+    build_inner(opts, Some(scanned), progress, cancel, &mut || {})
+}
+
+/// The scan pass of a build (see the module docs), kept for [`build_scanned`]: the planned
+/// entries spilled to an unlinked temporary file next to `opts.dest`, and the totals.
+pub struct Scanned {
+    plan: Plan,
+}
+
+impl Scanned {
+    /// Bytes a restore of the scanned files writes ([`crate::space::restore_bytes`] of each
+    /// regular file, hard links once): what the free-space preflight multiplies by the ratio.
+    pub fn restore_bytes(&self) -> u64 {
+        self.plan.restore_bytes
+    }
+}
+
+/// Walks `opts.source_dir` as a build does (excludes, the archive's own paths, hard links)
+/// and spills the plan; the write pass is [`build_scanned`] with the same `opts`.
+pub fn scan_source(
+    opts: &BuildOptions,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<Scanned> {
+    let excludes = Excludes::new(opts, &partial_path(&opts.dest))?;
+    progress.phase(Phase::Scanning, None, None);
+    let plan = scan(opts, excludes, progress, cancel)?;
+    release_free_memory();
+    Ok(Scanned { plan })
+}
+
+/// [`build`] or [`build_scanned`] with a hook that runs between the scan and the write pass
+/// (tests use it to change the source at a known moment).
 pub(super) fn build_inner(
     opts: &BuildOptions,
+    scanned: Option<Scanned>,
     progress: &Progress,
     cancel: &CancelFlag,
     after_scan: &mut dyn FnMut(),
@@ -73,11 +114,10 @@ pub(super) fn build_inner(
         )));
     }
     let partial = partial_path(&opts.dest);
-    let excludes = Excludes::new(opts, &partial)?;
-
-    progress.phase(Phase::Scanning, None, None);
-    let mut plan = scan(opts, excludes, progress, cancel)?;
-    release_free_memory();
+    let mut plan = match scanned {
+        Some(s) => s.plan,
+        None => scan_source(opts, progress, cancel)?.plan,
+    };
     // The sizes a restore of each top-level item needs, recorded in info.json from this very
     // scan (made with the services stopped), not from an earlier walk.
     let mut with_sizes = opts.clone();
@@ -435,6 +475,8 @@ struct Plan {
     /// Sockets, fifos and devices that were left out.
     special: u64,
     total_bytes: u64,
+    /// See [`Scanned::restore_bytes`].
+    restore_bytes: u64,
     /// Exclude rules that matched nothing.
     unmatched_excludes: Vec<String>,
     /// Bytes of file content per top-level item (see [`top_level_bytes`]).
@@ -534,6 +576,9 @@ fn list_dir(root: &Path, rel: Vec<u8>, excludes: &Excludes) -> Result<Frame> {
     } else {
         root.join(OsStr::from_bytes(&rel))
     };
+    if let Some(e) = crate::faults::fail_read(Path::new(OsStr::from_bytes(&rel))) {
+        return Err(source_error("cannot read", &abs, e));
+    }
     let mut items = Vec::new();
     let reader = fs::read_dir(&abs).map_err(|e| source_error("cannot read", &abs, e))?;
     for child in reader {
@@ -743,7 +788,7 @@ fn scan(
     // First path of each multiply-linked inode, per top-level item.
     let mut first_paths: HashMap<(u64, u64, Vec<u8>), PathBuf> = HashMap::new();
     let mut top_level_bytes = std::collections::BTreeMap::new();
-    let (mut entries, mut special, mut total_bytes) = (0u64, 0u64, 0u64);
+    let (mut entries, mut special, mut total_bytes, mut restore_bytes) = (0u64, 0u64, 0u64, 0u64);
     let mut current_top: Option<(Vec<u8>, Option<crate::relpath::TopName>)> = None;
     // As many listers as the jwalk walk this replaced had threads (a private pool of up to 8).
     let threads = resolve_threads(0).clamp(1, 8);
@@ -767,6 +812,7 @@ fn scan(
             }
             if matches!(kind, ItemKind::File) {
                 total_bytes += meta.len();
+                restore_bytes += crate::space::restore_bytes(meta.len(), meta.blocks);
             }
             kind
         } else {
@@ -816,6 +862,7 @@ fn scan(
         entries,
         special,
         total_bytes,
+        restore_bytes,
         unmatched_excludes: excludes.rules.unmatched(),
         top_level_bytes,
     })
