@@ -629,9 +629,9 @@ const LIST_AHEAD_ITEMS: usize = 1 << 16;
 /// directories handed out are the next ones in walk order (the deepest frame's next
 /// subdirectories first), a bounded number of them: memory stays the chain of directories
 /// being walked plus at most [`LIST_AHEAD`] listings.
-struct Listers {
-    jobs: Option<crossbeam_channel::Sender<Vec<u8>>>,
-    done: crossbeam_channel::Receiver<(Vec<u8>, Result<Frame>)>,
+struct Listers<'a> {
+    jobs: &'a Queue<Vec<u8>>,
+    done: &'a Queue<(Vec<u8>, Result<Frame>)>,
     /// Finished listings not yet taken by the walk.
     ready: HashMap<Vec<u8>, Result<Frame>>,
     ready_items: usize,
@@ -639,10 +639,9 @@ struct Listers {
     pending: usize,
 }
 
-impl Listers {
+impl Listers<'_> {
     /// Hands out the next directories in walk order until the look-ahead is full.
     fn top_up(&mut self, stack: &mut [Frame]) {
-        let Some(jobs) = &self.jobs else { return };
         for frame in stack.iter_mut().rev() {
             frame.queued = frame.queued.max(frame.next);
             while self.pending < LIST_AHEAD && self.ready_items < LIST_AHEAD_ITEMS {
@@ -652,9 +651,7 @@ impl Listers {
                 frame.queued += 1;
                 if stat.is_none() {
                     let rel = join_rel(&frame.rel, &key[..key.len() - 1]);
-                    if jobs.send(rel).is_err() {
-                        return;
-                    }
+                    self.jobs.push(rel);
                     self.pending += 1;
                 }
             }
@@ -673,8 +670,8 @@ impl Listers {
             }
             let (done_rel, frame) = self
                 .done
-                .recv()
-                .map_err(|_| Error::Internal("the directory listers stopped".into()))?;
+                .pop()
+                .ok_or_else(|| Error::Internal("the directory listers stopped".into()))?;
             if let Ok(f) = &frame {
                 self.ready_items += f.items.len();
             }
@@ -693,28 +690,27 @@ fn walk_sorted(
     cancel: &CancelFlag,
     f: &mut dyn FnMut(&[u8], Stat) -> Result<()>,
 ) -> Result<()> {
-    let (job_tx, job_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
-    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let (jobs, done) = (Queue::<Vec<u8>>::default(), Queue::default());
+    let alive = std::sync::atomic::AtomicUsize::new(threads);
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..threads {
-            let (job_rx, done_tx, stop) = (job_rx.clone(), done_tx.clone(), &stop);
+            let (jobs, done, stop, alive) = (&jobs, &done, &stop, &alive);
             s.spawn(move || {
-                for rel in job_rx {
+                // The last lister to end (also by a panic) tells a waiting walk.
+                let _last = CloseWhenLast { alive, done };
+                while let Some(rel) = jobs.pop() {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
                     let frame = list_dir(root, rel.clone(), excludes);
-                    if done_tx.send((rel, frame)).is_err() {
-                        break;
-                    }
+                    done.push((rel, frame));
                 }
             });
         }
-        drop(done_tx);
         let mut listers = Listers {
-            jobs: Some(job_tx),
-            done: done_rx,
+            jobs: &jobs,
+            done: &done,
             ready: HashMap::new(),
             ready_items: 0,
             pending: 0,
@@ -722,15 +718,77 @@ fn walk_sorted(
         let result = walk_in_order(root, excludes, &mut listers, cancel, f);
         // On an error the listers stop at their next directory; on success none is left.
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        listers.jobs = None;
+        jobs.close();
         result
     })
+}
+
+/// A blocking FIFO that sleeps at once when empty. The walk waits for a listing, and a lister
+/// for a directory, once per directory: crossbeam's channels spin and yield before they sleep,
+/// which took about 5 % of a small-files backup's CPU (perf, 100 000 files on 2 cores).
+struct Queue<T> {
+    /// The items, and whether the queue is closed (`pop` then ends once it is empty).
+    state: std::sync::Mutex<(std::collections::VecDeque<T>, bool)>,
+    ready: std::sync::Condvar,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Self {
+            state: std::sync::Mutex::new((std::collections::VecDeque::new(), false)),
+            ready: std::sync::Condvar::new(),
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (std::collections::VecDeque<T>, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, item: T) {
+        self.lock().0.push_back(item);
+        self.ready.notify_one();
+    }
+
+    /// The next item; `None` once the queue is closed and empty.
+    fn pop(&self) -> Option<T> {
+        let mut state = self.lock();
+        loop {
+            if let Some(item) = state.0.pop_front() {
+                return Some(item);
+            }
+            if state.1 {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.lock().1 = true;
+        self.ready.notify_all();
+    }
+}
+
+/// Closes the listings' queue when the last lister ends.
+struct CloseWhenLast<'a> {
+    alive: &'a std::sync::atomic::AtomicUsize,
+    done: &'a Queue<(Vec<u8>, Result<Frame>)>,
+}
+
+impl Drop for CloseWhenLast<'_> {
+    fn drop(&mut self) {
+        if self.alive.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.done.close();
+        }
+    }
 }
 
 fn walk_in_order(
     root: &Path,
     excludes: &Excludes,
-    listers: &mut Listers,
+    listers: &mut Listers<'_>,
     cancel: &CancelFlag,
     f: &mut dyn FnMut(&[u8], Stat) -> Result<()>,
 ) -> Result<()> {
