@@ -194,14 +194,30 @@ pub(crate) async fn record_failed(
         &version,
         created_at,
     );
+    let (op, id) = begin(ctx, backup_type, compose, version, created_at, &dest).await?;
+    let msg = message.to_owned();
+    ctx.store(|r| StoreMsg::FailBackupOperation(op, id, msg, r))
+        .await
+}
+
+/// One use case, one transaction: the journal row and the catalog row (`running`) of a
+/// backup to `dest`. Returns (operation id, backup id).
+async fn begin(
+    ctx: &Ctx,
+    backup_type: BackupType,
+    compose: &ComposeProject,
+    version: String,
+    created_at: DateTime<Utc>,
+    dest: &Path,
+) -> Result<(i64, i64)> {
     let journal = BackupJournal {
         backup_id: None,
-        partial: partial_path(&dest),
-        dest: dest.clone(),
+        partial: partial_path(dest),
+        dest: dest.to_path_buf(),
         stopped: Vec::new(),
     };
     let new = NewBackup {
-        file_path: dest,
+        file_path: dest.to_path_buf(),
         backup_type,
         service_version: version,
         created_at,
@@ -210,12 +226,7 @@ pub(crate) async fn record_failed(
     };
     let details = serde_json::to_value(&journal)
         .map_err(|e| Error::Internal(format!("cannot encode journal: {e}")))?;
-    let (op, id) = ctx
-        .store(|r| StoreMsg::BeginBackup(new, details, r))
-        .await?;
-    let msg = message.to_owned();
-    ctx.store(|r| StoreMsg::FailBackupOperation(op, id, msg, r))
-        .await
+    ctx.store(|r| StoreMsg::BeginBackup(new, details, r)).await
 }
 
 /// The storage dir can be created and written to (refused with exit 3 otherwise).
@@ -404,26 +415,7 @@ pub(crate) async fn backup_at_level(
         }
     };
     ensure_fits(ctx, scanned.restore_bytes()).await?;
-    // One use case, one transaction: the journal row and the catalog row (`running`).
-    let journal = BackupJournal {
-        backup_id: None,
-        partial: partial.clone(),
-        dest: dest.clone(),
-        stopped: Vec::new(),
-    };
-    let new = NewBackup {
-        file_path: dest.clone(),
-        backup_type,
-        service_version: version.clone(),
-        created_at,
-        owner_pid: std::process::id(),
-        compose_project: Some(compose.name.clone()),
-    };
-    let details = serde_json::to_value(&journal)
-        .map_err(|e| Error::Internal(format!("cannot encode journal: {e}")))?;
-    let (op, id) = ctx
-        .store(|r| StoreMsg::BeginBackup(new, details, r))
-        .await?;
+    let (op, id) = begin(ctx, backup_type, &compose, version, created_at, &dest).await?;
     crate::faults::point("backup.after_catalog_insert");
     crate::faults::point("backup.after_journal");
     let built = ctx
