@@ -241,6 +241,34 @@ fn backup_skips_a_fifo_with_a_warning() {
     );
 }
 
+/// A directory that cannot be listed fails the backup in its scan, before the archive is
+/// started and after the free-space check: exit 1 and a Failed row with the reason (only a
+/// refusal for space records nothing), no archive and no `.partial`.
+#[test]
+fn unlistable_source_dir_fails_the_backup_with_a_failed_row() {
+    let env = TestEnv::new();
+    let victim = "data/mysql";
+    let out = env.run_env(
+        &["backup", "--json"],
+        &[("NUWAX_TEST_FAIL_READ", OsStr::new(victim))],
+    );
+    out.assert_code(exit::FAILED)
+        .assert_stderr_has("data/mysql");
+    let rows = env.list();
+    assert_eq!(rows.len(), 1, "the failed run is recorded: {rows:#?}");
+    assert_eq!(rows[0].status, "Failed");
+    assert!(
+        rows[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("data/mysql")),
+        "{:?}",
+        rows[0]
+    );
+    assert!(env.backup_files().is_empty(), "{:?}", env.backup_files());
+    env.run(&["backup"]).assert_ok();
+}
+
 /// A source file that cannot be read fails the whole backup: exit 1, row Failed with the
 /// reason, no archive and no `.partial` left.
 #[test]

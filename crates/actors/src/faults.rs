@@ -72,9 +72,9 @@ pub fn point(name: &str) {
 #[inline(always)]
 pub fn point(_name: &str) {}
 
-/// `NUWAX_TEST_FAIL_READ=<path relative to the compose dir>`: reading that source file fails
-/// with EIO, so tests can prove an unreadable file fails the backup cleanly (as root, no
-/// permission bit makes a file unreadable).
+/// `NUWAX_TEST_FAIL_READ=<path relative to the compose dir>`: reading that source file (or
+/// listing that directory) fails with EIO, so tests can prove an unreadable file fails the
+/// backup cleanly (as root, no permission bit makes a file unreadable).
 #[cfg(feature = "fault-injection")]
 pub fn fail_read(rel: &std::path::Path) -> Option<std::io::Error> {
     hooks::fail_read(rel)

@@ -9,7 +9,7 @@ use super::{blocking, reply};
 use crate::archive::TopLevelFilter;
 use crate::archive::{
     self, ArchiveInfo, BuildOptions, BuildReport, CancelFlag, ExtractOptions, ExtractReport,
-    LegacyAdoption, LegacyName, Manifest, VerifyReport,
+    LegacyAdoption, LegacyName, Manifest, Scanned, VerifyReport,
 };
 use crate::encryption::DecryptKey;
 use crate::error::Result;
@@ -22,7 +22,16 @@ pub(crate) struct ArchiveActor;
 type Reply<T> = RpcReplyPort<Result<T>>;
 
 pub(crate) enum ArchiveMsg {
-    Build(Box<BuildOptions>, Progress, CancelFlag, Reply<BuildReport>),
+    /// The scan pass of a build (`archive::scan_source`), before the catalog row.
+    Scan(Box<BuildOptions>, Progress, CancelFlag, Reply<Scanned>),
+    /// Writes the archive, from a scan made with the same options or scanning first.
+    Build(
+        Box<BuildOptions>,
+        Option<Box<Scanned>>,
+        Progress,
+        CancelFlag,
+        Reply<BuildReport>,
+    ),
     Verify {
         path: PathBuf,
         expected_sha256: Option<String>,
@@ -121,9 +130,17 @@ impl Actor for ArchiveActor {
         _state: &mut (),
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ArchiveMsg::Build(opts, progress, cancel, r) => reply(
+            ArchiveMsg::Scan(opts, progress, cancel, r) => reply(
                 r,
-                blocking(move || archive::build(&opts, &progress, &cancel)).await,
+                blocking(move || archive::scan_source(&opts, &progress, &cancel)).await,
+            ),
+            ArchiveMsg::Build(opts, scanned, progress, cancel, r) => reply(
+                r,
+                blocking(move || match scanned {
+                    Some(s) => archive::build_scanned(&opts, *s, &progress, &cancel),
+                    None => archive::build(&opts, &progress, &cancel),
+                })
+                .await,
             ),
             ArchiveMsg::Verify {
                 path,

@@ -118,7 +118,7 @@ async fn progress_arrives_before_the_reply() {
     let progress = Progress::new(tx);
     let opts = build_opts(&src, &dest);
     let report = ctx
-        .archive(|r| ArchiveMsg::Build(Box::new(opts), progress, CancelFlag::default(), r))
+        .archive(|r| ArchiveMsg::Build(Box::new(opts), None, progress, CancelFlag::default(), r))
         .await
         .unwrap();
     assert!(report.size > 0);
@@ -147,7 +147,7 @@ async fn a_cancelled_request_stops_its_work_and_leaves_nothing() {
     cancel.cancel();
     let opts = build_opts(&src, &dest);
     let err = ctx
-        .archive(|r| ArchiveMsg::Build(Box::new(opts), Progress::none(), cancel, r))
+        .archive(|r| ArchiveMsg::Build(Box::new(opts), None, Progress::none(), cancel, r))
         .await
         .unwrap_err();
     assert!(matches!(err, crate::Error::Interrupted), "{err}");

@@ -910,6 +910,7 @@ fn a_file_removed_after_the_scan_fails_cleanly() {
     let victim = src.join("data/b");
     let err = build::build_inner(
         &opts(&src, &dest),
+        None,
         &Progress::none(),
         &CancelFlag::default(),
         &mut || fs::remove_file(&victim).unwrap(),
@@ -928,6 +929,7 @@ fn a_file_that_grows_fails_cleanly() {
     let victim = src.join("data/a");
     let err = build::build_inner(
         &opts(&src, &dest),
+        None,
         &Progress::none(),
         &CancelFlag::default(),
         &mut || {
@@ -952,9 +954,13 @@ fn cancel_and_unreadable_files_leave_nothing() {
     let dest = tmp.path().join("b.tar.gz");
     let cancel = CancelFlag::default();
     let c2 = cancel.clone();
-    let err = build::build_inner(&opts(&src, &dest), &Progress::none(), &cancel, &mut || {
-        c2.cancel()
-    })
+    let err = build::build_inner(
+        &opts(&src, &dest),
+        None,
+        &Progress::none(),
+        &cancel,
+        &mut || c2.cancel(),
+    )
     .unwrap_err();
     assert!(matches!(err, Error::Interrupted), "{err}");
     no_leftovers(&dest);

@@ -194,14 +194,30 @@ pub(crate) async fn record_failed(
         &version,
         created_at,
     );
+    let (op, id) = begin(ctx, backup_type, compose, version, created_at, &dest).await?;
+    let msg = message.to_owned();
+    ctx.store(|r| StoreMsg::FailBackupOperation(op, id, msg, r))
+        .await
+}
+
+/// One use case, one transaction: the journal row and the catalog row (`running`) of a
+/// backup to `dest`. Returns (operation id, backup id).
+async fn begin(
+    ctx: &Ctx,
+    backup_type: BackupType,
+    compose: &ComposeProject,
+    version: String,
+    created_at: DateTime<Utc>,
+    dest: &Path,
+) -> Result<(i64, i64)> {
     let journal = BackupJournal {
         backup_id: None,
-        partial: partial_path(&dest),
-        dest: dest.clone(),
+        partial: partial_path(dest),
+        dest: dest.to_path_buf(),
         stopped: Vec::new(),
     };
     let new = NewBackup {
-        file_path: dest,
+        file_path: dest.to_path_buf(),
         backup_type,
         service_version: version,
         created_at,
@@ -210,12 +226,7 @@ pub(crate) async fn record_failed(
     };
     let details = serde_json::to_value(&journal)
         .map_err(|e| Error::Internal(format!("cannot encode journal: {e}")))?;
-    let (op, id) = ctx
-        .store(|r| StoreMsg::BeginBackup(new, details, r))
-        .await?;
-    let msg = message.to_owned();
-    ctx.store(|r| StoreMsg::FailBackupOperation(op, id, msg, r))
-        .await
+    ctx.store(|r| StoreMsg::BeginBackup(new, details, r)).await
 }
 
 /// The storage dir can be created and written to (refused with exit 3 otherwise).
@@ -249,21 +260,29 @@ async fn expected_ratio(ctx: &Ctx) -> Result<f64> {
         .map_or(1.0, |r| r.min(1.0) * 1.1))
 }
 
-/// The preflight, before anything is recorded (and, for `auto-backup run` and `upgrade`,
-/// before the services are stopped): the storage dir is usable and the compose dir's bytes
-/// times the expected ratio fit. An estimate: the sizes recorded in the archive come from
-/// the build's own scan.
+/// The preflight of `auto-backup run`, `upgrade` and `backup --hot`, before the services are
+/// stopped or the dumps taken: the storage dir is usable and the compose dir's bytes times
+/// the expected ratio fit. An estimate from a walk of its own; the backup itself checks
+/// again against its build's scan ([`backup_at_level`]).
 pub(crate) async fn backup_preflight(ctx: &Ctx) -> Result<()> {
     storage_usable(ctx)?;
-    let paths = &ctx.settings.paths;
     let (dir, exclude) = (
-        paths.compose_dir.clone(),
+        ctx.settings.paths.compose_dir.clone(),
         ctx.settings.config.backup.exclude.rules.clone(),
     );
     let sizes = super::blocking(move || crate::space::tree_bytes(&dir, &exclude)).await?;
     let source = sizes.values().fold(0u64, |a, b| a.saturating_add(*b));
+    ensure_fits(ctx, source).await
+}
+
+/// Refuses ([`Error::NoSpace`], exit 3) unless `source` bytes times the expected ratio fit
+/// in the storage dir.
+async fn ensure_fits(ctx: &Ctx, source: u64) -> Result<()> {
     let ratio = expected_ratio(ctx).await?;
-    crate::space::ensure(&paths.storage_dir, (source as f64 * ratio) as u64)
+    crate::space::ensure(
+        &ctx.settings.paths.storage_dir,
+        (source as f64 * ratio) as u64,
+    )
 }
 
 /// The previous archive an incremental build may copy unchanged files from: the newest
@@ -342,8 +361,7 @@ pub(crate) async fn backup_at_level(
         cfg.encryption.scope == crate::encryption::Scope::All
             && backup_type != BackupType::PreUpgrade
     });
-    // Before anything is recorded (DESIGN.md section 4, step 3 before step 4).
-    backup_preflight(ctx).await?;
+    storage_usable(ctx)?;
     let previous = previous_archive(ctx, &compose.name, full, progress).await?;
     let created_at = Utc::now();
     let version = ctx.settings.service_version();
@@ -354,28 +372,6 @@ pub(crate) async fn backup_at_level(
     };
     let fingerprints = encryption.as_ref().map(|e| e.fingerprints.clone());
     let partial = partial_path(&dest);
-    // One use case, one transaction: the journal row and the catalog row (`running`).
-    let journal = BackupJournal {
-        backup_id: None,
-        partial: partial.clone(),
-        dest: dest.clone(),
-        stopped: Vec::new(),
-    };
-    let new = NewBackup {
-        file_path: dest.clone(),
-        backup_type,
-        service_version: version.clone(),
-        created_at,
-        owner_pid: std::process::id(),
-        compose_project: Some(compose.name.clone()),
-    };
-    let details = serde_json::to_value(&journal)
-        .map_err(|e| Error::Internal(format!("cannot encode journal: {e}")))?;
-    let (op, id) = ctx
-        .store(|r| StoreMsg::BeginBackup(new, details, r))
-        .await?;
-    crate::faults::point("backup.after_catalog_insert");
-    crate::faults::point("backup.after_journal");
     let mut opts = BuildOptions {
         source_dir: paths.compose_dir.clone(),
         dest: dest.clone(),
@@ -403,8 +399,36 @@ pub(crate) async fn backup_at_level(
         previous: previous.clone(),
     };
     dumps.apply(&mut opts.info, &mut opts.exclude);
+    // The free-space preflight, before anything is recorded (DESIGN.md section 4, step 3
+    // before step 4), from the build's own scan: the tree is walked once per backup.
+    let scan_opts = Box::new(opts.clone());
+    let scanned = match ctx
+        .archive(|r| ArchiveMsg::Scan(scan_opts, progress.clone(), ctx.cancel.clone(), r))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            // A tree that cannot be read fails the backup as it did inside the build: a
+            // `failed` row says why (only the refusal for space records nothing).
+            record_failed(ctx, backup_type, &compose, &e.to_string()).await?;
+            return Err(e);
+        }
+    };
+    ensure_fits(ctx, scanned.restore_bytes()).await?;
+    let (op, id) = begin(ctx, backup_type, &compose, version, created_at, &dest).await?;
+    crate::faults::point("backup.after_catalog_insert");
+    crate::faults::point("backup.after_journal");
     let built = ctx
-        .archive(|r| ArchiveMsg::Build(Box::new(opts), progress.clone(), ctx.cancel.clone(), r))
+        .archive(|r| {
+            let scanned = Some(Box::new(scanned));
+            ArchiveMsg::Build(
+                Box::new(opts),
+                scanned,
+                progress.clone(),
+                ctx.cancel.clone(),
+                r,
+            )
+        })
         .await;
     match built {
         Ok(report) => {
