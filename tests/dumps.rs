@@ -333,13 +333,7 @@ fn hot_backup_under_write_load_and_its_dump_restores() {
     );
 
     // A rollback of the hot backup keeps the live datadir and says what to run next.
-    let out = db.env.run(&[
-        "rollback",
-        &id.to_string(),
-        "--force",
-        "--rollback-data",
-        "--no-start",
-    ]);
+    let out = db.env.rollback_data(id);
     out.assert_ok()
         .assert_stderr_has("taken hot")
         .assert_stderr_has(&format!("restore-dump {id} --service db"));

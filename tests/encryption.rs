@@ -114,13 +114,7 @@ fn an_encrypted_backup_is_unreadable_without_its_key_and_restores_with_it() {
 
     // No key: exit 2 saying what to pass; nothing touched.
     let mutated = env.snapshot_compose();
-    let out = env.run(&[
-        "rollback",
-        &s.id,
-        "--force",
-        "--no-start",
-        "--rollback-data",
-    ]);
+    let out = env.rollback_data(&s.id);
     out.assert_code(exit::USAGE).assert_stderr_has("--identity");
     assert_same_tree("compose dir", &mutated, &env.snapshot_compose());
 

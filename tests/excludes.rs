@@ -92,8 +92,7 @@ fn glob_excludes_are_not_archived_and_survive_a_full_rollback() {
         }
     }
 
-    env.run(&["rollback", &id, "--rollback-data", "--force", "--no-start"])
-        .assert_ok();
+    env.rollback_data(&id).assert_ok();
     for (k, i, bytes) in before {
         let p = env.path(&k);
         assert_eq!(ino(&p), i, "{k} was moved by the rollback");

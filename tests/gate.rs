@@ -221,14 +221,7 @@ fn refused_rollback_leaves_running_services_alone() {
     let before = env.snapshot_compose();
     crate::archutil::flip_middle_byte(std::path::Path::new(&row.file_path));
     let app = run_container(&env.project, "app", "unless-stopped", SERVE);
-    env.run(&[
-        "rollback",
-        &row.id.to_string(),
-        "--force",
-        "--no-start",
-        "--rollback-data",
-    ])
-    .assert_code(exit::INTEGRITY);
+    env.rollback_data(row.id).assert_code(exit::INTEGRITY);
     assert!(app.is_running(), "state {}", app.state());
     assert_same_tree("compose dir", &before, &env.snapshot_compose());
 }

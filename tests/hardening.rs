@@ -439,14 +439,7 @@ fn a_rebuilt_catalog_never_reuses_or_removes_leftover_work_dirs() {
     fs::remove_file(env.db_file()).unwrap();
     env.run(&["reindex"]).assert_ok();
     let id = env.list()[0].id;
-    env.run(&[
-        "rollback",
-        &id.to_string(),
-        "--force",
-        "--no-start",
-        "--rollback-data",
-    ])
-    .assert_ok();
+    env.rollback_data(id).assert_ok();
     for n in 1..=3 {
         assert_eq!(
             fs::read(env.path(&format!(".nuwax-rollback-{n}/undo/data/db"))).unwrap(),

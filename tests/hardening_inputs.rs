@@ -228,13 +228,7 @@ fn a_sparse_file_is_restored_sparse_and_does_not_fail_the_space_preflight() {
     fs::remove_file(&sparse).unwrap();
     fs::write(&sparse, b"changed").unwrap();
 
-    let out = env.run(&[
-        "rollback",
-        &row.id.to_string(),
-        "--force",
-        "--no-start",
-        "--rollback-data",
-    ]);
+    let out = env.rollback_data(row.id);
     out.assert_ok();
     let m = fs::metadata(&sparse).unwrap();
     assert_eq!(m.len(), APPARENT, "{out}");

@@ -196,7 +196,7 @@ fn refuse(b: &Bench, c: &Case) {
         );
     }
 
-    let out = env.run(&["rollback", &id, "--force", "--no-start", "--rollback-data"]);
+    let out = env.rollback_data(&id);
     out.assert_code(exit::INTEGRITY);
     for n in &c.stderr {
         out.assert_stderr_has(n);

@@ -81,14 +81,7 @@ fn rewrite_keeping_mtime(env: &TestEnv, rel: &str) {
 
 /// `rollback --rollback-data` of `row` (services not started) gives back `live`.
 fn rolls_back_to(env: &TestEnv, row: &BackupRow, live: &Tree, what: &str) {
-    env.run(&[
-        "rollback",
-        &row.id.to_string(),
-        "--force",
-        "--no-start",
-        "--rollback-data",
-    ])
-    .assert_ok();
+    env.rollback_data(row.id).assert_ok();
     assert_same_tree(what, live, &except(&env.snapshot_compose(), EXCLUDED));
 }
 

@@ -200,13 +200,7 @@ impl Scenario {
 #[test]
 fn rollback_with_data_of_a_legacy_backup_restores_exactly_data_and_app() {
     let s = Scenario::new();
-    let out = s.env.run(&[
-        "rollback",
-        &s.id,
-        "--rollback-data",
-        "--force",
-        "--no-start",
-    ]);
+    let out = s.env.rollback_data(&s.id);
     out.assert_ok()
         .assert_stderr_has("made by the original nuwax-cli")
         .assert_stderr_has(
@@ -479,7 +473,7 @@ fn a_legacy_archive_holding_more_restores_only_data_and_app() {
     let id = import(&env, &src).to_string();
     env.mutate();
     let mutated = env.snapshot_compose();
-    let out = env.run(&["rollback", &id, "--rollback-data", "--force", "--no-start"]);
+    let out = env.rollback_data(&id);
     out.assert_ok()
         .assert_stderr_has(&format!("backup {id} also holds upload"));
     // upload/ is in the archive but out of a legacy rollback's scope: left as it was.

@@ -100,13 +100,7 @@ fn rollback_default_scope_restores_the_app_and_keeps_the_data() {
 #[test]
 fn rollback_with_data_restores_everything() {
     let s = Scenario::new();
-    let out = s.env.run(&[
-        "rollback",
-        &s.id(),
-        "--force",
-        "--rollback-data",
-        "--no-start",
-    ]);
+    let out = s.env.rollback_data(&s.id());
     out.assert_ok().assert_stderr_has("stopped");
     let after = s.env.snapshot_compose();
     assert_same_tree(
@@ -161,14 +155,7 @@ fn rollback_of_a_multi_member_archive_restores_everything() {
     bytes[n - 100..].copy_from_slice(&[0xAB; 100]);
     fs::write(&big, bytes).unwrap();
     env.mutate();
-    env.run(&[
-        "rollback",
-        &row.id.to_string(),
-        "--force",
-        "--no-start",
-        "--rollback-data",
-    ])
-    .assert_ok();
+    env.rollback_data(row.id).assert_ok();
     assert_same_tree(
         "compose dir == archive",
         &except(&original, EXCLUDED),
@@ -262,14 +249,7 @@ fn rollback_brings_back_deleted_top_level_items() {
     fs::remove_dir_all(env.path("config")).unwrap();
     fs::remove_file(env.path(".env")).unwrap();
     fs::remove_dir_all(env.path("data")).unwrap();
-    env.run(&[
-        "rollback",
-        &row.id.to_string(),
-        "--force",
-        "--no-start",
-        "--rollback-data",
-    ])
-    .assert_ok();
+    env.rollback_data(row.id).assert_ok();
     assert_same_tree(
         "compose dir == archive",
         &except(&original, EXCLUDED),
@@ -305,14 +285,7 @@ fn rollback_restores_owners_modes_and_mtimes_of_unchanged_content() {
         std::os::unix::fs::lchown(env.path("data/redis/dump.rdb"), Some(0), Some(0)).unwrap();
         std::os::unix::fs::lchown(env.path("app/current"), Some(0), Some(0)).unwrap();
     }
-    env.run(&[
-        "rollback",
-        &row.id.to_string(),
-        "--force",
-        "--no-start",
-        "--rollback-data",
-    ])
-    .assert_ok();
+    env.rollback_data(row.id).assert_ok();
     assert_same_tree(
         "compose dir == archive",
         &except(&original, EXCLUDED),
@@ -383,13 +356,7 @@ fn rollback_unknown_id_exits_2() {
 fn rollback_of_a_missing_archive_is_refused() {
     let s = Scenario::new();
     fs::remove_file(&s.row.file_path).unwrap();
-    let out = s.env.run(&[
-        "rollback",
-        &s.id(),
-        "--force",
-        "--no-start",
-        "--rollback-data",
-    ]);
+    let out = s.env.rollback_data(&s.id());
     assert_ne!(out.code, Some(0), "{out}");
     out.assert_stderr_has(&crate::util::file_name(&s.row.file_path));
     s.assert_nothing_changed();
@@ -511,7 +478,7 @@ fn an_app_rollback_writes_the_backups_version_and_a_data_only_one_leaves_it() {
         text.replace("\"2.0.0\"", &format!("\"{}\"", crate::util::VERSION)),
         "only the value changes\n{out}"
     );
-    env.run(&["rollback", &id, "--force", "--no-start", "--rollback-data"])
+    env.rollback_data(&id)
         .assert_ok()
         .assert_stderr_has("is already");
 }

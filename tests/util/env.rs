@@ -142,6 +142,18 @@ impl TestEnv {
         out
     }
 
+    /// `rollback ID --force --no-start --rollback-data`: the whole working dir (services
+    /// not started), the rollback most tests check the tree of.
+    pub fn rollback_data(&self, id: impl std::fmt::Display) -> Output {
+        self.run(&[
+            "rollback",
+            &id.to_string(),
+            "--force",
+            "--no-start",
+            "--rollback-data",
+        ])
+    }
+
     /// Runs and parses stdout as one JSON document; the exit code must be 0.
     #[track_caller]
     pub fn run_json<S: AsRef<OsStr>>(&self, args: &[S]) -> serde_json::Value {

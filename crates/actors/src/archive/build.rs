@@ -30,10 +30,10 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::crypt::Sealed;
-use super::filepool::start_writeback;
 use super::format::{FileStat, INFO_PATH, Layout, MANIFEST_PATH, Span, encode_bytes};
 use super::incremental::{self, ALIGN, ALIGN_FROM, BIG_FILE, Damage, Live, Members, Source};
 use super::pgzip::{CHUNK_SIZE, ParallelGzWriter, padding};
+use super::sink::HashingWriter;
 use super::threads::resolve_threads;
 use super::{BuildOptions, BuildReport, CancelFlag, EntryKind, META_DIR, ManifestEntry};
 use crate::error::{Error, IoContext, Result};
@@ -950,55 +950,6 @@ fn source_error(context: &'static str, path: &Path, e: io::Error) -> Error {
     }
 }
 
-/// Hashes and counts everything written to the archive file, and starts the writeback of
-/// every `WRITEBACK` bytes written so that the final fsync has little left to wait for.
-pub(super) struct HashingWriter {
-    pub(super) file: File,
-    pub(super) hasher: Sha256,
-    pub(super) count: u64,
-    /// Start of the range whose writeback has not been started yet.
-    unflushed: u64,
-    /// The span being hashed (`incremental.rs`): its start and its hash so far.
-    pub(super) span: Option<(u64, Sha256)>,
-    /// The data-only member being hashed inside the span: its start, where its data is in
-    /// the file, the data's SHA-256 and the member's hash so far.
-    pub(super) member: Option<(u64, u64, String, Sha256)>,
-    /// The span's data-only members so far.
-    pub(super) chunks: Vec<super::format::Chunk>,
-}
-
-/// See [`HashingWriter`].
-const WRITEBACK: u64 = 8 << 20;
-
-impl HashingWriter {
-    /// Starts the writeback of every full `WRITEBACK` written since the last one.
-    pub(super) fn writeback(&mut self) {
-        if self.count - self.unflushed >= WRITEBACK {
-            start_writeback(&self.file, self.unflushed, self.count);
-            self.unflushed = self.count;
-        }
-    }
-}
-
-impl Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        if let Some((_, h)) = self.span.as_mut() {
-            h.update(&buf[..n]);
-        }
-        if let Some((.., h)) = self.member.as_mut() {
-            h.update(&buf[..n]);
-        }
-        self.count += n as u64;
-        self.writeback();
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
 struct Written {
     file: File,
     size: u64,
@@ -1021,15 +972,7 @@ fn write_archive(
     progress: &Progress,
     cancel: &CancelFlag,
 ) -> Result<Written> {
-    let sink = HashingWriter {
-        file,
-        hasher: Sha256::new(),
-        count: 0,
-        unflushed: 0,
-        span: None,
-        member: None,
-        chunks: Vec::new(),
-    };
+    let sink = HashingWriter::new(file);
     let sink = Sealed::new(sink, opts.encryption.as_ref())
         .map_err(|e| Error::io("cannot start encrypting the archive", partial, e))?;
     let spans: std::sync::Arc<std::sync::Mutex<Vec<Span>>> = Default::default();

@@ -37,7 +37,9 @@ use super::check::{
     EntryDigest, Meta, Parsed, ProgressMap, Refusal, Tracker, check_trailing, display_bytes,
     parse_entry, stream_error, top_level,
 };
-use super::filepool::{FilePool, Link, PIECE, SMALL, Target, apply_meta, with_parents};
+use super::filepool::{
+    FilePool, Link, PIECE, SMALL, Target, apply_meta, dir_mode_at_creation, with_parents,
+};
 use super::format::MANIFEST_PATH;
 use super::threads::resolve_threads;
 use super::verify::Expect;
@@ -45,6 +47,7 @@ use super::{CancelFlag, EntryKind, ExtractOptions, ExtractReport};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::SyncBehind;
 use crate::progress::{Phase, Progress};
+use filetime::FileTime;
 
 /// Differences from the manifest named in the error message (the rest are counted).
 const MAX_LISTED: usize = 5;
@@ -158,7 +161,7 @@ fn extract_entries(
     let mut digest = EntryDigest::default();
     let mut top: BTreeSet<Vec<u8>> = BTreeSet::new();
     // Taken (joined) at the manifest, the last entry: see below.
-    let mut pool = Some(FilePool::new(threads)?);
+    let mut pool = Some(FilePool::new(threads, staging)?);
     let no_pool = || Error::Internal("file writers already finished".into());
     let (mut entries, mut files, mut bytes) = (0u64, 0u64, 0u64);
     let mut mid_reached = false;
@@ -256,8 +259,10 @@ fn extract_entries(
             }
             EntryKind::Dir => {
                 if included {
-                    let full = out.dir(&parsed)?;
-                    pool.as_mut().ok_or_else(no_pool)?.dir(full, &parsed.path)?;
+                    let (full, settled) = out.dir(&parsed)?;
+                    pool.as_mut()
+                        .ok_or_else(no_pool)?
+                        .dir(full, &parsed.path, settled)?;
                 }
             }
             EntryKind::Symlink => {
@@ -357,6 +362,8 @@ struct DirMeta {
     /// Number of `/` in its path: deeper directories are finished first.
     depth: u32,
     mode: u32,
+    /// Made with its final mode (no chmod when finished).
+    settled: bool,
     /// `(uid, gid)` when ownership is restored.
     owner: Option<(u32, u32)>,
     mtime: i64,
@@ -424,25 +431,29 @@ impl Writer<'_> {
         }
     }
 
-    /// A directory entry: where it goes (the pool makes it, private until finished), and
-    /// its final owner, mode and mtime, kept for [`Writer::finish_dirs`].
-    fn dir(&mut self, e: &Parsed) -> Result<PathBuf> {
+    /// A directory entry: where it goes, and the mode the pool makes it with when that is
+    /// its final mode (else it is private until finished); its final owner, mode and mtime
+    /// are kept for [`Writer::finish_dirs`].
+    fn dir(&mut self, e: &Parsed) -> Result<(PathBuf, Option<u32>)> {
         let too_long = || Error::Corrupt {
             path: self.staging.to_path_buf(),
             detail: format!("entry {:?}: path too long", display_bytes(&e.path)),
         };
+        let mode = self.mode(e.mode);
+        let settled = dir_mode_at_creation(mode);
         let finish = DirMeta {
             start: self.deferred_dirs.paths.len() as u64,
             len: u32::try_from(e.path.len()).map_err(|_| too_long())?,
             depth: u32::try_from(e.path.iter().filter(|&&b| b == b'/').count())
                 .map_err(|_| too_long())?,
             owner: self.owner(e)?,
-            mode: self.mode(e.mode),
+            mode,
+            settled: settled.is_some(),
             mtime: e.mtime,
         };
         self.deferred_dirs.paths.extend_from_slice(&e.path);
         self.deferred_dirs.dirs.push(finish);
-        Ok(self.full(&e.path))
+        Ok((self.full(&e.path), settled))
     }
 
     /// Where a regular file goes and what it gets when complete. The pool creates it
@@ -473,7 +484,8 @@ impl Writer<'_> {
         // The tracker admitted the target as an earlier regular file of the same top-level
         // item, so it was written here; link(2) does not follow a symlink given as source.
         let target = self.full(e.target.as_deref().unwrap_or_default());
-        with_parents(&full, || fs::hard_link(&target, &full)).ctx("cannot create hard link", &full)
+        with_parents(self.staging, &full, || fs::hard_link(&target, &full))
+            .ctx("cannot create hard link", &full)
     }
 
     /// Sets directories' owner, mode and mtime, deepest first (children before parents even
@@ -489,6 +501,19 @@ impl Writer<'_> {
         let finish = |dirs: &[DirMeta]| -> Result<()> {
             for d in dirs {
                 let full = self.full(self.deferred_dirs.path(d));
+                if d.settled {
+                    // Mode set at creation: owner and mtime by path, never following the
+                    // last component (one or two system calls instead of five; the
+                    // directories above it are the extraction's own).
+                    if let Some((uid, gid)) = d.owner {
+                        std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
+                            .ctx("cannot chown", &full)?;
+                    }
+                    let t = FileTime::from_unix_time(d.mtime, 0);
+                    filetime::set_symlink_file_times(&full, t, t)
+                        .ctx("cannot set modification time of", &full)?;
+                    continue;
+                }
                 let dir = OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)

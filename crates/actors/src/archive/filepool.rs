@@ -103,8 +103,9 @@ enum Item {
         start: usize,
         len: usize,
     },
-    /// A directory of the archive (private until the extraction finishes it).
-    Dir(PathBuf),
+    /// A directory of the archive: made with its final mode when that is settled
+    /// ([`dir_mode_at_creation`]), else private until the extraction finishes it.
+    Dir(PathBuf, Option<u32>),
     Symlink(Link),
 }
 
@@ -128,6 +129,9 @@ struct Pending {
 const MAX_ITEMS: usize = 4096;
 
 struct Shared {
+    /// The directory everything is made in (it must exist: never made here, see
+    /// [`with_parents`]).
+    root: PathBuf,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
 }
@@ -198,10 +202,11 @@ pub(super) struct FilePool {
 }
 
 impl FilePool {
-    /// Starts `threads` (at least 1) worker threads.
-    pub(super) fn new(threads: usize) -> Result<FilePool> {
+    /// Starts `threads` (at least 1) worker threads that make everything beneath `root`.
+    pub(super) fn new(threads: usize, root: &Path) -> Result<FilePool> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
+            root: root.to_path_buf(),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
         });
@@ -326,8 +331,11 @@ impl FilePool {
     /// Creates directory `full` (relative path `rel`) on the worker that writes its files,
     /// before them. Its parents are made there too if they are not yet (another worker may
     /// not have reached them): see [`make_dir`].
-    pub(super) fn dir(&mut self, full: PathBuf, rel: &[u8]) -> Result<()> {
-        self.pending_for(rel, 0)?.items.push(Item::Dir(full));
+    /// `settled`: the final mode, to make it with ([`dir_mode_at_creation`]).
+    pub(super) fn dir(&mut self, full: PathBuf, rel: &[u8], settled: Option<u32>) -> Result<()> {
+        self.pending_for(rel, 0)?
+            .items
+            .push(Item::Dir(full, settled));
         Ok(())
     }
 
@@ -497,8 +505,10 @@ fn worker(jobs: &Receiver<Job>, free: &Sender<Piece>, shared: &Shared) -> Sums {
             }
             continue;
         }
-        let r = panic::catch_unwind(AssertUnwindSafe(|| run_job(job, &mut cur, &mut sums, free)))
-            .unwrap_or_else(|_| Err(Error::Internal("a file writer thread panicked".into())));
+        let r = panic::catch_unwind(AssertUnwindSafe(|| {
+            run_job(&shared.root, job, &mut cur, &mut sums, free)
+        }))
+        .unwrap_or_else(|_| Err(Error::Internal("a file writer thread panicked".into())));
         if let Err(e) = r {
             cur = None;
             shared.fail(e);
@@ -507,9 +517,17 @@ fn worker(jobs: &Receiver<Job>, free: &Sender<Piece>, shared: &Shared) -> Sums {
     sums
 }
 
-fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piece>) -> Result<()> {
+fn run_job(
+    root: &Path,
+    job: Job,
+    cur: &mut Option<Open>,
+    sums: &mut Sums,
+    free: &Sender<Piece>,
+) -> Result<()> {
     match job {
-        Job::Begin { id, target, direct } => *cur = Some(Open::begin(id, target, direct)?),
+        Job::Begin { id, target, direct } => {
+            *cur = Some(Open::begin(root, id, target, direct)?);
+        }
         Job::Data { buf, len } => {
             let r = match cur.as_mut() {
                 Some(open) => open.write(&buf[..len]),
@@ -531,12 +549,13 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
                     start,
                     len,
                 } => {
-                    let mut open = Open::begin(id, target, false)?;
+                    let mut open = Open::begin(root, id, target, false)?;
                     open.write(&data[start..start + len])?;
                     open.end(sums)
                 }
-                Item::Dir(full) => make_dir(&full, 0o700),
-                Item::Symlink(link) => make_symlink(&link),
+                Item::Dir(full, None) => make_dir(root, &full, 0o700),
+                Item::Dir(full, Some(mode)) => make_settled_dir(root, &full, mode),
+                Item::Symlink(link) => make_symlink(root, &link),
             });
             if let Some(buf) = buf {
                 let _ = free.send(buf);
@@ -550,7 +569,7 @@ fn run_job(job: Job, cur: &mut Option<Open>, sums: &mut Sums, free: &Sender<Piec
 
 impl Open {
     /// Creates the file (`None`: only hashes the data).
-    fn begin(id: usize, target: Option<Target>, direct: bool) -> Result<Open> {
+    fn begin(root: &Path, id: usize, target: Option<Target>, direct: bool) -> Result<Open> {
         let mut mode_set = false;
         let file = match target {
             Some(t) => {
@@ -559,7 +578,7 @@ impl Open {
                 // Never more than the final mode, so nothing is readable that will not be.
                 let at_open = t.mode & 0o777;
                 let settled = t.mode & 0o7000 == 0 && at_open & !process_umask() == at_open;
-                let f = create_with_mode(&t.full, if settled { at_open } else { 0o600 })?;
+                let f = create_with_mode(root, &t.full, if settled { at_open } else { 0o600 })?;
                 mode_set = settled;
                 Some((f, t))
             }
@@ -741,13 +760,13 @@ pub(super) fn start_writeback(file: &File, from: u64, to: u64) {
 /// Creates a new private file; never follows or replaces anything.
 #[cfg(test)]
 pub(super) fn create(full: &Path) -> Result<File> {
-    create_with_mode(full, 0o600)
+    create_with_mode(Path::new("/"), full, 0o600)
 }
 
 /// Creates a new file with `mode` (as the umask leaves it); never follows or replaces
 /// anything. Missing parents are made first ([`with_parents`]).
-fn create_with_mode(full: &Path, mode: u32) -> Result<File> {
-    with_parents(full, || {
+fn create_with_mode(root: &Path, full: &Path, mode: u32) -> Result<File> {
+    with_parents(root, full, || {
         OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -760,6 +779,9 @@ fn create_with_mode(full: &Path, mode: u32) -> Result<File> {
 
 /// Runs `make`, which creates `full`; if that fails for want of a parent directory, makes
 /// the missing parents (plain directories, as the umask leaves mode 0777) and runs it again.
+/// Parents are made beneath `root` only, never `root` itself nor anything above it: if the
+/// staging dir vanished during the extraction (removed by hand, its filesystem unmounted),
+/// the extraction fails instead of quietly making a new one.
 ///
 /// Directories are made by several threads in the order each receives them, so a parent
 /// may come after its child: whoever needs it first makes it, and the other finds it there
@@ -767,28 +789,32 @@ fn create_with_mode(full: &Path, mode: u32) -> Result<File> {
 /// entry beneath a file or a link of the archive, nor a file or link where an earlier
 /// entry needs a directory (`check::Tracker`), and the staging dir started empty.
 pub(super) fn with_parents<T>(
+    root: &Path,
     full: &Path,
     mut make: impl FnMut() -> std::io::Result<T>,
 ) -> std::io::Result<T> {
     match make() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = full.parent() {
-                make_dir_io(parent, 0o777)?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match full.parent() {
+            Some(parent) if parent != root && parent.starts_with(root) => {
+                make_dir_io(root, parent, 0o777)?;
+                make()
             }
-            make()
-        }
+            _ => Err(e),
+        },
         r => r,
     }
 }
 
 /// Makes directory `full` with `mode` (and its missing parents), or finds it made: by
 /// another worker, as a parent or as itself. Anything else in its place is an error.
-fn make_dir(full: &Path, mode: u32) -> Result<()> {
-    make_dir_io(full, mode).ctx("cannot create directory", full)
+fn make_dir(root: &Path, full: &Path, mode: u32) -> Result<()> {
+    make_dir_io(root, full, mode).ctx("cannot create directory", full)
 }
 
-fn make_dir_io(full: &Path, mode: u32) -> std::io::Result<()> {
-    let made = with_parents(full, || std::fs::DirBuilder::new().mode(mode).create(full));
+fn make_dir_io(root: &Path, full: &Path, mode: u32) -> std::io::Result<()> {
+    let made = with_parents(root, full, || {
+        std::fs::DirBuilder::new().mode(mode).create(full)
+    });
     match made {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if std::fs::symlink_metadata(full)?.is_dir() {
@@ -801,11 +827,42 @@ fn make_dir_io(full: &Path, mode: u32) -> std::io::Result<()> {
     }
 }
 
+/// The mode a directory of final mode `mode` can be made with, so that finishing it
+/// needs no chmod: its own bits when the umask leaves them, the owner may write and search
+/// it (the extraction fills it), and it has no setuid/setgid/sticky bit. Never more
+/// than the final mode, so nothing is reachable while it is extracted that will not be.
+pub(super) fn dir_mode_at_creation(mode: u32) -> Option<u32> {
+    let bits = mode & 0o777;
+    (mode & 0o7000 == 0 && bits & 0o700 == 0o700 && bits & !process_umask() == bits).then_some(bits)
+}
+
+/// Makes directory `full` with its final `mode` ([`dir_mode_at_creation`]); one made
+/// before as a missing parent of something beneath it gets that mode now.
+fn make_settled_dir(root: &Path, full: &Path, mode: u32) -> Result<()> {
+    let made = with_parents(root, full, || {
+        std::fs::DirBuilder::new().mode(mode).create(full)
+    });
+    match made {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let dir = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(full)
+                .ctx("cannot open directory", full)?;
+            dir.set_permissions(Permissions::from_mode(mode))
+                .ctx("cannot chmod", full)
+        }
+        r => r.ctx("cannot create directory", full),
+    }
+}
+
 /// Creates a symlink (never opened), then its owner and mtime.
-fn make_symlink(link: &Link) -> Result<()> {
+fn make_symlink(root: &Path, link: &Link) -> Result<()> {
     let full = &link.full;
-    with_parents(full, || std::os::unix::fs::symlink(&link.target, full))
-        .ctx("cannot create symlink", full)?;
+    with_parents(root, full, || {
+        std::os::unix::fs::symlink(&link.target, full)
+    })
+    .ctx("cannot create symlink", full)?;
     if let Some((uid, gid)) = link.owner {
         std::os::unix::fs::lchown(full, Some(uid), Some(gid)).ctx("cannot chown", full)?;
     }
@@ -893,7 +950,7 @@ mod tests {
     #[test]
     fn writes_hashes_and_finishes_files_on_workers() {
         let dir = tempfile::tempdir().unwrap();
-        let mut pool = FilePool::new(3).unwrap();
+        let mut pool = FilePool::new(3, dir.path()).unwrap();
         let mut want = Vec::new();
         for id in 0..40 {
             let data: Vec<u8> = (0..id * 50_000).map(|i| (i * 7 + id) as u8).collect();
@@ -938,7 +995,7 @@ mod tests {
     #[test]
     fn gathered_small_files_are_each_written_and_hashed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut pool = FilePool::new(2).unwrap();
+        let mut pool = FilePool::new(2, dir.path()).unwrap();
         let mut expected = ShaSum::default();
         let mut written = Vec::new();
         for id in 0..3000usize {
@@ -996,12 +1053,12 @@ mod tests {
     fn workers_make_directories_in_any_order() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let mut pool = FilePool::new(2).unwrap();
+        let mut pool = FilePool::new(2, dir.path()).unwrap();
         let mut want = Vec::new();
         for i in 0..200usize {
             // Children first, then the parents: each on the worker of its own path.
             let rel = format!("p{}/c{i}", i % 7);
-            pool.dir(root.join(&rel), rel.as_bytes()).unwrap();
+            pool.dir(root.join(&rel), rel.as_bytes(), None).unwrap();
             let file = format!("{rel}/deep/f{i}");
             let target = Target {
                 full: root.join(&file),
@@ -1027,9 +1084,15 @@ mod tests {
         }
         for p in 0..7 {
             let rel = format!("p{p}");
-            pool.dir(root.join(&rel), rel.as_bytes()).unwrap();
+            // Made before as parents: a settled mode is set on them now.
+            pool.dir(root.join(&rel), rel.as_bytes(), Some(0o750))
+                .unwrap();
         }
         pool.finish().unwrap();
+        for p in 0..7 {
+            let m = std::fs::metadata(root.join(format!("p{p}"))).unwrap();
+            assert_eq!(m.permissions().mode() & 0o7777, 0o750, "p{p}");
+        }
         for (file, data) in &want {
             assert!(std::fs::read(root.join(file)).unwrap() == *data, "{file}");
         }
@@ -1044,11 +1107,57 @@ mod tests {
 
         // A file where a directory must go.
         std::fs::write(root.join("blocker"), b"x").unwrap();
-        let mut pool = FilePool::new(2).unwrap();
-        pool.dir(root.join("blocker/sub"), b"blocker/sub").unwrap();
+        let mut pool = FilePool::new(2, dir.path()).unwrap();
+        pool.dir(root.join("blocker/sub"), b"blocker/sub", None)
+            .unwrap();
         let e = pool.finish().unwrap_err();
         assert!(e.to_string().contains("blocker"), "{e}");
         assert_eq!(std::fs::read(root.join("blocker")).unwrap(), b"x");
+    }
+
+    /// Missing parents are made beneath the staging root, never the root itself: a staging
+    /// dir removed during the extraction fails it (directories, files, links and the
+    /// reader's hard links alike) instead of being quietly made anew.
+    #[test]
+    fn a_vanished_staging_root_is_never_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("stage");
+        std::fs::create_dir(&root).unwrap();
+        let mut pool = FilePool::new(2, &root).unwrap();
+        std::fs::remove_dir(&root).unwrap();
+        pool.dir(root.join("a/b"), b"a/b", None).unwrap();
+        let target = Target {
+            full: root.join("c/d/f"),
+            owner: None,
+            mode: 0o644,
+            mtime: 1_500_000_000,
+        };
+        let _ = pool.small(0, Some(target), b"c/d", 3, |b| {
+            b.copy_from_slice(b"abc");
+            Ok(())
+        });
+        let link = Link {
+            full: root.join("e/link"),
+            target: PathBuf::from("x"),
+            owner: None,
+            mtime: 1_400_000_000,
+        };
+        let _ = pool.symlink(link, b"e");
+        let e = pool.finish().unwrap_err();
+        assert!(e.to_string().contains("stage"), "{e}");
+        assert!(!root.exists(), "the staging root was made again");
+
+        let from = dir.path().join("from");
+        std::fs::write(&from, b"x").unwrap();
+        let to = root.join("g/h/link");
+        let e = with_parents(&root, &to, || std::fs::hard_link(&from, &to)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(!root.exists(), "the staging root was made again");
+
+        // With the root there, the same parents are made beneath it.
+        std::fs::create_dir(&root).unwrap();
+        with_parents(&root, &to, || std::fs::hard_link(&from, &to)).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"x");
     }
 
     /// Large files go through `O_DIRECT` in whole blocks and switch to the page cache for
@@ -1094,7 +1203,7 @@ mod tests {
     #[test]
     fn pooled_large_files_are_exact() {
         let dir = tempfile::tempdir().unwrap();
-        let mut pool = FilePool::new(2).unwrap();
+        let mut pool = FilePool::new(2, dir.path()).unwrap();
         let mut want = Vec::new();
         for (id, len) in [DIRECT_MIN as usize, 2 * PIECE, PIECE + 1, 5 * PIECE - 17]
             .into_iter()
@@ -1143,7 +1252,7 @@ mod tests {
     fn zero_blocks_become_holes_and_the_content_stays_exact() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let mut pool = FilePool::new(2).unwrap();
+        let mut pool = FilePool::new(2, dir.path()).unwrap();
         let big = 16 * PIECE + 3;
         let mut sparse = vec![0u8; big];
         sparse[5] = 1; // data in the first block
@@ -1212,7 +1321,7 @@ mod tests {
     fn a_worker_error_surfaces_and_stops_the_work() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("taken"), b"x").unwrap();
-        let mut pool = FilePool::new(2).unwrap();
+        let mut pool = FilePool::new(2, dir.path()).unwrap();
         let target = |name: &str| {
             Some(Target {
                 full: dir.path().join(name),
@@ -1245,7 +1354,7 @@ mod tests {
     #[test]
     fn dropping_the_pool_mid_file_does_not_hang() {
         let dir = tempfile::tempdir().unwrap();
-        let mut pool = FilePool::new(2).unwrap();
+        let mut pool = FilePool::new(2, dir.path()).unwrap();
         pool.begin(
             0,
             Some(Target {

@@ -32,13 +32,13 @@ use flate2::read::{GzDecoder, MultiGzDecoder};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sha2::Digest;
 
-use super::build::HashingWriter;
 use super::crypt::Sealed;
 use super::format::{
     ArchiveInfo, Chunk, EntryKind, FORMAT_VERSION, FileStat, Layout, MANIFEST_PATH, ManifestEntry,
     Span,
 };
-use super::pgzip::{InOrderJob, ParallelGzWriter, copy_range, member_offsets, read_range};
+use super::pgzip::{InOrderJob, ParallelGzWriter, member_offsets};
+use super::sink::HashingWriter;
 
 /// Regular files of at least this many bytes start their own gzip members. 64 KiB: below
 /// it a file's own members would cost compression (a fresh dictionary) and per-file work;
@@ -58,10 +58,6 @@ pub(super) const ALIGN: u64 = 4096;
 /// 1 GB benchmark corpus, 290 files of at least 256 KiB hold 93 % of the bytes of the 797
 /// big files, and their padding about 0.1 % of the archive.
 pub(super) const ALIGN_FROM: u64 = 256 << 10;
-
-/// A copied span up to this long is read back once, each piece hashed into the archive's
-/// SHA-256 and the span's on this thread; a longer one is read back on two threads.
-const ONE_THREAD_SPAN: u64 = 4 << 20;
 
 /// A file whose ctime is less than this many seconds before the previous backup started is
 /// read again (its change could share the clock tick of that backup's read).
@@ -300,80 +296,6 @@ impl Members<'_> {
             }
             Ok(())
         }))
-    }
-}
-
-impl HashingWriter {
-    /// Starts hashing what is written from here on, for a [`Span`].
-    pub(super) fn begin_span(&mut self) {
-        self.span = Some((self.count, sha2::Sha256::new()));
-        self.chunks.clear();
-    }
-
-    /// Ends the span begun by [`Self::begin_span`]: the [`Span`] of entry `entry`.
-    pub(super) fn end_span(&mut self, entry: u64) -> io::Result<Span> {
-        let (start, h) = self
-            .span
-            .take()
-            .ok_or_else(|| io::Error::other("span ended without a start"))?;
-        Ok(Span {
-            entry,
-            offset: start,
-            len: self.count - start,
-            sha256: hex::encode(h.finalize()),
-            chunks: std::mem::take(&mut self.chunks),
-        })
-    }
-
-    /// Appends `len` bytes at `offset` of `src` (see [`copy_range`]), either as the whole
-    /// content of the span just begun (`whole`) or as one member inside the current span,
-    /// then reads them back from the archive into the archive's hash, the span's (the same
-    /// as their own for a whole span) and their own SHA-256 (hex, returned). A copy of at
-    /// most [`ONE_THREAD_SPAN`] bytes is read back once, each piece going to every hash; a
-    /// longer one is read on two threads, one for their own hash.
-    fn copy_in(&mut self, src: &File, offset: u64, len: u64, whole: bool) -> io::Result<String> {
-        let at = self.count;
-        match &self.span {
-            Some((start, _)) if (*start == at) == whole => {}
-            _ => {
-                return Err(io::Error::other(
-                    "a copy must be a whole span or inside one",
-                ));
-            }
-        }
-        copy_range(src, offset, len, &mut self.file)?;
-        let (file, hasher) = (&self.file, &mut self.hasher);
-        let mut span = self.span.as_mut().map(|(_, h)| h).filter(|_| !whole);
-        let mut shared = |b: &[u8]| {
-            hasher.update(b);
-            if let Some(h) = span.as_mut() {
-                h.update(b);
-            }
-        };
-        let own = if len <= ONE_THREAD_SPAN {
-            let mut own = sha2::Sha256::new();
-            read_range(file, at, len, &mut |b| {
-                shared(b);
-                own.update(b);
-            })?;
-            own
-        } else {
-            std::thread::scope(|scope| {
-                let own = scope.spawn(|| {
-                    let mut h = sha2::Sha256::new();
-                    read_range(file, at, len, &mut |b| h.update(b)).map(|()| h)
-                });
-                read_range(file, at, len, &mut shared)?;
-                own.join()
-                    .map_err(|_| io::Error::other("the hashing thread panicked"))?
-            })?
-        };
-        self.count += len;
-        self.writeback();
-        if whole {
-            self.span = Some((at, own.clone()));
-        }
-        Ok(hex::encode(own.finalize()))
     }
 }
 

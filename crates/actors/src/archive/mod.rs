@@ -36,6 +36,7 @@ mod incremental;
 mod legacy;
 mod listing;
 pub mod pgzip;
+mod sink;
 #[cfg(test)]
 mod tests;
 mod threads;
