@@ -100,7 +100,7 @@ fn rollback_default_scope_restores_the_app_and_keeps_the_data() {
 #[test]
 fn rollback_with_data_restores_everything() {
     let s = Scenario::new();
-    let out = s.env.rollback_data(&s.id());
+    let out = s.env.rollback_data(s.id());
     out.assert_ok().assert_stderr_has("stopped");
     let after = s.env.snapshot_compose();
     assert_same_tree(
@@ -356,7 +356,7 @@ fn rollback_unknown_id_exits_2() {
 fn rollback_of_a_missing_archive_is_refused() {
     let s = Scenario::new();
     fs::remove_file(&s.row.file_path).unwrap();
-    let out = s.env.rollback_data(&s.id());
+    let out = s.env.rollback_data(s.id());
     assert_ne!(out.code, Some(0), "{out}");
     out.assert_stderr_has(&crate::util::file_name(&s.row.file_path));
     s.assert_nothing_changed();

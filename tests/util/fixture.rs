@@ -143,6 +143,9 @@ pub(super) fn build_compose_dir(d: &Path, project: &str, fixture: Fixture) {
     fs::create_dir_all(d.join("app/cache")).unwrap();
     fs::create_dir_all(d.join("app/tmp")).unwrap();
     fs::set_permissions(d.join("app/tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    // A private directory: a restore makes it with its final mode, never wider.
+    write(&d.join("app/private/key.pem"), b"not a key\n", 0o600);
+    fs::set_permissions(d.join("app/private"), fs::Permissions::from_mode(0o750)).unwrap();
     // A path longer than 100 bytes and a name longer than 100 bytes: GNU long-name records.
     let long_dir = d.join(
         "app/deep/a-rather-long-directory-name-number-one/another-fairly-long-directory-name-two",

@@ -119,14 +119,13 @@ pub(super) struct Link {
 
 /// What is gathered for one worker, sent as one [`Job::Batch`].
 struct Pending {
-    worker: usize,
     buf: Option<Piece>,
     used: usize,
     items: Vec<Item>,
 }
 
 /// Items of one batch at most (directories and links take no buffer space).
-const MAX_ITEMS: usize = 4096;
+const MAX_ITEMS: usize = 1024;
 
 struct Shared {
     /// The directory everything is made in (it must exist: never made here, see
@@ -195,8 +194,8 @@ pub(super) struct FilePool {
     max_buffers: usize,
     /// Worker of the file being sent.
     current: Option<usize>,
-    /// Small files not sent yet.
-    pending: Option<Pending>,
+    /// Small files, directories and links not sent yet, one gathering per worker.
+    pending: Vec<Option<Pending>>,
     next: usize,
     shared: Arc<Shared>,
 }
@@ -218,7 +217,7 @@ impl FilePool {
             allocated: 0,
             max_buffers: 2 * threads + 2,
             current: None,
-            pending: None,
+            pending: (0..threads).map(|_| None).collect(),
             next: 0,
             shared: Arc::clone(&shared),
         };
@@ -296,10 +295,12 @@ impl FilePool {
 
     /// A whole file of `len` (at most [`SMALL`]) bytes in directory `dir`, its content
     /// written into the slice `fill` is given. Small files, directories and links are
-    /// gathered per worker (by directory) and sent as one job when the buffer is full or the
-    /// next item goes elsewhere: one message for a directory of small files instead of
-    /// three per file and a buffer each (a tree of 100k small files kept the reader waiting
-    /// for buffers and waking workers).
+    /// gathered per worker (by directory), each worker's sent as one job when its buffer or
+    /// item count is full (or before a large file, a barrier and the end): one message for
+    /// hundreds of small files instead of three per file and a buffer each (a tree of 100k
+    /// small files kept the reader waiting for buffers and waking workers; sending each
+    /// directory's gathering as soon as the next item went to the other worker still woke a
+    /// worker for every two or three files of a `node_modules` tree).
     pub(super) fn small(
         &mut self,
         id: usize,
@@ -308,14 +309,15 @@ impl FilePool {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<()> {
-        if self.pending_for(dir, len)?.buf.is_none() {
+        let w = self.worker_of(dir);
+        if self.pending_for(w, len)?.buf.is_none() {
             let buf = self.buffer()?;
-            if let Some(p) = self.pending.as_mut() {
+            if let Some(p) = self.pending[w].as_mut() {
                 p.buf = Some(buf);
             }
         }
         let lost = || Error::Internal("file writer: the gathering vanished".into());
-        let p = self.pending.as_mut().ok_or_else(lost)?;
+        let p = self.pending[w].as_mut().ok_or_else(lost)?;
         let start = p.used;
         fill(&mut p.buf.as_mut().ok_or_else(lost)?[start..start + len])?;
         p.used += len;
@@ -333,43 +335,39 @@ impl FilePool {
     /// not have reached them): see [`make_dir`].
     /// `settled`: the final mode, to make it with ([`dir_mode_at_creation`]).
     pub(super) fn dir(&mut self, full: PathBuf, rel: &[u8], settled: Option<u32>) -> Result<()> {
-        self.pending_for(rel, 0)?
-            .items
-            .push(Item::Dir(full, settled));
+        let w = self.worker_of(rel);
+        self.pending_for(w, 0)?.items.push(Item::Dir(full, settled));
         Ok(())
     }
 
     /// Creates a symlink in directory `dir` on the worker that owns that directory.
     pub(super) fn symlink(&mut self, link: Link, dir: &[u8]) -> Result<()> {
-        self.pending_for(dir, 0)?.items.push(Item::Symlink(link));
+        let w = self.worker_of(dir);
+        self.pending_for(w, 0)?.items.push(Item::Symlink(link));
         Ok(())
     }
 
-    /// The gathering for the worker of `dir`, with room for `len` more bytes: what was
-    /// gathered for another worker, or is full, is sent first.
-    fn pending_for(&mut self, dir: &[u8], len: usize) -> Result<&mut Pending> {
+    /// Worker `w`'s gathering, with room for `len` more bytes: a full one is sent first.
+    fn pending_for(&mut self, w: usize, len: usize) -> Result<&mut Pending> {
         self.check()?;
-        let w = self.worker_of(dir);
-        if self
-            .pending
+        if self.pending[w]
             .as_ref()
-            .is_some_and(|p| p.worker != w || p.used + len > PIECE || p.items.len() >= MAX_ITEMS)
+            .is_some_and(|p| p.used + len > PIECE || p.items.len() >= MAX_ITEMS)
         {
-            self.flush()?;
+            self.flush_one(w)?;
         }
-        Ok(self.pending.get_or_insert_with(|| Pending {
-            worker: w,
+        Ok(self.pending[w].get_or_insert_with(|| Pending {
             buf: None,
             used: 0,
             items: Vec::new(),
         }))
     }
 
-    /// Sends what was gathered.
-    fn flush(&mut self) -> Result<()> {
-        match self.pending.take() {
+    /// Sends worker `w`'s gathering.
+    fn flush_one(&mut self, w: usize) -> Result<()> {
+        match self.pending[w].take() {
             Some(p) => self.send(
-                p.worker,
+                w,
                 Job::Batch {
                     buf: p.buf,
                     items: p.items,
@@ -377,6 +375,12 @@ impl FilePool {
             ),
             None => Ok(()),
         }
+    }
+
+    /// Sends every gathering: everything handed to the pool so far is then on its way to
+    /// a worker, in the order it was handed over for each worker.
+    fn flush(&mut self) -> Result<()> {
+        (0..self.pending.len()).try_for_each(|w| self.flush_one(w))
     }
 
     /// A buffer of `PIECE` bytes to fill (waits while all buffers are in flight).
