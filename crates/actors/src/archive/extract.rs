@@ -27,10 +27,9 @@
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::check::{
@@ -38,7 +37,7 @@ use super::check::{
     parse_entry, stream_error, top_level,
 };
 use super::filepool::{
-    FilePool, Link, PIECE, SMALL, Target, apply_meta, dir_mode_at_creation, with_parents,
+    FilePool, Link, PIECE, SMALL, Target, apply_meta, dir_mode_at_creation, open_dir, with_parents,
 };
 use super::format::MANIFEST_PATH;
 use super::threads::resolve_threads;
@@ -362,8 +361,6 @@ struct DirMeta {
     /// Number of `/` in its path: deeper directories are finished first.
     depth: u32,
     mode: u32,
-    /// Made with its final mode (no chmod when finished).
-    settled: bool,
     /// `(uid, gid)` when ownership is restored.
     owner: Option<(u32, u32)>,
     mtime: i64,
@@ -440,7 +437,6 @@ impl Writer<'_> {
             detail: format!("entry {:?}: path too long", display_bytes(&e.path)),
         };
         let mode = self.mode(e.mode);
-        let settled = dir_mode_at_creation(mode);
         let finish = DirMeta {
             start: self.deferred_dirs.paths.len() as u64,
             len: u32::try_from(e.path.len()).map_err(|_| too_long())?,
@@ -448,12 +444,11 @@ impl Writer<'_> {
                 .map_err(|_| too_long())?,
             owner: self.owner(e)?,
             mode,
-            settled: settled.is_some(),
             mtime: e.mtime,
         };
         self.deferred_dirs.paths.extend_from_slice(&e.path);
         self.deferred_dirs.dirs.push(finish);
-        Ok((self.full(&e.path), settled))
+        Ok((self.full(&e.path), dir_mode_at_creation(mode)))
     }
 
     /// Where a regular file goes and what it gets when complete. The pool creates it
@@ -501,8 +496,8 @@ impl Writer<'_> {
         let finish = |dirs: &[DirMeta]| -> Result<()> {
             for d in dirs {
                 let full = self.full(self.deferred_dirs.path(d));
-                if d.settled {
-                    // Mode set at creation: owner and mtime by path, never following the
+                if dir_mode_at_creation(d.mode).is_some() {
+                    // Mode set at creation (by the pool, from the same rule): owner and mtime by path, never following the
                     // last component (one or two system calls instead of five; the
                     // directories above it are the extraction's own).
                     if let Some((uid, gid)) = d.owner {
@@ -514,12 +509,7 @@ impl Writer<'_> {
                         .ctx("cannot set modification time of", &full)?;
                     continue;
                 }
-                let dir = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-                    .open(&full)
-                    .ctx("cannot open directory", &full)?;
-                apply_meta(&dir, &full, d.owner, d.mode, d.mtime)?;
+                apply_meta(&open_dir(&full)?, &full, d.owner, d.mode, d.mtime)?;
             }
             Ok(())
         };

@@ -557,8 +557,7 @@ fn run_job(
                     open.write(&data[start..start + len])?;
                     open.end(sums)
                 }
-                Item::Dir(full, None) => make_dir(root, &full, 0o700),
-                Item::Dir(full, Some(mode)) => make_settled_dir(root, &full, mode),
+                Item::Dir(full, settled) => make_dir(root, &full, settled),
                 Item::Symlink(link) => make_symlink(root, &link),
             });
             if let Some(buf) = buf {
@@ -580,10 +579,9 @@ impl Open {
                 // Created with its final permission bits where the umask leaves them as
                 // they are and no chown will clear them (setuid/setgid): no chmod later.
                 // Never more than the final mode, so nothing is readable that will not be.
-                let at_open = t.mode & 0o777;
-                let settled = t.mode & 0o7000 == 0 && at_open & !process_umask() == at_open;
-                let f = create_with_mode(root, &t.full, if settled { at_open } else { 0o600 })?;
-                mode_set = settled;
+                let at_open = mode_at_creation(t.mode);
+                let f = create_with_mode(root, &t.full, at_open.unwrap_or(0o600))?;
+                mode_set = at_open.is_some();
                 Some((f, t))
             }
             None => None,
@@ -809,55 +807,62 @@ pub(super) fn with_parents<T>(
     }
 }
 
-/// Makes directory `full` with `mode` (and its missing parents), or finds it made: by
-/// another worker, as a parent or as itself. Anything else in its place is an error.
-fn make_dir(root: &Path, full: &Path, mode: u32) -> Result<()> {
-    make_dir_io(root, full, mode).ctx("cannot create directory", full)
+/// Makes directory `full` of the archive (and its missing parents) with its final mode
+/// when that is `settled` ([`dir_mode_at_creation`]), else private until the extraction
+/// finishes it; or finds it made, by another worker as a parent or as itself (then a
+/// settled mode is set now). Anything else in its place is an error.
+fn make_dir(root: &Path, full: &Path, settled: Option<u32>) -> Result<()> {
+    let made =
+        make_dir_io(root, full, settled.unwrap_or(0o700)).ctx("cannot create directory", full)?;
+    match settled {
+        Some(mode) if !made => open_dir(full)?
+            .set_permissions(Permissions::from_mode(mode))
+            .ctx("cannot chmod", full),
+        _ => Ok(()),
+    }
 }
 
-fn make_dir_io(root: &Path, full: &Path, mode: u32) -> std::io::Result<()> {
+/// Makes directory `full` with `mode` (and its missing parents): `true`; or finds a
+/// directory there: `false`. Anything else in its place is an error.
+fn make_dir_io(root: &Path, full: &Path, mode: u32) -> std::io::Result<bool> {
     let made = with_parents(root, full, || {
         std::fs::DirBuilder::new().mode(mode).create(full)
     });
     match made {
+        Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if std::fs::symlink_metadata(full)?.is_dir() {
-                Ok(())
+                Ok(false)
             } else {
                 Err(e)
             }
         }
-        r => r,
+        Err(e) => Err(e),
     }
 }
 
-/// The mode a directory of final mode `mode` can be made with, so that finishing it
-/// needs no chmod: its own bits when the umask leaves them, the owner may write and search
-/// it (the extraction fills it), and it has no setuid/setgid/sticky bit. Never more
-/// than the final mode, so nothing is reachable while it is extracted that will not be.
-pub(super) fn dir_mode_at_creation(mode: u32) -> Option<u32> {
+/// Opens directory `full` to set its metadata, never following a symlink in its place.
+pub(super) fn open_dir(full: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(full)
+        .ctx("cannot open directory", full)
+}
+
+/// The mode an entry of final mode `mode` can be created with, so that finishing it needs
+/// no chmod: its permission bits when the umask leaves them as they are and it has no
+/// setuid/setgid/sticky bit (chown would clear those). Never more than the final mode, so
+/// nothing is readable while it is extracted that will not be.
+fn mode_at_creation(mode: u32) -> Option<u32> {
     let bits = mode & 0o777;
-    (mode & 0o7000 == 0 && bits & 0o700 == 0o700 && bits & !process_umask() == bits).then_some(bits)
+    (mode & 0o7000 == 0 && bits & !process_umask() == bits).then_some(bits)
 }
 
-/// Makes directory `full` with its final `mode` ([`dir_mode_at_creation`]); one made
-/// before as a missing parent of something beneath it gets that mode now.
-fn make_settled_dir(root: &Path, full: &Path, mode: u32) -> Result<()> {
-    let made = with_parents(root, full, || {
-        std::fs::DirBuilder::new().mode(mode).create(full)
-    });
-    match made {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let dir = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-                .open(full)
-                .ctx("cannot open directory", full)?;
-            dir.set_permissions(Permissions::from_mode(mode))
-                .ctx("cannot chmod", full)
-        }
-        r => r.ctx("cannot create directory", full),
-    }
+/// [`mode_at_creation`] for a directory, which its owner must also be able to write and
+/// search while the extraction fills it.
+pub(super) fn dir_mode_at_creation(mode: u32) -> Option<u32> {
+    mode_at_creation(mode).filter(|bits| bits & 0o700 == 0o700)
 }
 
 /// Creates a symlink (never opened), then its owner and mtime.
