@@ -1,11 +1,12 @@
 //! Writing an archive (format in `archive/mod.rs`).
 //!
 //! Design note: the build is two passes. The scan walks the source in archive order (raw path
-//! bytes) one directory at a time, the directories it will enter next listed and lstat'ed
-//! ahead on a few threads ([`Listers`]), drops excluded paths and decides which paths become
-//! hard-link entries; it spills the plan to an unlinked temporary file and yields the totals
-//! for progress. The write pass then streams the planned entries through the tar builder
-//! into the parallel gzip writer, hashing the archive bytes on their way to `<dest>.partial`.
+//! bytes) one directory at a time, on one thread ([`walk_sorted`]), drops excluded paths and
+//! decides which paths become hard-link entries; it spills the plan to an unlinked temporary
+//! file and yields the totals for progress. The write pass then streams the planned entries
+//! through the tar builder into the parallel gzip writer, hashing the archive bytes on their
+//! way to `<dest>.partial`; small files are read a bounded window ahead of it on a few
+//! threads ([`Reads`]).
 //!
 //! A file is opened without following links and checked against its scan-time lstat (same
 //! inode, size and mtime) before a header is written, read to exactly that size (one byte
@@ -229,9 +230,8 @@ fn incremental_source(opts: &BuildOptions, progress: &Progress) -> Option<Source
     }
 }
 
-/// Hands freed heap pages back to the kernel (glibc's `malloc_trim`). The scan's short-lived
-/// allocations are made on the walker's threads, in their own malloc arenas, and would
-/// otherwise stay resident through the whole write (about 40 MB for 120 000 entries).
+/// Hands freed heap pages back to the kernel (glibc's `malloc_trim`): the scan's short-lived
+/// allocations would otherwise stay resident through the whole write.
 #[allow(unsafe_code)]
 fn release_free_memory() {
     // SAFETY: `malloc_trim` takes no pointers; it only returns free memory to the kernel.
@@ -547,6 +547,168 @@ impl PlanReader {
     }
 }
 
+/// Threads that read small files ahead of the write pass (see [`Reads`]). They mostly wait
+/// for the disk when the page cache is cold, so there are more of them than cores: eight
+/// requests in flight instead of one.
+const READ_THREADS: usize = 8;
+/// A batch of small files read by one thread: at most this many files...
+const BATCH_FILES: usize = 32;
+/// ...and about this many bytes (a file up to [`READ_BUF`] may end a batch).
+const BATCH_BYTES: u64 = 256 << 10;
+/// Batches in flight (read or being read, not yet taken), at most...
+const AHEAD_BATCHES: usize = 64;
+/// ...and holding at most this many bytes of file data: memory stays bounded whatever the
+/// tree.
+const AHEAD_BYTES: u64 = 16 << 20;
+/// Entries read from the plan ahead of the write pass, at most (directories and links need
+/// no reading but take room in the window too).
+const AHEAD_ITEMS: usize = 4096;
+
+/// A small file to read ahead: where it is and what the scan found.
+struct SmallJob {
+    abs: PathBuf,
+    rel: PathBuf,
+    meta: Stat,
+}
+
+/// A small file's data and SHA-256, or why it could not be archived.
+type SmallRead = Result<(Vec<u8>, String)>;
+
+/// The planned entries, in order, each with its data when it is a small file that was read
+/// ahead: regular files under [`READ_BUF`] that are not copied from the previous archive are
+/// read (opened, read, checked against the scan, hashed: [`read_small_file`]) in batches on
+/// [`READ_THREADS`] threads, a bounded window ahead of the write pass, which then only
+/// appends them. The archive's bytes are the same as when every file is read in turn.
+struct Reads<'a> {
+    plan: PlanReader,
+    /// Entries still in the plan file.
+    left: u64,
+    /// Entries read from the plan and not handed out yet; `true`: it is read ahead (its data
+    /// is in the batches, in this order).
+    queue: std::collections::VecDeque<(Item, bool)>,
+    /// The batch being gathered, and its bytes.
+    batch: Vec<SmallJob>,
+    batch_bytes: u64,
+    ahead: super::ahead::Ahead<Vec<SmallJob>, Vec<SmallRead>>,
+    /// Bytes of each batch in flight, oldest first.
+    in_flight: std::collections::VecDeque<u64>,
+    in_flight_bytes: u64,
+    /// The results of the oldest batch taken, not handed out yet.
+    taken: std::vec::IntoIter<SmallRead>,
+    root: &'a Path,
+    source: Option<&'a Source>,
+}
+
+impl<'a> Reads<'a> {
+    fn new(
+        plan: PlanReader,
+        entries: u64,
+        root: &'a Path,
+        source: Option<&'a Source>,
+    ) -> io::Result<Self> {
+        let ahead =
+            super::ahead::Ahead::new(READ_THREADS, "backup-read", |jobs: Vec<SmallJob>| {
+                jobs.iter()
+                    .map(|j| read_small_file(&j.abs, &j.rel, &j.meta))
+                    .collect()
+            })?;
+        Ok(Reads {
+            plan,
+            left: entries,
+            queue: Default::default(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            ahead,
+            in_flight: Default::default(),
+            in_flight_bytes: 0,
+            taken: Vec::new().into_iter(),
+            root,
+            source,
+        })
+    }
+
+    /// The next entry, and its data if it was read ahead.
+    fn next(&mut self) -> io::Result<(Item, Option<SmallRead>)> {
+        self.fill()?;
+        let (item, ahead) = self
+            .queue
+            .pop_front()
+            .ok_or_else(|| io::Error::other("the plan ended early"))?;
+        if !ahead {
+            return Ok((item, None));
+        }
+        loop {
+            if let Some(read) = self.taken.next() {
+                return Ok((item, Some(read)));
+            }
+            if self.in_flight.is_empty() {
+                // Its batch is still being gathered.
+                self.submit();
+            }
+            let results = self
+                .ahead
+                .take()
+                .ok_or_else(|| io::Error::other("a file reading thread panicked"))?;
+            self.in_flight_bytes -= self.in_flight.pop_front().unwrap_or(0);
+            self.taken = results.into_iter();
+        }
+    }
+
+    /// Reads entries from the plan while the window has room, gathering the small files
+    /// into batches.
+    fn fill(&mut self) -> io::Result<()> {
+        while self.left > 0
+            && self.queue.len() < AHEAD_ITEMS
+            && self.in_flight.len() < AHEAD_BATCHES
+            && self.in_flight_bytes < AHEAD_BYTES
+        {
+            let item = self.plan.next_item()?;
+            self.left -= 1;
+            let ahead = self.reads_ahead(&item);
+            if ahead {
+                self.batch_bytes += item.meta.len();
+                self.batch.push(SmallJob {
+                    abs: self.root.join(&item.rel),
+                    rel: item.rel.clone(),
+                    meta: item.meta,
+                });
+                if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+                    self.submit();
+                }
+            }
+            self.queue.push_back((item, ahead));
+        }
+        if self.in_flight.is_empty() || self.left == 0 || self.queue.len() >= AHEAD_ITEMS {
+            self.submit();
+        }
+        Ok(())
+    }
+
+    /// Whether `item` is a small file whose data the write pass needs (not one copied from
+    /// the previous archive).
+    fn reads_ahead(&self, item: &Item) -> bool {
+        let len = item.meta.len();
+        matches!(item.kind, ItemKind::File)
+            && len < READ_BUF as u64
+            && !(len >= BIG_FILE
+                && self.source.is_some_and(|s| {
+                    s.candidate(item.rel.as_os_str().as_bytes(), &live_of(item))
+                        .is_some()
+                }))
+    }
+
+    /// Hands the batch being gathered to the threads, if it has anything.
+    fn submit(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        self.ahead.submit(std::mem::take(&mut self.batch));
+        self.in_flight.push_back(self.batch_bytes);
+        self.in_flight_bytes += self.batch_bytes;
+        self.batch_bytes = 0;
+    }
+}
+
 /// Where the scan keeps the plan: an unlinked temporary file in the archive's directory (a
 /// filesystem with room for the archive; `/tmp` may be memory).
 fn plan_file(opts: &BuildOptions) -> Result<File> {
@@ -565,9 +727,6 @@ struct Frame {
     /// a directory, its content (its name and `/`).
     items: Vec<(Vec<u8>, Option<Stat>)>,
     next: usize,
-    /// Items before this index have been handed to the listers if they are directory
-    /// contents (see [`Listers`]).
-    queued: usize,
 }
 
 /// Lists the directory at `rel` (relative to `root`) as a [`Frame`]: excluded children
@@ -609,7 +768,6 @@ fn list_dir(root: &Path, rel: Vec<u8>, excludes: &Excludes) -> Result<Frame> {
         rel,
         items,
         next: 0,
-        queued: 0,
     })
 }
 
@@ -623,188 +781,27 @@ fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
     rel
 }
 
-/// Directories listed ahead of the walk, at most this many at a time (done or not)...
-const LIST_AHEAD: usize = 64;
-/// ...and while the finished ones hold fewer items than this (a few MB).
-const LIST_AHEAD_ITEMS: usize = 1 << 16;
-
-/// Threads that list (readdir and lstat) the directories the walk will enter next, so that
-/// the walk itself, which must go in byte order, only consumes finished listings. The
-/// directories handed out are the next ones in walk order (the deepest frame's next
-/// subdirectories first), a bounded number of them: memory stays the chain of directories
-/// being walked plus at most [`LIST_AHEAD`] listings.
-struct Listers<'a> {
-    jobs: &'a Queue<Vec<u8>>,
-    done: &'a Queue<(Vec<u8>, Result<Frame>)>,
-    /// Finished listings not yet taken by the walk.
-    ready: HashMap<Vec<u8>, Result<Frame>>,
-    ready_items: usize,
-    /// Handed out and not yet taken.
-    pending: usize,
-}
-
-impl Listers<'_> {
-    /// Hands out the next directories in walk order until the look-ahead is full.
-    fn top_up(&mut self, stack: &mut [Frame]) {
-        for frame in stack.iter_mut().rev() {
-            frame.queued = frame.queued.max(frame.next);
-            while self.pending < LIST_AHEAD && self.ready_items < LIST_AHEAD_ITEMS {
-                let Some((key, stat)) = frame.items.get(frame.queued) else {
-                    break;
-                };
-                frame.queued += 1;
-                if stat.is_none() {
-                    let rel = join_rel(&frame.rel, &key[..key.len() - 1]);
-                    self.jobs.push(rel);
-                    self.pending += 1;
-                }
-            }
-        }
-    }
-
-    /// The listing of `rel`, which was handed out: waits for it if needed.
-    fn take(&mut self, rel: &[u8]) -> Result<Frame> {
-        loop {
-            if let Some(frame) = self.ready.remove(rel) {
-                self.pending -= 1;
-                if let Ok(f) = &frame {
-                    self.ready_items -= f.items.len();
-                }
-                return frame;
-            }
-            let (done_rel, frame) = self
-                .done
-                .pop()
-                .ok_or_else(|| Error::Internal("the directory listers stopped".into()))?;
-            if let Ok(f) = &frame {
-                self.ready_items += f.items.len();
-            }
-            self.ready.insert(done_rel, frame);
-        }
-    }
-}
-
 /// Calls `f` with every path under `root` (relative, in byte order) and its lstat. Memory is
-/// the chain of directories being listed and a bounded look-ahead, never the whole tree.
-/// Directories are listed on `threads` threads (see [`Listers`]); `f` runs on this one.
+/// the chain of directories being walked, never the whole tree.
+///
+/// One thread lists every directory. Listing ahead on other threads (one directory per
+/// hand-off) made the scan of a 500 000-file `node_modules` tree three times slower on the
+/// 2-core VM the benchmark runs on (about 18 s against 5 s with a warm cache, 57 s against
+/// 44 s with a cold one): a directory there holds two or three entries, listed in a few
+/// microseconds, and every hand-off woke a sleeping thread.
 fn walk_sorted(
     root: &Path,
     excludes: &Excludes,
-    threads: usize,
-    cancel: &CancelFlag,
-    f: &mut dyn FnMut(&[u8], Stat) -> Result<()>,
-) -> Result<()> {
-    let (jobs, done) = (Queue::<Vec<u8>>::default(), Queue::default());
-    let alive = std::sync::atomic::AtomicUsize::new(threads);
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let (jobs, done, stop, alive) = (&jobs, &done, &stop, &alive);
-            s.spawn(move || {
-                // The last lister to end (also by a panic) tells a waiting walk.
-                let _last = CloseWhenLast { alive, done };
-                while let Some(rel) = jobs.pop() {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        break;
-                    }
-                    let frame = list_dir(root, rel.clone(), excludes);
-                    done.push((rel, frame));
-                }
-            });
-        }
-        let mut listers = Listers {
-            jobs: &jobs,
-            done: &done,
-            ready: HashMap::new(),
-            ready_items: 0,
-            pending: 0,
-        };
-        let result = walk_in_order(root, excludes, &mut listers, cancel, f);
-        // On an error the listers stop at their next directory; on success none is left.
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        jobs.close();
-        result
-    })
-}
-
-/// A blocking FIFO that sleeps at once when empty. The walk waits for a listing, and a lister
-/// for a directory, once per directory: crossbeam's channels spin and yield before they sleep,
-/// which took about 5 % of a small-files backup's CPU (perf, 100 000 files on 2 cores).
-struct Queue<T> {
-    /// The items, and whether the queue is closed (`pop` then ends once it is empty).
-    state: std::sync::Mutex<(std::collections::VecDeque<T>, bool)>,
-    ready: std::sync::Condvar,
-}
-
-impl<T> Default for Queue<T> {
-    fn default() -> Self {
-        Self {
-            state: std::sync::Mutex::new((std::collections::VecDeque::new(), false)),
-            ready: std::sync::Condvar::new(),
-        }
-    }
-}
-
-impl<T> Queue<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (std::collections::VecDeque<T>, bool)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, item: T) {
-        self.lock().0.push_back(item);
-        self.ready.notify_one();
-    }
-
-    /// The next item; `None` once the queue is closed and empty.
-    fn pop(&self) -> Option<T> {
-        let mut state = self.lock();
-        loop {
-            if let Some(item) = state.0.pop_front() {
-                return Some(item);
-            }
-            if state.1 {
-                return None;
-            }
-            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn close(&self) {
-        self.lock().1 = true;
-        self.ready.notify_all();
-    }
-}
-
-/// Closes the listings' queue when the last lister ends.
-struct CloseWhenLast<'a> {
-    alive: &'a std::sync::atomic::AtomicUsize,
-    done: &'a Queue<(Vec<u8>, Result<Frame>)>,
-}
-
-impl Drop for CloseWhenLast<'_> {
-    fn drop(&mut self) {
-        if self.alive.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-            self.done.close();
-        }
-    }
-}
-
-fn walk_in_order(
-    root: &Path,
-    excludes: &Excludes,
-    listers: &mut Listers<'_>,
     cancel: &CancelFlag,
     f: &mut dyn FnMut(&[u8], Stat) -> Result<()>,
 ) -> Result<()> {
     let mut stack = vec![list_dir(root, Vec::new(), excludes)?];
-    listers.top_up(&mut stack);
     while let Some(top) = stack.last_mut() {
         cancel.check()?;
         let Some((key, stat)) = top.items.get(top.next) else {
             stack.pop();
             continue;
         };
-        let handed_out = top.next < top.queued;
         top.next += 1;
         match stat {
             Some(stat) => {
@@ -813,13 +810,8 @@ fn walk_in_order(
             }
             None => {
                 let rel = join_rel(&top.rel, &key[..key.len() - 1]);
-                let frame = if handed_out {
-                    listers.take(&rel)?
-                } else {
-                    list_dir(root, rel, excludes)?
-                };
+                let frame = list_dir(root, rel, excludes)?;
                 stack.push(frame);
-                listers.top_up(&mut stack);
             }
         }
     }
@@ -852,9 +844,7 @@ fn scan(
     let mut top_level_bytes = std::collections::BTreeMap::new();
     let (mut entries, mut special, mut total_bytes, mut restore_bytes) = (0u64, 0u64, 0u64, 0u64);
     let mut current_top: Option<(Vec<u8>, Option<crate::relpath::TopName>)> = None;
-    // As many listers as the jwalk walk this replaced had threads (a private pool of up to 8).
-    let threads = resolve_threads(0).clamp(1, 8);
-    walk_sorted(&root, &excludes, threads, cancel, &mut |rel, meta| {
+    walk_sorted(&root, &excludes, cancel, &mut |rel, meta| {
         let top = top_level_of(rel);
         let kind = if meta.is_dir() {
             ItemKind::Dir
@@ -901,9 +891,9 @@ fn scan(
         if entries.is_multiple_of(1024) {
             progress.advance(0, entries, Some(Path::new(OsStr::from_bytes(rel))));
         }
-        // The listings' memory is freed as the walk goes, but glibc keeps it in the threads'
-        // arenas: measured 70 MB resident at the end of a 700 000-entry scan (15 MB live),
-        // 25 MB with this.
+        // The listings' memory is freed as the walk goes, but glibc keeps some of it resident
+        // (measured with listing threads: 70 MB at the end of a 700 000-entry scan, 15 MB
+        // live, 25 MB with this).
         if entries.is_multiple_of(1 << 15) {
             release_free_memory();
         }
@@ -1017,12 +1007,19 @@ fn write_archive(
     let mut mid_reached = false;
     let mut plan_file = plan.file.try_clone().ctx("cannot open", partial)?;
     plan_file.seek(io::SeekFrom::Start(0)).map_err(merr)?;
-    let mut items = PlanReader {
-        input: io::BufReader::with_capacity(1 << 20, plan_file),
-    };
+    let mut reads = Reads::new(
+        PlanReader {
+            input: io::BufReader::with_capacity(1 << 20, plan_file),
+        },
+        plan.entries,
+        &opts.source_dir,
+        source,
+    )
+    .map_err(|e| Error::io("cannot start the file reading threads for", partial, e))?;
     for n in 0..plan.entries {
         cancel.check()?;
-        let item = &items.next_item().map_err(merr)?;
+        let (item, read_ahead) = reads.next().map_err(merr)?;
+        let item = &item;
         let abs = opts.source_dir.join(&item.rel);
         let rel = item.rel.as_os_str().as_bytes();
         let mut header = tar::Header::new_gnu();
@@ -1097,18 +1094,16 @@ fn write_archive(
                         }))
                         .map_err(werr)?;
                 }
-                let live = Live {
-                    size: record.size,
-                    mode: record.mode,
-                    uid: record.uid,
-                    gid: record.gid,
-                    mtime,
-                    stat: item.meta.file_stat(),
-                };
                 let copy = source
                     .filter(|_| big)
-                    .and_then(|s| s.candidate(rel, &live).map(|c| (s, c)));
-                if let Some((s, c)) = copy {
+                    .and_then(|s| s.candidate(rel, &live_of(item)).map(|c| (s, c)));
+                if let Some(read) = read_ahead {
+                    let (data, sha) = read?;
+                    append_small(&mut tar, &mut header, item, &data).map_err(werr)?;
+                    bytes_done += record.size;
+                    progress.advance(bytes_done, n, Some(&item.rel));
+                    record.sha256 = Some(sha);
+                } else if let Some((s, c)) = copy {
                     let now = fs::symlink_metadata(&abs)
                         .map_err(|e| source_error("cannot read metadata of", &abs, e))?;
                     if !item.meta.same_file(&now) {
@@ -1401,43 +1396,15 @@ fn append_file(
         path: abs.to_path_buf(),
         detail,
     };
-    // O_NOFOLLOW: a file swapped for a symlink fails instead of being followed; O_NONBLOCK:
-    // a file swapped for a fifo cannot hang the backup (no effect on regular files).
-    if let Some(e) = crate::faults::fail_read(&item.rel) {
-        return Err(source_error("cannot read", abs, e));
-    }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(abs)
-        .map_err(|e| source_error("cannot read", abs, e))?;
     let werr = |e: io::Error| Error::io("cannot write archive", partial, e);
     let size = item.meta.len();
-    if size < buf.len() as u64 {
-        // A small file (most of a `node_modules` tree): read whole first, then one fstat
-        // checks the same things as the two around a large file's copy (same inode, size and
-        // mtime as scanned; the read found exactly that size): open, read, fstat, close.
-        let got = read_small(&mut file, &mut buf[..size as usize + 1])
-            .map_err(|e| Error::io("cannot read", abs, e))?;
-        let after = file.metadata().ctx("cannot stat", abs)?;
-        if !after.is_file() || after.dev() != item.meta.dev() || after.ino() != item.meta.ino() {
-            return Err(changed("it was replaced after the scan".into()));
-        }
-        if let Some(d) = stat_difference(&item.meta, &after) {
-            return Err(changed(format!("{d} after the scan")));
-        }
-        if got > size as usize {
-            return Err(changed(format!("it grew beyond {size} bytes")));
-        }
-        if got < size as usize {
-            return Err(changed(format!("it ended after {got} of {size} bytes")));
-        }
-        let data = &buf[..got];
-        append_raw(tar, header, item.rel.as_os_str().as_bytes(), None).map_err(werr)?;
-        write_padded(tar.get_mut(), data).map_err(werr)?;
+    if size < READ_BUF as u64 {
+        let (data, sha) = read_small_file(abs, &item.rel, &item.meta)?;
+        append_small(tar, header, item, &data).map_err(werr)?;
         on_bytes(size);
-        return Ok(hex::encode(Sha256::digest(data)));
+        return Ok(sha);
     }
+    let mut file = open_source(abs, &item.rel)?;
     let before = file.metadata().ctx("cannot stat", abs)?;
     if !before.is_file() || before.dev() != item.meta.dev() || before.ino() != item.meta.ino() {
         return Err(changed("it was replaced after the scan".into()));
@@ -1485,6 +1452,78 @@ fn append_file(
         return Err(changed(format!("{d} while it was read")));
     }
     Ok(sha)
+}
+
+/// Opens a file to archive. O_NOFOLLOW: a file swapped for a symlink fails instead of being
+/// followed; O_NONBLOCK: a file swapped for a fifo cannot hang the backup (no effect on
+/// regular files).
+fn open_source(abs: &Path, rel: &Path) -> Result<File> {
+    if let Some(e) = crate::faults::fail_read(rel) {
+        return Err(source_error("cannot read", abs, e));
+    }
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(abs)
+        .map_err(|e| source_error("cannot read", abs, e))
+}
+
+/// A file smaller than [`READ_BUF`] (most of a `node_modules` tree), whole, and its SHA-256
+/// (hex). It is read whole first, with a byte of room to see growth; then one fstat checks
+/// the same things as the two around a large file's copy (same inode, size and mtime as
+/// `meta`, scanned; the read found exactly that size): open, read, fstat, close.
+fn read_small_file(abs: &Path, rel: &Path, meta: &Stat) -> Result<(Vec<u8>, String)> {
+    let changed = |detail: String| Error::SourceChanged {
+        path: abs.to_path_buf(),
+        detail,
+    };
+    let mut file = open_source(abs, rel)?;
+    let size = usize::try_from(meta.len())
+        .ok()
+        .filter(|&s| s < READ_BUF)
+        .ok_or_else(|| Error::Internal(format!("{} is not a small file", abs.display())))?;
+    let mut data = vec![0u8; size + 1];
+    let got = read_small(&mut file, &mut data).map_err(|e| Error::io("cannot read", abs, e))?;
+    let after = file.metadata().ctx("cannot stat", abs)?;
+    if !after.is_file() || after.dev() != meta.dev() || after.ino() != meta.ino() {
+        return Err(changed("it was replaced after the scan".into()));
+    }
+    if let Some(d) = stat_difference(meta, &after) {
+        return Err(changed(format!("{d} after the scan")));
+    }
+    if got > size {
+        return Err(changed(format!("it grew beyond {size} bytes")));
+    }
+    if got < size {
+        return Err(changed(format!("it ended after {got} of {size} bytes")));
+    }
+    data.truncate(size);
+    let sha = hex::encode(Sha256::digest(&data));
+    Ok((data, sha))
+}
+
+/// Appends a small file read by [`read_small_file`]: its header and its padded data.
+fn append_small(
+    tar: &mut Tar,
+    header: &mut tar::Header,
+    item: &Item,
+    data: &[u8],
+) -> io::Result<()> {
+    append_raw(tar, header, item.rel.as_os_str().as_bytes(), None)?;
+    write_padded(tar.get_mut(), data)
+}
+
+/// What the incremental build compares with the previous manifest (see
+/// [`incremental::unchanged`]).
+fn live_of(item: &Item) -> Live {
+    Live {
+        size: item.meta.len(),
+        mode: item.meta.mode() & 0o7777,
+        uid: u64::from(item.meta.uid()),
+        gid: u64::from(item.meta.gid()),
+        mtime: item.meta.mtime().max(0),
+        stat: item.meta.file_stat(),
+    }
 }
 
 /// Reads into `buf` until it is full or the file ends; returns the bytes read. A regular

@@ -26,6 +26,7 @@
 //! The archive is written to `<final>.partial`, fsynced, renamed, and the directory fsynced;
 //! on any error the `.partial` is removed, so a final name always holds a complete archive.
 
+mod ahead;
 mod build;
 mod check;
 pub mod crypt;

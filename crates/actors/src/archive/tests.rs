@@ -1103,3 +1103,118 @@ fn the_build_records_top_level_sizes_from_its_own_scan() {
     );
     assert!(info.top_level_bytes.keys().any(|k| k.to_string() == "data"));
 }
+
+// ---- small files read ahead of the write pass ----------------------------------------------
+
+/// `n` small files (0 to 70 KiB, so some have spans of their own) spread over directories,
+/// with a symlink, an empty directory and a 3 MiB file among them: more files than the read
+/// window holds, so the window is refilled many times.
+fn wide_tree(dir: &Path, n: usize) -> (PathBuf, Vec<PathBuf>) {
+    let src = dir.join("src");
+    let mut files = Vec::new();
+    for i in 0..n {
+        let d = src.join(format!("data/pkg{:03}/lib{}", i / 40, i % 3));
+        fs::create_dir_all(&d).unwrap();
+        let p = d.join(format!("f{i:05}.js"));
+        let len = if i % 97 == 0 {
+            70_000
+        } else {
+            (i * 131) % 3000
+        };
+        let body: Vec<u8> = (0..len).map(|k| (k * 7 + i) as u8).collect();
+        fs::write(&p, body).unwrap();
+        files.push(p);
+        if i == n / 2 {
+            fs::write(src.join("data/big.bin"), noise(3 << 20, 7)).unwrap();
+            symlink("pkg000", src.join("data/link")).unwrap();
+            fs::create_dir_all(src.join("data/empty")).unwrap();
+        }
+    }
+    (src, files)
+}
+
+#[test]
+fn a_tree_wider_than_the_read_window_is_archived_whole_and_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, _) = wide_tree(tmp.path(), 5000);
+    let dest = tmp.path().join("wide.tar.gz");
+    let report = build(
+        &opts(&src, &dest),
+        &Progress::none(),
+        &CancelFlag::default(),
+    )
+    .unwrap();
+    let r = verify(
+        &dest,
+        Some(&report.sha256),
+        None,
+        2,
+        &Progress::none(),
+        &CancelFlag::default(),
+    )
+    .unwrap();
+    assert!(r.is_ok(), "{:?}", r.problems);
+    assert!(r.files_checked >= 5001, "{}", r.files_checked);
+
+    // GNU tar gives back the same tree, and lists the entries in byte order of their paths.
+    let out = tmp.path().join("gnu");
+    fs::create_dir(&out).unwrap();
+    let x = Command::new("tar")
+        .arg("-xzf")
+        .arg(&dest)
+        .arg("-C")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+    fs::remove_dir_all(out.join(META_DIR)).unwrap();
+    assert_same_tree(&expected(&src), &snapshot(&out).0);
+    let list = Command::new("tar").arg("-tzf").arg(&dest).output().unwrap();
+    let names: Vec<&[u8]> = list
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty() && !l.starts_with(META_DIR.as_bytes()))
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+
+    // The same tree gives the same bytes, whatever the threads did.
+    let again = tmp.path().join("again.tar.gz");
+    let report2 = build(
+        &opts(&src, &again),
+        &Progress::none(),
+        &CancelFlag::default(),
+    )
+    .unwrap();
+    assert_eq!(report2.sha256, report.sha256);
+}
+
+#[test]
+fn the_first_file_changed_after_the_scan_is_the_one_reported_however_far_ahead_it_was_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, files) = wide_tree(tmp.path(), 3000);
+    let dest = tmp.path().join("b.tar.gz");
+    // Both are past the first window; the later one may well be read before the earlier.
+    let (grows, vanishes) = (files[2100].clone(), files[2900].clone());
+    let err = build::build_inner(
+        &opts(&src, &dest),
+        None,
+        &Progress::none(),
+        &CancelFlag::default(),
+        &mut || {
+            fs::remove_file(&vanishes).unwrap();
+            fs::OpenOptions::new()
+                .append(true)
+                .open(&grows)
+                .unwrap()
+                .write_all(b"more")
+                .unwrap();
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::SourceChanged { .. }), "{err}");
+    let name = grows.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.to_string().contains(&name), "{err}");
+    no_leftovers(&dest);
+}
