@@ -336,6 +336,41 @@ fn assert_same_tree(expected: &BTreeMap<Vec<u8>, Node>, got: &BTreeMap<Vec<u8>, 
     }
 }
 
+/// Builds `src` into `dest` with the test options.
+fn build_plain(src: &Path, dest: &Path) -> BuildReport {
+    build(&opts(src, dest), &Progress::none(), &CancelFlag::default()).unwrap()
+}
+
+/// Builds `src` into `dest` with the test options and verifies the archive against the
+/// checksum the build reported; panics unless both succeed.
+fn build_verified(src: &Path, dest: &Path) -> (BuildReport, VerifyReport) {
+    let report = build_plain(src, dest);
+    let v = verify(
+        dest,
+        Some(&report.sha256),
+        None,
+        2,
+        &Progress::none(),
+        &CancelFlag::default(),
+    )
+    .unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+    (report, v)
+}
+
+/// Extracts `archive` into the new directory `out` with GNU tar.
+fn gnu_extract(archive: &Path, out: &Path) {
+    fs::create_dir(out).unwrap();
+    let x = Command::new("tar")
+        .arg("-xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+}
+
 #[test]
 fn round_trip_through_our_extract() {
     let f = fixture();
@@ -432,15 +467,7 @@ fn gnu_tar_lists_and_extracts_it() {
     );
 
     let out = f.dir.join("gnu");
-    fs::create_dir(&out).unwrap();
-    let x = Command::new("tar")
-        .arg("-xzf")
-        .arg(&f.archive)
-        .arg("-C")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+    gnu_extract(&f.archive, &out);
     let meta: Manifest =
         serde_json::from_slice(&fs::read(out.join(MANIFEST_PATH)).unwrap()).unwrap();
     assert_eq!(meta.entries.len() as u64, f.report.entries);
@@ -896,6 +923,27 @@ fn small_tree(dir: &Path) -> PathBuf {
     src
 }
 
+/// The error of a build of `src` into `dest` when `hook` runs between the scan and the write.
+fn fails_after_scan(src: &Path, dest: &Path, hook: &mut dyn FnMut()) -> Error {
+    build::build_inner(
+        &opts(src, dest),
+        None,
+        &Progress::none(),
+        &CancelFlag::default(),
+        hook,
+    )
+    .unwrap_err()
+}
+
+fn append_to(path: &Path) {
+    fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+}
+
 fn no_leftovers(dest: &Path) {
     let partial = PathBuf::from(format!("{}.partial", dest.display()));
     assert!(!partial.exists(), "partial left behind");
@@ -908,14 +956,7 @@ fn a_file_removed_after_the_scan_fails_cleanly() {
     let src = small_tree(tmp.path());
     let dest = tmp.path().join("b.tar.gz");
     let victim = src.join("data/b");
-    let err = build::build_inner(
-        &opts(&src, &dest),
-        None,
-        &Progress::none(),
-        &CancelFlag::default(),
-        &mut || fs::remove_file(&victim).unwrap(),
-    )
-    .unwrap_err();
+    let err = fails_after_scan(&src, &dest, &mut || fs::remove_file(&victim).unwrap());
     assert!(matches!(err, Error::SourceChanged { .. }), "{err}");
     assert!(err.to_string().contains("data/b"), "{err}");
     no_leftovers(&dest);
@@ -927,21 +968,7 @@ fn a_file_that_grows_fails_cleanly() {
     let src = small_tree(tmp.path());
     let dest = tmp.path().join("b.tar.gz");
     let victim = src.join("data/a");
-    let err = build::build_inner(
-        &opts(&src, &dest),
-        None,
-        &Progress::none(),
-        &CancelFlag::default(),
-        &mut || {
-            fs::OpenOptions::new()
-                .append(true)
-                .open(&victim)
-                .unwrap()
-                .write_all(b"more")
-                .unwrap()
-        },
-    )
-    .unwrap_err();
+    let err = fails_after_scan(&src, &dest, &mut || append_to(&victim));
     assert!(matches!(err, Error::SourceChanged { .. }), "{err}");
     assert!(err.to_string().contains("data/a"), "{err}");
     no_leftovers(&dest);
@@ -1017,22 +1044,7 @@ fn an_archive_inside_the_source_does_not_include_itself() {
     let src = small_tree(tmp.path());
     fs::create_dir(src.join("backups")).unwrap();
     let dest = src.join("backups/b.tar.gz");
-    let r = build(
-        &opts(&src, &dest),
-        &Progress::none(),
-        &CancelFlag::default(),
-    )
-    .unwrap();
-    let v = verify(
-        &dest,
-        Some(&r.sha256),
-        None,
-        1,
-        &Progress::none(),
-        &CancelFlag::default(),
-    )
-    .unwrap();
-    assert!(v.is_ok(), "{:?}", v.problems);
+    let (r, _) = build_verified(&src, &dest);
     // data, data/a, data/b, backups
     assert_eq!(r.entries, 4);
 }
@@ -1087,12 +1099,7 @@ fn the_build_records_top_level_sizes_from_its_own_scan() {
     sparse.set_len(64 << 20).unwrap();
     drop(sparse);
     let dest = tmp.path().join("s.tar.gz");
-    let r = build(
-        &opts(&src, &dest),
-        &Progress::none(),
-        &CancelFlag::default(),
-    )
-    .unwrap();
+    let r = build_plain(&src, &dest);
     let info = read_info(&dest).unwrap();
     let total: u64 = info.top_level_bytes.values().sum();
     assert!(!info.top_level_bytes.is_empty());
@@ -1138,35 +1145,12 @@ fn a_tree_wider_than_the_read_window_is_archived_whole_and_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, _) = wide_tree(tmp.path(), 5000);
     let dest = tmp.path().join("wide.tar.gz");
-    let report = build(
-        &opts(&src, &dest),
-        &Progress::none(),
-        &CancelFlag::default(),
-    )
-    .unwrap();
-    let r = verify(
-        &dest,
-        Some(&report.sha256),
-        None,
-        2,
-        &Progress::none(),
-        &CancelFlag::default(),
-    )
-    .unwrap();
-    assert!(r.is_ok(), "{:?}", r.problems);
+    let (report, r) = build_verified(&src, &dest);
     assert!(r.files_checked >= 5001, "{}", r.files_checked);
 
     // GNU tar gives back the same tree, and lists the entries in byte order of their paths.
     let out = tmp.path().join("gnu");
-    fs::create_dir(&out).unwrap();
-    let x = Command::new("tar")
-        .arg("-xzf")
-        .arg(&dest)
-        .arg("-C")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+    gnu_extract(&dest, &out);
     fs::remove_dir_all(out.join(META_DIR)).unwrap();
     assert_same_tree(&expected(&src), &snapshot(&out).0);
     let list = Command::new("tar").arg("-tzf").arg(&dest).output().unwrap();
@@ -1181,12 +1165,7 @@ fn a_tree_wider_than_the_read_window_is_archived_whole_and_in_order() {
 
     // The same tree gives the same bytes, whatever the threads did.
     let again = tmp.path().join("again.tar.gz");
-    let report2 = build(
-        &opts(&src, &again),
-        &Progress::none(),
-        &CancelFlag::default(),
-    )
-    .unwrap();
+    let report2 = build_plain(&src, &again);
     assert_eq!(report2.sha256, report.sha256);
 }
 
@@ -1197,22 +1176,10 @@ fn the_first_file_changed_after_the_scan_is_the_one_reported_however_far_ahead_i
     let dest = tmp.path().join("b.tar.gz");
     // Both are past the first window; the later one may well be read before the earlier.
     let (grows, vanishes) = (files[2100].clone(), files[2900].clone());
-    let err = build::build_inner(
-        &opts(&src, &dest),
-        None,
-        &Progress::none(),
-        &CancelFlag::default(),
-        &mut || {
-            fs::remove_file(&vanishes).unwrap();
-            fs::OpenOptions::new()
-                .append(true)
-                .open(&grows)
-                .unwrap()
-                .write_all(b"more")
-                .unwrap();
-        },
-    )
-    .unwrap_err();
+    let err = fails_after_scan(&src, &dest, &mut || {
+        fs::remove_file(&vanishes).unwrap();
+        append_to(&grows);
+    });
     assert!(matches!(err, Error::SourceChanged { .. }), "{err}");
     let name = grows.file_name().unwrap().to_string_lossy().into_owned();
     assert!(err.to_string().contains(&name), "{err}");
