@@ -559,7 +559,7 @@ const BATCH_BYTES: u64 = 256 << 10;
 const AHEAD_BATCHES: usize = 64;
 /// ...and holding at most this many bytes of file data: memory stays bounded whatever the
 /// tree.
-const AHEAD_BYTES: u64 = 16 << 20;
+const AHEAD_BYTES: u64 = 6 << 20;
 /// Entries read from the plan ahead of the write pass, at most (directories and links need
 /// no reading but take room in the window too).
 const AHEAD_ITEMS: usize = 4096;
