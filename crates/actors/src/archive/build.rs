@@ -32,7 +32,9 @@ use sha2::{Digest, Sha256};
 
 use super::crypt::Sealed;
 use super::format::{FileStat, INFO_PATH, Layout, MANIFEST_PATH, Span, encode_bytes};
-use super::incremental::{self, ALIGN, ALIGN_FROM, BIG_FILE, Damage, Live, Members, Source};
+use super::incremental::{
+    self, ALIGN, ALIGN_FROM, BIG_FILE, Candidate, Damage, Live, Members, Source,
+};
 use super::pgzip::{CHUNK_SIZE, ParallelGzWriter, padding};
 use super::sink::HashingWriter;
 use super::threads::resolve_threads;
@@ -574,18 +576,36 @@ struct SmallJob {
 /// A small file's data and SHA-256, or why it could not be archived.
 type SmallRead = Result<(Vec<u8>, String)>;
 
-/// The planned entries, in order, each with its data when it is a small file that was read
-/// ahead: regular files under [`READ_BUF`] that are not copied from the previous archive are
-/// read (opened, read, checked against the scan, hashed: [`read_small_file`]) in batches on
+/// Where the write pass gets a planned entry's data from; decided once, by [`Reads`].
+enum Data<'a> {
+    /// Nowhere (not a regular file), or the live file, read by the write pass itself
+    /// ([`append_file`]: a file of [`READ_BUF`] or more).
+    Live,
+    /// The live file, read ahead.
+    Read(SmallRead),
+    /// The previous archive: an unchanged big file's members are copied.
+    Copy(&'a Source, &'a Candidate),
+}
+
+/// How [`Reads`] gets an entry's data: as [`Data`], with a small file's read still in the
+/// batches.
+enum Way<'a> {
+    Live,
+    Ahead,
+    Copy(&'a Source, &'a Candidate),
+}
+
+/// The planned entries, in order, each with where its data comes from ([`Data`]): regular
+/// files under [`READ_BUF`] that are not copied from the previous archive are read (opened, read, checked against the scan, hashed: [`read_small_file`]) in batches on
 /// [`READ_THREADS`] threads, a bounded window ahead of the write pass, which then only
 /// appends them. The archive's bytes are the same as when every file is read in turn.
 struct Reads<'a> {
     plan: PlanReader,
     /// Entries still in the plan file.
     left: u64,
-    /// Entries read from the plan and not handed out yet; `true`: it is read ahead (its data
-    /// is in the batches, in this order).
-    queue: std::collections::VecDeque<(Item, bool)>,
+    /// Entries read from the plan and not handed out yet (the data of those read ahead is
+    /// in the batches, in this order).
+    queue: std::collections::VecDeque<(Item, Way<'a>)>,
     /// The batch being gathered, and its bytes.
     batch: Vec<SmallJob>,
     batch_bytes: u64,
@@ -627,19 +647,21 @@ impl<'a> Reads<'a> {
         })
     }
 
-    /// The next entry, and its data if it was read ahead.
-    fn next(&mut self) -> io::Result<(Item, Option<SmallRead>)> {
+    /// The next entry, and where its data comes from.
+    fn next(&mut self) -> io::Result<(Item, Data<'a>)> {
         self.fill()?;
-        let (item, ahead) = self
+        let (item, way) = self
             .queue
             .pop_front()
             .ok_or_else(|| io::Error::other("the plan ended early"))?;
-        if !ahead {
-            return Ok((item, None));
+        match way {
+            Way::Live => return Ok((item, Data::Live)),
+            Way::Copy(s, c) => return Ok((item, Data::Copy(s, c))),
+            Way::Ahead => {}
         }
         loop {
             if let Some(read) = self.taken.next() {
-                return Ok((item, Some(read)));
+                return Ok((item, Data::Read(read)));
             }
             if self.in_flight.is_empty() {
                 // Its batch is still being gathered.
@@ -664,8 +686,8 @@ impl<'a> Reads<'a> {
         {
             let item = self.plan.next_item()?;
             self.left -= 1;
-            let ahead = self.reads_ahead(&item);
-            if ahead {
+            let way = self.way(&item);
+            if let Way::Ahead = way {
                 self.batch_bytes += item.meta.len();
                 self.batch.push(SmallJob {
                     abs: self.root.join(&item.rel),
@@ -676,7 +698,7 @@ impl<'a> Reads<'a> {
                     self.submit();
                 }
             }
-            self.queue.push_back((item, ahead));
+            self.queue.push_back((item, way));
         }
         if self.in_flight.is_empty() || self.left == 0 || self.queue.len() >= AHEAD_ITEMS {
             self.submit();
@@ -684,17 +706,23 @@ impl<'a> Reads<'a> {
         Ok(())
     }
 
-    /// Whether `item` is a small file whose data the write pass needs (not one copied from
-    /// the previous archive).
-    fn reads_ahead(&self, item: &Item) -> bool {
+    /// Where `item`'s data comes from: a big file (a span of its own) unchanged since the
+    /// previous archive is copied from it; any other regular file under [`READ_BUF`] is read
+    /// ahead.
+    fn way(&self, item: &Item) -> Way<'a> {
         let len = item.meta.len();
-        matches!(item.kind, ItemKind::File)
-            && len < READ_BUF as u64
-            && !(len >= BIG_FILE
-                && self.source.is_some_and(|s| {
-                    s.candidate(item.rel.as_os_str().as_bytes(), &live_of(item))
-                        .is_some()
-                }))
+        if !matches!(item.kind, ItemKind::File) {
+            return Way::Live;
+        }
+        let copy = self.source.filter(|_| len >= BIG_FILE).and_then(|s| {
+            s.candidate(item.rel.as_os_str().as_bytes(), &live_of(item))
+                .map(|c| Way::Copy(s, c))
+        });
+        match copy {
+            Some(copy) => copy,
+            None if len < READ_BUF as u64 => Way::Ahead,
+            None => Way::Live,
+        }
     }
 
     /// Hands the batch being gathered to the threads, if it has anything.
@@ -1018,9 +1046,9 @@ fn write_archive(
     .map_err(|e| Error::io("cannot start the file reading threads for", partial, e))?;
     for n in 0..plan.entries {
         cancel.check()?;
-        let (item, read_ahead) = reads.next().map_err(merr)?;
+        let (item, data) = reads.next().map_err(merr)?;
         let item = &item;
-        let abs = opts.source_dir.join(&item.rel);
+        let abs = || opts.source_dir.join(&item.rel);
         let rel = item.rel.as_os_str().as_bytes();
         let mut header = tar::Header::new_gnu();
         header.set_mode(item.meta.mode() & 0o7777);
@@ -1055,6 +1083,7 @@ fn write_archive(
             }
             ItemKind::Symlink => {
                 record.kind = EntryKind::Symlink;
+                let abs = abs();
                 let target = fs::read_link(&abs)
                     .map_err(|e| source_error("cannot read symlink", &abs, e))?;
                 let target = target.as_os_str().as_bytes();
@@ -1094,53 +1123,55 @@ fn write_archive(
                         }))
                         .map_err(werr)?;
                 }
-                let copy = source
-                    .filter(|_| big)
-                    .and_then(|s| s.candidate(rel, &live_of(item)).map(|c| (s, c)));
-                if let Some(read) = read_ahead {
-                    let (data, sha) = read?;
-                    append_small(&mut tar, &mut header, item, &data).map_err(werr)?;
-                    bytes_done += record.size;
-                    progress.advance(bytes_done, n, Some(&item.rel));
-                    record.sha256 = Some(sha);
-                } else if let Some((s, c)) = copy {
-                    let now = fs::symlink_metadata(&abs)
-                        .map_err(|e| source_error("cannot read metadata of", &abs, e))?;
-                    if !item.meta.same_file(&now) {
-                        return Err(Error::SourceChanged {
-                            path: abs.clone(),
-                            detail: "it changed after the scan".into(),
-                        });
+                match data {
+                    Data::Read(read) => {
+                        let (data, sha) = read?;
+                        append_small(&mut tar, &mut header, item, &data).map_err(werr)?;
+                        bytes_done += record.size;
+                        progress.advance(bytes_done, n, Some(&item.rel));
+                        record.sha256 = Some(sha);
                     }
-                    tar.get_mut()
-                        .in_order(incremental::copy_job(s, c, damage))
-                        .map_err(werr)?;
-                    record.sha256 = c.entry.sha256.clone();
-                    bytes_done += record.size;
-                    reused_bytes += record.size;
-                } else {
-                    let mut members = big.then(|| Members {
-                        chunk: CHUNK_SIZE as u64,
-                        old: source.and_then(|s| s.chunks(rel).map(|c| (s, c))),
-                        damage,
-                        reused: 0,
-                    });
-                    let sha = append_file(
-                        &mut tar,
-                        &mut header,
-                        item,
-                        &abs,
-                        partial,
-                        &mut buf,
-                        cancel,
-                        members.as_mut(),
-                        &mut |k| {
-                            bytes_done += k;
-                            progress.advance(bytes_done, n, Some(&item.rel));
-                        },
-                    )?;
-                    reused_bytes += members.map_or(0, |m| m.reused);
-                    record.sha256 = Some(sha);
+                    Data::Copy(s, c) => {
+                        let abs = abs();
+                        let now = fs::symlink_metadata(&abs)
+                            .map_err(|e| source_error("cannot read metadata of", &abs, e))?;
+                        if !item.meta.same_file(&now) {
+                            return Err(Error::SourceChanged {
+                                path: abs.clone(),
+                                detail: "it changed after the scan".into(),
+                            });
+                        }
+                        tar.get_mut()
+                            .in_order(incremental::copy_job(s, c, damage))
+                            .map_err(werr)?;
+                        record.sha256 = c.entry.sha256.clone();
+                        bytes_done += record.size;
+                        reused_bytes += record.size;
+                    }
+                    Data::Live => {
+                        let mut members = big.then(|| Members {
+                            chunk: CHUNK_SIZE as u64,
+                            old: source.and_then(|s| s.chunks(rel).map(|c| (s, c))),
+                            damage,
+                            reused: 0,
+                        });
+                        let sha = append_file(
+                            &mut tar,
+                            &mut header,
+                            item,
+                            &abs(),
+                            partial,
+                            &mut buf,
+                            cancel,
+                            members.as_mut(),
+                            &mut |k| {
+                                bytes_done += k;
+                                progress.advance(bytes_done, n, Some(&item.rel));
+                            },
+                        )?;
+                        reused_bytes += members.map_or(0, |m| m.reused);
+                        record.sha256 = Some(sha);
+                    }
                 }
                 if big {
                     let (spans, entry) = (std::sync::Arc::clone(&spans), entry_count);
@@ -1378,8 +1409,10 @@ fn long_record<W: Write>(
     tar.append(&h, value.chain(&[0u8][..]))
 }
 
-/// Appends one regular file: checks it against its scan-time lstat, copies exactly its size
-/// while hashing, and checks it did not change. Returns the content's SHA-256.
+/// Appends one regular file of any size: checks it against its scan-time lstat, copies
+/// exactly its size while hashing, and checks it did not change. Returns the content's
+/// SHA-256. (The write pass calls it for files of [`READ_BUF`] or more; smaller ones come
+/// read ahead, [`read_small_file`].)
 #[allow(clippy::too_many_arguments)]
 fn append_file(
     tar: &mut Tar,
@@ -1398,12 +1431,6 @@ fn append_file(
     };
     let werr = |e: io::Error| Error::io("cannot write archive", partial, e);
     let size = item.meta.len();
-    if size < READ_BUF as u64 {
-        let (data, sha) = read_small_file(abs, &item.rel, &item.meta)?;
-        append_small(tar, header, item, &data).map_err(werr)?;
-        on_bytes(size);
-        return Ok(sha);
-    }
     let mut file = open_source(abs, &item.rel)?;
     let before = file.metadata().ctx("cannot stat", abs)?;
     if !before.is_file() || before.dev() != item.meta.dev() || before.ino() != item.meta.ino() {

@@ -497,9 +497,10 @@ impl Writer<'_> {
             for d in dirs {
                 let full = self.full(self.deferred_dirs.path(d));
                 if dir_mode_at_creation(d.mode).is_some() {
-                    // Mode set at creation (by the pool, from the same rule): owner and mtime by path, never following the
-                    // last component (one or two system calls instead of five; the
-                    // directories above it are the extraction's own).
+                    // Mode set at creation (by the pool, from the same rule): owner and
+                    // mtime by path, never following the last component (one or two system
+                    // calls instead of five; the directories above it are the extraction's
+                    // own).
                     if let Some((uid, gid)) = d.owner {
                         std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
                             .ctx("cannot chown", &full)?;
