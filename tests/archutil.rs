@@ -139,6 +139,39 @@ pub fn flip_middle_byte(path: &Path) -> usize {
     at
 }
 
+/// Flips a bit in the middle of the members of `file`, a big file of `archive` (one with
+/// members of its own, listed in the manifest's `spans`): damage only a copy would notice.
+pub fn flip_byte_in_span_of(archive: &Path, file: &str) {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&read_entry(archive, ".nuwax-backup/manifest.json").unwrap())
+            .unwrap();
+    let entries = manifest["entries"].as_array().unwrap();
+    let span = manifest["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| entries[s["entry"].as_u64().unwrap() as usize]["path"] == file)
+        .unwrap_or_else(|| panic!("{file} has no members of its own"));
+    let at = span["offset"].as_u64().unwrap() + span["len"].as_u64().unwrap() / 2;
+    let mut bytes = fs::read(archive).unwrap();
+    bytes[at as usize] ^= 0x10;
+    fs::write(archive, &bytes).unwrap();
+}
+
+/// The tree GNU tar extracts from `archive` into `out` (created), minus our metadata dir.
+pub fn gnu_tar_tree(archive: &str, out: &Path) -> crate::util::Tree {
+    fs::create_dir(out).unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -xzf {archive}");
+    crate::util::except(&crate::util::snapshot(out), &[".nuwax-backup"])
+}
+
 /// Cuts the file to half its size.
 pub fn truncate_half(path: &Path) {
     let len = fs::metadata(path).unwrap().len();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::archutil;
 use crate::util::{
-    BackupRow, EXCLUDED, Fixture, TestEnv, Tree, assert_same_tree, except, noise, snapshot, walk,
+    BackupRow, EXCLUDED, Fixture, TestEnv, Tree, assert_same_tree, except, noise, whole_seconds,
     write,
 };
 
@@ -35,19 +35,6 @@ fn env() -> TestEnv {
     whole_seconds(&env.compose_dir());
     std::thread::sleep(Duration::from_millis(2200));
     env
-}
-
-/// Cuts the sub-second part of every mtime that has one (tar keeps seconds), leaving the
-/// others, and so their ctimes, alone.
-fn whole_seconds(dir: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    for p in walk(dir) {
-        let m = fs::symlink_metadata(&p).unwrap();
-        if m.mtime_nsec() != 0 {
-            let t = filetime::FileTime::from_unix_time(m.mtime(), 0);
-            filetime::set_symlink_file_times(&p, t, t).unwrap();
-        }
-    }
 }
 
 /// Damage for a rollback to repair (`TestEnv::mutate` runs once per tree).
@@ -106,19 +93,9 @@ fn change(env: &TestEnv) {
     whole_seconds(&env.compose_dir());
 }
 
-/// The tree GNU tar extracts from `archive`, minus our metadata dir.
+/// The tree GNU tar extracts from `archive` into `<root>/<name>`, minus our metadata dir.
 fn gnu_tar_tree(env: &TestEnv, archive: &str, name: &str) -> Tree {
-    let out = env.root.join(name);
-    fs::create_dir(&out).unwrap();
-    let st = Command::new("tar")
-        .arg("-xzf")
-        .arg(archive)
-        .arg("-C")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "tar -xzf {archive}");
-    except(&snapshot(&out), &[".nuwax-backup"])
+    archutil::gnu_tar_tree(archive, &env.root.join(name))
 }
 
 /// The manifest without what depends on the backup itself: its info, and the spans'
@@ -180,22 +157,7 @@ fn a_damaged_member_of_the_older_archive_is_never_copied() {
     let (first, _) = backup(&env, &[]);
     env.run(&["verify", &first.id.to_string()]).assert_ok();
     // Flip a byte inside the members of data/db/main.ibd after the verification.
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &archutil::read_entry(Path::new(&first.file_path), ".nuwax-backup/manifest.json").unwrap(),
-    )
-    .unwrap();
-    let entries = manifest["entries"].as_array().unwrap();
-    let span = manifest["spans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| entries[s["entry"].as_u64().unwrap() as usize]["path"] == "data/db/main.ibd")
-        .expect("data/db/main.ibd has members of its own");
-    let at = span["offset"].as_u64().unwrap() + span["len"].as_u64().unwrap() / 2;
-    let mut bytes = fs::read(&first.file_path).unwrap();
-    bytes[at as usize] ^= 0x10;
-    fs::write(&first.file_path, &bytes).unwrap();
-
+    archutil::flip_byte_in_span_of(Path::new(&first.file_path), "data/db/main.ibd");
     change(&env);
     let live = except(&env.snapshot_compose(), EXCLUDED);
     let (second, err) = backup(&env, &[]);

@@ -13,13 +13,14 @@ use std::fs;
 
 use serde::Deserialize;
 
+use crate::archutil;
 use crate::dockerutil::{
     SERVE, docker_ok, engine_time_nanos, ensure_test_image, inspect, project_containers,
     run_container, service_container,
 };
 use crate::util::{
     DATA_SCOPE, EXCLUDED, ListDoc, Output, TestEnv, Tree, assert_keys, assert_same_tree, except,
-    exit, only, tree_diff, unique_project,
+    exit, noise, only, tree_diff, unique_project, whole_seconds, write,
 };
 
 const SERVICES: [&str; 3] = ["db", "cache", "app"];
@@ -985,6 +986,154 @@ fn restart_reports_each_container_by_name_and_state() {
         assert!(
             db_states.iter().any(|s| s == state),
             "no {state} event for db: {db_states:?}\n{out}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. an incremental auto-backup starts the services before it copies unchanged data
+
+/// Big files (members of their own, which the next backup copies) with whole-second mtimes
+/// (tar keeps seconds), aged past the two seconds in which a change could share the clock
+/// tick of a backup's read.
+fn add_big_files(env: &TestEnv) {
+    for (i, rel) in ["data/db/main.ibd", "data/uploads/video.mp4"]
+        .iter()
+        .enumerate()
+    {
+        let p = env.path(rel);
+        write(&p, &noise(30 + i as u64, 3 << 20), 0o644);
+    }
+    whole_seconds(&env.compose_dir());
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+}
+
+/// The phases a `--progress json` run started, in order.
+fn phases(out: &Output) -> Vec<String> {
+    out.stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "phase_start")
+        .filter_map(|v| v["phase"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The backup row of `auto-backup run --json`: its id and archive.
+fn backup_of(out: &Output) -> (String, String) {
+    let doc = out.json();
+    let row = &doc["backup"];
+    let id = row["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no backup\n{out}"));
+    (
+        id.to_string(),
+        row["file_path"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn an_incremental_auto_backup_starts_the_services_before_it_copies_unchanged_data() {
+    let env = running_stack();
+    add_big_files(&env);
+    env.run(&["auto-backup", "run"]).assert_ok();
+    let live = except(&env.snapshot_compose(), EXCLUDED);
+
+    let out = env.run(&["auto-backup", "run", "--json", "--progress", "json"]);
+    out.assert_ok().assert_stderr_has("of unchanged data from");
+    let p = phases(&out);
+    let at = |name: &str| {
+        p.iter()
+            .position(|x| x == name)
+            .unwrap_or_else(|| panic!("no phase {name}: {p:?}\n{out}"))
+    };
+    assert!(
+        at("archiving") < at("starting") && at("starting") < at("copying"),
+        "the services start after the live tree was read, before the copies: {p:?}\n{out}"
+    );
+    assert_all_running(&env, &out);
+    let (id, path) = backup_of(&out);
+    env.run(&["verify", &id]).assert_ok();
+    assert_same_tree(
+        "tar -xzf of the incremental auto-backup",
+        &live,
+        &archutil::gnu_tar_tree(&path, &env.root.join("gnu")),
+    );
+}
+
+#[test]
+fn damage_found_after_the_restart_stops_the_services_again_and_reads_every_file() {
+    let env = running_stack();
+    add_big_files(&env);
+    let out = env.run(&["auto-backup", "run", "--json"]);
+    out.assert_ok();
+    let (_, first) = backup_of(&out);
+    archutil::flip_byte_in_span_of(std::path::Path::new(&first), "data/db/main.ibd");
+    let live = except(&env.snapshot_compose(), EXCLUDED);
+
+    let out = env.run(&["auto-backup", "run", "--json", "--progress", "json"]);
+    out.assert_ok()
+        .assert_stderr_has("do not match their recorded checksum")
+        .assert_stderr_has("stopping the services again");
+    let p = phases(&out);
+    assert_eq!(
+        p.iter().filter(|x| *x == "stopping").count(),
+        2,
+        "stopped once for the incremental backup, once for the full read: {p:?}\n{out}"
+    );
+    assert_all_running(&env, &out);
+    let (id, path) = backup_of(&out);
+    env.run(&["verify", &id]).assert_ok();
+    assert_same_tree(
+        "tar -xzf of the backup read again",
+        &live,
+        &archutil::gnu_tar_tree(&path, &env.root.join("gnu")),
+    );
+    let doc: ListDoc = env.run(&["list-backups", "--json"]).json_as();
+    let statuses: Vec<&str> = doc.backups.iter().map(|r| r.status.as_str()).collect();
+    assert!(!statuses.contains(&"Running"), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "Completed").count(),
+        2,
+        "the first backup and the one read again: {statuses:?}"
+    );
+}
+
+#[test]
+fn killed_while_copying_after_the_restart_is_cleaned_up_without_restarting_anything() {
+    let env = running_stack();
+    add_big_files(&env);
+    env.run(&["auto-backup", "run"]).assert_ok();
+    let out = env.run_env(
+        &["auto-backup", "run"],
+        &[("NUWAX_TEST_CRASH_AT", OsStr::new("backup.after_copies"))],
+    );
+    assert_eq!(out.code, None, "not killed at backup.after_copies\n{out}");
+    // The services were started before the copies.
+    assert_all_running(&env, &out);
+    let started: Vec<i128> = SERVICES.iter().map(|s| started_at(&env, s)).collect();
+
+    let out = env.run(&["list-backups", "--json"]);
+    out.assert_ok().assert_stderr_has("recovery");
+    let doc: ListDoc = out.json_as();
+    let statuses: Vec<&str> = doc.backups.iter().map(|r| r.status.as_str()).collect();
+    assert!(!statuses.contains(&"Running"), "{statuses:?}\n{out}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "Completed").count(),
+        1,
+        "{statuses:?}"
+    );
+    let left: Vec<String> = fs::read_dir(env.backups_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "partial archives left: {left:?}");
+    for (s, before) in SERVICES.iter().zip(&started) {
+        assert_eq!(state(&env, s), "running", "{s}\n{out}");
+        assert_eq!(
+            started_at(&env, s),
+            *before,
+            "recovery restarted {s}\n{out}"
         );
     }
 }

@@ -237,3 +237,16 @@ pub(super) fn build_compose_dir(d: &Path, project: &str, fixture: Fixture) {
     );
     write(&d.join("logs/nested/old.log"), b"old\n", 0o644);
 }
+
+/// Cuts the sub-second part of every mtime under `dir` that has one (tar keeps seconds),
+/// leaving the others, and so their ctimes, alone.
+pub fn whole_seconds(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    for p in walk(dir) {
+        let m = fs::symlink_metadata(&p).unwrap();
+        if m.mtime_nsec() != 0 {
+            let t = filetime::FileTime::from_unix_time(m.mtime(), 0);
+            filetime::set_symlink_file_times(&p, t, t).unwrap();
+        }
+    }
+}

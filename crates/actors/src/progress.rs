@@ -33,6 +33,9 @@ pub enum Phase {
     Decrypting,
     /// A rollback removes the replaced files, after the services were started.
     Removing,
+    /// A backup copies the members of unchanged files from the previous archive, after the
+    /// live tree was read (the services may run again).
+    Copying,
 }
 
 impl Phase {
@@ -53,6 +56,7 @@ impl Phase {
             Phase::Encrypting => "encrypting",
             Phase::Decrypting => "decrypting",
             Phase::Removing => "removing replaced files",
+            Phase::Copying => "copying unchanged data",
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{blocking, reply};
 use crate::archive::TopLevelFilter;
 use crate::archive::{
     self, ArchiveInfo, BuildOptions, BuildReport, CancelFlag, ExtractOptions, ExtractReport,
-    LegacyAdoption, LegacyName, Manifest, Scanned, VerifyReport,
+    LegacyAdoption, LegacyName, Manifest, Scanned, Unfinished, VerifyReport,
 };
 use crate::encryption::DecryptKey;
 use crate::error::Result;
@@ -28,6 +28,24 @@ pub(crate) enum ArchiveMsg {
     Build(
         Box<BuildOptions>,
         Option<Box<Scanned>>,
+        Progress,
+        CancelFlag,
+        Reply<BuildReport>,
+    ),
+    /// The part of a build that reads the live tree (`archive::build_until_live_read`):
+    /// after it, the services may start while [`ArchiveMsg::Finish`] copies the rest.
+    BuildLive(
+        Box<BuildOptions>,
+        Box<Scanned>,
+        Progress,
+        CancelFlag,
+        Reply<Box<Unfinished>>,
+    ),
+    /// Completes a [`ArchiveMsg::BuildLive`] (`Unfinished::finish`); the flag says whether
+    /// the live tree may still be read (the services are still stopped).
+    Finish(
+        Box<Unfinished>,
+        bool,
         Progress,
         CancelFlag,
         Reply<BuildReport>,
@@ -141,6 +159,18 @@ impl Actor for ArchiveActor {
                     None => archive::build(&opts, &progress, &cancel),
                 })
                 .await,
+            ),
+            ArchiveMsg::BuildLive(opts, scanned, progress, cancel, r) => reply(
+                r,
+                blocking(move || {
+                    archive::build_until_live_read(&opts, Some(*scanned), &progress, &cancel)
+                        .map(Box::new)
+                })
+                .await,
+            ),
+            ArchiveMsg::Finish(unfinished, live_readable, progress, cancel, r) => reply(
+                r,
+                blocking(move || unfinished.finish(live_readable, &progress, &cancel)).await,
             ),
             ArchiveMsg::Verify {
                 path,

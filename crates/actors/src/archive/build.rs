@@ -104,6 +104,29 @@ pub(super) fn build_inner(
     cancel: &CancelFlag,
     after_scan: &mut dyn FnMut(),
 ) -> Result<BuildReport> {
+    build_live(opts, scanned, progress, cancel, after_scan)?.finish(true, progress, cancel)
+}
+
+/// The part of a build that reads the live tree: scan (unless given), then the archive
+/// written in full except the members of unchanged big files, which are left as holes for
+/// [`Unfinished::finish`]. Once this returns, nothing more is read from the source: the
+/// services may start again.
+pub fn build_until_live_read(
+    opts: &BuildOptions,
+    scanned: Option<Scanned>,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<Unfinished> {
+    build_live(opts, scanned, progress, cancel, &mut || {})
+}
+
+fn build_live(
+    opts: &BuildOptions,
+    scanned: Option<Scanned>,
+    progress: &Progress,
+    cancel: &CancelFlag,
+    after_scan: &mut dyn FnMut(),
+) -> Result<Unfinished> {
     if !(1..=9).contains(&opts.level) {
         return Err(Error::Usage(format!(
             "compression level must be 1..=9, not {}",
@@ -123,81 +146,173 @@ pub(super) fn build_inner(
     };
     // The sizes a restore of each top-level item needs, recorded in info.json from this very
     // scan (made with the services stopped), not from an earlier walk.
-    let mut with_sizes = opts.clone();
-    with_sizes.info.top_level_bytes = std::mem::take(&mut plan.top_level_bytes);
-    let opts = &with_sizes;
+    let mut opts = opts.clone();
+    opts.info.top_level_bytes = std::mem::take(&mut plan.top_level_bytes);
     progress.phase(Phase::Archiving, Some(plan.total_bytes), Some(plan.entries));
     after_scan();
-    let mut source = incremental_source(opts, progress);
+    let source = incremental_source(&opts, progress);
 
     // From here on, any error or panic removes the partial file.
-    let mut guard = PartialGuard {
-        path: &partial,
+    let guard = PartialGuard {
+        path: partial.clone(),
         armed: true,
     };
-    let written = loop {
+    let written = write_with_fallback(&plan, &opts, &partial, source, progress, cancel)?;
+    progress.finish_phase(written.source_bytes, written.entries);
+    Ok(Unfinished {
+        opts,
+        plan,
+        written,
+        partial,
+        guard,
+    })
+}
+
+/// Writes the archive to `partial`, copying from `source`; a copied member that does not
+/// match its recorded checksum makes it write the archive again, every file read live.
+fn write_with_fallback(
+    plan: &Plan,
+    opts: &BuildOptions,
+    partial: &Path,
+    mut source: Option<Source>,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<Written> {
+    loop {
         // Readable too: copied members are read back and hashed (`pgzip/copy.rs`).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&partial)
-            .ctx("cannot create archive", &partial)?;
+            .open(partial)
+            .ctx("cannot create archive", partial)?;
         crate::faults::point("backup.after_partial_created");
         let damage = Damage::default();
         match write_archive(
             file,
-            &plan,
+            plan,
             opts,
-            &partial,
+            partial,
             source.as_ref(),
             &damage,
             progress,
             cancel,
         ) {
-            Ok(w) => break w,
+            Ok(w) => return Ok(w),
             Err(e) if damage.is_set() => {
                 progress.notice(format!(
                     "{e}; writing the archive again, every file read from the live tree"
                 ));
                 source = None;
-                fs::remove_file(&partial).ctx("cannot remove", &partial)?;
+                fs::remove_file(partial).ctx("cannot remove", partial)?;
                 progress.phase(Phase::Archiving, Some(plan.total_bytes), Some(plan.entries));
             }
             Err(e) => return Err(e),
         }
-    };
-    written
-        .file
-        .sync_all()
-        .ctx("cannot sync archive", &partial)?;
-    drop(written.file);
-
-    crate::faults::point("backup.before_rename");
-    cancel.check()?;
-    if exists(&opts.dest)? {
-        return Err(Error::Refused(format!(
-            "archive {} appeared while the backup was written",
-            opts.dest.display()
-        )));
     }
-    fs::rename(&partial, &opts.dest).ctx("cannot rename archive into place", &opts.dest)?;
-    guard.armed = false;
-    crate::faults::point("backup.after_rename");
-    sync_parent(&opts.dest)?;
+}
 
-    progress.finish_phase(written.source_bytes, written.entries);
-    Ok(BuildReport {
-        path: opts.dest.clone(),
-        size: written.size,
-        sha256: written.sha256,
-        entries: written.entries,
-        source_bytes: written.source_bytes,
-        reused_bytes: written.reused_bytes,
-        unmatched_excludes: plan.unmatched_excludes.clone(),
-        skipped_special: plan.special,
-    })
+/// A build whose live data is in the archive file, and whose copies of unchanged members
+/// from the previous archive are still to be made ([`build_until_live_read`]). Dropping it
+/// removes the partial file.
+pub struct Unfinished {
+    opts: BuildOptions,
+    plan: Plan,
+    written: Written,
+    partial: PathBuf,
+    guard: PartialGuard,
+}
+
+impl Unfinished {
+    /// Whether [`Self::finish`] has members to copy.
+    pub fn has_copies(&self) -> bool {
+        self.written.sink.has_holes()
+    }
+
+    /// Makes the deferred copies and checks them (phase `copying`), then syncs the archive
+    /// and renames it into place. A copy that does not match its recorded checksum makes
+    /// the archive be written again from the live tree when `live_readable` (the services
+    /// are still stopped); otherwise the build fails with [`Error::Corrupt`] naming the
+    /// previous archive, and the partial file is removed.
+    pub fn finish(
+        mut self,
+        live_readable: bool,
+        progress: &Progress,
+        cancel: &CancelFlag,
+    ) -> Result<BuildReport> {
+        if self.has_copies() {
+            progress.phase(Phase::Copying, Some(self.written.reused_bytes), None);
+            let checked = self
+                .written
+                .sink
+                .fill()
+                .ctx("cannot copy members into", &self.partial)?;
+            crate::faults::point("backup.after_copies");
+            if let Err(mismatch) = checked {
+                let previous = self.opts.previous.clone().unwrap_or_default();
+                if !live_readable {
+                    return Err(Error::Corrupt {
+                        path: previous,
+                        detail: format!(
+                            "{mismatch}; this backup was not written (the next one reads every file)"
+                        ),
+                    });
+                }
+                progress.notice(format!(
+                    "{}: {mismatch}; writing the archive again, every file read from the live tree",
+                    previous.display()
+                ));
+                drop(self.written);
+                fs::remove_file(&self.partial).ctx("cannot remove", &self.partial)?;
+                progress.phase(
+                    Phase::Archiving,
+                    Some(self.plan.total_bytes),
+                    Some(self.plan.entries),
+                );
+                let (plan, opts, partial) = (&self.plan, &self.opts, &self.partial);
+                self.written = write_with_fallback(plan, opts, partial, None, progress, cancel)?;
+            }
+            progress.finish_phase(self.written.reused_bytes, 0);
+        }
+        let Unfinished {
+            opts,
+            plan,
+            written,
+            partial,
+            mut guard,
+        } = self;
+        let (file, sha256) = written
+            .sink
+            .sha256()
+            .ctx("cannot finish archive", &partial)?;
+        file.sync_all().ctx("cannot sync archive", &partial)?;
+        drop(file);
+
+        crate::faults::point("backup.before_rename");
+        cancel.check()?;
+        if exists(&opts.dest)? {
+            return Err(Error::Refused(format!(
+                "archive {} appeared while the backup was written",
+                opts.dest.display()
+            )));
+        }
+        fs::rename(&partial, &opts.dest).ctx("cannot rename archive into place", &opts.dest)?;
+        guard.armed = false;
+        crate::faults::point("backup.after_rename");
+        sync_parent(&opts.dest)?;
+
+        Ok(BuildReport {
+            path: opts.dest.clone(),
+            size: written.size,
+            sha256,
+            entries: written.entries,
+            source_bytes: written.source_bytes,
+            reused_bytes: written.reused_bytes,
+            unmatched_excludes: plan.unmatched_excludes,
+            skipped_special: plan.special,
+        })
+    }
 }
 
 /// The member layout this build writes (recorded in the manifest).
@@ -252,15 +367,15 @@ fn exists(path: &Path) -> Result<bool> {
 }
 
 /// Removes `<dest>.partial` unless disarmed (after the rename).
-struct PartialGuard<'a> {
-    path: &'a Path,
+struct PartialGuard {
+    path: PathBuf,
     armed: bool,
 }
 
-impl Drop for PartialGuard<'_> {
+impl Drop for PartialGuard {
     fn drop(&mut self) {
         if self.armed
-            && let Err(e) = fs::remove_file(self.path)
+            && let Err(e) = fs::remove_file(&self.path)
         {
             tracing::warn!("cannot remove {}: {e}", self.path.display());
         }
@@ -969,9 +1084,9 @@ fn source_error(context: &'static str, path: &Path, e: io::Error) -> Error {
 }
 
 struct Written {
-    file: File,
+    /// The archive file, its checksum not final while copies are deferred.
+    sink: HashingWriter,
     size: u64,
-    sha256: String,
     entries: u64,
     source_bytes: u64,
     reused_bytes: u64,
@@ -990,7 +1105,9 @@ fn write_archive(
     progress: &Progress,
     cancel: &CancelFlag,
 ) -> Result<Written> {
-    let sink = HashingWriter::new(file);
+    let mut sink = HashingWriter::new(file);
+    // The members of unchanged files are copied after the live tree was read.
+    sink.defer = source.is_some();
     let sink = Sealed::new(sink, opts.encryption.as_ref())
         .map_err(|e| Error::io("cannot start encrypting the archive", partial, e))?;
     let spans: std::sync::Arc<std::sync::Mutex<Vec<Span>>> = Default::default();
@@ -1243,9 +1360,8 @@ fn write_archive(
         )));
     }
     Ok(Written {
-        file: sink.file,
         size: sink.count,
-        sha256: hex::encode(sink.hasher.finalize()),
+        sink,
         entries: entry_count,
         source_bytes: bytes_done,
         reused_bytes,

@@ -182,7 +182,9 @@ impl Source {
 
 /// The in-order job ([`super::pgzip::ParallelGzWriter::in_order`]) that appends `c`'s
 /// members to the archive, read back and hashed: a hash other than the recorded one sets
-/// `damage` and fails the write.
+/// `damage` and fails the write. When the sink defers copies ([`HashingWriter::defer`]),
+/// it leaves their place empty instead, to be filled and checked after the live tree was
+/// read ([`HashingWriter::fill`]).
 pub(super) fn copy_job(
     source: &Source,
     c: &Candidate,
@@ -196,8 +198,12 @@ pub(super) fn copy_job(
             ));
         };
         let at = sink.count;
-        let got = sink.copy_in(&file, span.offset, span.len, true)?;
-        check_copy(&got, &span.sha256, span.offset, span.len, &damage)?;
+        if sink.defer {
+            sink.defer_copy(&file, span.offset, span.len, &span.sha256)?;
+        } else {
+            let got = sink.copy_in(&file, span.offset, span.len, true)?;
+            check_copy(&got, &span.sha256, span.offset, span.len, &damage)?;
+        }
         // Its data-only members moved with it.
         let from = span.offset;
         sink.chunks = span
@@ -888,6 +894,72 @@ mod build_tests {
         let full = s.dir.join("full.tar.gz");
         let (rf, _) = run(&opts(&s.src, &full, None));
         assert_eq!(ri.sha256, rf.sha256);
+    }
+
+    /// After the live tree was read the services may run again: what they write then never
+    /// enters the archive, which is byte for byte the full backup of the tree as it was read.
+    #[test]
+    fn what_changes_after_the_live_read_never_enters_the_archive() {
+        let s = setup();
+        let full = s.dir.join("full.tar.gz");
+        let (rf, _) = run(&opts(&s.src, &full, None));
+        let inc = s.dir.join("inc.tar.gz");
+        let (p, c) = (Progress::none(), CancelFlag::default());
+        let o = opts(&s.src, &inc, Some(&s.first));
+        let unfinished = crate::archive::build_until_live_read(&o, None, &p, &c).unwrap();
+        assert!(
+            unfinished.has_copies(),
+            "data/a.ibd is unchanged: copied last"
+        );
+        assert!(!inc.exists());
+        // The services write again: an unchanged big file and a small file are rewritten.
+        fs::write(s.src.join("data/a.ibd"), noise(5 << 20, 77)).unwrap();
+        fs::write(s.src.join("app/conf.txt"), b"written after the live read").unwrap();
+        let ri = unfinished.finish(false, &p, &c).unwrap();
+        assert!(ri.reused_bytes >= 5 << 20, "{ri:?}");
+        assert_eq!(ri.sha256, rf.sha256);
+        assert!(fs::read(&inc).unwrap() == fs::read(&full).unwrap());
+        verifies(&inc, &ri.sha256);
+    }
+
+    /// Damage found once the services may run again cannot be redone from the live tree:
+    /// the build fails naming the previous archive and leaves no file behind; an unfinished
+    /// build that is dropped leaves none either.
+    #[test]
+    fn damage_found_after_the_live_read_fails_and_leaves_nothing() {
+        let s = setup();
+        // data/a.ibd's members (the first big file, unchanged): copied after the live read.
+        let span = spans_of(&s.first)
+            .into_iter()
+            .find(|sp| sp.len > 100_000)
+            .unwrap();
+        let mut bytes = fs::read(&s.first).unwrap();
+        bytes[(span.offset + span.len / 2) as usize] ^= 0x40;
+        fs::write(&s.first, &bytes).unwrap();
+        let inc = s.dir.join("inc.tar.gz");
+        let partial = crate::fsutil::partial_path(&inc);
+        let (p, c) = (Progress::none(), CancelFlag::default());
+        let o = opts(&s.src, &inc, Some(&s.first));
+        let unfinished = crate::archive::build_until_live_read(&o, None, &p, &c).unwrap();
+        assert!(partial.exists());
+        let err = unfinished.finish(false, &p, &c).unwrap_err();
+        assert!(
+            matches!(&err, crate::error::Error::Corrupt { path, .. } if path == &s.first),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("do not match their recorded checksum"),
+            "{err}"
+        );
+        assert!(!inc.exists() && !partial.exists());
+        drop(crate::archive::build_until_live_read(&o, None, &p, &c).unwrap());
+        assert!(!inc.exists() && !partial.exists());
+        // With the services still stopped the same damage is redone from the live tree.
+        let unfinished = crate::archive::build_until_live_read(&o, None, &p, &c).unwrap();
+        let ri = unfinished.finish(true, &p, &c).unwrap();
+        assert_eq!(ri.reused_bytes, 0);
+        verifies(&inc, &ri.sha256);
     }
 
     #[test]

@@ -48,7 +48,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-pub use build::{Scanned, build, build_scanned, scan_source};
+pub use build::{Scanned, Unfinished, build, build_scanned, build_until_live_read, scan_source};
 pub use extract::extract;
 pub use format::{
     ArchiveInfo, DumpRecord, EntryKind, FORMAT_VERSION, ImageRecord, META_DIR, Manifest,

@@ -1,10 +1,14 @@
 //! The archive file being written: everything written is counted and hashed (the whole
 //! archive's SHA-256, and the span and member being recorded for a later incremental
 //! backup, `incremental.rs`), and its writeback is started as it goes. Members of an older
-//! archive are copied in here ([`HashingWriter::copy_in`]) and read back into the hashes.
+//! archive are copied in here ([`HashingWriter::copy_in`]) and read back into the hashes,
+//! or, for the members of a whole unchanged file, after the live tree was read
+//! ([`HashingWriter::defer_copy`], [`HashingWriter::fill`]): the services may run again
+//! while they are copied.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -20,17 +24,59 @@ const ONE_THREAD_SPAN: u64 = 4 << 20;
 /// every `WRITEBACK` bytes written so that the final fsync has little left to wait for.
 pub(super) struct HashingWriter {
     pub(super) file: File,
-    pub(super) hasher: Sha256,
+    /// The archive's SHA-256 so far: of every byte written, up to the first deferred copy
+    /// (from there on [`Self::fill`] hashes the file).
+    hasher: Sha256,
     pub(super) count: u64,
     /// Start of the range whose writeback has not been started yet.
     unflushed: u64,
-    /// The span being hashed (`incremental.rs`): its start and its hash so far.
-    pub(super) span: Option<(u64, Sha256)>,
+    /// The span being recorded (`incremental.rs`): its start and its hash.
+    pub(super) span: Option<(u64, SpanHash)>,
     /// The data-only member being hashed inside the span: its start, where its data is in
     /// the file, the data's SHA-256 and the member's hash so far.
     pub(super) member: Option<(u64, u64, String, Sha256)>,
     /// The span's data-only members so far.
     pub(super) chunks: Vec<Chunk>,
+    /// Copies left as holes, in archive order, to be made by [`Self::fill`].
+    deferred: Vec<Deferred>,
+    /// Whether the copies of whole unchanged files are deferred ([`Self::defer_copy`]).
+    pub(super) defer: bool,
+}
+
+/// The hash of the span being recorded.
+pub(super) enum SpanHash {
+    /// Of the bytes written so far.
+    Hashing(Sha256),
+    /// Known in advance: the span is one deferred copy, checked against it by
+    /// [`HashingWriter::fill`].
+    Known(String),
+}
+
+/// A copy left as a hole of `len` bytes at `at` (see [`HashingWriter::defer_copy`]).
+struct Deferred {
+    at: u64,
+    src: Arc<File>,
+    offset: u64,
+    len: u64,
+    sha256: String,
+}
+
+/// A deferred copy that did not hash to its recorded checksum, found by
+/// [`HashingWriter::fill`].
+#[derive(Debug)]
+pub(super) struct CopyMismatch {
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl std::fmt::Display for CopyMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the previous archive's members at offset {} ({} bytes) do not match their recorded checksum",
+            self.offset, self.len
+        )
+    }
 }
 
 /// See [`HashingWriter`].
@@ -47,7 +93,25 @@ impl HashingWriter {
             span: None,
             member: None,
             chunks: Vec::new(),
+            deferred: Vec::new(),
+            defer: false,
         }
+    }
+
+    /// Whether copies were deferred, so that the archive is complete only after
+    /// [`Self::fill`].
+    pub(super) fn has_holes(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// The archive's SHA-256 (hex): complete once every deferred copy was filled in.
+    pub(super) fn sha256(self) -> io::Result<(File, String)> {
+        if self.has_holes() {
+            return Err(io::Error::other(
+                "the archive still has copies to make: its checksum is not known yet",
+            ));
+        }
+        Ok((self.file, hex::encode(self.hasher.finalize())))
     }
 
     /// Starts the writeback of every full `WRITEBACK` written since the last one.
@@ -62,8 +126,10 @@ impl HashingWriter {
 impl Write for HashingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        if let Some((_, h)) = self.span.as_mut() {
+        if self.deferred.is_empty() {
+            self.hasher.update(&buf[..n]);
+        }
+        if let Some((_, SpanHash::Hashing(h))) = self.span.as_mut() {
             h.update(&buf[..n]);
         }
         if let Some((.., h)) = self.member.as_mut() {
@@ -81,7 +147,7 @@ impl Write for HashingWriter {
 impl HashingWriter {
     /// Starts hashing what is written from here on, for a [`Span`].
     pub(super) fn begin_span(&mut self) {
-        self.span = Some((self.count, Sha256::new()));
+        self.span = Some((self.count, SpanHash::Hashing(Sha256::new())));
         self.chunks.clear();
     }
 
@@ -95,7 +161,10 @@ impl HashingWriter {
             entry,
             offset: start,
             len: self.count - start,
-            sha256: hex::encode(h.finalize()),
+            sha256: match h {
+                SpanHash::Hashing(h) => hex::encode(h.finalize()),
+                SpanHash::Known(sha256) => sha256,
+            },
             chunks: std::mem::take(&mut self.chunks),
         })
     }
@@ -124,9 +193,15 @@ impl HashingWriter {
         }
         copy_range(src, offset, len, &mut self.file)?;
         let (file, hasher) = (&self.file, &mut self.hasher);
-        let mut span = self.span.as_mut().map(|(_, h)| h).filter(|_| !whole);
+        let hashing = self.deferred.is_empty();
+        let mut span = match self.span.as_mut() {
+            Some((_, SpanHash::Hashing(h))) if !whole => Some(h),
+            _ => None,
+        };
         let mut shared = |b: &[u8]| {
-            hasher.update(b);
+            if hashing {
+                hasher.update(b);
+            }
             if let Some(h) = span.as_mut() {
                 h.update(b);
             }
@@ -152,8 +227,77 @@ impl HashingWriter {
         self.count += len;
         self.writeback();
         if whole {
-            self.span = Some((at, own.clone()));
+            self.span = Some((at, SpanHash::Hashing(own.clone())));
         }
         Ok(hex::encode(own.finalize()))
+    }
+
+    /// Leaves a hole of `len` bytes for the members at `offset` of `src`, the whole content
+    /// of the span just begun, whose compressed bytes hash to `sha256`: [`Self::fill`] copies
+    /// them in and checks them once the live tree was read. The span records `sha256`.
+    pub(super) fn defer_copy(
+        &mut self,
+        src: &Arc<File>,
+        offset: u64,
+        len: u64,
+        sha256: &str,
+    ) -> io::Result<()> {
+        let at = self.count;
+        if !matches!(&self.span, Some((start, _)) if *start == at) {
+            return Err(io::Error::other("a deferred copy must be a whole span"));
+        }
+        let ahead = i64::try_from(len).map_err(|_| io::Error::other("span too long"))?;
+        self.file.seek(SeekFrom::Current(ahead))?;
+        self.deferred.push(Deferred {
+            at,
+            src: Arc::clone(src),
+            offset,
+            len,
+            sha256: sha256.to_owned(),
+        });
+        self.span = Some((at, SpanHash::Known(sha256.to_owned())));
+        self.count += len;
+        Ok(())
+    }
+
+    /// Makes the deferred copies, then reads the archive from the first of them to its end
+    /// into the archive's SHA-256 while another thread reads each copy back into its own:
+    /// what is checked is what the file holds. `Ok(Err(_))`: a copy does not match its
+    /// recorded checksum (the archive is unusable).
+    pub(super) fn fill(&mut self) -> io::Result<Result<(), CopyMismatch>> {
+        let Some(first) = self.deferred.first().map(|d| d.at) else {
+            return Ok(Ok(()));
+        };
+        for d in &self.deferred {
+            self.file.seek(SeekFrom::Start(d.at))?;
+            copy_range(&d.src, d.offset, d.len, &mut self.file)?;
+        }
+        self.file.seek(SeekFrom::Start(self.count))?;
+        start_writeback(&self.file, first, self.count);
+        let (file, hasher, deferred, end) =
+            (&self.file, &mut self.hasher, &self.deferred, self.count);
+        let checked = std::thread::scope(|scope| {
+            let copies = scope.spawn(|| -> io::Result<Result<(), CopyMismatch>> {
+                for d in deferred {
+                    let mut own = Sha256::new();
+                    read_range(file, d.at, d.len, &mut |b| own.update(b))?;
+                    if hex::encode(own.finalize()) != d.sha256 {
+                        return Ok(Err(CopyMismatch {
+                            offset: d.offset,
+                            len: d.len,
+                        }));
+                    }
+                }
+                Ok(Ok(()))
+            });
+            read_range(file, first, end - first, &mut |b| hasher.update(b))?;
+            copies
+                .join()
+                .map_err(|_| io::Error::other("the hashing thread panicked"))?
+        })?;
+        if checked.is_ok() {
+            self.deferred.clear();
+        }
+        Ok(checked)
     }
 }

@@ -202,28 +202,67 @@ pub(crate) async fn stopped_backup(
         drill: None,
         drill_error: None,
     };
-    let backup_result = async {
-        if !running.is_empty() {
-            progress.phase(Phase::Stopping, None, Some(running.len() as u64));
-            let list = running.clone();
-            ctx.docker(|r| DockerMsg::Stop(list, progress.clone(), r))
-                .await?;
+    // The services start again as soon as the live tree was read; the members of unchanged
+    // files are copied from the previous archive after that.
+    let early = backup::EarlyRestart::new(running.clone());
+    let mut full = false;
+    let backup_result = loop {
+        let attempt = async {
+            if !running.is_empty() {
+                progress.phase(Phase::Stopping, None, Some(running.len() as u64));
+                let list = running.clone();
+                ctx.docker(|r| DockerMsg::Stop(list, progress.clone(), r))
+                    .await?;
+            }
+            crate::faults::point("auto_backup.after_stop");
+            ctx.cancel.clone().check()?;
+            // The gate must pass now; it also records the images.
+            let images =
+                backup::images_after_gate(ctx, &compose, containers.is_some(), &progress).await?;
+            let making = backup::Making {
+                dumps: Some(&dumps),
+                restart: Some(&early),
+                full,
+                ..backup::Making::default()
+            };
+            backup::backup_at_level(ctx, kind, compose.clone(), images, making, &progress).await
         }
-        crate::faults::point("auto_backup.after_stop");
-        ctx.cancel.clone().check()?;
-        // The gate must pass now; it also records the images.
-        let images =
-            backup::images_after_gate(ctx, &compose, containers.is_some(), &progress).await?;
-        backup::backup_locked_with(ctx, kind, compose.clone(), images, &dumps, &progress).await
-    }
-    .await;
+        .await;
+        match attempt {
+            // A member copied from the previous archive after the restart did not match its
+            // checksum: the live tree may have changed since, so the backup is taken again,
+            // stopped, every file read.
+            Err(Error::Corrupt { path, detail }) if !full && early.restarted() => {
+                match early.take() {
+                    Some(Err(e)) => {
+                        report.restart_error = Some(e);
+                        break Err(Error::Corrupt { path, detail });
+                    }
+                    _ => {
+                        progress.notice(format!(
+                            "{}: {detail}; stopping the services again to take the backup reading every file",
+                            path.display()
+                        ));
+                        full = true;
+                    }
+                }
+            }
+            other => break other,
+        }
+    };
     match backup_result {
         Ok(entry) => report.backup = Some(entry),
         Err(e) => report.backup_error = Some(e),
     }
-    crate::faults::point("auto_backup.before_restart");
-    if let Err(e) = services::restart_exactly(ctx, &running, &progress).await {
-        report.restart_error = Some(e);
+    match early.take() {
+        Some(Ok(())) => {}
+        Some(Err(e)) => report.restart_error = Some(e),
+        None => {
+            crate::faults::point("auto_backup.before_restart");
+            if let Err(e) = services::restart_exactly(ctx, &running, &progress).await {
+                report.restart_error = Some(e);
+            }
+        }
     }
     let (ok, err) = (report.ok(), report.error_text());
     ctx.store(|r| {

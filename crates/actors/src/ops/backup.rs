@@ -129,6 +129,7 @@ pub(crate) async fn backup(
             level: req.compression_level,
             dumps: Some(&dumps),
             full: req.full,
+            restart: None,
         },
         &progress,
     )
@@ -150,29 +151,6 @@ pub(crate) async fn backup_locked(
         compose,
         images,
         Making::default(),
-        progress,
-    )
-    .await
-}
-
-/// [`backup_locked`] with the dumps taken before the services were stopped.
-pub(crate) async fn backup_locked_with(
-    ctx: &Ctx,
-    backup_type: BackupType,
-    compose: ComposeProject,
-    images: Vec<ImageRecord>,
-    dumps: &super::dumps::Dumps,
-    progress: &Progress,
-) -> Result<BackupEntry> {
-    backup_at_level(
-        ctx,
-        backup_type,
-        compose,
-        images,
-        Making {
-            dumps: Some(dumps),
-            ..Making::default()
-        },
         progress,
     )
     .await
@@ -335,6 +313,49 @@ pub(crate) struct Making<'a> {
     pub dumps: Option<&'a super::dumps::Dumps>,
     /// Read every file (`backup --full`).
     pub full: bool,
+    /// Services stopped for this backup, started again as soon as the live tree was read
+    /// (`auto-backup run`): the copies from the previous archive are made after that.
+    pub restart: Option<&'a EarlyRestart>,
+}
+
+/// The services a backup stopped, to start again as soon as nothing more is read from the
+/// live tree (before the members of unchanged files are copied from the previous archive,
+/// and before the archive is synced): the downtime of an incremental backup is what it
+/// reads, not what it copies.
+pub(crate) struct EarlyRestart {
+    running: Vec<ContainerInfo>,
+    /// The restart's result, once it was made.
+    result: std::sync::Mutex<Option<Result<()>>>,
+}
+
+impl EarlyRestart {
+    pub(crate) fn new(running: Vec<ContainerInfo>) -> Self {
+        EarlyRestart {
+            running,
+            result: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn restart(&self, ctx: &Ctx, progress: &Progress) {
+        crate::faults::point("auto_backup.before_restart");
+        let result = super::services::restart_exactly(ctx, &self.running, progress).await;
+        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+    }
+
+    /// Whether the services were started again (then the live tree may have changed).
+    pub(crate) fn restarted(&self) -> bool {
+        !self.running.is_empty()
+            && self
+                .result
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+    }
+
+    /// The restart's result, if it was made; `None`: the caller still has to start them.
+    pub(crate) fn take(&self) -> Option<Result<()>> {
+        self.result.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// [`Runtime::backup_locked`] with the choices of `making` (level, dumps, full read).
@@ -348,6 +369,7 @@ pub(crate) async fn backup_at_level(
 ) -> Result<BackupEntry> {
     let none = super::dumps::Dumps::default();
     let (level, dumps, full) = (making.level, making.dumps.unwrap_or(&none), making.full);
+    let restart = making.restart;
     let paths = &ctx.settings.paths;
     let cfg = &ctx.settings.config;
     // Recipients that cannot be parsed refuse the backup (exit 2) whatever the scope: the
@@ -418,18 +440,22 @@ pub(crate) async fn backup_at_level(
     let (op, id) = begin(ctx, backup_type, &compose, version, created_at, &dest).await?;
     crate::faults::point("backup.after_catalog_insert");
     crate::faults::point("backup.after_journal");
-    let built = ctx
-        .archive(|r| {
-            let scanned = Some(Box::new(scanned));
-            ArchiveMsg::Build(
-                Box::new(opts),
-                scanned,
-                progress.clone(),
-                ctx.cancel.clone(),
-                r,
-            )
-        })
-        .await;
+    let built = match restart {
+        Some(early) => build_then_restart(ctx, opts, scanned, early, progress).await,
+        None => {
+            ctx.archive(|r| {
+                let scanned = Some(Box::new(scanned));
+                ArchiveMsg::Build(
+                    Box::new(opts),
+                    scanned,
+                    progress.clone(),
+                    ctx.cancel.clone(),
+                    r,
+                )
+            })
+            .await
+        }
+    };
     match built {
         Ok(report) => {
             // The defaults (`logs`, `uv_cache`) are not warned about: only what the operator
@@ -499,6 +525,41 @@ pub(crate) async fn backup_at_level(
             Err(e)
         }
     }
+}
+
+/// The build in two steps: the live tree is read, the services start again (`early`),
+/// and the members of unchanged files are copied from the previous archive after that.
+async fn build_then_restart(
+    ctx: &Ctx,
+    opts: BuildOptions,
+    scanned: crate::archive::Scanned,
+    early: &EarlyRestart,
+    progress: &Progress,
+) -> Result<crate::archive::BuildReport> {
+    let unfinished = ctx
+        .archive(|r| {
+            ArchiveMsg::BuildLive(
+                Box::new(opts),
+                Box::new(scanned),
+                progress.clone(),
+                ctx.cancel.clone(),
+                r,
+            )
+        })
+        .await?;
+    crate::faults::point("backup.live_read");
+    early.restart(ctx, progress).await;
+    let live_readable = !early.restarted();
+    ctx.archive(|r| {
+        ArchiveMsg::Finish(
+            unfinished,
+            live_readable,
+            progress.clone(),
+            ctx.cancel.clone(),
+            r,
+        )
+    })
+    .await
 }
 
 /// Runs the gate (unless there is no engine) and returns the images it saw.

@@ -381,6 +381,7 @@ pub(crate) async fn hot_backup(
             level,
             dumps: Some(&dumps),
             full,
+            restart: None,
         },
         progress,
     )
