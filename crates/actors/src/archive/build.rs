@@ -174,43 +174,54 @@ fn write_with_fallback(
     plan: &Plan,
     opts: &BuildOptions,
     partial: &Path,
-    mut source: Option<Source>,
+    source: Option<Source>,
     progress: &Progress,
     cancel: &CancelFlag,
 ) -> Result<Written> {
-    loop {
-        // Readable too: copied members are read back and hashed (`pgzip/copy.rs`).
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(partial)
-            .ctx("cannot create archive", partial)?;
-        crate::faults::point("backup.after_partial_created");
-        let damage = Damage::default();
-        match write_archive(
-            file,
-            plan,
-            opts,
-            partial,
-            source.as_ref(),
-            &damage,
-            progress,
-            cancel,
-        ) {
-            Ok(w) => return Ok(w),
-            Err(e) if damage.is_set() => {
-                progress.notice(format!(
-                    "{e}; writing the archive again, every file read from the live tree"
-                ));
-                source = None;
-                fs::remove_file(partial).ctx("cannot remove", partial)?;
-                progress.phase(Phase::Archiving, Some(plan.total_bytes), Some(plan.entries));
-            }
-            Err(e) => return Err(e),
+    // Readable too: copied members are read back and hashed (`pgzip/copy.rs`).
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(partial)
+        .ctx("cannot create archive", partial)?;
+    crate::faults::point("backup.after_partial_created");
+    let damage = Damage::default();
+    match write_archive(
+        file,
+        plan,
+        opts,
+        partial,
+        source.as_ref(),
+        &damage,
+        progress,
+        cancel,
+    ) {
+        Err(e) if damage.is_set() => {
+            rewrite_from_live(plan, opts, partial, &e.to_string(), progress, cancel)
         }
+        written => written,
     }
+}
+
+/// After a copied member did not match its recorded checksum (`why`): says so, removes
+/// `partial` and writes the archive again (phase `archiving` anew), every file read from
+/// the live tree.
+fn rewrite_from_live(
+    plan: &Plan,
+    opts: &BuildOptions,
+    partial: &Path,
+    why: &str,
+    progress: &Progress,
+    cancel: &CancelFlag,
+) -> Result<Written> {
+    progress.notice(format!(
+        "{why}; writing the archive again, every file read from the live tree"
+    ));
+    fs::remove_file(partial).ctx("cannot remove", partial)?;
+    progress.phase(Phase::Archiving, Some(plan.total_bytes), Some(plan.entries));
+    write_with_fallback(plan, opts, partial, None, progress, cancel)
 }
 
 /// A build whose live data is in the archive file, and whose copies of unchanged members
@@ -249,31 +260,25 @@ impl Unfinished {
                 .fill()
                 .ctx("cannot copy members into", &self.partial)?;
             crate::faults::point("backup.after_copies");
-            if let Err(mismatch) = checked {
-                let previous = self.opts.previous.clone().unwrap_or_default();
-                if !live_readable {
-                    return Err(Error::Corrupt {
-                        path: previous,
-                        detail: format!(
-                            "{mismatch}; this backup was not written (the next one reads every file)"
-                        ),
-                    });
+            match checked {
+                Ok(()) => progress.finish_phase(self.written.reused_bytes, 0),
+                Err(mismatch) => {
+                    let previous = self.opts.previous.clone().unwrap_or_default();
+                    if !live_readable {
+                        return Err(Error::Corrupt {
+                            path: previous,
+                            detail: format!(
+                                "{mismatch}; this backup was not written (the next one reads every file)"
+                            ),
+                        });
+                    }
+                    drop(self.written);
+                    let why = format!("{}: {mismatch}", previous.display());
+                    let (plan, opts, partial) = (&self.plan, &self.opts, &self.partial);
+                    self.written = rewrite_from_live(plan, opts, partial, &why, progress, cancel)?;
+                    progress.finish_phase(self.written.source_bytes, self.written.entries);
                 }
-                progress.notice(format!(
-                    "{}: {mismatch}; writing the archive again, every file read from the live tree",
-                    previous.display()
-                ));
-                drop(self.written);
-                fs::remove_file(&self.partial).ctx("cannot remove", &self.partial)?;
-                progress.phase(
-                    Phase::Archiving,
-                    Some(self.plan.total_bytes),
-                    Some(self.plan.entries),
-                );
-                let (plan, opts, partial) = (&self.plan, &self.opts, &self.partial);
-                self.written = write_with_fallback(plan, opts, partial, None, progress, cancel)?;
             }
-            progress.finish_phase(self.written.reused_bytes, 0);
         }
         let Unfinished {
             opts,

@@ -226,9 +226,7 @@ fn check_copy(got: &str, want: &str, offset: u64, len: u64, damage: &Damage) -> 
     damage.set();
     Err(io::Error::new(
         io::ErrorKind::InvalidData,
-        format!(
-            "the previous archive's members at offset {offset} ({len} bytes) do not match their recorded checksum"
-        ),
+        super::sink::CopyMismatch { offset, len }.to_string(),
     ))
 }
 
@@ -876,12 +874,17 @@ mod build_tests {
         redone_after_damage_at(&s, c.offset + c.len / 2);
     }
 
+    /// Flips a bit of the byte at `at` of `archive`.
+    fn flip_bit(archive: &Path, at: u64) {
+        let mut bytes = fs::read(archive).unwrap();
+        bytes[at as usize] ^= 0x40;
+        fs::write(archive, &bytes).unwrap();
+    }
+
     /// Flips a bit at `at` of the first archive: the incremental build sees its copy does
     /// not match, says so and is redone from live data, as a full build.
     fn redone_after_damage_at(s: &Setup, at: u64) {
-        let mut bytes = fs::read(&s.first).unwrap();
-        bytes[at as usize] ^= 0x40;
-        fs::write(&s.first, &bytes).unwrap();
+        flip_bit(&s.first, at);
         let inc = s.dir.join("inc.tar.gz");
         let (ri, notices) = run(&opts(&s.src, &inc, Some(&s.first)));
         assert!(
@@ -933,9 +936,7 @@ mod build_tests {
             .into_iter()
             .find(|sp| sp.len > 100_000)
             .unwrap();
-        let mut bytes = fs::read(&s.first).unwrap();
-        bytes[(span.offset + span.len / 2) as usize] ^= 0x40;
-        fs::write(&s.first, &bytes).unwrap();
+        flip_bit(&s.first, span.offset + span.len / 2);
         let inc = s.dir.join("inc.tar.gz");
         let partial = crate::fsutil::partial_path(&inc);
         let (p, c) = (Progress::none(), CancelFlag::default());
@@ -955,11 +956,27 @@ mod build_tests {
         assert!(!inc.exists() && !partial.exists());
         drop(crate::archive::build_until_live_read(&o, None, &p, &c).unwrap());
         assert!(!inc.exists() && !partial.exists());
-        // With the services still stopped the same damage is redone from the live tree.
+        // With the services still stopped the same damage is redone from the live tree, in
+        // a new `archiving` phase that ends with the whole tree's bytes.
         let unfinished = crate::archive::build_until_live_read(&o, None, &p, &c).unwrap();
-        let ri = unfinished.finish(true, &p, &c).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let ri = unfinished.finish(true, &Progress::new(tx), &c).unwrap();
         assert_eq!(ri.reused_bytes, 0);
         verifies(&inc, &ri.sha256);
+        let mut last_phase = None;
+        let mut last_bytes = 0;
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                ProgressEvent::Phase { phase, .. } => (last_phase, last_bytes) = (Some(phase), 0),
+                ProgressEvent::Advance { bytes, .. } => {
+                    assert!(bytes >= last_bytes, "bytes went back in {last_phase:?}");
+                    last_bytes = bytes;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(last_phase, Some(crate::progress::Phase::Archiving));
+        assert_eq!(last_bytes, ri.source_bytes);
     }
 
     #[test]

@@ -61,8 +61,8 @@ struct Deferred {
     sha256: String,
 }
 
-/// A deferred copy that did not hash to its recorded checksum, found by
-/// [`HashingWriter::fill`].
+/// A copy that did not hash to its recorded checksum: a deferred one, found by
+/// [`HashingWriter::fill`], or one made at once (`incremental::check_copy`).
 #[derive(Debug)]
 pub(super) struct CopyMismatch {
     pub offset: u64,
