@@ -583,9 +583,25 @@ fn stack_to_roll_back() -> (TestEnv, Tree, String) {
 #[test]
 fn rollback_reports_the_time_until_the_services_started_apart_from_the_removal() {
     let (env, original, id) = stack_to_roll_back();
-    let out = env.run(&["rollback", &id, "--force", "--rollback-data", "--json"]);
+    let out = env.run(&[
+        "rollback",
+        &id,
+        "--force",
+        "--rollback-data",
+        "--json",
+        "--progress",
+        "json",
+    ]);
     out.assert_ok();
     assert_all_running(&env, &out);
+    // The removal runs while the services' health is waited for, not after.
+    let p = phases(&out);
+    let at = |name: &str| p.iter().position(|x| x == name);
+    let removing = at("removing").unwrap_or_else(|| panic!("no phase removing: {p:?}\n{out}"));
+    assert!(
+        at("starting").is_some_and(|s| s < removing) && at("waiting").is_none_or(|w| w > removing),
+        "the replaced files are removed while the services' health is waited for: {p:?}\n{out}"
+    );
     let doc = out.json();
     let started = doc["started_after_ms"].as_u64().expect("started_after_ms");
     let down = doc["downtime_ms"].as_u64().expect("downtime_ms");
@@ -1050,6 +1066,12 @@ fn an_incremental_auto_backup_starts_the_services_before_it_copies_unchanged_dat
         at("archiving") < at("starting") && at("starting") < at("copying"),
         "the services start after the live tree was read, before the copies: {p:?}\n{out}"
     );
+    assert!(
+        p.iter()
+            .position(|x| x == "waiting")
+            .is_none_or(|w| w > at("copying")),
+        "the copies are made while the services' health is waited for: {p:?}\n{out}"
+    );
     assert_all_running(&env, &out);
     let (id, path) = backup_of(&out);
     env.run(&["verify", &id]).assert_ok();
@@ -1058,6 +1080,57 @@ fn an_incremental_auto_backup_starts_the_services_before_it_copies_unchanged_dat
         &live,
         &archutil::gnu_tar_tree(&path, &env.root.join("gnu")),
     );
+}
+
+/// The stack with an app whose health fails once it was started again after
+/// `docker exec app touch /tmp/armed` (its start command then marks it sick).
+fn stack_sick_after_a_restart() -> TestEnv {
+    ensure_test_image();
+    let env = TestEnv::new();
+    let yaml = compose_yaml("nuwax-test-busybox:latest");
+    let app = yaml.find("  app:").unwrap();
+    let (head, tail) = yaml.split_at(app);
+    let tail = tail.replacen(
+        "command: [\"sleep\", \"3600\"]",
+        "command: [\"sh\", \"-c\", \"if [ -f /tmp/armed ]; then touch /tmp/sick; fi; exec sleep 3600\"]\n\
+         \x20   healthcheck:\n\
+         \x20     test: [\"CMD\", \"sh\", \"-c\", \"test ! -f /tmp/sick\"]\n\
+         \x20     interval: 1s\n\
+         \x20     retries: 1",
+        1,
+    );
+    write_compose(&env, &format!("{head}{tail}"));
+    env.run(&["docker-service", "start"]).assert_ok();
+    env
+}
+
+/// The health wait runs beside the copies: a service that comes back unhealthy still fails
+/// the run (exit 1, `restart_error` naming it), and the backup it took is complete.
+#[test]
+fn a_service_unhealthy_after_the_early_restart_fails_the_run_and_keeps_its_backup() {
+    let env = stack_sick_after_a_restart();
+    add_big_files(&env);
+    env.run(&["auto-backup", "run"]).assert_ok();
+    let live = except(&env.snapshot_compose(), EXCLUDED);
+    docker_ok(&["exec", &id(&env, "app"), "touch", "/tmp/armed"]);
+
+    let out = env.run(&["auto-backup", "run", "--json", "--progress", "json"]);
+    out.assert_code(exit::FAILED)
+        .assert_stderr_has("of unchanged data from");
+    let doc = out.json();
+    let why = doc["restart_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("unhealthy") && why.contains("app"),
+        "the restart error names the unhealthy service: {why}\n{out}"
+    );
+    let (id, path) = backup_of(&out);
+    env.run(&["verify", &id]).assert_ok();
+    assert_same_tree(
+        "tar -xzf of the backup taken",
+        &live,
+        &archutil::gnu_tar_tree(&path, &env.root.join("gnu")),
+    );
+    assert_eq!(health(&env, "app"), "unhealthy", "{out}");
 }
 
 #[test]

@@ -87,6 +87,8 @@ pub enum ProgressEvent {
 #[derive(Clone, Default)]
 pub struct Progress {
     inner: Option<Arc<Inner>>,
+    /// Phases and counters are dropped ([`Progress::states_only`]).
+    states_only: bool,
 }
 
 struct Inner {
@@ -99,7 +101,17 @@ const THROTTLE_MS: u64 = 100;
 
 impl Progress {
     pub fn none() -> Self {
-        Self { inner: None }
+        Self::default()
+    }
+
+    /// A handle that delivers notices and container states but no phases or counters: for
+    /// work that runs beside another (a health wait while a backup copies), whose phase is
+    /// the one shown.
+    pub fn states_only(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            states_only: true,
+        }
     }
 
     pub fn new(tx: UnboundedSender<ProgressEvent>) -> Self {
@@ -109,10 +121,14 @@ impl Progress {
                 start: Instant::now(),
                 last_ms: AtomicU64::new(0),
             })),
+            states_only: false,
         }
     }
 
     pub fn phase(&self, phase: Phase, total_bytes: Option<u64>, total_entries: Option<u64>) {
+        if self.states_only {
+            return;
+        }
         self.send(ProgressEvent::Phase {
             phase,
             total_bytes,
@@ -122,7 +138,9 @@ impl Progress {
 
     /// Cumulative counters; dropped when the previous update was less than 100 ms ago.
     pub fn advance(&self, bytes: u64, entries: u64, current: Option<&std::path::Path>) {
-        let Some(inner) = &self.inner else { return };
+        let Some(inner) = self.inner.as_ref().filter(|_| !self.states_only) else {
+            return;
+        };
         let now = inner.start.elapsed().as_millis() as u64;
         let last = inner.last_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < THROTTLE_MS && last != 0 {
@@ -144,6 +162,9 @@ impl Progress {
 
     /// Final counters of a phase: always delivered.
     pub fn finish_phase(&self, bytes: u64, entries: u64) {
+        if self.states_only {
+            return;
+        }
         self.send(ProgressEvent::Advance {
             bytes,
             entries,
@@ -169,5 +190,48 @@ impl Progress {
         if let Some(inner) = &self.inner {
             let _ = inner.tx.send(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_states_only_handle_keeps_the_shown_phase_and_its_counters() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let shown = Progress::new(tx);
+        let beside = shown.states_only();
+        shown.phase(Phase::Copying, Some(10), None);
+        beside.phase(Phase::Waiting, None, Some(1));
+        beside.advance(0, 1, None);
+        beside.finish_phase(0, 1);
+        beside.container("app", "healthy");
+        beside.notice("a notice");
+        shown.finish_phase(10, 0);
+        let mut got = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            got.push(e);
+        }
+        assert_eq!(
+            got,
+            vec![
+                ProgressEvent::Phase {
+                    phase: Phase::Copying,
+                    total_bytes: Some(10),
+                    total_entries: None,
+                },
+                ProgressEvent::Container {
+                    name: "app".into(),
+                    state: "healthy".into(),
+                },
+                ProgressEvent::Notice("a notice".into()),
+                ProgressEvent::Advance {
+                    bytes: 10,
+                    entries: 0,
+                    current: None,
+                },
+            ]
+        );
     }
 }

@@ -336,10 +336,25 @@ impl EarlyRestart {
         }
     }
 
-    async fn restart(&self, ctx: &Ctx, progress: &Progress) {
+    /// Starts the services, then runs `work` while their health is waited for (both are
+    /// done when this returns; the restart's result is kept for [`Self::take`]).
+    async fn restart_while<T>(
+        &self,
+        ctx: &Ctx,
+        progress: &Progress,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
         crate::faults::point("auto_backup.before_restart");
-        let result = super::services::restart_exactly(ctx, &self.running, progress).await;
+        let (result, done) =
+            match super::services::start_exactly(ctx, &self.running, progress).await {
+                Ok(started) => {
+                    let (waited, done) = started.wait_while(ctx, progress, work).await;
+                    (waited.map(|_| ()), done)
+                }
+                Err(e) => (Err(e), work.await),
+            };
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+        done
     }
 
     /// Whether the services were started again (then the live tree may have changed).
@@ -528,7 +543,8 @@ pub(crate) async fn backup_at_level(
 }
 
 /// The build in two steps: the live tree is read, the services start again (`early`),
-/// and the members of unchanged files are copied from the previous archive after that.
+/// and the members of unchanged files are copied from the previous archive after that,
+/// while the services' health is waited for.
 async fn build_then_restart(
     ctx: &Ctx,
     opts: BuildOptions,
@@ -548,9 +564,10 @@ async fn build_then_restart(
         })
         .await?;
     crate::faults::point("backup.live_read");
-    early.restart(ctx, progress).await;
-    let live_readable = !early.restarted();
-    ctx.archive(|r| {
+    // Once they start, the live tree may change: a copy that does not match cannot be
+    // redone from it.
+    let live_readable = early.running.is_empty();
+    let finish = ctx.archive(|r| {
         ArchiveMsg::Finish(
             unfinished,
             live_readable,
@@ -558,8 +575,8 @@ async fn build_then_restart(
             ctx.cancel.clone(),
             r,
         )
-    })
-    .await
+    });
+    early.restart_while(ctx, progress, finish).await
 }
 
 /// Runs the gate (unless there is no engine) and returns the images it saw.

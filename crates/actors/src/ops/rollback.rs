@@ -264,17 +264,19 @@ pub(crate) async fn rollback(
             report.legacy = legacy.is_some();
             report.version = record_version(ctx, &journal);
             // The services first, the replaced files after: they are not needed any more,
-            // and removing a large tree takes longer than extracting it.
-            if req.start {
-                match start_after_rollback(ctx, &journal, &progress).await {
-                    Ok(()) => {
-                        report.services_started = true;
-                        report.started_after = Some(began.elapsed());
-                        report.downtime = stopped_at.map(|t| t.elapsed());
+            // and removing a large tree takes longer than extracting it. The removal runs
+            // while the services' health is waited for.
+            let started = if req.start {
+                match start_after_rollback_unwaited(ctx, &journal, &progress).await {
+                    Ok(started) => Some(started),
+                    Err(e) => {
+                        report.start_error = Some(e.to_string());
+                        None
                     }
-                    Err(e) => report.start_error = Some(e.to_string()),
                 }
-            }
+            } else {
+                None
+            };
             // Journaled: a crash from here on only removes what is left (the services are
             // not started again by recovery).
             journal.plan = Some(plan.clone());
@@ -284,14 +286,31 @@ pub(crate) async fn rollback(
                 ));
             }
             crate::faults::point("rollback.after_start");
-            let removing = Instant::now();
-            progress.phase(crate::progress::Phase::Removing, None, None);
-            if let Err(e) = ctx.swap_commit(&plan).await {
-                progress.notice(format!(
-                    "warning: the rollback is complete but the replaced files could not be removed: {e}"
-                ));
-            }
-            report.cleanup = removing.elapsed();
+            let remove = async {
+                let removing = Instant::now();
+                progress.phase(crate::progress::Phase::Removing, None, None);
+                if let Err(e) = ctx.swap_commit(&plan).await {
+                    progress.notice(format!(
+                        "warning: the rollback is complete but the replaced files could not be removed: {e}"
+                    ));
+                }
+                removing.elapsed()
+            };
+            report.cleanup = match started {
+                Some(started) => {
+                    let (waited, cleanup) = started.wait_while(ctx, &progress, remove).await;
+                    match waited {
+                        Ok(ready) => {
+                            report.services_started = true;
+                            report.started_after = Some(ready.duration_since(began));
+                            report.downtime = stopped_at.map(|t| ready.duration_since(t));
+                        }
+                        Err(e) => report.start_error = Some(e.to_string()),
+                    }
+                    cleanup
+                }
+                None => remove.await,
+            };
             ctx.store(|r| StoreMsg::FinishOperation(op, OperationState::Succeeded, None, r))
                 .await?;
             Ok(report)
@@ -525,6 +544,18 @@ pub(crate) async fn start_after_rollback(
     journal: &RollbackJournal,
     progress: &Progress,
 ) -> Result<()> {
+    start_after_rollback_unwaited(ctx, journal, progress)
+        .await?
+        .wait(ctx, progress)
+        .await
+}
+
+/// [`start_after_rollback`] up to the health wait, which is left to the caller.
+pub(crate) async fn start_after_rollback_unwaited(
+    ctx: &Ctx,
+    journal: &RollbackJournal,
+    progress: &Progress,
+) -> Result<services::Started> {
     let after = ctx.definitions_fingerprint();
     let compose = ctx.compose_or_bare();
     if after.is_some() && after != journal.compose_before {
@@ -532,12 +563,14 @@ pub(crate) async fn start_after_rollback(
             "the compose file, .env or an env_file changed: recreating the containers from the restored definitions",
         );
         services::compose_up(ctx, &compose, progress).await?;
-        return services::wait_healthy(ctx, &compose, Vec::new(), progress).await;
+        return Ok(services::Started::project(compose));
     }
     if !journal.stopped.is_empty() {
-        return services::restart_exactly(ctx, &journal.stopped, progress).await;
+        return services::start_exactly(ctx, &journal.stopped, progress).await;
     }
-    services::start_services(ctx, progress).await.map(|_| ())
+    services::start_services_unwaited(ctx, progress)
+        .await
+        .map(|(_, started)| started)
 }
 
 /// The mismatch between `record`'s archive and the SHA-256 the catalog recorded for it,

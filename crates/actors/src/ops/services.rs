@@ -118,6 +118,16 @@ pub(crate) async fn stop_services(ctx: &Ctx, progress: &Progress) -> Result<Vec<
 /// `docker compose up -d` when the project has no containers yet; then waits until every
 /// persistent service runs and is healthy.
 pub(crate) async fn start_services(ctx: &Ctx, progress: &Progress) -> Result<StartReport> {
+    let (report, started) = start_services_unwaited(ctx, progress).await?;
+    started.wait(ctx, progress).await?;
+    Ok(report)
+}
+
+/// [`start_services`] up to the health wait, which is left to the caller.
+pub(crate) async fn start_services_unwaited(
+    ctx: &Ctx,
+    progress: &Progress,
+) -> Result<(StartReport, Started)> {
     let compose = ctx.compose_or_bare();
     let containers = require_engine(ctx.containers(&compose).await?)?;
     let mut report = StartReport::default();
@@ -139,8 +149,66 @@ pub(crate) async fn start_services(ctx: &Ctx, progress: &Progress) -> Result<Sta
             .await?;
         }
     }
-    wait_healthy(ctx, &compose, Vec::new(), progress).await?;
-    Ok(report)
+    Ok((report, Started::project(compose)))
+}
+
+/// Services that were started and whose health is still to be waited for: [`Self::wait`],
+/// or [`Self::wait_while`] to do other work meanwhile (what follows a start rarely needs
+/// the services healthy, and a container without a healthcheck is only trusted after it
+/// ran for a while).
+#[must_use = "the services' health is not known until it is waited for"]
+pub(crate) struct Started {
+    /// What to wait for; `None`: nothing (nothing was started, or the start was
+    /// interrupted).
+    wait: Option<(ComposeProject, Vec<String>)>,
+}
+
+impl Started {
+    /// Every persistent service of `compose`.
+    pub(crate) fn project(compose: ComposeProject) -> Self {
+        Started {
+            wait: Some((compose, Vec::new())),
+        }
+    }
+
+    fn nothing() -> Self {
+        Started { wait: None }
+    }
+
+    /// Waits until the started services run and are healthy.
+    pub(crate) async fn wait(self, ctx: &Ctx, progress: &Progress) -> Result<()> {
+        match self.wait {
+            Some((compose, only)) => wait_healthy(ctx, &compose, only, progress).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the services' health while `work` runs, and returns both results, the
+    /// wait's with the moment the services were ready. `work` reports its own phases; the
+    /// wait reports only its containers' states, and the phase `waiting` once `work` is
+    /// done and the wait is not.
+    pub(crate) async fn wait_while<T>(
+        self,
+        ctx: &Ctx,
+        progress: &Progress,
+        work: impl std::future::Future<Output = T>,
+    ) -> (Result<std::time::Instant>, T) {
+        let ready = std::sync::atomic::AtomicBool::new(false);
+        let states_only = progress.states_only();
+        let wait = async {
+            let waited = self.wait(ctx, &states_only).await;
+            ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            waited.map(|()| std::time::Instant::now())
+        };
+        let work = async {
+            let done = work.await;
+            if !ready.load(std::sync::atomic::Ordering::Relaxed) {
+                progress.phase(Phase::Waiting, None, None);
+            }
+            done
+        };
+        tokio::join!(wait, work)
+    }
 }
 
 pub(crate) async fn compose_up(
@@ -208,8 +276,20 @@ pub(crate) async fn restart_exactly(
     containers: &[ContainerInfo],
     progress: &Progress,
 ) -> Result<()> {
+    start_exactly(ctx, containers, progress)
+        .await?
+        .wait(ctx, progress)
+        .await
+}
+
+/// [`restart_exactly`] up to the health wait, which is left to the caller.
+pub(crate) async fn start_exactly(
+    ctx: &Ctx,
+    containers: &[ContainerInfo],
+    progress: &Progress,
+) -> Result<Started> {
     if containers.is_empty() {
-        return Ok(());
+        return Ok(Started::nothing());
     }
     let compose = ctx.compose_or_bare();
     progress.phase(Phase::Starting, None, Some(containers.len() as u64));
@@ -222,10 +302,12 @@ pub(crate) async fn restart_exactly(
         progress.notice(
             "interrupted: the stopped services were started again; not waiting for their health",
         );
-        return Ok(());
+        return Ok(Started::nothing());
     }
     let names = containers.iter().map(|c| c.name.clone()).collect();
-    wait_healthy(ctx, &compose, names, progress).await
+    Ok(Started {
+        wait: Some((compose, names)),
+    })
 }
 
 pub(crate) async fn restart_stopped(ctx: &Ctx, stopped: &[ContainerInfo]) -> Result<String> {
