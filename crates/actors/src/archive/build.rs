@@ -291,7 +291,9 @@ impl Unfinished {
             .sink
             .sha256()
             .ctx("cannot finish archive", &partial)?;
+        let syncing = std::time::Instant::now();
         file.sync_all().ctx("cannot sync archive", &partial)?;
+        tracing::debug!("archive synced in {:?}", syncing.elapsed());
         drop(file);
 
         crate::faults::point("backup.before_rename");

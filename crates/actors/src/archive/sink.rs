@@ -260,25 +260,38 @@ impl HashingWriter {
         Ok(())
     }
 
-    /// Makes the deferred copies, then reads the archive from the first of them to its end
-    /// into the archive's SHA-256 while another thread reads each copy back into its own:
-    /// what is checked is what the file holds. `Ok(Err(_))`: a copy does not match its
-    /// recorded checksum (the archive is unusable).
+    /// Makes the deferred copies, in archive order, on one thread; behind it, one thread
+    /// reads the archive from the first copy to its end into the archive's SHA-256 (up to
+    /// the end of the last copy made, then on), and another reads each copy back into its
+    /// own: what is checked is what the file holds, and the reading overlaps the copying.
+    /// `Ok(Err(_))`: a copy does not match its recorded checksum (the archive is
+    /// unusable).
     pub(super) fn fill(&mut self) -> io::Result<Result<(), CopyMismatch>> {
         let Some(first) = self.deferred.first().map(|d| d.at) else {
             return Ok(Ok(()));
         };
-        for d in &self.deferred {
-            self.file.seek(SeekFrom::Start(d.at))?;
-            copy_range(&d.src, d.offset, d.len, &mut self.file)?;
-        }
-        self.file.seek(SeekFrom::Start(self.count))?;
-        start_writeback(&self.file, first, self.count);
+        let began = std::time::Instant::now();
+        // The same open file: its position is moved by the copying thread only.
+        let mut dst = self.file.try_clone()?;
         let (file, hasher, deferred, end) =
             (&self.file, &mut self.hasher, &self.deferred, self.count);
+        let (to_check, checks) = std::sync::mpsc::channel::<usize>();
+        let (to_hash, hashes) = std::sync::mpsc::channel::<usize>();
         let checked = std::thread::scope(|scope| {
-            let copies = scope.spawn(|| -> io::Result<Result<(), CopyMismatch>> {
-                for d in deferred {
+            let copying = scope.spawn(move || -> io::Result<()> {
+                for (i, d) in deferred.iter().enumerate() {
+                    dst.seek(SeekFrom::Start(d.at))?;
+                    copy_range(&d.src, d.offset, d.len, &mut dst)?;
+                    start_writeback(&dst, d.at, d.at + d.len);
+                    // A receiver gone has failed; its error is the one reported.
+                    let _ = to_check.send(i);
+                    let _ = to_hash.send(i);
+                }
+                Ok(())
+            });
+            let copies = scope.spawn(move || -> io::Result<Result<(), CopyMismatch>> {
+                for i in checks {
+                    let d = &deferred[i];
                     let mut own = Sha256::new();
                     read_range(file, d.at, d.len, &mut |b| own.update(b))?;
                     if hex::encode(own.finalize()) != d.sha256 {
@@ -290,14 +303,103 @@ impl HashingWriter {
                 }
                 Ok(Ok(()))
             });
-            read_range(file, first, end - first, &mut |b| hasher.update(b))?;
-            copies
+            // Everything before the next copy is in the file: the live data was written
+            // before any copy is made.
+            let mut at = first;
+            let mut hashed = io::Result::Ok(());
+            for i in hashes {
+                let upto = deferred.get(i + 1).map_or(end, |d| d.at);
+                hashed = read_range(file, at, upto - at, &mut |b| hasher.update(b));
+                if hashed.is_err() {
+                    break;
+                }
+                at = upto;
+            }
+            let copied = copying
                 .join()
-                .map_err(|_| io::Error::other("the hashing thread panicked"))?
+                .map_err(|_| io::Error::other("the copying thread panicked"))?;
+            let checked = copies
+                .join()
+                .map_err(|_| io::Error::other("the hashing thread panicked"))?;
+            copied?;
+            hashed?;
+            if at != end {
+                return Err(io::Error::other("the archive was not read to its end"));
+            }
+            checked
         })?;
+        self.file.seek(SeekFrom::Start(self.count))?;
+        tracing::debug!("copies made and read back in {:?}", began.elapsed());
         if checked.is_ok() {
             self.deferred.clear();
         }
         Ok(checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn sha(b: &[u8]) -> String {
+        hex::encode(Sha256::digest(b))
+    }
+
+    /// Live bytes around three deferred copies of a source file; `wrong`: the copy whose
+    /// recorded checksum is wrong, if any. Returns the archive's bytes, the result of
+    /// `fill` and the SHA-256 the writer reports.
+    fn filled(wrong: Option<usize>) -> (Vec<u8>, Result<(), CopyMismatch>, Option<String>) {
+        let src: Vec<u8> = (0..9_000_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&src).unwrap();
+        let src_file = Arc::new(f);
+        let out = tempfile::tempfile().unwrap();
+        let mut w = HashingWriter::new(out.try_clone().unwrap());
+        let ranges = [
+            (0u64, 3_000_000u64),
+            (3_000_000, 10),
+            (4_000_000, 5_000_000),
+        ];
+        for (i, (offset, len)) in ranges.into_iter().enumerate() {
+            w.write_all(format!("live {i} ").repeat(1000).as_bytes())
+                .unwrap();
+            w.begin_span();
+            let range = &src[offset as usize..(offset + len) as usize];
+            let recorded = if wrong == Some(i) {
+                sha(b"something else")
+            } else {
+                sha(range)
+            };
+            w.defer_copy(&src_file, offset, len, &recorded).unwrap();
+            w.end_span(i as u64).unwrap();
+        }
+        w.write_all(b"the end").unwrap();
+        let checked = w.fill().unwrap();
+        let sum = checked.is_ok().then(|| w.sha256().unwrap().1);
+        let mut bytes = Vec::new();
+        let mut out = out;
+        out.seek(SeekFrom::Start(0)).unwrap();
+        out.read_to_end(&mut bytes).unwrap();
+        (bytes, checked, sum)
+    }
+
+    #[test]
+    fn filled_copies_make_the_archive_and_its_checksum_of_what_the_file_holds() {
+        let (bytes, checked, sum) = filled(None);
+        assert!(checked.is_ok());
+        assert_eq!(sum.unwrap(), sha(&bytes));
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.starts_with("live 0 ") && text.ends_with("the end"));
+        assert_eq!(bytes.len(), 3 * 7000 + 3_000_000 + 10 + 5_000_000 + 7);
+    }
+
+    #[test]
+    fn a_copy_that_does_not_match_its_checksum_is_named_wherever_it_is() {
+        for (i, offset) in [(0, 0u64), (1, 3_000_000), (2, 4_000_000)] {
+            let (_, checked, _) = filled(Some(i));
+            let mismatch = checked.expect_err("a wrong checksum was not found");
+            assert_eq!(mismatch.offset, offset, "copy {i}");
+        }
     }
 }
