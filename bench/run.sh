@@ -42,6 +42,9 @@
 # project has one real container (busybox-static imported as an image, `sleep`, restart
 # policy unless-stopped, SIGKILL as its stop signal), which `auto-backup run` stops and starts
 # again: its downtime is read from the engine (`State.FinishedAt` to `State.StartedAt`).
+# Then, the container stopped, `nuwax-cli backup` (whose whole command is the downtime) takes
+# the second backup again from the same first one, and `backup --full` reads the changed tree
+# in full (what a first backup costs, and the archive size from scratch).
 #
 # Every timed command starts after `sync` (no dirty pages from the previous one). Nothing is
 # deleted until the end: old archives and restored trees are moved aside, and the restore
@@ -260,21 +263,31 @@ second_backup() {
     timed s2_restic restic backup -q "$IC/work/docker"
     # The same tree from scratch, for the size (and the same content: compared below).
     docker stop "$BENCH_CONTAINER" >/dev/null
-    "$BIN" -C "$IC/work" -q backup --full
-    local second full
+    local second full second_size
     second=$(ls -t "$IC"/work/backups/*auto*.tar.gz | head -1)
-    full=$(ls -t "$IC"/work/backups/*manual*.tar.gz | head -1)
+    second_size=$(fsize "$second")
     mkdir -p "$IC/x"
     tar xzf "$second" -C "$IC/x"
     rm -rf "$IC/x/.nuwax-backup"
     if ! (cd "$IC/work/docker" && tar cf - . | tar df - -C "$IC/x" >/dev/null); then
         die "tar -xzf of the second backup differs from the changed tree"
     fi
-    local S1 S2 T1 T2 R1 R2 D1 D2
+    # `backup`, the services stopped by the operator: its whole command is the downtime.
+    # The second from the same first backup (the auto-backup's second one deleted), then a
+    # full read of the same tree: what a first backup reads and writes, and the size from
+    # scratch.
+    local newest
+    newest=$("$BIN" -C "$IC/work" list-backups --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["backups"][0]["id"])')
+    "$BIN" -C "$IC/work" -q delete-backup "$newest" --force
+    timed b2_ours "$BIN" -C "$IC/work" -q backup
+    timed b1_ours "$BIN" -C "$IC/work" -q backup --full
+    full=$(ls -t "$IC"/work/backups/*manual*.tar.gz | head -1)
+    local S1 S2 T1 T2 R1 R2 D1 D2 B1 B2
     S1=$(median s1_ours); S2=$(median s2_ours)
     D1=$(median d1); D2=$(median d2)
     T1=$(median s1_tar); T2=$(median s2_tar)
     R1=$(median s1_restic); R2=$(median s2_restic)
+    B1=$(median b1_ours); B2=$(median b2_ours)
     echo
     echo "Second backup, one run each, on $fs_note, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; change: $(cat "$IC/change.json")"
     echo
@@ -282,10 +295,11 @@ second_backup() {
     echo "|---|---:|---:|---:|"
     echo "| **nuwax-cli auto-backup run: downtime** (container stopped to started, from the engine) | **$(fmt "$D1")** | **$(fmt "$D2")** | $(fmt "$(ratio "$T2" "$D2")")x \`tar czf\`, $(fmt "$(ratio "$R2" "$D2")")x restic |"
     echo "| nuwax-cli auto-backup run: whole command (the copies and the archive's sync after the start) | $(fmt "$S1") | $(fmt "$S2") | $(fmt "$(ratio "$T2" "$S2")")x \`tar czf\`, $(fmt "$(ratio "$R2" "$S2")")x restic |"
+    echo "| **nuwax-cli backup** (services stopped by the operator; first: \`backup --full\` of the changed tree) | **$(fmt "$B1")** | **$(fmt "$B2")** | $(fmt "$(ratio "$T2" "$B2")")x \`tar czf\`, $(fmt "$(ratio "$R2" "$B2")")x restic |"
     echo "| \`tar czf\` | $(fmt "$T1") | $(fmt "$T2") | |"
     echo "| \`restic backup\` | $(fmt "$R1") | $(fmt "$R2") | |"
     echo
-    echo "nuwax-cli second / first backup: downtime $(fmt "$(ratio "$D1" "$D2")")x shorter, second downtime / our first whole backup $(fmt "$(ratio "$S1" "$D2")")x, whole command $(fmt "$(ratio "$S1" "$S2")")x faster; archive $(fsize "$second") bytes, from scratch $(fsize "$full") ($(pct "$(fsize "$second")" "$(fsize "$full")")); peak RSS first $(( $(maxrss s1_ours) / 1024 )) MiB, second $(( $(maxrss s2_ours) / 1024 )) MiB; the second backup took $(( (avail0 - avail1) / 1000000 )) MB of new disk space (df)."
+    echo "nuwax-cli second / first backup: downtime $(fmt "$(ratio "$D1" "$D2")")x shorter, second downtime / our first whole backup $(fmt "$(ratio "$S1" "$D2")")x, whole command $(fmt "$(ratio "$S1" "$S2")")x faster; \`backup\` second / first $(fmt "$(ratio "$B1" "$B2")")x faster; archive $second_size bytes, from scratch $(fsize "$full") ($(pct "$second_size" "$(fsize "$full")")); peak RSS first $(( $(maxrss s1_ours) / 1024 )) MiB, second $(( $(maxrss s2_ours) / 1024 )) MiB; the second backup took $(( (avail0 - avail1) / 1000000 )) MB of new disk space (df)."
 }
 fmt() { printf '%.2f' "$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
