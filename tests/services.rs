@@ -595,7 +595,7 @@ fn rollback_reports_the_time_until_the_services_started_apart_from_the_removal()
     out.assert_ok();
     assert_all_running(&env, &out);
     // The removal runs while the services' health is waited for, not after.
-    let p = phases(&out);
+    let p = out.phases();
     let at = |name: &str| p.iter().position(|x| x == name);
     let removing = at("removing").unwrap_or_else(|| panic!("no phase removing: {p:?}\n{out}"));
     assert!(
@@ -1024,16 +1024,6 @@ fn add_big_files(env: &TestEnv) {
     std::thread::sleep(std::time::Duration::from_millis(2200));
 }
 
-/// The phases a `--progress json` run started, in order.
-fn phases(out: &Output) -> Vec<String> {
-    out.stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "phase_start")
-        .filter_map(|v| v["phase"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// The backup row of `auto-backup run --json`: its id and archive.
 fn backup_of(out: &Output) -> (String, String) {
     let doc = out.json();
@@ -1056,7 +1046,7 @@ fn an_incremental_auto_backup_starts_the_services_before_it_copies_unchanged_dat
 
     let out = env.run(&["auto-backup", "run", "--json", "--progress", "json"]);
     out.assert_ok().assert_stderr_has("of unchanged data from");
-    let p = phases(&out);
+    let p = out.phases();
     let at = |name: &str| {
         p.iter()
             .position(|x| x == name)
@@ -1147,7 +1137,7 @@ fn damage_found_after_the_restart_stops_the_services_again_and_reads_every_file(
     out.assert_ok()
         .assert_stderr_has("do not match their recorded checksum")
         .assert_stderr_has("stopping the services again");
-    let p = phases(&out);
+    let p = out.phases();
     assert_eq!(
         p.iter().filter(|x| *x == "stopping").count(),
         2,

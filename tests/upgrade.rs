@@ -338,8 +338,29 @@ fn upgrade_to_a_good_release_goes_live_keeps_data_and_records_a_pre_upgrade_back
     let old_db = db_id(&env);
     let (package, release_tree) = good_release("2.0.0").pack(&env, "rel-good.tar.gz");
 
-    let out = upgrade(&env, &package, &["--version", "2.0.0", "--json"]);
+    let out = upgrade(
+        &env,
+        &package,
+        &["--version", "2.0.0", "--json", "--progress", "json"],
+    );
     out.assert_ok();
+    // The replaced release is removed after the start, while health is waited for.
+    let p = out.phases();
+    let at = |name: &str| p.iter().position(|x| x == name);
+    let removing = at("removing").unwrap_or_else(|| panic!("no phase removing: {p:?}\n{out}"));
+    assert!(
+        at("starting").is_some_and(|s| s < removing) && at("waiting").is_none_or(|w| w > removing),
+        "the replaced release is removed after the start, while health is waited for: {p:?}\n{out}"
+    );
+    let left: Vec<_> = std::fs::read_dir(env.compose_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".nuwax-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the replaced release is left: {left:?}\n{out}"
+    );
     let doc = out.json();
     assert_keys(
         &doc,

@@ -71,6 +71,16 @@ impl Output {
         }
     }
 
+    /// The phases a `--progress json` run started, in order.
+    pub fn phases(&self) -> Vec<String> {
+        self.stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "phase_start")
+            .filter_map(|v| v["phase"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Parses stdout into `T` (strict structs: `deny_unknown_fields`).
     #[track_caller]
     pub fn json_as<T: for<'de> Deserialize<'de>>(&self) -> T {

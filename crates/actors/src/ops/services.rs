@@ -161,6 +161,8 @@ pub(crate) struct Started {
     /// What to wait for; `None`: nothing (nothing was started, or the start was
     /// interrupted).
     wait: Option<(ComposeProject, Vec<String>)>,
+    /// How long; `None`: the configured start timeout.
+    timeout: Option<Duration>,
 }
 
 impl Started {
@@ -168,17 +170,30 @@ impl Started {
     pub(crate) fn project(compose: ComposeProject) -> Self {
         Started {
             wait: Some((compose, Vec::new())),
+            timeout: None,
+        }
+    }
+
+    /// Every persistent service of `compose`, waited for at most `timeout`.
+    pub(crate) fn project_within(compose: ComposeProject, timeout: Duration) -> Self {
+        Started {
+            timeout: Some(timeout),
+            ..Self::project(compose)
         }
     }
 
     fn nothing() -> Self {
-        Started { wait: None }
+        Started {
+            wait: None,
+            timeout: None,
+        }
     }
 
     /// Waits until the started services run and are healthy.
     pub(crate) async fn wait(self, ctx: &Ctx, progress: &Progress) -> Result<()> {
+        let timeout = self.timeout.unwrap_or_else(|| ctx.start_timeout());
         match self.wait {
-            Some((compose, only)) => wait_healthy(ctx, &compose, only, progress).await,
+            Some((compose, only)) => wait_healthy_for(ctx, &compose, only, timeout, progress).await,
             None => Ok(()),
         }
     }
@@ -243,15 +258,6 @@ pub(crate) async fn compose_up(
     .await
 }
 
-pub(crate) async fn wait_healthy(
-    ctx: &Ctx,
-    compose: &ComposeProject,
-    only: Vec<String>,
-    progress: &Progress,
-) -> Result<()> {
-    wait_healthy_for(ctx, compose, only, ctx.start_timeout(), progress).await
-}
-
 pub(crate) async fn wait_healthy_for(
     ctx: &Ctx,
     compose: &ComposeProject,
@@ -307,6 +313,7 @@ pub(crate) async fn start_exactly(
     let names = containers.iter().map(|c| c.name.clone()).collect();
     Ok(Started {
         wait: Some((compose, names)),
+        timeout: None,
     })
 }
 

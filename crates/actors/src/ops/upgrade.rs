@@ -305,16 +305,27 @@ pub(crate) async fn apply_release(
     ctx.swap_apply(&plan).await?;
     ctx.set_phase(op, "applied", journal).await?;
     crate::faults::point("upgrade.after_swap");
+    // From here on the work dir holds only the replaced release: whatever happens next
+    // (the health wait failing, a crash: recovery of `starting`), it is removed, never
+    // swapped back (the way back is the pre-upgrade backup).
     journal.plan = None;
-    if let Err(e) = ctx.swap_commit(&plan).await {
-        progress.notice(format!("warning: could not remove {}: {e}", work.display()));
-    }
     crate::config_edit::set_service_version(&paths.config_file, to)?;
     ctx.set_phase(op, "starting", journal).await?;
     crate::faults::point("upgrade.before_start");
     let compose = ctx.compose_project()?;
     services::compose_up(ctx, &compose, progress).await?;
-    services::wait_healthy_for(ctx, &compose, Vec::new(), health_timeout, progress).await
+    // The replaced release is removed while the new one's health is waited for: removing
+    // a large app tree is not downtime.
+    let remove = async {
+        progress.phase(Phase::Removing, None, None);
+        if let Err(e) = ctx.swap_commit(&plan).await {
+            progress.notice(format!("warning: could not remove {}: {e}", work.display()));
+        }
+    };
+    let (healthy, ()) = services::Started::project_within(compose, health_timeout)
+        .wait_while(ctx, progress, remove)
+        .await;
+    healthy.map(|_| ())
 }
 
 /// Restores the pre-upgrade backup (code and data), the old version, and starts the old
